@@ -1,0 +1,47 @@
+"""An access log that never shows callback tokens (uvicorn's own is switched off)."""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import ids
+from service.logs import mask_callback_path
+
+log = structlog.get_logger("service.access")
+
+
+class AccessLogMiddleware:
+    """One ``request`` line per HTTP request, with a ``request_id`` bound while it runs."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        request_id = ids.new_id("req")
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+            await send(message)
+
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_wrapper)
+            finally:
+                log.info(
+                    "request",
+                    method=scope["method"],
+                    path=mask_callback_path(scope["path"]),
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                )

@@ -1,0 +1,83 @@
+"""The composition root: ``create_app`` builds the ASGI application and everything it uses."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service import admin
+from service.access_log import AccessLogMiddleware
+from service.errors import RelayError, StorageUnavailable
+from service.http import JSONResponse, error_response, http_error_handler, relay_error_handler
+from service.receiver import receive_callback
+from service.relay import Relay
+from service.settings import Settings
+
+log = structlog.get_logger("service.app")
+
+
+async def healthz(_request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    relay: Relay = request.app.state.relay
+    try:
+        await relay.store.ping()
+    except StorageUnavailable as exc:
+        return error_response(StorageUnavailable(f"not ready: {exc.message}"))
+    return JSONResponse({"status": "ready"})
+
+
+async def internal_error(_request: Request, exc: Exception) -> Response:
+    log.exception("unhandled_error", exc_info=exc)
+    return JSONResponse(
+        {"error": {"code": "internal_error", "message": "The relay failed; nothing was accepted."}},
+        status_code=500,
+    )
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The relay as an ASGI app; the store opens and closes with the app's lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        relay = await Relay.start(settings)
+        app.state.relay = relay
+        if relay.generated_admin_token:
+            # Shown once, on the terminal, never in a log line; `relay admin-token` shows it again.
+            print(f"Admin token (generated, kept in the store): {relay.generated_admin_token}",
+                  file=sys.stderr, flush=True)
+        log.info("relay_started", database=settings.database_url.split("://", 1)[0],
+                 public_url=settings.public_url)
+        try:
+            yield
+        finally:
+            await relay.close()
+            log.info("relay_stopped")
+
+    routes = [
+        Route("/callbacks/{provider}/{token}", receive_callback, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        *admin.routes,
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(AccessLogMiddleware)],
+        exception_handlers={
+            RelayError: relay_error_handler,
+            HTTPException: http_error_handler,
+            Exception: internal_error,
+        },
+        lifespan=lifespan,
+    )

@@ -1,0 +1,104 @@
+"""The event schema every provider is normalized into: a CloudEvents 1.0 JSON object.
+
+``Normalized`` is what a provider's normalizer returns; ``build_cloudevent`` wraps it with the
+relay's id, time and the callback URL's metadata. The JSON Schema subscribers can validate
+against is ``service/schemas/generation-event.schema.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
+MEDIA_TYPES = ("image", "video", "audio", "text")
+EVENT_TYPES = tuple(f"generation.{status}" for status in STATUSES)
+
+
+@dataclass(frozen=True)
+class Output:
+    url: str
+    media_type: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"url": self.url, "media_type": self.media_type}
+
+
+@dataclass(frozen=True)
+class Normalized:
+    """One provider update, in the relay's vocabulary.
+
+    ``raw_status`` is the provider's own word; ``unknown_status`` is true when the relay did not
+    recognise it and mapped it to ``running`` (such updates are kept and logged, never refused).
+    """
+
+    task_id: str
+    status: str
+    progress: int | None = None
+    model: str | None = None
+    media_type: str | None = None
+    outputs: tuple[Output, ...] = ()
+    error: dict[str, str] | None = None
+    raw_status: str | None = None
+    unknown_status: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def event_type(self) -> str:
+        return f"generation.{self.status}"
+
+    def dedup_key(self, provider: str) -> str:
+        """Same provider, task, status and progress: the same update (providers retry)."""
+        progress = "" if self.progress is None else str(self.progress)
+        return f"{provider}\x1f{self.task_id}\x1f{self.status}\x1f{progress}"
+
+
+def rfc3339(timestamp: float) -> str:
+    return (
+        datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+
+
+def build_cloudevent(
+    *,
+    event_id: str,
+    provider: str,
+    normalized: Normalized,
+    received_at: float,
+    metadata: dict[str, Any],
+    raw: Any,
+) -> dict[str, Any]:
+    """The CloudEvent (structured mode) subscribers receive for one update."""
+    return {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": f"/providers/{provider}",
+        "type": normalized.event_type,
+        "subject": normalized.task_id,
+        "time": rfc3339(received_at),
+        "datacontenttype": "application/json",
+        "data": {
+            "provider": provider,
+            "task_id": normalized.task_id,
+            "status": normalized.status,
+            "progress": normalized.progress,
+            "model": normalized.model,
+            "media_type": normalized.media_type,
+            "outputs": [output.as_json() for output in normalized.outputs],
+            "error": normalized.error,
+            "metadata": metadata,
+            "raw": raw,
+        },
+    }
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON, the exact bytes stored and delivered."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

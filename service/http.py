@@ -1,0 +1,154 @@
+"""HTTP helpers shared by the callback and admin routes: JSON answers, errors, bodies, auth."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.errors import InvalidInput, PayloadTooLarge, RelayError, Unauthorized
+from service.settings import IPNetwork
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        if isinstance(content, bytes):
+            return content
+        return json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def error_response(exc: RelayError) -> JSONResponse:
+    headers = {"www-authenticate": "Bearer"} if exc.status_code == 401 else None
+    return JSONResponse(exc.as_json(), status_code=exc.status_code, headers=headers)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+
+
+async def relay_error_handler(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RelayError)
+    return error_response(exc)
+
+
+async def http_error_handler(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    message = exc.detail if isinstance(exc.detail, str) else code
+    return JSONResponse(
+        {"error": {"code": code, "message": message}},
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing (without reading on) anything over ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
+        except ValueError:
+            raise InvalidInput("Content-Length is not a number.") from None
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json_object(request: Request, limit: int = 65_536) -> dict[str, Any]:
+    """An admin request's JSON object body (empty body = ``{}``)."""
+    body = await read_body(request, limit)
+    if not body.strip():
+        return {}
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("The body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(value, dict):
+        raise InvalidInput("The body must be a JSON object.", code="invalid_json")
+    return value
+
+
+def client_ip(request: Request, trusted_proxies: Sequence[IPNetwork]) -> str | None:
+    """The caller's address; ``X-Forwarded-For`` counts only when the peer is a trusted proxy."""
+    peer = request.client.host if request.client else None
+    if peer is None or not trusted_proxies:
+        return peer
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    forwarded = request.headers.get("x-forwarded-for")
+    if forwarded is None or not any(address in net for net in trusted_proxies):
+        return peer
+    # Walk from the nearest hop back; the first address that is not a trusted proxy is the client.
+    for hop in reversed([part.strip() for part in forwarded.split(",") if part.strip()]):
+        try:
+            hop_address = ipaddress.ip_address(hop)
+        except ValueError:
+            return hop
+        if not any(hop_address in net for net in trusted_proxies):
+            return hop
+    return peer
+
+
+def require_admin(request: Request) -> None:
+    """Refuse (401) a request without the admin bearer token; the comparison is constant-time."""
+    expected = request.app.state.relay.settings.admin_token
+    header = request.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if (
+        expected is None
+        or scheme.lower() != "bearer"
+        or not hmac.compare_digest(presented.strip().encode(), str(expected).encode())
+    ):
+        raise Unauthorized("A valid admin bearer token is required.", code="unauthorized")
+
+
+def parse_time(value: str | None, name: str) -> float | None:
+    """RFC 3339 (``2026-01-01T00:00:00Z``) or Unix seconds, as Unix seconds."""
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(f"{name} must be an RFC 3339 time or Unix seconds.", code="invalid_query") from None
+    if parsed.tzinfo is None:
+        raise InvalidInput(f"{name} must carry a time zone (e.g. Z).", code="invalid_query")
+    return parsed.timestamp()
+
+
+def parse_limit(value: str | None, default: int = 50, maximum: int = 500) -> int:
+    if value is None:
+        return default
+    try:
+        limit = int(value)
+    except ValueError:
+        raise InvalidInput("limit must be an integer.", code="invalid_query") from None
+    if not 1 <= limit <= maximum:
+        raise InvalidInput(f"limit must be from 1 to {maximum}.", code="invalid_query")
+    return limit
+
+
+def page_response(items_json: Sequence[str], next_cursor: str | None) -> JSONResponse:
+    """``{"items": [...], "next_cursor": ...}`` spliced from stored JSON without re-parsing it."""
+    cursor = json.dumps(next_cursor)
+    return JSONResponse(f'{{"items":[{",".join(items_json)}],"next_cursor":{cursor}}}'.encode())

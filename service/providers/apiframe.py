@@ -1,0 +1,151 @@
+"""Apiframe: v2 webhooks (HMAC-signed, camelCase) and v1 webhooks (static secret, snake_case).
+
+v2 signs the raw body: ``X-Webhook-Signature: sha256=<hex>`` (or bare hex) is HMAC-SHA256 keyed
+with the SHA-256 digest of the API key. v1 echoes the per-job ``webhook_secret`` in
+``x-webhook-secret``. Both payload shapes arrive at the same URL and are told apart by field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from typing import Any
+
+from service.errors import Unauthorized
+from service.events import Normalized, Output
+from service.providers.base import (
+    Provider,
+    error_from,
+    guess_media_type,
+    progress_from,
+    require_object,
+    task_id_from,
+    text_or_none,
+    unique,
+    urls_to_outputs,
+)
+from service.settings import Settings
+
+
+class InvalidSignature(Unauthorized):
+    """The callback's signature is missing or does not match its body."""
+
+    code = "invalid_signature"
+
+
+def apiframe_signature(api_key: str, body: bytes) -> str:
+    """The hex signature Apiframe v2 sends for ``body``."""
+    key = hashlib.sha256(api_key.encode()).digest()
+    return hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+class Apiframe(Provider):
+    name = "apiframe"
+    statuses = {
+        "queued": "queued",
+        "pending": "queued",
+        "processing": "running",
+        "running": "running",
+        "completed": "succeeded",
+        "finished": "succeeded",
+        "succeeded": "succeeded",
+        "failed": "failed",
+        "cancelled": "canceled",
+        "canceled": "canceled",
+    }
+
+    def verify(self, headers: Mapping[str, str], body: bytes, settings: Settings) -> None:
+        api_key, secret = settings.apiframe_api_key, settings.apiframe_webhook_secret
+        if api_key is None and secret is None:
+            return
+        presented_secret = headers.get("x-webhook-secret")
+        # Each configured check guards the callbacks that carry its credential; with both
+        # configured (v1 and v2 jobs side by side) a callback must pass the one it presents.
+        if secret is not None and (api_key is None or presented_secret is not None):
+            if presented_secret is None or not hmac.compare_digest(
+                presented_secret.encode(), str(secret).encode()
+            ):
+                raise InvalidSignature("The x-webhook-secret header is missing or wrong.")
+            return
+        assert api_key is not None
+        presented = headers.get("x-webhook-signature", "").strip()
+        presented = presented.removeprefix("sha256=").lower()
+        expected = apiframe_signature(str(api_key), body)
+        if not presented or not hmac.compare_digest(presented.encode(), expected.encode()):
+            raise InvalidSignature()
+
+    def normalize(self, payload: Any) -> Normalized:
+        body = require_object(payload)
+        if "jobId" in body or "event" in body:
+            return self._normalize_v2(body)
+        return self._normalize_v1(body)
+
+    def _normalize_v2(self, body: dict[str, Any]) -> Normalized:
+        task_id = task_id_from(body, "jobId", "id")
+        raw_status = body.get("status")
+        if raw_status is None and isinstance(body.get("event"), str):
+            raw_status = {"completed": "COMPLETED", "failed": "FAILED", "progress": "PROCESSING"}.get(
+                body["event"].lower()
+            )
+        status, unknown = self.map_status(raw_status)
+        outputs = _v2_outputs(body.get("result"))
+        media_types = {output.media_type for output in outputs} - {None}
+        return Normalized(
+            task_id=task_id,
+            status=status,
+            progress=progress_from(body.get("progress")),
+            model=text_or_none(body.get("model")),
+            media_type=media_types.pop() if len(media_types) == 1 else None,
+            outputs=outputs,
+            error=error_from(body.get("error"), status, "Apiframe")
+            if status in ("failed", "canceled")
+            else None,
+            raw_status=raw_status if isinstance(raw_status, str) else None,
+            unknown_status=unknown,
+        )
+
+    def _normalize_v1(self, body: dict[str, Any]) -> Normalized:
+        task_id = task_id_from(body, "task_id", "taskId")
+        outputs = urls_to_outputs(body.get("image_urls"), "image")
+        if not outputs and isinstance(body.get("original_image_url"), str):
+            outputs = [Output(body["original_image_url"], "image")]
+        if isinstance(body.get("video_url"), str) and body["video_url"]:
+            outputs.append(Output(body["video_url"], "video"))
+        songs = body.get("songs")
+        if isinstance(songs, list):
+            outputs += urls_to_outputs(songs, "audio")
+        raw_status = body.get("status")
+        if raw_status is None and outputs:
+            status, unknown = "succeeded", False  # v1 results may carry no status at all
+        else:
+            status, unknown = self.map_status(raw_status)
+        media_types = {output.media_type for output in outputs} - {None}
+        return Normalized(
+            task_id=task_id,
+            status=status,
+            progress=progress_from(body.get("percentage", body.get("progress"))),
+            model=text_or_none(body.get("model")) or text_or_none(body.get("task_type")),
+            media_type=media_types.pop() if len(media_types) == 1 else None,
+            outputs=unique(outputs),
+            error=error_from(body.get("error") or body.get("message"), status, "Apiframe")
+            if status in ("failed", "canceled")
+            else None,
+            raw_status=raw_status if isinstance(raw_status, str) else None,
+            unknown_status=unknown,
+        )
+
+
+def _v2_outputs(result: Any) -> tuple[Output, ...]:
+    if isinstance(result, str) and result:
+        return (Output(result, guess_media_type(result)),)
+    if not isinstance(result, dict):
+        return ()
+    outputs = urls_to_outputs(result.get("images"), "image")
+    if not outputs and isinstance(result.get("gridUrl"), str):
+        outputs.append(Output(result["gridUrl"], "image"))
+    if isinstance(result.get("videoUrl"), str) and result["videoUrl"]:
+        outputs.append(Output(result["videoUrl"], "video"))
+    outputs += urls_to_outputs(result.get("videos"), "video")
+    outputs += urls_to_outputs(result.get("tracks"), "audio")
+    return unique(outputs)

@@ -1,0 +1,77 @@
+"""``POST /callbacks/{provider}/{token}``: where providers deliver their callbacks.
+
+Order of checks, cheapest first and nothing parsed before it is authenticated: provider,
+source address, URL token, body size, the provider's signature over the raw body, JSON,
+payload shape. The answer is 2xx only once the update is committed to the store.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.errors import Forbidden, InvalidInput, RelayError
+from service.http import JSONResponse, client_ip, error_response, read_body
+from service.providers import get_provider
+from service.relay import Relay
+
+log = structlog.get_logger("service.receiver")
+
+
+class SourceNotAllowed(Forbidden):
+    """Callbacks for this provider are not accepted from this address."""
+
+    code = "source_not_allowed"
+
+
+def _check_source(relay: Relay, provider: str, request: Request) -> None:
+    allowed = relay.settings.allowed_ips.get(provider)
+    if not allowed:
+        return
+    address = client_ip(request, relay.settings.trusted_proxies)
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        raise SourceNotAllowed() from None
+    if not any(ip in network for network in allowed):
+        raise SourceNotAllowed()
+
+
+async def receive_callback(request: Request) -> Response:
+    relay: Relay = request.app.state.relay
+    provider_name = request.path_params["provider"]
+    try:
+        provider = get_provider(provider_name)
+        _check_source(relay, provider_name, request)
+        url_id = relay.tokens.verify(provider_name, request.path_params["token"], time.time())
+        body = await read_body(request, relay.settings.max_body_bytes)
+        provider.verify(request.headers, body, relay.settings)
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise InvalidInput("The callback body is not valid JSON.", code="invalid_json") from None
+        normalized = provider.normalize(payload)
+        if normalized.unknown_status:
+            log.warning(
+                "unknown_status", provider=provider_name, task_id=normalized.task_id,
+                raw_status=normalized.raw_status,
+            )
+        result = await relay.accept(
+            provider_name, normalized, raw=payload, raw_body=body, url_id=url_id
+        )
+    except RelayError as exc:
+        log.info("callback_refused", provider=provider_name, code=exc.code, status=exc.status_code)
+        return error_response(exc)
+    log.info(
+        "callback_received", provider=provider_name, task_id=normalized.task_id,
+        event_id=result.event_id, outcome=result.outcome, status=normalized.status,
+    )
+    answer = {"received": True, "event_id": result.event_id, "duplicate": result.outcome == "duplicate"}
+    if result.outcome == "superseded":
+        answer["superseded"] = True
+    return JSONResponse(answer)

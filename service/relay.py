@@ -1,0 +1,142 @@
+"""The relay's core, free of HTTP: secrets, callback URLs and the intake pipeline.
+
+``Relay.start(settings)`` opens the store and fills in generated secrets. The HTTP layer
+(``receiver``, ``admin``) and the CLI both work through one ``Relay``; so will pollers.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from starlette.datastructures import Secret
+
+from service import ids
+from service.errors import InvalidInput
+from service.events import Normalized, build_cloudevent, dumps, rfc3339
+from service.providers import get_provider
+from service.settings import Settings
+from service.store import open_store
+from service.store.base import IncomingEvent, IngestResult, Store
+from service.tokens import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, CallbackTokens
+
+log = structlog.get_logger("service.relay")
+
+#: How many callback URLs' metadata stay in memory (metadata never changes once minted).
+METADATA_CACHE_SIZE = 10_000
+
+
+@dataclass
+class Relay:
+    settings: Settings
+    store: Store
+    tokens: CallbackTokens
+    #: The admin token, when this start generated it (shown once, then only by ``relay admin-token``).
+    generated_admin_token: str | None = None
+    #: Called after an accepted event created deliveries (wakes the delivery worker).
+    on_deliveries: Callable[[], None] = lambda: None
+    _metadata: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
+
+    @classmethod
+    async def start(cls, settings: Settings, store: Store | None = None) -> Relay:
+        """Open the store and resolve the secrets that were not configured."""
+        store = store or open_store(settings.database_url)
+        await store.open()
+        keys = [str(key) for key in settings.secret_keys]
+        if not keys:
+            keys = [await store.get_or_create_meta("secret_key", secrets.token_urlsafe(32))]
+        generated = None
+        admin = settings.admin_token
+        if admin is None:
+            proposal = secrets.token_urlsafe(32)
+            value = await store.get_or_create_meta("admin_token", proposal)
+            generated = value if value == proposal else None
+            admin = Secret(value)
+        settings = settings.with_changes(secret_keys=tuple(Secret(k) for k in keys), admin_token=admin)
+        return cls(settings, store, CallbackTokens(keys), generated_admin_token=generated)
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    # -- callback URLs --------------------------------------------------------------------------
+
+    async def mint_callback_url(
+        self, provider: str, metadata: dict[str, Any] | None = None, ttl_seconds: int | None = None
+    ) -> dict[str, Any]:
+        """Mint ``<public_url>/callbacks/<provider>/<token>``; its metadata is kept in the store."""
+        get_provider(provider)
+        ttl = DEFAULT_TTL_SECONDS if ttl_seconds is None else ttl_seconds
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 < ttl <= MAX_TTL_SECONDS:
+            raise InvalidInput(
+                f"ttl_seconds must be an integer from 1 to {MAX_TTL_SECONDS}.", code="invalid_ttl"
+            )
+        metadata = metadata or {}
+        if not isinstance(metadata, dict):
+            raise InvalidInput("metadata must be a JSON object.", code="invalid_metadata")
+        if len(dumps(metadata)) > 16_384:
+            raise InvalidInput("metadata must be at most 16 KiB of JSON.", code="invalid_metadata")
+        now = time.time()
+        expires_at = int(now) + ttl
+        url_id = self.tokens.new_url_id()
+        await self.store.create_callback_url(url_id, provider, metadata, now, expires_at)
+        token = self.tokens.mint(provider, url_id, expires_at)
+        return {
+            "url": f"{self.settings.public_url}/callbacks/{provider}/{token}",
+            "provider": provider,
+            "metadata": metadata,
+            "expires_at": rfc3339(expires_at),
+        }
+
+    async def metadata_for(self, url_id: str) -> dict[str, Any]:
+        cached = self._metadata.get(url_id)
+        if cached is not None:
+            return cached
+        metadata = await self.store.get_callback_metadata(url_id) or {}
+        self._metadata[url_id] = metadata
+        if len(self._metadata) > METADATA_CACHE_SIZE:
+            self._metadata.popitem(last=False)
+        return metadata
+
+    # -- intake ---------------------------------------------------------------------------------
+
+    async def accept(
+        self,
+        provider: str,
+        normalized: Normalized,
+        *,
+        raw: Any,
+        raw_body: bytes,
+        url_id: str | None = None,
+    ) -> IngestResult:
+        """Store one normalized update durably (dedup, regression, fan-out in one transaction)."""
+        now = time.time()
+        event_id = ids.new_id("evt")
+        metadata = await self.metadata_for(url_id) if url_id else {}
+        cloudevent = build_cloudevent(
+            event_id=event_id, provider=provider, normalized=normalized, received_at=now,
+            metadata=metadata, raw=raw,
+        )
+        result = await self.store.ingest(
+            IncomingEvent(
+                event_id=event_id,
+                provider=provider,
+                task_id=normalized.task_id,
+                status=normalized.status,
+                progress=normalized.progress,
+                event_type=normalized.event_type,
+                terminal=normalized.terminal,
+                dedup_key=normalized.dedup_key(provider),
+                received_at=now,
+                url_id=url_id,
+                body=dumps(cloudevent),
+                raw_body=raw_body,
+            )
+        )
+        if result.deliveries:
+            self.on_deliveries()
+        return result

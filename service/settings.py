@@ -1,0 +1,119 @@
+"""Configuration: the only module that reads the environment.
+
+Every setting is a ``RELAY_*`` variable. ``Settings.from_env()`` reads them once; the rest of
+the relay receives the frozen ``Settings`` object. Secrets that are not configured
+(``RELAY_SECRET_KEY``, ``RELAY_ADMIN_TOKEN``) are filled in at start-up from the store, which
+generates and persists them on first start (see ``service.secrets``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from starlette.datastructures import Secret
+
+PREFIX = "RELAY_"
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Every setting with its default and a one-line description; ``relay --help`` prints these.
+DOCUMENTED: dict[str, tuple[str, str]] = {
+    "DATABASE_URL": ("sqlite:///./relay.db", "store: sqlite:///path"),
+    "PUBLIC_URL": ("http://127.0.0.1:8000", "base of minted callback URLs"),
+    "SECRET_KEY": ("(generated, kept in the store)", "token signing keys, newest first, comma-separated"),
+    "ADMIN_TOKEN": ("(generated, kept in the store)", "bearer token of the admin API"),
+    "MAX_BODY_BYTES": ("1048576", "largest callback body accepted"),
+    "LOG_FORMAT": ("json", "json or console"),
+    "LOG_LEVEL": ("info", "debug, info, warning, error"),
+    "TRUSTED_PROXIES": ("", "CIDRs whose X-Forwarded-For is believed"),
+    "APIFRAME_API_KEY": ("", "checks Apiframe v2 X-Webhook-Signature when set"),
+    "APIFRAME_WEBHOOK_SECRET": ("", "checks Apiframe v1 x-webhook-secret when set"),
+    "<PROVIDER>_ALLOWED_IPS": ("", "CIDRs allowed to post callbacks for that provider"),
+}
+
+
+class ConfigError(ValueError):
+    """A RELAY_* variable holds a value the relay cannot use."""
+
+
+def _networks(name: str, raw: str) -> tuple[IPNetwork, ...]:
+    try:
+        return tuple(
+            ipaddress.ip_network(part.strip(), strict=False) for part in raw.split(",") if part.strip()
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{PREFIX}{name}: {exc}") from exc
+
+
+def _int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{PREFIX}{name} must be an integer, got {raw!r}") from exc
+    if value <= 0:
+        raise ConfigError(f"{PREFIX}{name} must be positive, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the relay is configured with. Build it with ``from_env``."""
+
+    database_url: str = "sqlite:///./relay.db"
+    public_url: str = "http://127.0.0.1:8000"
+    secret_keys: tuple[Secret, ...] = ()
+    admin_token: Secret | None = None
+    max_body_bytes: int = 1024 * 1024
+    log_format: str = "json"
+    log_level: str = "info"
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    allowed_ips: Mapping[str, tuple[IPNetwork, ...]] = field(default_factory=dict)
+    apiframe_api_key: Secret | None = None
+    apiframe_webhook_secret: Secret | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every ``RELAY_*`` variable from ``environ`` (default ``os.environ``).
+
+        Raises:
+            ConfigError: a variable is set to something unusable.
+        """
+        env = {
+            key[len(PREFIX) :]: value
+            for key, value in (os.environ if environ is None else environ).items()
+            if key.startswith(PREFIX)
+        }
+
+        def secret(name: str) -> Secret | None:
+            value = env.get(name, "").strip()
+            return Secret(value) if value else None
+
+        log_format = env.get("LOG_FORMAT", "json").strip().lower()
+        if log_format not in ("json", "console"):
+            raise ConfigError(f"{PREFIX}LOG_FORMAT must be json or console, got {log_format!r}")
+        allowed = {
+            key[: -len("_ALLOWED_IPS")].lower(): _networks(key, value)
+            for key, value in env.items()
+            if key.endswith("_ALLOWED_IPS") and value.strip()
+        }
+        keys = tuple(Secret(k.strip()) for k in env.get("SECRET_KEY", "").split(",") if k.strip())
+        return cls(
+            database_url=env.get("DATABASE_URL", cls.database_url),
+            public_url=env.get("PUBLIC_URL", cls.public_url).rstrip("/"),
+            secret_keys=keys,
+            admin_token=secret("ADMIN_TOKEN"),
+            max_body_bytes=_int("MAX_BODY_BYTES", env.get("MAX_BODY_BYTES", str(cls.max_body_bytes))),
+            log_format=log_format,
+            log_level=env.get("LOG_LEVEL", "info").strip().lower(),
+            trusted_proxies=_networks("TRUSTED_PROXIES", env.get("TRUSTED_PROXIES", "")),
+            allowed_ips=allowed,
+            apiframe_api_key=secret("APIFRAME_API_KEY"),
+            apiframe_webhook_secret=secret("APIFRAME_WEBHOOK_SECRET"),
+        )
+
+    def with_changes(self, **changes: Any) -> Settings:
+        """A copy with some fields replaced (used to fill in generated secrets)."""
+        return replace(self, **changes)

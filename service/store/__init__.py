@@ -1,0 +1,15 @@
+"""Stores, chosen by the scheme of ``RELAY_DATABASE_URL``."""
+
+from __future__ import annotations
+
+from service.settings import ConfigError
+from service.store.base import Store
+
+
+def open_store(url: str) -> Store:
+    """A not-yet-opened store for ``url`` (``sqlite:///path``)."""
+    if url.startswith("sqlite:///"):
+        from service.store.sqlite import SQLiteStore, sqlite_path
+
+        return SQLiteStore(sqlite_path(url))
+    raise ConfigError(f"RELAY_DATABASE_URL: unsupported scheme in {url.split(':', 1)[0]!r}; use sqlite:///path")

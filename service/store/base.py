@@ -1,0 +1,164 @@
+"""The store port: everything the relay keeps, behind one async interface.
+
+Implementations: ``SQLiteStore`` (the embedded default). Each method is one transaction; the
+docstrings are the contract every implementation honours (``tests/test_store_contract.py``).
+Times are Unix seconds (float). Storage failures raise ``StorageUnavailable``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from service.errors import InvalidInput
+
+Outcome = Literal["accepted", "duplicate", "superseded"]
+
+
+@dataclass(frozen=True)
+class IncomingEvent:
+    """A normalized callback about to be stored. ``body`` is the CloudEvent JSON."""
+
+    event_id: str
+    provider: str
+    task_id: str
+    status: str
+    progress: int | None
+    event_type: str
+    terminal: bool
+    dedup_key: str
+    received_at: float
+    url_id: str | None
+    body: str
+    raw_body: bytes
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    outcome: Outcome
+    event_id: str
+    deliveries: int = 0
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    provider: str | None = None
+    task_id: str | None = None
+    status: str | None = None
+    since: float | None = None
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    id: str
+    url: str
+    description: str | None
+    providers: tuple[str, ...] | None
+    event_types: tuple[str, ...] | None
+    enabled: bool
+    created_at: float
+    updated_at: float
+    disabled_reason: str | None = None
+    #: Signing secrets (``whsec_...``), newest first; the previous one stays while rotating.
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+
+    def wants(self, provider: str, event_type: str) -> bool:
+        """Whether this subscriber's filters select an event."""
+        if self.providers is not None and provider not in self.providers:
+            return False
+        if self.event_types is None:
+            return True
+        for pattern in self.event_types:
+            if pattern == event_type or pattern == "*":
+                return True
+            if pattern.endswith(".*") and event_type.startswith(pattern[:-1]):
+                return True
+        return False
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Any]
+    next_cursor: str | None
+
+
+def encode_cursor(position: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps([position]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> int | None:
+    """The position a cursor stands for; raises ``InvalidInput`` for a forged one."""
+    if not cursor:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        (position,) = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if isinstance(position, int) and not isinstance(position, bool):
+            return position
+    except (ValueError, TypeError, UnicodeError):
+        pass
+    raise InvalidInput("The cursor is not one this API returned.", code="invalid_cursor")
+
+
+class Store(ABC):
+    """Durable state of the relay. Open with ``await store.open()``; close with ``close()``."""
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and apply pending schema migrations."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Finish queued work and disconnect."""
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Commit a trivial write; raise ``StorageUnavailable`` if the store cannot."""
+
+    @abstractmethod
+    async def get_or_create_meta(self, key: str, value: str) -> str:
+        """The value stored under ``key``, storing ``value`` first if there is none."""
+
+    @abstractmethod
+    async def get_meta(self, key: str) -> str | None:
+        """The value stored under ``key``, or None."""
+
+    # -- callback URLs ------------------------------------------------------------------------
+
+    @abstractmethod
+    async def create_callback_url(
+        self, url_id: str, provider: str, metadata: dict[str, Any], created_at: float,
+        expires_at: float,
+    ) -> None:
+        """Remember the metadata of a minted callback URL."""
+
+    @abstractmethod
+    async def get_callback_metadata(self, url_id: str) -> dict[str, Any] | None:
+        """The metadata of a minted callback URL, or None if unknown."""
+
+    # -- events -------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def ingest(self, event: IncomingEvent) -> IngestResult:
+        """Store one update atomically, deciding what it is.
+
+        - ``duplicate``: an event with the same ``dedup_key`` exists; nothing is written and the
+          existing event's id is returned.
+        - ``superseded``: the task already has an emitted terminal event; the update is stored
+          for the record but not emitted (no deliveries).
+        - ``accepted``: stored and emitted; one pending delivery, due now, is created for every
+          enabled subscriber that wants it; a terminal status is remembered for the task.
+
+        The answer comes only after the transaction committed.
+        """
+
+    @abstractmethod
+    async def get_event(self, event_id: str) -> dict[str, Any] | None:
+        """The stored CloudEvent plus ``state`` and ``received_at``, or None."""
+
+    @abstractmethod
+    async def list_events(self, filters: EventFilter, cursor: str | None, limit: int) -> Page:
+        """Emitted and superseded events, newest first; items are CloudEvent JSON strings."""
