@@ -32,6 +32,10 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
     "APIFRAME_API_KEY": ("", "checks Apiframe v2 X-Webhook-Signature when set"),
     "APIFRAME_WEBHOOK_SECRET": ("", "checks Apiframe v1 x-webhook-secret when set"),
     "<PROVIDER>_ALLOWED_IPS": ("", "CIDRs allowed to post callbacks for that provider"),
+    "RETRY_DELAYS": ("1,2,4", "seconds between delivery attempts; then the delivery is failed"),
+    "DELIVERY_TIMEOUT": ("10", "seconds one delivery attempt may take"),
+    "ALLOW_PRIVATE_TARGETS": ("false", "allow subscriber URLs on private/loopback addresses"),
+    "TARGET_ALLOWLIST": ("", "CIDRs subscribers may use even though they are private"),
 }
 
 
@@ -48,6 +52,25 @@ def _networks(name: str, raw: str) -> tuple[IPNetwork, ...]:
         raise ConfigError(f"{PREFIX}{name}: {exc}") from exc
 
 
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{PREFIX}{name} must be true or false, got {raw!r}")
+
+
+def _seconds(name: str, raw: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in raw.split(",") if part.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{PREFIX}{name} must be comma-separated seconds, got {raw!r}") from exc
+    if any(not 0 <= value <= 86_400 for value in values):
+        raise ConfigError(f"{PREFIX}{name}: each value must be from 0 to 86400 seconds")
+    return values
+
+
 def _int(name: str, raw: str) -> int:
     try:
         value = int(raw)
@@ -55,6 +78,13 @@ def _int(name: str, raw: str) -> int:
         raise ConfigError(f"{PREFIX}{name} must be an integer, got {raw!r}") from exc
     if value <= 0:
         raise ConfigError(f"{PREFIX}{name} must be positive, got {value}")
+    return value
+
+
+def _delivery_timeout(raw: str) -> float:
+    (value,) = _seconds("DELIVERY_TIMEOUT", raw) or (0.0,)
+    if value <= 0:
+        raise ConfigError(f"{PREFIX}DELIVERY_TIMEOUT must be positive")
     return value
 
 
@@ -73,6 +103,10 @@ class Settings:
     allowed_ips: Mapping[str, tuple[IPNetwork, ...]] = field(default_factory=dict)
     apiframe_api_key: Secret | None = None
     apiframe_webhook_secret: Secret | None = None
+    retry_delays: tuple[float, ...] = (1.0, 2.0, 4.0)
+    delivery_timeout: float = 10.0
+    allow_private_targets: bool = False
+    target_allowlist: tuple[IPNetwork, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -112,6 +146,10 @@ class Settings:
             allowed_ips=allowed,
             apiframe_api_key=secret("APIFRAME_API_KEY"),
             apiframe_webhook_secret=secret("APIFRAME_WEBHOOK_SECRET"),
+            retry_delays=_seconds("RETRY_DELAYS", env.get("RETRY_DELAYS", "1,2,4")),
+            delivery_timeout=_delivery_timeout(env.get("DELIVERY_TIMEOUT", "10")),
+            allow_private_targets=_bool("ALLOW_PRIVATE_TARGETS", env.get("ALLOW_PRIVATE_TARGETS", "")),
+            target_allowlist=_networks("TARGET_ALLOWLIST", env.get("TARGET_ALLOWLIST", "")),
         )
 
     def with_changes(self, **changes: Any) -> Settings:
