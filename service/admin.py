@@ -30,7 +30,7 @@ async def create_callback_url(request: Request) -> Response:
     body = await read_json_object(request)
     provider = body.get("provider")
     if not isinstance(provider, str):
-        raise InvalidInput("provider is required (e.g. \"evolink\").", code="invalid_provider")
+        raise InvalidInput('provider is required (e.g. "evolink").', code="invalid_provider")
     minted = await relay.mint_callback_url(provider, body.get("metadata"), body.get("ttl_seconds"))
     return JSONResponse(minted, status_code=201)
 

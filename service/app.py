@@ -24,6 +24,14 @@ from service.settings import Settings
 
 log = structlog.get_logger("service.app")
 
+#: How uvicorn must run the relay, wherever it is started (CLI, tests, benchmarks).
+UVICORN_OPTIONS = {
+    "access_log": False,  # service.access_log writes one with callback tokens masked
+    "log_config": None,  # keep the structlog configuration
+    "proxy_headers": False,  # X-Forwarded-For is believed only from RELAY_TRUSTED_PROXIES
+    "server_header": False,
+}
+
 
 async def healthz(_request: Request) -> Response:
     return JSONResponse({"status": "ok"})
@@ -55,10 +63,16 @@ def create_app(settings: Settings) -> Starlette:
         app.state.relay = relay
         if relay.generated_admin_token:
             # Shown once, on the terminal, never in a log line; `relay admin-token` shows it again.
-            print(f"Admin token (generated, kept in the store): {relay.generated_admin_token}",
-                  file=sys.stderr, flush=True)
-        log.info("relay_started", database=settings.database_url.split("://", 1)[0],
-                 public_url=settings.public_url)
+            print(
+                f"Admin token (generated, kept in the store): {relay.generated_admin_token}",
+                file=sys.stderr,
+                flush=True,
+            )
+        log.info(
+            "relay_started",
+            database=settings.database_url.split("://", 1)[0],
+            public_url=settings.public_url,
+        )
         try:
             yield
         finally:

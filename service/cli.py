@@ -40,7 +40,10 @@ def _meta(text: str) -> tuple[str, str]:
 
 def _environment_help() -> str:
     lines = ["environment (flags override):"]
-    lines += [f"  {PREFIX}{name:<26} {desc} [default: {default}]" for name, (default, desc) in DOCUMENTED.items()]
+    lines += [
+        f"  {PREFIX}{name:<26} {desc} [default: {default}]"
+        for name, (default, desc) in DOCUMENTED.items()
+    ]
     return "\n".join(lines)
 
 
@@ -55,17 +58,32 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     serve = commands.add_parser("serve", help="run the relay (HTTP API and delivery worker)")
-    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on [default: 127.0.0.1]")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="interface to listen on [default: 127.0.0.1]"
+    )
     serve.add_argument("--port", type=int, default=8000, help="port to listen on [default: 8000]")
-    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes [default: 1]")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="uvicorn worker processes [default: 1]"
+    )
 
     commands.add_parser("admin-token", help="print the admin API's bearer token")
 
     mint = commands.add_parser("mint-url", help="mint a signed callback URL for a provider")
     mint.add_argument("provider", help="evolink or apiframe")
-    mint.add_argument("--ttl", type=parse_duration, default=7 * 86400, help="lifetime, e.g. 7d or 12h [default: 7d]")
-    mint.add_argument("--meta", type=_meta, action="append", default=[], metavar="KEY=VALUE",
-                      help="metadata attached to every event from this URL (repeatable)")
+    mint.add_argument(
+        "--ttl",
+        type=parse_duration,
+        default=7 * 86400,
+        help="lifetime, e.g. 7d or 12h [default: 7d]",
+    )
+    mint.add_argument(
+        "--meta",
+        type=_meta,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="metadata attached to every event from this URL (repeatable)",
+    )
     return parser
 
 
@@ -80,7 +98,7 @@ async def _with_relay(settings: Settings, action: Any) -> Any:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service.app import create_app
+    from service.app import UVICORN_OPTIONS, create_app
 
     if args.workers > 1 and settings.database_url.startswith("sqlite"):
         print("relay: SQLite serves one process; use --workers 1 or PostgreSQL.", file=sys.stderr)
@@ -89,10 +107,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         create_app(settings),
         host=args.host,
         port=args.port,
-        access_log=False,  # service.access_log writes one with tokens masked
-        log_config=None,  # keep the structlog configuration
-        server_header=False,
         timeout_graceful_shutdown=30,
+        **UVICORN_OPTIONS,  # type: ignore[arg-type]
     )
     return 0
 
@@ -113,10 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(relay_settings.admin_token)
             return 0
         if args.command == "mint-url":
-            minted = asyncio.run(_with_relay(
-                settings,
-                lambda r: r.mint_callback_url(args.provider, dict(args.meta), args.ttl),
-            ))
+            minted = asyncio.run(
+                _with_relay(
+                    settings,
+                    lambda r: r.mint_callback_url(args.provider, dict(args.meta), args.ttl),
+                )
+            )
             print(json.dumps(minted, indent=2))
             return 0
     except RelayError as exc:

@@ -62,7 +62,9 @@ class Normalized:
 
 def rfc3339(timestamp: float) -> str:
     return (
-        datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        datetime.fromtimestamp(timestamp, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
     )
 
 

@@ -130,7 +130,9 @@ def parse_time(value: str | None, name: str) -> float | None:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise InvalidInput(f"{name} must be an RFC 3339 time or Unix seconds.", code="invalid_query") from None
+        raise InvalidInput(
+            f"{name} must be an RFC 3339 time or Unix seconds.", code="invalid_query"
+        ) from None
     if parsed.tzinfo is None:
         raise InvalidInput(f"{name} must carry a time zone (e.g. Z).", code="invalid_query")
     return parsed.timestamp()

@@ -15,7 +15,9 @@ from typing import Any
 import structlog
 
 #: Keys whose values are never written, whoever binds them.
-_SECRET_KEYS = frozenset({"token", "secret", "admin_token", "authorization", "secret_key", "api_key"})
+_SECRET_KEYS = frozenset(
+    {"token", "secret", "admin_token", "authorization", "secret_key", "api_key"}
+)
 _CALLBACK_PATH = re.compile(r"(/callbacks/[^/\s?]+/)[^/\s?\"']+")
 
 

@@ -54,11 +54,15 @@ async def receive_callback(request: Request) -> Response:
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError, RecursionError):
-            raise InvalidInput("The callback body is not valid JSON.", code="invalid_json") from None
+            raise InvalidInput(
+                "The callback body is not valid JSON.", code="invalid_json"
+            ) from None
         normalized = provider.normalize(payload)
         if normalized.unknown_status:
             log.warning(
-                "unknown_status", provider=provider_name, task_id=normalized.task_id,
+                "unknown_status",
+                provider=provider_name,
+                task_id=normalized.task_id,
                 raw_status=normalized.raw_status,
             )
         result = await relay.accept(
@@ -68,10 +72,18 @@ async def receive_callback(request: Request) -> Response:
         log.info("callback_refused", provider=provider_name, code=exc.code, status=exc.status_code)
         return error_response(exc)
     log.info(
-        "callback_received", provider=provider_name, task_id=normalized.task_id,
-        event_id=result.event_id, outcome=result.outcome, status=normalized.status,
+        "callback_received",
+        provider=provider_name,
+        task_id=normalized.task_id,
+        event_id=result.event_id,
+        outcome=result.outcome,
+        status=normalized.status,
     )
-    answer = {"received": True, "event_id": result.event_id, "duplicate": result.outcome == "duplicate"}
+    answer = {
+        "received": True,
+        "event_id": result.event_id,
+        "duplicate": result.outcome == "duplicate",
+    }
     if result.outcome == "superseded":
         answer["superseded"] = True
     return JSONResponse(answer)

@@ -36,7 +36,7 @@ class Relay:
     settings: Settings
     store: Store
     tokens: CallbackTokens
-    #: The admin token, when this start generated it (shown once, then only by ``relay admin-token``).
+    #: The admin token if this start generated it (``relay admin-token`` shows it again).
     generated_admin_token: str | None = None
     #: Called after an accepted event created deliveries (wakes the delivery worker).
     on_deliveries: Callable[[], None] = lambda: None
@@ -57,7 +57,9 @@ class Relay:
             value = await store.get_or_create_meta("admin_token", proposal)
             generated = value if value == proposal else None
             admin = Secret(value)
-        settings = settings.with_changes(secret_keys=tuple(Secret(k) for k in keys), admin_token=admin)
+        settings = settings.with_changes(
+            secret_keys=tuple(Secret(k) for k in keys), admin_token=admin
+        )
         return cls(settings, store, CallbackTokens(keys), generated_admin_token=generated)
 
     async def close(self) -> None:
@@ -118,8 +120,12 @@ class Relay:
         event_id = ids.new_id("evt")
         metadata = await self.metadata_for(url_id) if url_id else {}
         cloudevent = build_cloudevent(
-            event_id=event_id, provider=provider, normalized=normalized, received_at=now,
-            metadata=metadata, raw=raw,
+            event_id=event_id,
+            provider=provider,
+            normalized=normalized,
+            received_at=now,
+            metadata=metadata,
+            raw=raw,
         )
         result = await self.store.ingest(
             IncomingEvent(

@@ -23,7 +23,10 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DOCUMENTED: dict[str, tuple[str, str]] = {
     "DATABASE_URL": ("sqlite:///./relay.db", "store: sqlite:///path"),
     "PUBLIC_URL": ("http://127.0.0.1:8000", "base of minted callback URLs"),
-    "SECRET_KEY": ("(generated, kept in the store)", "token signing keys, newest first, comma-separated"),
+    "SECRET_KEY": (
+        "(generated, kept in the store)",
+        "token signing keys, newest first, comma-separated",
+    ),
     "ADMIN_TOKEN": ("(generated, kept in the store)", "bearer token of the admin API"),
     "MAX_BODY_BYTES": ("1048576", "largest callback body accepted"),
     "LOG_FORMAT": ("json", "json or console"),
@@ -46,7 +49,9 @@ class ConfigError(ValueError):
 def _networks(name: str, raw: str) -> tuple[IPNetwork, ...]:
     try:
         return tuple(
-            ipaddress.ip_network(part.strip(), strict=False) for part in raw.split(",") if part.strip()
+            ipaddress.ip_network(part.strip(), strict=False)
+            for part in raw.split(",")
+            if part.strip()
         )
     except ValueError as exc:
         raise ConfigError(f"{PREFIX}{name}: {exc}") from exc
@@ -139,7 +144,9 @@ class Settings:
             public_url=env.get("PUBLIC_URL", cls.public_url).rstrip("/"),
             secret_keys=keys,
             admin_token=secret("ADMIN_TOKEN"),
-            max_body_bytes=_int("MAX_BODY_BYTES", env.get("MAX_BODY_BYTES", str(cls.max_body_bytes))),
+            max_body_bytes=_int(
+                "MAX_BODY_BYTES", env.get("MAX_BODY_BYTES", str(cls.max_body_bytes))
+            ),
             log_format=log_format,
             log_level=env.get("LOG_LEVEL", "info").strip().lower(),
             trusted_proxies=_networks("TRUSTED_PROXIES", env.get("TRUSTED_PROXIES", "")),
@@ -148,7 +155,9 @@ class Settings:
             apiframe_webhook_secret=secret("APIFRAME_WEBHOOK_SECRET"),
             retry_delays=_seconds("RETRY_DELAYS", env.get("RETRY_DELAYS", "1,2,4")),
             delivery_timeout=_delivery_timeout(env.get("DELIVERY_TIMEOUT", "10")),
-            allow_private_targets=_bool("ALLOW_PRIVATE_TARGETS", env.get("ALLOW_PRIVATE_TARGETS", "")),
+            allow_private_targets=_bool(
+                "ALLOW_PRIVATE_TARGETS", env.get("ALLOW_PRIVATE_TARGETS", "")
+            ),
             target_allowlist=_networks("TARGET_ALLOWLIST", env.get("TARGET_ALLOWLIST", "")),
         )
 

@@ -85,9 +85,11 @@ class Apiframe(Provider):
         task_id = task_id_from(body, "jobId", "id")
         raw_status = body.get("status")
         if raw_status is None and isinstance(body.get("event"), str):
-            raw_status = {"completed": "COMPLETED", "failed": "FAILED", "progress": "PROCESSING"}.get(
-                body["event"].lower()
-            )
+            raw_status = {
+                "completed": "COMPLETED",
+                "failed": "FAILED",
+                "progress": "PROCESSING",
+            }.get(body["event"].lower())
         status, unknown = self.map_status(raw_status)
         outputs = _v2_outputs(body.get("result"))
         media_types = {output.media_type for output in outputs} - {None}

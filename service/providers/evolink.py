@@ -39,7 +39,11 @@ class Evolink(Provider):
         raw_status = body.get("status")
         status, unknown = self.map_status(raw_status)
         error = body.get("error")
-        if status == "failed" and isinstance(error, dict) and error.get("code") == "request_cancelled":
+        if (
+            status == "failed"
+            and isinstance(error, dict)
+            and error.get("code") == "request_cancelled"
+        ):
             status = "canceled"
         media_type = media_type_from(body.get("type"))
         if media_type is None and isinstance(body.get("object"), str):
@@ -60,7 +64,9 @@ class Evolink(Provider):
             model=text_or_none(body.get("model")),
             media_type=media_type,
             outputs=unique(outputs),
-            error=error_from(error, status, "Evolink") if status in ("failed", "canceled") else None,
+            error=error_from(error, status, "Evolink")
+            if status in ("failed", "canceled")
+            else None,
             raw_status=raw_status if isinstance(raw_status, str) else None,
             unknown_status=unknown,
         )

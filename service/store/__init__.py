@@ -12,4 +12,6 @@ def open_store(url: str) -> Store:
         from service.store.sqlite import SQLiteStore, sqlite_path
 
         return SQLiteStore(sqlite_path(url))
-    raise ConfigError(f"RELAY_DATABASE_URL: unsupported scheme in {url.split(':', 1)[0]!r}; use sqlite:///path")
+    raise ConfigError(
+        f"RELAY_DATABASE_URL: unsupported scheme in {url.split(':', 1)[0]!r}; use sqlite:///path"
+    )

@@ -130,7 +130,11 @@ class Store(ABC):
 
     @abstractmethod
     async def create_callback_url(
-        self, url_id: str, provider: str, metadata: dict[str, Any], created_at: float,
+        self,
+        url_id: str,
+        provider: str,
+        metadata: dict[str, Any],
+        created_at: float,
         expires_at: float,
     ) -> None:
         """Remember the metadata of a minted callback URL."""

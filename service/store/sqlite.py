@@ -213,7 +213,11 @@ class SQLiteStore(Store):
     # -- callback URLs --------------------------------------------------------------------------
 
     async def create_callback_url(
-        self, url_id: str, provider: str, metadata: dict[str, Any], created_at: float,
+        self,
+        url_id: str,
+        provider: str,
+        metadata: dict[str, Any],
+        created_at: float,
         expires_at: float,
     ) -> None:
         text = json.dumps(metadata, separators=(",", ":"))
@@ -229,7 +233,9 @@ class SQLiteStore(Store):
 
     async def get_callback_metadata(self, url_id: str) -> dict[str, Any] | None:
         def op(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute("SELECT metadata FROM callback_urls WHERE id = ?", (url_id,)).fetchone()
+            row = conn.execute(
+                "SELECT metadata FROM callback_urls WHERE id = ?", (url_id,)
+            ).fetchone()
             return None if row is None else str(row[0])
 
         text = await self._run(op)
@@ -271,7 +277,7 @@ class SQLiteStore(Store):
             clauses.append("seq < ?")
             params.append(before)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT seq, body FROM events {where} ORDER BY seq DESC LIMIT ?"  # noqa: S608
+        sql = f"SELECT seq, body FROM events {where} ORDER BY seq DESC LIMIT ?"
 
         def op(conn: sqlite3.Connection) -> list[tuple[int, str]]:
             return conn.execute(sql, (*params, limit + 1)).fetchall()
@@ -294,8 +300,17 @@ def _ingest(conn: sqlite3.Connection, event: IncomingEvent) -> IngestResult:
         "INSERT INTO events (id, provider, task_id, status, progress, dedup_key, state,"
         " received_at, url_id, body, raw_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
-            event.event_id, event.provider, event.task_id, event.status, event.progress,
-            event.dedup_key, state, event.received_at, event.url_id, event.body, event.raw_body,
+            event.event_id,
+            event.provider,
+            event.task_id,
+            event.status,
+            event.progress,
+            event.dedup_key,
+            state,
+            event.received_at,
+            event.url_id,
+            event.body,
+            event.raw_body,
         ),
     )
     if terminal is not None:

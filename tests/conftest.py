@@ -1,0 +1,155 @@
+"""Shared fixtures: a real relay on a loopback port, real HTTP clients, a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from starlette.datastructures import Secret
+
+from service.app import UVICORN_OPTIONS, create_app
+from service.settings import Settings
+
+ADMIN_TOKEN = "test-admin-token"
+
+EVOLINK_COMPLETED = {
+    "id": "task-unified-1756817821-4x3rx6ny",
+    "object": "video.generation.task",
+    "created": 1756817821,
+    "model": "seedance-2.0",
+    "status": "completed",
+    "progress": 100,
+    "results": ["https://cdn.example.com/videos/task-unified-1756817821-4x3rx6ny.mp4"],
+    "type": "video",
+    "task_info": {"can_cancel": False},
+}
+
+
+def bound_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+class ServerThread:
+    """Runs an ASGI app under a real uvicorn server on a loopback socket, in a thread."""
+
+    def __init__(self, app: Any, sock: socket.socket) -> None:
+        self.app = app
+        self.sock = sock
+        self.port = sock.getsockname()[1]
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, lifespan="on", **UVICORN_OPTIONS)  # type: ignore[arg-type]
+        )
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self.server.serve(sockets=[self.sock]))
+        except BaseException as exc:  # surfaced by start()/stop()
+            self.error = exc
+
+    def start(self) -> ServerThread:
+        self.thread.start()
+        for _ in range(500):
+            if self.server.started or self.error or not self.thread.is_alive():
+                break
+            threading.Event().wait(0.01)
+        if not self.server.started:
+            raise RuntimeError(f"server did not start: {self.error!r}")
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+        self.sock.close()
+
+
+@dataclass
+class RelayServer:
+    """A running relay: its base URL, settings, and helpers for the admin API."""
+
+    base_url: str
+    settings: Settings
+    thread: ServerThread
+    client: httpx.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = httpx.Client(base_url=self.base_url, timeout=10)
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    @property
+    def relay(self) -> Any:
+        return self.thread.app.state.relay
+
+    def mint(self, provider: str = "evolink", **body: Any) -> str:
+        response = self.client.post(
+            "/v1/callback-urls", json={"provider": provider, **body}, headers=self.admin
+        )
+        assert response.status_code == 201, response.text
+        url: str = response.json()["url"]
+        assert url.startswith(self.base_url)
+        return url
+
+    def post_callback(self, url: str, payload: Any, **kwargs: Any) -> httpx.Response:
+        return self.client.post(url, json=payload, **kwargs)
+
+    def events(self, **params: Any) -> list[dict[str, Any]]:
+        response = self.client.get("/v1/events", params=params, headers=self.admin)
+        assert response.status_code == 200, response.text
+        items: list[dict[str, Any]] = response.json()["items"]
+        return items
+
+    def stop(self) -> None:
+        self.client.close()
+        self.thread.stop()
+
+
+def make_settings(tmp_path: Path, port: int, **overrides: Any) -> Settings:
+    base = Settings(
+        database_url=f"sqlite:///{tmp_path / 'relay.db'}",
+        public_url=f"http://127.0.0.1:{port}",
+        admin_token=Secret(ADMIN_TOKEN),
+        secret_keys=(Secret("test-signing-key"),),
+        allow_private_targets=True,
+        retry_delays=(1.0, 2.0, 4.0),
+    )
+    return base.with_changes(**overrides)
+
+
+@pytest.fixture
+def relay_factory(tmp_path: Path) -> Iterator[Callable[..., RelayServer]]:
+    """Start relays (real uvicorn on 127.0.0.1); all are stopped after the test."""
+    started: list[RelayServer] = []
+
+    def start(**overrides: Any) -> RelayServer:
+        sock = bound_socket()
+        port = sock.getsockname()[1]
+        settings = make_settings(tmp_path, port, **overrides)
+        thread = ServerThread(create_app(settings), sock).start()
+        server = RelayServer(f"http://127.0.0.1:{port}", settings, thread)
+        started.append(server)
+        return server
+
+    yield start
+    for server in reversed(started):
+        server.stop()
+
+
+@pytest.fixture
+def relay_server(relay_factory: Callable[..., RelayServer]) -> RelayServer:
+    """One relay on a fresh SQLite file, with default settings."""
+    return relay_factory()

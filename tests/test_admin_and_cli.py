@@ -1,0 +1,136 @@
+"""The admin API's guard and the CLI, each through the real thing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import EVOLINK_COMPLETED, RelayServer, bound_socket
+
+ADMIN_ROUTES = [
+    ("POST", "/v1/callback-urls"),
+    ("GET", "/v1/events"),
+    ("GET", "/v1/events/evt_x"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), ADMIN_ROUTES)
+@pytest.mark.parametrize(
+    "header", [None, "Bearer wrong", "Basic dGVzdA==", "Bearer", "bearer test-admin-tokenx"]
+)
+def test_admin_routes_refuse_without_token(
+    relay_server: RelayServer, method: str, path: str, header: str | None
+) -> None:
+    """Every /v1 route answers 401 JSON to a missing or wrong bearer token."""
+    headers = {"authorization": header} if header else {}
+    response = relay_server.client.request(method, path, headers=headers, json={})
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "unauthorized"
+
+
+def test_mint_url_validation(relay_server: RelayServer) -> None:
+    """Minting refuses unknown providers, bad TTLs and non-object metadata with 4xx JSON."""
+    cases = [
+        ({"provider": "acme"}, 404, "unknown_provider"),
+        ({}, 400, "invalid_provider"),
+        ({"provider": "evolink", "ttl_seconds": 0}, 400, "invalid_ttl"),
+        ({"provider": "evolink", "ttl_seconds": "7d"}, 400, "invalid_ttl"),
+        ({"provider": "evolink", "metadata": [1]}, 400, "invalid_metadata"),
+    ]
+    for body, status, code in cases:
+        response = relay_server.client.post(
+            "/v1/callback-urls", json=body, headers=relay_server.admin
+        )
+        assert response.status_code == status, (body, response.text)
+        assert response.json()["error"]["code"] == code
+    bad_json = relay_server.client.post(
+        "/v1/callback-urls", content=b"{", headers=relay_server.admin
+    )
+    assert bad_json.status_code == 400
+    assert bad_json.json()["error"]["code"] == "invalid_json"
+
+
+def test_minted_url_is_short_and_expires_in_seven_days(relay_server: RelayServer) -> None:
+    """A minted URL stays far under Evolink's 2,048 characters and defaults to a 7-day life."""
+    response = relay_server.client.post(
+        "/v1/callback-urls",
+        json={"provider": "evolink", "metadata": {"k": "v" * 5000}},
+        headers=relay_server.admin,
+    ).json()
+    assert len(response["url"]) < 200
+    assert response["expires_at"].endswith("Z")
+
+
+def _relay(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_cli_serve_generates_secrets_and_never_logs_tokens(tmp_path: Path) -> None:
+    """`relay serve` with no configuration generates and keeps its secrets; logs hold no token."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    env.update(
+        RELAY_DATABASE_URL=f"sqlite:///{tmp_path / 'cli.db'}",
+        RELAY_PUBLIC_URL=f"http://127.0.0.1:{port}",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                if httpx.get(f"{base}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        token = _relay("admin-token", env=env).stdout.strip()
+        assert len(token) >= 32
+        minted = _relay("mint-url", "evolink", "--ttl", "2h", "--meta", "user=u1", env=env)
+        assert minted.returncode == 0, minted.stderr
+        url = json.loads(minted.stdout)["url"]
+        accepted = httpx.post(url, json=EVOLINK_COMPLETED)
+        assert accepted.status_code == 200
+        httpx.post(url + "tampered", json=EVOLINK_COMPLETED)
+        events = httpx.get(f"{base}/v1/events", headers={"authorization": f"Bearer {token}"})
+        assert events.json()["items"][0]["data"]["metadata"] == {"user": "u1"}
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+    url_token = url.rsplit("/", 1)[1]
+    lines = [line for line in stderr.splitlines() if line.startswith("{")]
+    assert any('"/callbacks/evolink/***"' in line for line in lines)
+    assert url_token not in stderr
+    # The generated admin token is shown once on the terminal, in no JSON log line.
+    assert stderr.count(token) == 1
+    assert not any(token in line for line in lines)
+    # A second start reuses the persisted secrets: the old URL still verifies.
+    assert _relay("admin-token", env=env).stdout.strip() == token
+
+
+def test_cli_mint_url_refuses_unknown_provider(tmp_path: Path) -> None:
+    """`relay mint-url` explains a bad provider on stderr and exits non-zero."""
+    env = dict(os.environ, RELAY_DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}")
+    result = _relay("mint-url", "acme", env=env)
+    assert result.returncode == 1
+    assert "unknown_provider" in result.stderr
