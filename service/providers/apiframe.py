@@ -110,7 +110,8 @@ class Apiframe(Provider):
     def _normalize_v1(self, body: dict[str, Any]) -> Normalized:
         task_id = task_id_from(body, "task_id", "taskId")
         outputs = urls_to_outputs(body.get("image_urls"), "image")
-        if not outputs and isinstance(body.get("original_image_url"), str):
+        # text_or_none, not isinstance: an empty URL is no output (and no proof of success).
+        if not outputs and text_or_none(body.get("original_image_url")):
             outputs = [Output(body["original_image_url"], "image")]
         if isinstance(body.get("video_url"), str) and body["video_url"]:
             outputs.append(Output(body["video_url"], "video"))
@@ -144,7 +145,7 @@ def _v2_outputs(result: Any) -> tuple[Output, ...]:
     if not isinstance(result, dict):
         return ()
     outputs = urls_to_outputs(result.get("images"), "image")
-    if not outputs and isinstance(result.get("gridUrl"), str):
+    if not outputs and text_or_none(result.get("gridUrl")):  # an empty URL is no output
         outputs.append(Output(result["gridUrl"], "image"))
     if isinstance(result.get("videoUrl"), str) and result["videoUrl"]:
         outputs.append(Output(result["videoUrl"], "video"))

@@ -50,12 +50,13 @@ class Evolink(Provider):
             media_type = media_type_from(body["object"].split(".", 1)[0])
         outputs = urls_to_outputs(body.get("results"), media_type)
         # Suno tasks also list their tracks in result_data; keep any URL not already in results.
+        # An empty audio_url is no output: every output needs a URL.
         audio = body.get("result_data")
         if isinstance(audio, list):
             outputs += [
                 Output(item["audio_url"], "audio")
                 for item in audio
-                if isinstance(item, dict) and isinstance(item.get("audio_url"), str)
+                if isinstance(item, dict) and text_or_none(item.get("audio_url"))
             ]
         return Normalized(
             task_id=task_id,
