@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,13 +15,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import admin
+from service import admin, admin_deliveries
 from service.access_log import AccessLogMiddleware
+from service.delivery import Deliverer
 from service.errors import RelayError, StorageUnavailable
 from service.http import JSONResponse, error_response, http_error_handler, relay_error_handler
 from service.receiver import receive_callback
 from service.relay import Relay
 from service.settings import Settings
+from service.targets import TargetPolicy
+from service.worker import DeliveryWorker
 
 log = structlog.get_logger("service.app")
 
@@ -54,8 +58,8 @@ async def internal_error(_request: Request, exc: Exception) -> Response:
     )
 
 
-def create_app(settings: Settings) -> Starlette:
-    """The relay as an ASGI app; the store opens and closes with the app's lifespan."""
+def create_app(settings: Settings, *, run_worker: bool = True) -> Starlette:
+    """The relay as an ASGI app; the store and the delivery worker live with its lifespan."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -68,14 +72,30 @@ def create_app(settings: Settings) -> Starlette:
                 file=sys.stderr,
                 flush=True,
             )
+        worker = None
+        worker_task = None
+        if run_worker:
+            if relay.store.exclusive:
+                # One process owns this store: leases left by a crash can be freed at once.
+                await relay.store.release_leases(None)
+            deliverer = Deliverer(TargetPolicy.from_settings(settings), settings.delivery_timeout)
+            worker = DeliveryWorker(relay.store, deliverer, settings.retry_delays)
+            relay.on_deliveries = worker.wake
+            worker_task = asyncio.create_task(worker.run(), name="delivery-worker")
+        app.state.worker = worker
         log.info(
             "relay_started",
             database=settings.database_url.split("://", 1)[0],
             public_url=settings.public_url,
+            worker=run_worker,
         )
         try:
             yield
         finally:
+            if worker is not None and worker_task is not None:
+                await worker.stop()
+                await worker_task
+                await worker.deliverer.aclose()
             await relay.close()
             log.info("relay_stopped")
 
@@ -84,6 +104,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *admin.routes,
+        *admin_deliveries.routes,
     ]
     return Starlette(
         routes=routes,

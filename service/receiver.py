@@ -42,6 +42,11 @@ def _check_source(relay: Relay, provider: str, request: Request) -> None:
         raise SourceNotAllowed()
 
 
+def _refuse_constant(name: str) -> None:
+    # NaN and Infinity are not JSON; storing them would make every delivery invalid JSON.
+    raise ValueError(f"{name} is not valid JSON")
+
+
 async def receive_callback(request: Request) -> Response:
     relay: Relay = request.app.state.relay
     provider_name = request.path_params["provider"]
@@ -52,7 +57,7 @@ async def receive_callback(request: Request) -> Response:
         body = await read_body(request, relay.settings.max_body_bytes)
         provider.verify(request.headers, body, relay.settings)
         try:
-            payload = json.loads(body)
+            payload = json.loads(body, parse_constant=_refuse_constant)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise InvalidInput(
                 "The callback body is not valid JSON.", code="invalid_json"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,38 @@ class RelayServer:
         assert response.status_code == 200, response.text
         items: list[dict[str, Any]] = response.json()["items"]
         return items
+
+    def add_subscriber(self, url: str, **body: Any) -> dict[str, Any]:
+        response = self.client.post(
+            "/v1/subscribers", json={"url": url, **body}, headers=self.admin
+        )
+        assert response.status_code == 201, response.text
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    def deliveries(self, **params: Any) -> list[dict[str, Any]]:
+        response = self.client.get("/v1/deliveries", params=params, headers=self.admin)
+        assert response.status_code == 200, response.text
+        items: list[dict[str, Any]] = response.json()["items"]
+        return items
+
+    def delivery(self, delivery_id: str) -> dict[str, Any]:
+        response = self.client.get(f"/v1/deliveries/{delivery_id}", headers=self.admin)
+        assert response.status_code == 200, response.text
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    def wait_deliveries(
+        self, count: int, status: str, timeout: float = 15.0, **params: Any
+    ) -> list[dict[str, Any]]:
+        """Wait until ``count`` deliveries have ``status``."""
+        deadline = time.time() + timeout
+        while True:
+            items = self.deliveries(status=status, limit=500, **params)
+            if len(items) >= count or time.time() > deadline:
+                assert len(items) >= count, f"{len(items)} {status} deliveries, wanted {count}"
+                return items
+            time.sleep(0.05)
 
     def stop(self) -> None:
         self.client.close()

@@ -79,6 +79,50 @@ class Subscriber:
         return False
 
 
+DeliveryStatus = Literal["pending", "succeeded", "failed"]
+
+
+@dataclass(frozen=True)
+class DeliveryFilter:
+    status: DeliveryStatus | None = None
+    subscriber_id: str | None = None
+    event_id: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A delivery leased to this worker, with everything needed to attempt it."""
+
+    delivery_id: str
+    event_id: str
+    subscriber_id: str
+    url: str
+    secrets: tuple[str, ...]
+    body: str
+    cycle_attempts: int
+    trigger: str
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """What one HTTP attempt did, and what happens next."""
+
+    delivery_id: str
+    attempted_at: float
+    trigger: str
+    latency_ms: float
+    status_code: int | None
+    error: str | None
+    response_excerpt: str | None
+    #: ``succeeded``, ``failed``, or ``pending`` (retry at ``next_attempt_at``).
+    outcome: DeliveryStatus
+    next_attempt_at: float | None = None
+    #: Set when the subscriber answered 410 Gone: it is disabled with this reason.
+    disable_subscriber: str | None = None
+
+
 @dataclass(frozen=True)
 class Page:
     items: list[Any]
@@ -105,6 +149,9 @@ def decode_cursor(cursor: str | None) -> int | None:
 
 class Store(ABC):
     """Durable state of the relay. Open with ``await store.open()``; close with ``close()``."""
+
+    #: True when one process owns the store (SQLite): leases left by a crash are freed at start.
+    exclusive: bool = False
 
     @abstractmethod
     async def open(self) -> None:
@@ -166,3 +213,81 @@ class Store(ABC):
     @abstractmethod
     async def list_events(self, filters: EventFilter, cursor: str | None, limit: int) -> Page:
         """Emitted and superseded events, newest first; items are CloudEvent JSON strings."""
+
+    # -- subscribers ----------------------------------------------------------------------------
+
+    @abstractmethod
+    async def create_subscriber(self, subscriber: Subscriber) -> None:
+        """Store a new subscriber (``secrets[0]`` is its signing secret)."""
+
+    @abstractmethod
+    async def get_subscriber(self, subscriber_id: str) -> Subscriber | None:
+        """The subscriber, with its current secrets (the previous one only while it is valid)."""
+
+    @abstractmethod
+    async def list_subscribers(self, cursor: str | None, limit: int) -> Page:
+        """Subscribers, oldest first; items are ``Subscriber``."""
+
+    @abstractmethod
+    async def update_subscriber(
+        self, subscriber_id: str, changes: dict[str, Any]
+    ) -> Subscriber | None:
+        """Apply ``changes`` (url, description, providers, event_types, enabled); None: unknown."""
+
+    @abstractmethod
+    async def delete_subscriber(self, subscriber_id: str, now: float) -> bool:
+        """Remove a subscriber; its pending deliveries become failed. False if unknown."""
+
+    @abstractmethod
+    async def rotate_secret(
+        self, subscriber_id: str, new_secret: str, previous_valid_until: float
+    ) -> Subscriber | None:
+        """Make ``new_secret`` current; the old one keeps signing until ``previous_valid_until``."""
+
+    # -- deliveries -----------------------------------------------------------------------------
+
+    @abstractmethod
+    async def claim_due(
+        self, now: float, limit: int, lease_seconds: float, exclude_subscribers: frozenset[str]
+    ) -> list[Claim]:
+        """Lease up to ``limit`` deliveries that are due, oldest due first.
+
+        Only pending deliveries of enabled subscribers whose lease is free, and never one with
+        an earlier pending delivery of the same task to the same subscriber (per-task order).
+        """
+
+    @abstractmethod
+    async def record_attempt(self, record: AttemptRecord) -> None:
+        """Append the attempt, move the delivery to its outcome and free its lease."""
+
+    @abstractmethod
+    async def release_leases(self, delivery_ids: list[str] | None = None) -> int:
+        """Free leases (all of them when ``delivery_ids`` is None): shutdown and crash recovery."""
+
+    @abstractmethod
+    async def list_deliveries(
+        self, filters: DeliveryFilter, cursor: str | None, limit: int
+    ) -> Page:
+        """Deliveries, newest first; items are dicts (see ``delivery_json``)."""
+
+    @abstractmethod
+    async def get_delivery(self, delivery_id: str) -> dict[str, Any] | None:
+        """One delivery with ``attempts`` (oldest first), or None."""
+
+    @abstractmethod
+    async def replay(
+        self, filters: DeliveryFilter, delivery_ids: list[str] | None, now: float
+    ) -> int:
+        """Start a fresh retry cycle, due now, for failed deliveries of enabled subscribers.
+
+        ``delivery_ids`` selects deliveries by id; otherwise ``filters`` (status is forced to
+        failed) selects them. Returns how many were replayed.
+        """
+
+    @abstractmethod
+    async def redeliver(self, event_id: str, subscriber_ids: list[str], now: float) -> int:
+        """Create a new pending delivery of an emitted event to each given subscriber."""
+
+    @abstractmethod
+    async def delivery_counts(self) -> dict[str, int]:
+        """How many deliveries are pending and failed, and the age of the oldest pending."""

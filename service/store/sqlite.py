@@ -13,6 +13,7 @@ import json
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -21,12 +22,17 @@ from typing import Any, TypeVar
 import structlog
 
 from service.errors import StorageUnavailable
+from service.store import sqlite_deliveries as q
 from service.store.base import (
+    AttemptRecord,
+    Claim,
+    DeliveryFilter,
     EventFilter,
     IncomingEvent,
     IngestResult,
     Page,
     Store,
+    Subscriber,
     decode_cursor,
     encode_cursor,
 )
@@ -69,12 +75,15 @@ def _settle(op: _Op) -> None:
 class SQLiteStore(Store):
     """SQLite in WAL mode on a file (``synchronous=FULL``: a commit is on disk)."""
 
+    exclusive = True
+
     def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
         self.path = path
         self.synchronous = synchronous
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
+        self._subscribers = q.SubscriberCache()  # touched only on the database thread
 
     # -- the database thread -------------------------------------------------------------------
 
@@ -244,7 +253,7 @@ class SQLiteStore(Store):
     # -- events ---------------------------------------------------------------------------------
 
     async def ingest(self, event: IncomingEvent) -> IngestResult:
-        return await self._run(lambda conn: _ingest(conn, event))
+        return await self._run(lambda conn: _ingest(conn, event, self._subscribers))
 
     async def get_event(self, event_id: str) -> dict[str, Any] | None:
         def op(conn: sqlite3.Connection) -> tuple[str, str, float] | None:
@@ -287,8 +296,75 @@ class SQLiteStore(Store):
         rows = rows[:limit]
         return Page([body for _, body in rows], encode_cursor(rows[-1][0]) if more else None)
 
+    # -- subscribers ----------------------------------------------------------------------------
 
-def _ingest(conn: sqlite3.Connection, event: IncomingEvent) -> IngestResult:
+    async def create_subscriber(self, subscriber: Subscriber) -> None:
+        await self._run(lambda conn: q.create_subscriber(conn, subscriber))
+
+    async def get_subscriber(self, subscriber_id: str) -> Subscriber | None:
+        now = time.time()
+        return await self._run(lambda conn: q.get_subscriber(conn, subscriber_id, now))
+
+    async def list_subscribers(self, cursor: str | None, limit: int) -> Page:
+        now = time.time()
+        return await self._run(lambda conn: q.list_subscribers(conn, cursor, limit, now))
+
+    async def update_subscriber(
+        self, subscriber_id: str, changes: dict[str, Any]
+    ) -> Subscriber | None:
+        now = time.time()
+        return await self._run(lambda conn: q.update_subscriber(conn, subscriber_id, changes, now))
+
+    async def delete_subscriber(self, subscriber_id: str, now: float) -> bool:
+        return await self._run(lambda conn: q.delete_subscriber(conn, subscriber_id, now))
+
+    async def rotate_secret(
+        self, subscriber_id: str, new_secret: str, previous_valid_until: float
+    ) -> Subscriber | None:
+        now = time.time()
+        return await self._run(
+            lambda conn: q.rotate_secret(conn, subscriber_id, new_secret, previous_valid_until, now)
+        )
+
+    # -- deliveries -----------------------------------------------------------------------------
+
+    async def claim_due(
+        self, now: float, limit: int, lease_seconds: float, exclude_subscribers: frozenset[str]
+    ) -> list[Claim]:
+        return await self._run(
+            lambda conn: q.claim_due(conn, now, limit, now + lease_seconds, exclude_subscribers)
+        )
+
+    async def record_attempt(self, record: AttemptRecord) -> None:
+        await self._run(lambda conn: q.record_attempt(conn, record))
+
+    async def release_leases(self, delivery_ids: list[str] | None = None) -> int:
+        return await self._run(lambda conn: q.release_leases(conn, delivery_ids))
+
+    async def list_deliveries(
+        self, filters: DeliveryFilter, cursor: str | None, limit: int
+    ) -> Page:
+        return await self._run(lambda conn: q.list_deliveries(conn, filters, cursor, limit))
+
+    async def get_delivery(self, delivery_id: str) -> dict[str, Any] | None:
+        return await self._run(lambda conn: q.get_delivery(conn, delivery_id))
+
+    async def replay(
+        self, filters: DeliveryFilter, delivery_ids: list[str] | None, now: float
+    ) -> int:
+        return await self._run(lambda conn: q.replay(conn, filters, delivery_ids, now))
+
+    async def redeliver(self, event_id: str, subscriber_ids: list[str], now: float) -> int:
+        return await self._run(lambda conn: q.redeliver(conn, event_id, subscriber_ids, now))
+
+    async def delivery_counts(self) -> dict[str, int]:
+        now = time.time()
+        return await self._run(lambda conn: q.delivery_counts(conn, now))
+
+
+def _ingest(
+    conn: sqlite3.Connection, event: IncomingEvent, subscribers: q.SubscriberCache
+) -> IngestResult:
     row = conn.execute("SELECT id FROM events WHERE dedup_key = ?", (event.dedup_key,)).fetchone()
     if row is not None:
         return IngestResult("duplicate", row[0])
@@ -320,4 +396,5 @@ def _ingest(conn: sqlite3.Connection, event: IncomingEvent) -> IngestResult:
             "INSERT INTO tasks (provider, task_id, terminal_status, event_id) VALUES (?, ?, ?, ?)",
             (event.provider, event.task_id, event.status, event.event_id),
         )
-    return IngestResult("accepted", event.event_id)
+    created = q.fan_out(conn, event, subscribers.enabled(conn, event.received_at))
+    return IngestResult("accepted", event.event_id, created)

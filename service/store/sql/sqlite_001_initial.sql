@@ -52,7 +52,7 @@ CREATE TABLE subscribers (
     previous_expires_at REAL,
     created_at          REAL NOT NULL,
     updated_at          REAL NOT NULL
-) WITHOUT ROWID;
+);
 
 -- One row per event x subscriber. status: pending | succeeded | failed.
 -- A pending row with lease_until in the future is in flight.

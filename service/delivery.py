@@ -1,0 +1,122 @@
+"""One delivery attempt: a signed POST of the CloudEvent to a subscriber.
+
+``Deliverer.attempt`` never raises for the subscriber's behaviour: every outcome (status code,
+timeout, refused connection, blocked address) comes back as an ``Attempt``. The whole attempt,
+connect to last byte read, is bounded by ``RELAY_DELIVERY_TIMEOUT``, and at most 1 KiB of the
+answer is read, so a slow or huge answer costs nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import httpx
+from httpx_aiohttp import AiohttpTransport
+
+from service import __version__
+from service.signing import sign
+from service.store.base import Claim
+from service.targets import (
+    TargetNotAllowed,
+    TargetPolicy,
+    guard_request_url,
+    guarded_session,
+    is_target_blocked,
+)
+
+EXCERPT_BYTES = 1024
+USER_AGENT = f"callback-relay/{__version__}"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    started_at: float
+    latency_ms: float
+    status_code: int | None
+    error: str | None
+    response_excerpt: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+class Deliverer:
+    """Sends signed deliveries through one pooled, address-guarded HTTP client.
+
+    Args:
+        policy: which addresses subscribers may resolve to.
+        timeout: seconds one attempt may take in all.
+        max_connections: open connections in total (per-subscriber concurrency is the
+            worker's business).
+    """
+
+    def __init__(self, policy: TargetPolicy, timeout: float, max_connections: int = 512) -> None:
+        self.policy = policy
+        self.timeout = timeout
+        transport = AiohttpTransport(
+            client=lambda: guarded_session(policy, limit=max_connections, limit_per_host=0)
+        )
+        self.client = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(timeout),
+            follow_redirects=False,  # a 3xx is a failed attempt, never followed
+            trust_env=False,
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    def headers(self, claim: Claim, timestamp: int, body: bytes) -> dict[str, str]:
+        return {
+            "content-type": "application/cloudevents+json",
+            "user-agent": USER_AGENT,
+            "webhook-id": claim.event_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(claim.secrets, claim.event_id, timestamp, body),
+        }
+
+    async def attempt(self, claim: Claim) -> Attempt:
+        started_at = time.time()
+        started = time.perf_counter()
+        body = claim.body.encode()
+        status: int | None = None
+        error: str | None = None
+        excerpt = bytearray()
+        try:
+            guard_request_url(claim.url, self.policy)
+            async with asyncio.timeout(self.timeout):
+                request = self.client.build_request(
+                    "POST",
+                    claim.url,
+                    content=body,
+                    headers=self.headers(claim, int(started_at), body),
+                )
+                response = await self.client.send(request, stream=True)
+                try:
+                    status = response.status_code
+                    async for chunk in response.aiter_raw():
+                        excerpt += chunk
+                        if len(excerpt) >= EXCERPT_BYTES:
+                            break
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            error = f"timed out after {self.timeout:g} s"
+        except TargetNotAllowed as exc:
+            error = f"target not allowed: {exc.message}"
+        except httpx.HTTPError as exc:
+            if is_target_blocked(exc):
+                error = f"target not allowed: {exc}"[:500]
+            elif status is None:
+                error = f"{type(exc).__name__}: {exc}"[:500]
+            # An error while reading the body after the status arrived: the status stands.
+        return Attempt(
+            started_at=started_at,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            status_code=status,
+            error=error,
+            response_excerpt=bytes(excerpt[:EXCERPT_BYTES]).decode("utf-8", "replace") or None,
+        )

@@ -1,0 +1,178 @@
+"""The delivery worker: claims due deliveries, attempts them, records what happened.
+
+Concurrency is bounded overall (``concurrency`` deliveries leased at once) and per subscriber
+(``per_subscriber`` requests in flight; a saturated subscriber is left out of the next claim),
+so one slow or dead subscriber never delays the others. The store's claim keeps per-task
+order. A lease covers an attempt; if this process dies, the lease lapses and the delivery is
+attempted again (at least once). ``stop()`` stops claiming, lets attempts in flight finish
+within the delivery timeout, and frees the leases of any that did not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+
+import structlog
+
+from service.delivery import Attempt, Deliverer
+from service.errors import StorageUnavailable
+from service.retry import next_delay
+from service.store.base import AttemptRecord, Claim, Store
+
+log = structlog.get_logger("service.worker")
+
+#: How often an idle worker looks for due retries when nothing wakes it.
+IDLE_POLL_SECONDS = 0.1
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        store: Store,
+        deliverer: Deliverer,
+        retry_delays: Sequence[float],
+        *,
+        concurrency: int = 512,
+        per_subscriber: int = 64,
+        claim_batch: int = 256,
+    ) -> None:
+        self.store = store
+        self.deliverer = deliverer
+        self.retry_delays = tuple(retry_delays)
+        self.concurrency = concurrency
+        self.per_subscriber = per_subscriber
+        self.claim_batch = claim_batch
+        # Claimed deliveries may wait for their subscriber's slot before their attempt starts.
+        self.lease_seconds = 3 * deliverer.timeout + 10
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._per_subscriber: dict[str, int] = defaultdict(int)
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self.last_claim_at = 0.0
+
+    def wake(self) -> None:
+        """New deliveries are due: claim without waiting for the next poll."""
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Claim and attempt until ``stop()``."""
+        while not self._stopping:
+            claimed = await self._claim()
+            if claimed and claimed == self.claim_batch:
+                await asyncio.sleep(0)  # more may be due right away; let attempts start first
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(IDLE_POLL_SECONDS):
+                    await self._wakeup.wait()
+            self._wakeup.clear()
+
+    async def _claim(self) -> int:
+        free = self.concurrency - len(self._tasks)
+        if free <= 0:
+            return 0
+        saturated = frozenset(
+            sub for sub, count in self._per_subscriber.items() if count >= self.per_subscriber
+        )
+        now = time.time()
+        try:
+            claims = await self.store.claim_due(
+                now, min(free, self.claim_batch), self.lease_seconds, saturated
+            )
+        except StorageUnavailable as exc:
+            log.warning("claim_failed", error=exc.message)
+            await asyncio.sleep(1)
+            return 0
+        self.last_claim_at = now
+        for claim in claims:
+            self._per_subscriber[claim.subscriber_id] += 1
+            self._tasks[claim.delivery_id] = asyncio.create_task(self._deliver(claim))
+        return len(claims)
+
+    def _slot(self, subscriber_id: str) -> asyncio.Semaphore:
+        slot = self._slots.get(subscriber_id)
+        if slot is None:
+            slot = self._slots[subscriber_id] = asyncio.Semaphore(self.per_subscriber)
+        return slot
+
+    async def _deliver(self, claim: Claim) -> None:
+        try:
+            async with self._slot(claim.subscriber_id):
+                attempt = await self.deliverer.attempt(claim)
+            await self._record(claim, attempt)
+        finally:
+            del self._tasks[claim.delivery_id]
+            self._per_subscriber[claim.subscriber_id] -= 1
+            if not self._per_subscriber[claim.subscriber_id]:
+                del self._per_subscriber[claim.subscriber_id]
+                self._slots.pop(claim.subscriber_id, None)
+            self._wakeup.set()
+
+    def decide(self, claim: Claim, attempt: Attempt) -> AttemptRecord:
+        """What an attempt's result means for its delivery (pure)."""
+        done_at = attempt.started_at + attempt.latency_ms / 1000
+        disable = None
+        if attempt.ok:
+            outcome, next_at = "succeeded", None
+        elif attempt.status_code == 410:
+            outcome, next_at = "failed", None
+            disable = "the subscriber answered 410 Gone"
+        else:
+            delay = next_delay(self.retry_delays, claim.cycle_attempts + 1)
+            outcome, next_at = ("failed", None) if delay is None else ("pending", done_at + delay)
+        return AttemptRecord(
+            delivery_id=claim.delivery_id,
+            attempted_at=attempt.started_at,
+            trigger=claim.trigger,
+            latency_ms=attempt.latency_ms,
+            status_code=attempt.status_code,
+            error=attempt.error,
+            response_excerpt=attempt.response_excerpt,
+            outcome=outcome,  # type: ignore[arg-type]
+            next_attempt_at=next_at,
+            disable_subscriber=disable,
+        )
+
+    async def _record(self, claim: Claim, attempt: Attempt) -> None:
+        record = self.decide(claim, attempt)
+        fields = {
+            "event_id": claim.event_id,
+            "delivery_id": claim.delivery_id,
+            "subscriber_id": claim.subscriber_id,
+            "status_code": attempt.status_code,
+            "outcome": record.outcome,
+            "latency_ms": attempt.latency_ms,
+        }
+        if record.outcome == "succeeded":
+            log.debug("delivery_attempt", **fields)
+        else:
+            log.info("delivery_attempt", error=attempt.error, **fields)
+        if record.disable_subscriber:
+            log.warning("subscriber_disabled", reason=record.disable_subscriber, **fields)
+        for wait in (0.1, 0.5, 1.0, 2.0):
+            try:
+                await self.store.record_attempt(record)
+                return
+            except StorageUnavailable as exc:
+                log.warning("record_attempt_failed", error=exc.message, **fields)
+                await asyncio.sleep(wait)
+        # The lease will lapse and the delivery be attempted again: at least once, never lost.
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop claiming; wait for attempts in flight, then free the leases of the rest."""
+        self._stopping = True
+        self._wakeup.set()
+        tasks = list(self._tasks.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace or self.deliverer.timeout + 2)
+            unfinished = [d for d, t in self._tasks.items() if t in pending]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            if unfinished:
+                with contextlib.suppress(StorageUnavailable):
+                    await self.store.release_leases(unfinished)
