@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from service import __version__
+from service import __version__, cli_ops
 from service.errors import RelayError
 from service.logs import configure_logging
 from service.relay import Relay
@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="metadata attached to every event from this URL (repeatable)",
     )
+    cli_ops.add_parsers(commands)
     return parser
 
 
@@ -137,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(json.dumps(minted, indent=2))
             return 0
+        if args.command in ("subscribers", "deliveries", "replay"):
+            code: int = asyncio.run(_with_relay(settings, lambda r: cli_ops.run(r, args)))
+            return code
     except RelayError as exc:
         print(f"relay: {exc.code}: {exc.message}", file=sys.stderr)
         return 1

@@ -30,6 +30,7 @@ class Receipt:
     body: bytes
     event: Any
     verified_with: list[str]
+    status: int
 
     @property
     def event_id(self) -> str:
@@ -82,7 +83,7 @@ class SubscriberServer:
         if delay:
             await asyncio.sleep(delay)
         with self.lock:
-            self.receipts.append(Receipt(time.time(), headers, body, event, verified))
+            self.receipts.append(Receipt(time.time(), headers, body, event, verified, status))
         return Response(None if status == 204 else f"answer {number}", status_code=status)
 
     def start(self) -> SubscriberServer:
@@ -93,6 +94,11 @@ class SubscriberServer:
     def stop(self) -> None:
         if self.thread is not None:
             self.thread.stop()
+
+    def accepted_ids(self) -> set[str]:
+        """Event ids this subscriber answered with 2xx."""
+        with self.lock:
+            return {r.event_id for r in self.receipts if r.status < 300}
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[Receipt]:
         """Wait until ``count`` deliveries were received (any answer)."""

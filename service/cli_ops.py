@@ -1,0 +1,230 @@
+"""The on-call commands of ``relay``: subscribers, failed deliveries and replay.
+
+They work on the store directly, so they answer even when the HTTP API is down, and a running
+relay picks up what they change at its next claim (it polls every 100 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from service import subscribers
+from service.events import rfc3339
+from service.http import parse_time
+from service.relay import Relay
+from service.store.base import DeliveryFilter
+from service.targets import TargetPolicy
+
+REPLAY_BATCH = 200
+
+
+def parse_when(text: str) -> float:
+    """``2h`` / ``30m`` / ``7d`` ago, or an RFC 3339 time, as Unix seconds."""
+    from service.cli import parse_duration
+
+    try:
+        return time.time() - parse_duration(text)
+    except argparse.ArgumentTypeError:
+        pass
+    value = parse_time(text, "time")
+    assert value is not None
+    return value
+
+
+def add_parsers(commands: Any) -> None:
+    subs = commands.add_parser("subscribers", help="add, list and remove subscribers")
+    sub_commands = subs.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    add = sub_commands.add_parser("add", help="register a subscriber URL (prints its secret once)")
+    add.add_argument("url")
+    add.add_argument(
+        "--provider",
+        action="append",
+        dest="providers",
+        metavar="P",
+        help="only events of this provider (repeatable) [default: all]",
+    )
+    add.add_argument(
+        "--type",
+        action="append",
+        dest="event_types",
+        metavar="T",
+        help="only these event types, e.g. generation.succeeded or generation.* "
+        "(repeatable) [default: all]",
+    )
+    add.add_argument("--description")
+    sub_commands.add_parser("list", help="list subscribers")
+    remove = sub_commands.add_parser("remove", help="remove a subscriber")
+    remove.add_argument("subscriber_id")
+
+    deliveries = commands.add_parser("deliveries", help="list deliveries")
+    delivery_commands = deliveries.add_subparsers(
+        dest="subcommand", metavar="SUBCOMMAND", required=True
+    )
+    listing = delivery_commands.add_parser("list", help="list deliveries, newest first")
+    listing.add_argument(
+        "--status",
+        choices=("pending", "succeeded", "failed"),
+        default="failed",
+        help="[default: failed]",
+    )
+    _window(listing)
+    listing.add_argument("--limit", type=int, default=50, help="[default: 50]")
+
+    replay = commands.add_parser("replay", help="replay failed deliveries (fresh retry cycle)")
+    replay.add_argument("delivery_ids", nargs="*", metavar="ID", help="deliveries to replay")
+    replay.add_argument(
+        "--failed",
+        action="store_true",
+        help="replay every failed delivery in the window instead of IDs",
+    )
+    _window(replay)
+
+
+def _window(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--subscriber", dest="subscriber_id", metavar="ID")
+    parser.add_argument(
+        "--since", type=parse_when, metavar="WHEN", help="e.g. 2h (ago) or 2026-11-21T03:00:00Z"
+    )
+    parser.add_argument("--until", type=parse_when, metavar="WHEN")
+
+
+def _table(rows: list[list[str]], out: TextIO) -> None:
+    if not rows:
+        return
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(),
+            file=out,
+        )
+
+
+async def run(relay: Relay, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    if args.command == "subscribers":
+        return await _subscribers(relay, args, out)
+    if args.command == "deliveries":
+        return await _list_deliveries(relay, args, out)
+    return await _replay(relay, args, out)
+
+
+async def _subscribers(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
+    store = relay.store
+    if args.subcommand == "add":
+        body: dict[str, Any] = {"url": args.url}
+        for key in ("providers", "event_types", "description"):
+            if getattr(args, key) is not None:
+                body[key] = getattr(args, key)
+        created = await subscribers.create(store, body, TargetPolicy.from_settings(relay.settings))
+        print(f"id:     {created.id}", file=out)
+        print(f"secret: {created.secrets[0]}  (shown once: give it to the subscriber)", file=out)
+        return 0
+    if args.subcommand == "list":
+        rows = [["ID", "ENABLED", "PROVIDERS", "TYPES", "URL"]]
+        cursor = None
+        while True:
+            page = await store.list_subscribers(cursor, 500)
+            rows += [
+                [
+                    s.id,
+                    "yes" if s.enabled else f"no ({s.disabled_reason})",
+                    ",".join(s.providers) if s.providers else "*",
+                    ",".join(s.event_types) if s.event_types else "*",
+                    s.url,
+                ]
+                for s in page.items
+            ]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        _table(rows, out)
+        return 0
+    if not await store.delete_subscriber(args.subscriber_id, time.time()):
+        print(f"relay: no subscriber {args.subscriber_id}", file=sys.stderr)
+        return 1
+    print(f"removed {args.subscriber_id}", file=out)
+    return 0
+
+
+def _filters(args: argparse.Namespace, status: str | None) -> DeliveryFilter:
+    return DeliveryFilter(
+        status=status,  # type: ignore[arg-type]
+        subscriber_id=args.subscriber_id,
+        since=args.since,
+        until=args.until,
+    )
+
+
+async def _list_deliveries(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
+    page = await relay.store.list_deliveries(_filters(args, args.status), None, args.limit)
+    rows = [["ID", "EVENT", "SUBSCRIBER", "STATUS", "ATTEMPTS", "UPDATED", "LAST ERROR"]]
+    rows += [
+        [
+            d["id"],
+            d["event_id"],
+            d["subscriber_id"],
+            d["status"],
+            str(d["attempt_count"]),
+            d["updated_at"],
+            (d["last_error"] or "")[:60],
+        ]
+        for d in page.items
+    ]
+    _table(rows, out)
+    more = " (more: narrow with --since/--until or raise --limit)" if page.next_cursor else ""
+    print(f"{len(page.items)} {args.status} deliveries{more}", file=out)
+    return 0
+
+
+def _progress(done: int, total: int, out: TextIO) -> None:
+    width = 30
+    filled = width if total == 0 else int(width * done / total)
+    end = "\n" if done >= total else ""
+    print(
+        f"\rreplaying [{'#' * filled}{'.' * (width - filled)}] {done}/{total}",
+        end=end,
+        file=out,
+        flush=True,
+    )
+
+
+async def _replay(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
+    store = relay.store
+    now = time.time()
+    if args.delivery_ids and args.failed:
+        print("relay: give delivery IDs or --failed, not both", file=sys.stderr)
+        return 2
+    if args.delivery_ids:
+        ids = list(args.delivery_ids)
+    elif args.failed:
+        if args.subscriber_id:
+            await subscribers.require_enabled(store, args.subscriber_id)
+        ids = []
+        cursor = None
+        while True:
+            page = await store.list_deliveries(_filters(args, "failed"), cursor, 500)
+            ids += [d["id"] for d in page.items]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+    else:
+        print(
+            "relay: name delivery IDs, or use --failed [--subscriber ID] [--since 2h]",
+            file=sys.stderr,
+        )
+        return 2
+    replayed = 0
+    _progress(0, len(ids), out)
+    for start in range(0, len(ids), REPLAY_BATCH):
+        batch = ids[start : start + REPLAY_BATCH]
+        replayed += await store.replay(DeliveryFilter(), batch, now)
+        _progress(min(start + len(batch), len(ids)), len(ids), out)
+    skipped = len(ids) - replayed
+    note = f", {skipped} skipped (not failed, or subscriber disabled)" if skipped else ""
+    stamp = datetime.fromtimestamp(now, UTC).strftime("%H:%M:%SZ")
+    print(f"replayed {replayed} of {len(ids)} deliveries at {stamp}{note}", file=out)
+    print(f"follow with: relay deliveries list --status failed --since {rfc3339(now)}", file=out)
+    return 0 if replayed or not ids else 1

@@ -1,0 +1,182 @@
+"""Crash safety and the on-call CLI, with the relay as a real subprocess killed by SIGKILL."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import EVOLINK_COMPLETED, bound_socket
+from tests.subscriber_server import SubscriberServer
+
+ADMIN = "crash-admin-token"
+
+
+class RelayProcess:
+    def __init__(self, tmp_path: Path, port: int, **env: str) -> None:
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+        self.env.update(
+            RELAY_DATABASE_URL=f"sqlite:///{tmp_path / 'crash.db'}",
+            RELAY_PUBLIC_URL=self.base,
+            RELAY_ADMIN_TOKEN=ADMIN,
+            RELAY_SECRET_KEY="crash-signing-key",
+            RELAY_ALLOW_PRIVATE_TARGETS="true",
+            RELAY_LOG_LEVEL="warning",
+            **env,
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RelayProcess:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve", "--port", str(self.port)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise AssertionError("relay did not start")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "service", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+
+@pytest.fixture
+def relay_process(tmp_path: Path) -> Iterator[RelayProcess]:
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    relay = RelayProcess(tmp_path, port)
+    yield relay
+    relay.stop()
+
+
+def _all_deliveries(relay: RelayProcess, status: str) -> list[dict[str, object]]:
+    items: list[dict[str, object]] = []
+    params: dict[str, object] = {"status": status, "limit": 500}
+    while True:
+        page = httpx.get(
+            f"{relay.base}/v1/deliveries",
+            params=params,
+            headers={"authorization": f"Bearer {ADMIN}"},
+        ).json()
+        items += page["items"]
+        if page["next_cursor"] is None:
+            return items
+        params["cursor"] = page["next_cursor"]
+
+
+def _payload(n: int) -> dict[str, object]:
+    payload = copy.deepcopy(EVOLINK_COMPLETED)
+    payload["id"] = f"task-unified-crash-{n}"
+    return payload
+
+
+@pytest.mark.slow
+def test_sigkill_during_delivery_loses_nothing_acknowledged(relay_process: RelayProcess) -> None:
+    """Every callback answered 2xx reaches the subscriber although the relay was SIGKILLed."""
+    # A third of the answers fail, and each takes a little while: kills land mid-delivery.
+    sink = SubscriberServer(script=lambda n: (500 if n % 3 == 0 else 204, 0.02)).start()
+    try:
+        relay = relay_process.start()
+        headers = {"authorization": f"Bearer {ADMIN}"}
+        sub = httpx.post(f"{relay.base}/v1/subscribers", json={"url": sink.url}, headers=headers)
+        sink.secrets.append(sub.json()["secret"])
+        url = httpx.post(
+            f"{relay.base}/v1/callback-urls", json={"provider": "evolink"}, headers=headers
+        ).json()["url"]
+        acked: set[str] = set()
+        with httpx.Client(timeout=5) as client:
+            for round_number in range(3):
+                for n in range(round_number * 100, round_number * 100 + 100):
+                    try:
+                        response = client.post(url, json=_payload(n))
+                    except httpx.TransportError:
+                        continue
+                    if response.status_code == 200:
+                        acked.add(response.json()["event_id"])
+                relay.kill()
+                relay.start()
+        # Wait until nothing is pending: every delivery has succeeded or used up its retries.
+        deadline = time.time() + 60
+        while time.time() < deadline and _all_deliveries(relay, "pending"):
+            time.sleep(0.2)
+        failed = {d["event_id"]: d for d in _all_deliveries(relay, "failed")}
+        missing = acked - sink.accepted_ids() - set(failed)
+        assert not missing, f"{len(missing)} acknowledged events were neither delivered nor failed"
+        # A failed delivery used up the whole policy (1 + 3 attempts) at the subscriber.
+        assert all(d["attempt_count"] >= 4 for d in failed.values())
+        assert acked <= {r.event_id for r in list(sink.receipts)}
+        assert not sink.errors
+        # Callbacks sent while the relay was up were all acknowledged (none refused).
+        assert len(acked) == 300
+    finally:
+        sink.stop()
+
+
+def test_cli_failed_deliveries_and_replay(relay_process: RelayProcess) -> None:
+    """`relay subscribers`, `relay deliveries list` and `relay replay --failed` at work."""
+    state = {"up": False}
+    sink = SubscriberServer(script=lambda n: (204, 0.0) if state["up"] else (502, 0.0)).start()
+    relay_process.env["RELAY_RETRY_DELAYS"] = "0.1"
+    try:
+        relay = relay_process.start()
+        added = relay.cli("subscribers", "add", sink.url, "--type", "generation.*")
+        assert added.returncode == 0, added.stderr
+        sink.secrets.append(added.stdout.split("secret:")[1].split()[0])
+        sub_id = added.stdout.split("id:")[1].split()[0]
+        assert sub_id in relay.cli("subscribers", "list").stdout
+        minted = relay.cli("mint-url", "evolink")
+        url = minted.stdout.split('"url": "')[1].split('"')[0]
+        for n in range(3):
+            assert httpx.post(url, json=_payload(n)).status_code == 200
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            listing = relay.cli("deliveries", "list", "--status", "failed", "--since", "1h")
+            if "3 failed deliveries" in listing.stdout:
+                break
+            time.sleep(0.2)
+        assert "3 failed deliveries" in listing.stdout, listing.stdout
+        assert "HTTP 502" in listing.stdout
+        state["up"] = True
+        replay = relay.cli("replay", "--failed", "--subscriber", sub_id, "--since", "1h")
+        assert replay.returncode == 0, replay.stderr
+        assert "replayed 3 of 3 deliveries" in replay.stdout
+        sink.wait_for(9)  # 3 x (2 failed attempts) + 3 successes
+        removed = relay.cli("subscribers", "remove", sub_id)
+        assert removed.returncode == 0
+        assert sub_id not in relay.cli("subscribers", "list").stdout
+    finally:
+        sink.stop()
