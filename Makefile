@@ -18,11 +18,11 @@ run: $(BIN)/.installed
 	$(BIN)/relay serve
 
 test: $(BIN)/.installed
-	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff check .
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) relay.db relay.db-wal relay.db-shm
