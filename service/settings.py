@@ -87,9 +87,12 @@ def _int(name: str, raw: str) -> int:
 
 
 def _delivery_timeout(raw: str) -> float:
-    (value,) = _seconds("DELIVERY_TIMEOUT", raw) or (0.0,)
-    if value <= 0:
-        raise ConfigError(f"{PREFIX}DELIVERY_TIMEOUT must be positive")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}DELIVERY_TIMEOUT must be seconds, got {raw!r}") from None
+    if not 0 < value <= 300:
+        raise ConfigError(f"{PREFIX}DELIVERY_TIMEOUT must be from 0 to 300 seconds, got {value}")
     return value
 
 
