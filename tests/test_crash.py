@@ -180,3 +180,33 @@ def test_cli_failed_deliveries_and_replay(relay_process: RelayProcess) -> None:
         assert sub_id not in relay.cli("subscribers", "list").stdout
     finally:
         sink.stop()
+
+
+def test_sigterm_finishes_attempts_in_flight(relay_process: RelayProcess) -> None:
+    """On SIGTERM the worker lets attempts in flight finish; nothing is sent twice after."""
+    sink = SubscriberServer(script=lambda n: (204, 1.0)).start()
+    try:
+        relay = relay_process.start()
+        headers = {"authorization": f"Bearer {ADMIN}"}
+        sub = httpx.post(f"{relay.base}/v1/subscribers", json={"url": sink.url}, headers=headers)
+        sink.secrets.append(sub.json()["secret"])
+        url = httpx.post(
+            f"{relay.base}/v1/callback-urls", json={"provider": "evolink"}, headers=headers
+        ).json()["url"]
+        for n in range(5):
+            assert httpx.post(url, json=_payload(n)).status_code == 200
+        deadline = time.time() + 5
+        while sink.requests < 5 and time.time() < deadline:
+            time.sleep(0.01)
+        assert sink.requests == 5  # all five are in flight, each answered after 1 s
+        assert relay.process is not None
+        relay.process.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal it caught.
+        assert relay.process.wait(timeout=15) in (0, -signal.SIGTERM)
+        assert len(sink.accepted_ids()) == 5
+        relay.start()
+        time.sleep(1.5)
+        assert len(_all_deliveries(relay, "succeeded")) == 5
+        assert sink.requests == 5
+    finally:
+        sink.stop()

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.conftest import EVOLINK_COMPLETED, RelayServer
+from tests.conftest import EVOLINK_COMPLETED, RelayServer, bound_socket
 from tests.subscriber_server import SubscriberServer
 
 
@@ -298,3 +298,19 @@ def test_private_target_refused_again_at_delivery(
     (failed,) = closed.wait_deliveries(1, "failed")
     assert "not allowed" in failed["last_error"]
     assert sink.requests == 0
+
+
+def test_connection_errors_are_retried(relay_factory: Callable[..., RelayServer]) -> None:
+    """A refused connection is a failed attempt, retried by the policy, with its error kept."""
+    relay = relay_factory(retry_delays=(0.1, 0.1))
+    closed = bound_socket()  # bound, never listening: connections are refused
+    port = closed.getsockname()[1]
+    try:
+        relay.add_subscriber(f"http://127.0.0.1:{port}/hook")
+        relay.post_callback(relay.mint(), EVOLINK_COMPLETED)
+        (failed,) = relay.wait_deliveries(1, "failed")
+        assert failed["attempt_count"] == 3
+        detail = relay.delivery(failed["id"])
+        assert all(a["status_code"] is None and a["error"] for a in detail["attempts"])
+    finally:
+        closed.close()
