@@ -53,10 +53,15 @@ class ServerThread:
         )
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.error: BaseException | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def _serve(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self.server.serve(sockets=[self.sock])
 
     def _run(self) -> None:
         try:
-            asyncio.run(self.server.serve(sockets=[self.sock]))
+            asyncio.run(self._serve())
         except BaseException as exc:  # surfaced by start()/stop()
             self.error = exc
 
@@ -95,6 +100,19 @@ class RelayServer:
     @property
     def relay(self) -> Any:
         return self.thread.app.state.relay
+
+    def in_loop(self, coroutine: Any) -> Any:
+        """Run a coroutine on the relay's own event loop (its store belongs to that loop)."""
+        assert self.thread.loop is not None
+        return asyncio.run_coroutine_threadsafe(coroutine, self.thread.loop).result(timeout=10)
+
+    def sql(self, fn: Any) -> Any:
+        """Run ``fn(connection)`` inside the relay's SQLite store, as one of its operations."""
+
+        async def run() -> Any:
+            return await self.relay.store._run(fn)
+
+        return self.in_loop(run())
 
     def mint(self, provider: str = "evolink", **body: Any) -> str:
         response = self.client.post(

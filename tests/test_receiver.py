@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import time
@@ -82,19 +81,10 @@ def test_callback_regression_is_superseded(relay_server: RelayServer) -> None:
     for response in (late, other_terminal):
         assert response.status_code == 200
         assert response.json()["superseded"] is True
-    stored = relay_server.relay.store
-    states = asyncio.run(_states(stored, "t-1"))
+    states = relay_server.sql(
+        lambda conn: [r[0] for r in conn.execute("SELECT state FROM events WHERE task_id = 't-1'")]
+    )
     assert sorted(states) == ["emitted", "emitted", "superseded", "superseded"]
-
-
-async def _states(store: object, task_id: str) -> list[str]:
-    def op(conn: object) -> list[str]:
-        rows = conn.execute(  # type: ignore[attr-defined]
-            "SELECT state FROM events WHERE task_id = ?", (task_id,)
-        ).fetchall()
-        return [row[0] for row in rows]
-
-    return await store._run(op)  # type: ignore[attr-defined,no-any-return]
 
 
 def test_callback_survives_restart(relay_factory: Callable[..., RelayServer]) -> None:
@@ -268,13 +258,12 @@ def test_apiframe_v1_webhook_secret(relay_factory: Callable[..., RelayServer]) -
 def test_storage_unavailable_gives_503_then_recovers(relay_server: RelayServer) -> None:
     """When SQLite cannot write (disk full), callbacks get 503, and the relay recovers by itself."""
     url = relay_server.mint()
-    store = relay_server.relay.store
 
     def limit_pages(conn: object) -> None:
         (pages,) = conn.execute("PRAGMA page_count").fetchone()  # type: ignore[attr-defined]
         conn.execute(f"PRAGMA max_page_count={pages}")  # type: ignore[attr-defined]
 
-    asyncio.run(store._run(limit_pages))
+    relay_server.sql(limit_pages)
     refused = [
         relay_server.post_callback(url, evolink(f"t-full-{n}") | {"pad": "x" * 20_000})
         for n in range(5)
@@ -286,7 +275,7 @@ def test_storage_unavailable_gives_503_then_recovers(relay_server: RelayServer) 
     accepted = {r.json()["event_id"] for r in refused if r.status_code == 200}
     ready = relay_server.client.get("/readyz")
     assert ready.status_code in (200, 503)
-    asyncio.run(store._run(lambda conn: conn.execute("PRAGMA max_page_count=1073741823")))
+    relay_server.sql(lambda conn: conn.execute("PRAGMA max_page_count=1073741823").fetchone())
     again = relay_server.post_callback(url, evolink("t-after"))
     assert again.status_code == 200
     stored = {event["id"] for event in relay_server.events(limit=100)}

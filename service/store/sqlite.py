@@ -1,18 +1,22 @@
 """SQLite store: the embedded default, one process, no set-up.
 
-All statements run on one dedicated thread that owns the connection. Requests queue their
-operation and await it; the thread takes every operation waiting at that moment and runs them
-in one transaction (each in its own savepoint), then commits once and answers them all. Under
-load many callbacks share one commit (group commit), yet none is answered before its commit.
+Statements run on the event loop's own thread, batched: an operation is queued and the batch
+is flushed once per loop iteration, all its operations in one transaction (each in its own
+savepoint) and one commit; then every operation of the batch is answered. Under load many
+callbacks share one commit (group commit), yet none is answered before its commit.
+
+Why not a database thread: each statement releases and re-takes the GIL, and with a busy event
+loop every re-take waits on the GIL switch interval; measured here, that capped intake at about
+1,800 callbacks/s while both the loop and the disk were half idle. SQLite statements on indexed
+rows take microseconds and a commit with fsync about 0.25 ms on this machine's disk, so running
+them inline costs the loop less than handing them off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import queue
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -43,6 +47,8 @@ log = structlog.get_logger("service.store")
 MIGRATIONS = ("sqlite_001_initial.sql",)
 #: Most operations folded into one transaction; bounds the latency a batch adds.
 MAX_BATCH = 512
+#: How long a write waits for another process (the CLI) to finish its transaction.
+BUSY_TIMEOUT_MS = 2000
 
 
 def sqlite_path(url: str) -> str:
@@ -53,23 +59,21 @@ def sqlite_path(url: str) -> str:
 
 
 class _Op:
-    __slots__ = ("error", "fn", "future", "loop", "result")
+    __slots__ = ("error", "fn", "future", "result")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], loop: asyncio.AbstractEventLoop):
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]):
         self.fn = fn
-        self.loop = loop
-        self.future: asyncio.Future[Any] = loop.create_future()
+        self.future = future
         self.result: Any = None
         self.error: BaseException | None = None
 
-
-def _settle(op: _Op) -> None:
-    if op.future.done():  # the caller gave up (cancelled); nothing to tell it
-        return
-    if op.error is not None:
-        op.future.set_exception(op.error)
-    else:
-        op.future.set_result(op.result)
+    def settle(self) -> None:
+        if self.future.done():  # the caller gave up (cancelled); nothing to tell it
+            return
+        if self.error is not None:
+            self.future.set_exception(self.error)
+        else:
+            self.future.set_result(self.result)
 
 
 class SQLiteStore(Store):
@@ -80,12 +84,10 @@ class SQLiteStore(Store):
     def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
         self.path = path
         self.synchronous = synchronous
-        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._pending: list[_Op] = []
+        self._flush_scheduled = False
         self._conn: sqlite3.Connection | None = None
-        self._subscribers = q.SubscriberCache()  # touched only on the database thread
-
-    # -- the database thread -------------------------------------------------------------------
+        self._subscribers = q.SubscriberCache()
 
     def _connect(self) -> sqlite3.Connection:
         if self.path != ":memory:":
@@ -93,7 +95,7 @@ class SQLiteStore(Store):
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA foreign_keys=OFF")
         self._migrate(conn)
         return conn
@@ -115,29 +117,29 @@ class SQLiteStore(Store):
             conn.execute("ROLLBACK")
             raise
 
-    def _run_thread(self) -> None:
-        conn = self._conn
-        assert conn is not None
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            self._run_batch(conn, batch)
+    # -- group commit ---------------------------------------------------------------------------
+
+    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queue ``fn(conn)`` for the next batch; the future resolves after its commit."""
+        if self._conn is None:
+            raise StorageUnavailable("The store is not open.")
+        loop = asyncio.get_running_loop()
+        op = _Op(fn, loop.create_future())
+        self._pending.append(op)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            # call_soon runs after the callbacks already ready: every request that reaches
+            # the store during this loop iteration joins the batch.
+            loop.call_soon(self._flush)
+        return op.future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        while self._pending and self._conn is not None:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            self._run_batch(self._conn, batch)
             for op in batch:
-                op.loop.call_soon_threadsafe(_settle, op)
-            if stop:
-                return
+                op.settle()
 
     @staticmethod
     def _run_batch(conn: sqlite3.Connection, batch: list[_Op]) -> None:
@@ -165,32 +167,20 @@ class SQLiteStore(Store):
                 op.result = None
                 op.error = StorageUnavailable(f"The store could not commit: {exc}")
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._thread is None:
-            raise StorageUnavailable("The store is not open.")
-        op = _Op(fn, asyncio.get_running_loop())
-        self._queue.put(op)
-        return await op.future  # type: ignore[no-any-return]
-
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def open(self) -> None:
         try:
-            self._conn = await asyncio.to_thread(self._connect)
+            self._conn = self._connect()
         except sqlite3.Error as exc:
             raise StorageUnavailable(f"Cannot open SQLite database {self.path!r}: {exc}") from exc
-        self._thread = threading.Thread(target=self._run_thread, name="relay-sqlite", daemon=True)
-        self._thread.start()
 
     async def close(self) -> None:
-        if self._thread is None:
+        if self._conn is None:
             return
-        self._queue.put(None)
-        await asyncio.to_thread(self._thread.join)
-        self._thread = None
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._flush()
+        self._conn.close()
+        self._conn = None
 
     async def ping(self) -> None:
         def op(conn: sqlite3.Connection) -> None:
@@ -298,8 +288,19 @@ class SQLiteStore(Store):
 
     # -- subscribers ----------------------------------------------------------------------------
 
+    def _changing_subscribers(
+        self, fn: Callable[[sqlite3.Connection], T]
+    ) -> Callable[[sqlite3.Connection], T]:
+        def op(conn: sqlite3.Connection) -> T:
+            self._subscribers.invalidate()
+            return fn(conn)
+
+        return op
+
     async def create_subscriber(self, subscriber: Subscriber) -> None:
-        await self._run(lambda conn: q.create_subscriber(conn, subscriber))
+        await self._run(
+            self._changing_subscribers(lambda conn: q.create_subscriber(conn, subscriber))
+        )
 
     async def get_subscriber(self, subscriber_id: str) -> Subscriber | None:
         now = time.time()
@@ -313,17 +314,27 @@ class SQLiteStore(Store):
         self, subscriber_id: str, changes: dict[str, Any]
     ) -> Subscriber | None:
         now = time.time()
-        return await self._run(lambda conn: q.update_subscriber(conn, subscriber_id, changes, now))
+        return await self._run(
+            self._changing_subscribers(
+                lambda conn: q.update_subscriber(conn, subscriber_id, changes, now)
+            )
+        )
 
     async def delete_subscriber(self, subscriber_id: str, now: float) -> bool:
-        return await self._run(lambda conn: q.delete_subscriber(conn, subscriber_id, now))
+        return await self._run(
+            self._changing_subscribers(lambda conn: q.delete_subscriber(conn, subscriber_id, now))
+        )
 
     async def rotate_secret(
         self, subscriber_id: str, new_secret: str, previous_valid_until: float
     ) -> Subscriber | None:
         now = time.time()
         return await self._run(
-            lambda conn: q.rotate_secret(conn, subscriber_id, new_secret, previous_valid_until, now)
+            self._changing_subscribers(
+                lambda conn: q.rotate_secret(
+                    conn, subscriber_id, new_secret, previous_valid_until, now
+                )
+            )
         )
 
     # -- deliveries -----------------------------------------------------------------------------
@@ -336,7 +347,7 @@ class SQLiteStore(Store):
         )
 
     async def record_attempt(self, record: AttemptRecord) -> None:
-        await self._run(lambda conn: q.record_attempt(conn, record))
+        await self._run(self._changing_subscribers(lambda conn: q.record_attempt(conn, record)))
 
     async def release_leases(self, delivery_ids: list[str] | None = None) -> int:
         return await self._run(lambda conn: q.release_leases(conn, delivery_ids))
@@ -365,16 +376,14 @@ class SQLiteStore(Store):
 def _ingest(
     conn: sqlite3.Connection, event: IncomingEvent, subscribers: q.SubscriberCache
 ) -> IngestResult:
-    row = conn.execute("SELECT id FROM events WHERE dedup_key = ?", (event.dedup_key,)).fetchone()
-    if row is not None:
-        return IngestResult("duplicate", row[0])
-    terminal = conn.execute(
-        "SELECT 1 FROM tasks WHERE provider = ? AND task_id = ?", (event.provider, event.task_id)
-    ).fetchone()
-    state = "superseded" if terminal is not None else "emitted"
-    conn.execute(
+    # One statement decides duplicate (conflict: no row), superseded (the task already has a
+    # terminal event) or emitted, so the hot path costs one round trip in the common case.
+    row = conn.execute(
         "INSERT INTO events (id, provider, task_id, status, progress, dedup_key, state,"
-        " received_at, url_id, body, raw_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " received_at, url_id, body, raw_body) VALUES (?, ?, ?, ?, ?, ?,"
+        " CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE provider = ? AND task_id = ?)"
+        " THEN 'superseded' ELSE 'emitted' END, ?, ?, ?, ?)"
+        " ON CONFLICT (dedup_key) DO NOTHING RETURNING state",
         (
             event.event_id,
             event.provider,
@@ -382,14 +391,20 @@ def _ingest(
             event.status,
             event.progress,
             event.dedup_key,
-            state,
+            event.provider,
+            event.task_id,
             event.received_at,
             event.url_id,
             event.body,
             event.raw_body,
         ),
-    )
-    if terminal is not None:
+    ).fetchone()
+    if row is None:
+        (existing,) = conn.execute(
+            "SELECT id FROM events WHERE dedup_key = ?", (event.dedup_key,)
+        ).fetchone()
+        return IngestResult("duplicate", existing)
+    if row[0] == "superseded":
         return IngestResult("superseded", event.event_id)
     if event.terminal:
         conn.execute(

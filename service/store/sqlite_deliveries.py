@@ -58,18 +58,24 @@ def bump_subscribers_version(conn: sqlite3.Connection) -> None:
 
 
 class SubscriberCache:
-    """Enabled subscribers, reloaded only when ``subscribers_version`` moves.
+    """Enabled subscribers for fan-out, parsed once per change instead of once per callback.
 
-    Fan-out runs on every accepted callback; the version check is one indexed read, while the
-    subscriber list (and its JSON filters) is parsed once per change, even when another
-    process (the CLI) made the change.
+    Changes made through this store invalidate it at once; changes made by another process
+    (the CLI) are seen within ``max_age`` seconds, when ``subscribers_version`` is read again.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_age: float = 1.0) -> None:
+        self.max_age = max_age
         self.version: str | None = None
+        self.checked_at = 0.0
         self.subscribers: list[Subscriber] = []
 
+    def invalidate(self) -> None:
+        self.checked_at = 0.0
+
     def enabled(self, conn: sqlite3.Connection, now: float) -> list[Subscriber]:
+        if now - self.checked_at < self.max_age:
+            return self.subscribers
         row = conn.execute(
             "SELECT value FROM relay_meta WHERE key = 'subscribers_version'"
         ).fetchone()
@@ -80,6 +86,7 @@ class SubscriberCache:
             ).fetchall()
             self.subscribers = [subscriber_from_row(r, now) for r in rows]
             self.version = version
+        self.checked_at = now
         return self.subscribers
 
 
