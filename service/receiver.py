@@ -74,15 +74,15 @@ async def receive_callback(request: Request) -> Response:
             provider_name, normalized, raw=payload, raw_body=body, url_id=url_id
         )
     except RelayError as exc:
-        log.info("callback_refused", provider=provider_name, code=exc.code, status=exc.status_code)
+        # The access log line of this request carries these (one line per callback).
+        structlog.contextvars.bind_contextvars(provider=provider_name, error_code=exc.code)
         return error_response(exc)
-    log.info(
-        "callback_received",
+    structlog.contextvars.bind_contextvars(
         provider=provider_name,
         task_id=normalized.task_id,
         event_id=result.event_id,
         outcome=result.outcome,
-        status=normalized.status,
+        generation_status=normalized.status,
     )
     answer = {
         "received": True,
