@@ -7,11 +7,17 @@ from service.store.base import Store
 
 
 def open_store(url: str) -> Store:
-    """A not-yet-opened store for ``url`` (``sqlite:///path``)."""
+    """A not-yet-opened store for ``url`` (``sqlite:///path`` or ``postgresql://...``)."""
     if url.startswith("sqlite:///"):
         from service.store.sqlite import SQLiteStore, sqlite_path
 
         return SQLiteStore(sqlite_path(url))
+    if url.startswith(("postgresql://", "postgres://")):
+        # Imported here: psycopg is needed only by deployments that use PostgreSQL.
+        from service.store.postgres import PostgresStore
+
+        return PostgresStore(url)
     raise ConfigError(
-        f"RELAY_DATABASE_URL: unsupported scheme in {url.split(':', 1)[0]!r}; use sqlite:///path"
+        f"RELAY_DATABASE_URL: unsupported scheme in {url.split(':', 1)[0]!r};"
+        " use sqlite:///path or postgresql://user@host:port/database"
     )
