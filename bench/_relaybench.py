@@ -1,0 +1,510 @@
+"""Shared plumbing for ``bench/delivery`` and ``bench/e2e`` (not a benchmark itself).
+
+Process handling (each server in its own process group, stopped by pid on the way out), the
+relay's environment, admin calls, the sink's control endpoints, percentiles and CPU readings.
+Only 127.0.0.1 is ever contacted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import re
+import secrets
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+VENV = REPO / ".venv"
+VENV_PYTHON = VENV / "bin" / "python"
+RELAY = VENV / "bin" / "relay"
+RESULTS = BENCH / "results"
+HOST = "127.0.0.1"
+
+#: The Evolink "completed" callback; ``{id}`` makes every task (hence every event) unique.
+CALLBACK_TEMPLATE = (
+    '{{"id":"{id}","object":"video.generation.task","created":1756817821,'
+    '"model":"seedance-2.0","status":"completed","progress":100,'
+    '"results":["https://cdn.example.com/videos/{id}.mp4"],"type":"video",'
+    '"task_info":{{"can_cancel":false}}}}'
+)
+
+
+def ensure_venv(script: str) -> None:
+    """Re-exec ``script`` with the project's virtualenv interpreter if needed."""
+    if Path(sys.prefix).resolve() == VENV.resolve():
+        return
+    if not VENV_PYTHON.exists() or not RELAY.exists():
+        sys.exit(f"{Path(script).name}: no .venv with the relay installed; run `make install`")
+    os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), str(Path(script).resolve()), *sys.argv[1:]])
+
+
+def make_say(tag: str) -> Any:
+    def say(message: str) -> None:
+        print(f"[{tag}] {message}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def raise_on_signal(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# -- processes ------------------------------------------------------------------------------------
+
+
+class Processes:
+    """Processes started by this run; each is stopped through its own process group, by pid."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(
+        self, name: str, cmd: list[str], log_path: Path, env: dict[str, str]
+    ) -> subprocess.Popen[bytes]:
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                cmd,
+                cwd=REPO,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        self.started.append((name, proc))
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 40.0) -> int | None:
+        """SIGTERM its process group, wait, SIGKILL if it does not go; forget it."""
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        self.started = [(n, p) for n, p in self.started if p is not proc]
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        for _name, proc in reversed(self.started):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 40
+        for _name, proc in reversed(self.started):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        self.started.clear()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def http(
+    method: str, url: str, body: Any = None, token: str | None = None, timeout: float = 30
+) -> tuple[int, Any]:
+    assert url.startswith(f"http://{HOST}:"), url
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def wait_ready(name: str, url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail(log_path)}")
+        with contextlib.suppress(OSError):
+            status, _ = http("GET", url, timeout=2)
+            if status == 200:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{name} did not answer {url} within 30 s:\n{tail(log_path)}")
+
+
+def base_env() -> dict[str, str]:
+    """The caller's environment without any RELAY_* variable (nothing leaks in)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class RelayConfig:
+    """One relay's database, secrets and environment; ``start`` runs it on a fresh port."""
+
+    def __init__(self, db: Path, log_path: Path) -> None:
+        self.db = db
+        self.log_path = log_path
+        self.admin_token = secrets.token_urlsafe(24)
+        self.secret_key = secrets.token_urlsafe(32)
+        self.port = free_port()
+        self.base = f"http://{HOST}:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **base_env(),
+            "RELAY_DATABASE_URL": f"sqlite:///{self.db}",
+            "RELAY_ADMIN_TOKEN": self.admin_token,
+            "RELAY_SECRET_KEY": self.secret_key,
+            "RELAY_PUBLIC_URL": self.base,
+            "RELAY_ALLOW_PRIVATE_TARGETS": "true",
+            "RELAY_LOG_LEVEL": "warning",
+        }
+
+    def start(self, procs: Processes, *, worker: bool = True) -> subprocess.Popen[bytes]:
+        """``relay serve`` (with its delivery worker), or the intake only (no worker)."""
+        if worker:
+            cmd = [str(RELAY), "serve", "--host", HOST, "--port", str(self.port)]
+        else:
+            cmd = [
+                str(VENV_PYTHON),
+                str(BENCH / "_relay_noworker.py"),
+                "--host",
+                HOST,
+                "--port",
+                str(self.port),
+            ]
+        name = "relay" if worker else "relay (no worker)"
+        proc = procs.start(name, cmd, self.log_path, self.env())
+        wait_ready(name, f"{self.base}/healthz", proc, self.log_path)
+        return proc
+
+    def admin(self, method: str, path: str, body: Any = None) -> Any:
+        status, answer = http(method, f"{self.base}{path}", body, self.admin_token)
+        if not 200 <= status < 300:
+            raise RuntimeError(f"{method} {path} -> {status}: {answer}")
+        return answer
+
+    def mint_url(self) -> str:
+        url: str = self.admin("POST", "/v1/callback-urls", {"provider": "evolink"})["url"]
+        if not url.startswith(f"{self.base}/callbacks/evolink/"):
+            raise RuntimeError(f"unexpected callback URL {url!r}")
+        return url
+
+    def add_subscriber(self, url: str) -> str:
+        return str(self.admin("POST", "/v1/subscribers", {"url": url})["id"])
+
+    def pending_left(self) -> bool:
+        return bool(self.admin("GET", "/v1/deliveries?status=pending&limit=1")["items"])
+
+
+def read_db(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows from the relay's SQLite file, opened read-only."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def delivery_status_counts(db: Path) -> dict[str, int]:
+    rows = read_db(db, "SELECT status, count(*) FROM deliveries GROUP BY status")
+    return {str(status): int(count) for status, count in rows}
+
+
+# -- the sink -------------------------------------------------------------------------------------
+
+
+class Sink:
+    """``bench/_sink.py`` in its own process, and its control endpoints."""
+
+    def __init__(self, procs: Processes, tmp: Path, status: int = 204) -> None:
+        self.port = free_port()
+        self.base = f"http://{HOST}:{self.port}"
+        self.url = f"{self.base}/hook"
+        log_path = tmp / "sink.log"
+        self.proc = procs.start(
+            "sink",
+            [
+                str(VENV_PYTHON),
+                str(BENCH / "_sink.py"),
+                "--port",
+                str(self.port),
+                "--status",
+                str(status),
+            ],
+            log_path,
+            base_env(),
+        )
+        wait_ready("sink", f"{self.base}/_sink/stats", self.proc, log_path)
+
+    def control(self, what: str, method: str = "GET") -> Any:
+        status, answer = http(method, f"{self.base}/_sink/{what}", timeout=60)
+        if status != 200:
+            raise RuntimeError(f"sink {what}: {status} {answer}")
+        return answer
+
+    def reset(self) -> None:
+        self.control("reset", "POST")
+
+    def stats(self) -> dict[str, Any]:
+        return self.control("stats")  # type: ignore[no-any-return]
+
+    def times(self) -> list[float]:
+        return self.control("times")  # type: ignore[no-any-return]
+
+    def receipts(self) -> dict[str, float]:
+        """webhook-id -> first receipt time (time.time() in the sink)."""
+        return self.control("receipts")  # type: ignore[no-any-return]
+
+
+# -- numbers --------------------------------------------------------------------------------------
+
+
+def percentile(sorted_values: list[float], pct: float) -> float:
+    """Nearest-rank percentile of an already sorted list (nan when empty)."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def fmt(value: float, digits: int = 2) -> str:
+    return "n/a" if value != value else f"{value:,.{digits}f}"
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system, all threads) used so far by a live process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name (threads of the same name added up)."""
+    out: dict[str, float] = {}
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                name = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            label = "main" if task.name == str(pid) else name
+            out[label] = out.get(label, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+    return out
+
+
+def machine_busy_seconds() -> float:
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (values[0] + values[1] + values[2] + values[5] + values[6]) / TICK
+
+
+def version_of(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return "?"
+    text = (out.stdout or out.stderr).strip().splitlines()
+    return text[0] if text else "?"
+
+
+def machine_line() -> str:
+    model = platform.processor() or "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    commit = version_of(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    return f"commit {commit}; {os.cpu_count()} CPUs ({model}), Python {platform.python_version()}"
+
+
+def find_py_spy() -> str | None:
+    candidate = VENV / "bin" / "py-spy"
+    if candidate.exists():
+        return str(candidate)
+    import shutil
+
+    return shutil.which("py-spy")
+
+
+# -- profiles (py-spy) ----------------------------------------------------------------------------
+
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+_STDLIB = re.compile(r"/lib/python3\.\d+/")
+
+
+def _short_file(path: str) -> str:
+    if "/site-packages/" in path:
+        return path.split("/site-packages/", 1)[1]
+    match = _STDLIB.search(path)
+    if match:
+        return path[match.end() :]
+    if path.startswith(str(REPO) + "/"):
+        return path[len(str(REPO)) + 1 :]
+    return path
+
+
+def frame_name(frame: str) -> str:
+    match = _FRAME.match(frame.strip())
+    if not match:
+        return frame.strip()
+    return f"{match['func']} ({_short_file(match['file'])})"
+
+
+def start_py_spy(
+    procs: Processes, pid: int, out: Path, log_path: Path, *, gil: bool, rate: int = 250
+) -> subprocess.Popen[bytes]:
+    """``py-spy record`` of ``pid`` in raw (collapsed) format until ``stop_py_spy``."""
+    py_spy = find_py_spy()
+    if py_spy is None:
+        raise RuntimeError("py-spy not found: `.venv/bin/pip install py-spy`")
+    cmd = [
+        py_spy, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
+        "--threads", "--function", "--duration", "600", "--output", str(out),
+    ]  # fmt: skip
+    if gil:
+        cmd.append("--gil")
+    proc = procs.start("py-spy", cmd, log_path, dict(os.environ))
+    time.sleep(0.3)  # let it attach
+    return proc
+
+
+def stop_py_spy(procs: Processes, proc: subprocess.Popen[bytes], out: Path) -> None:
+    """SIGINT makes py-spy write its output and exit."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+    procs.stop(proc, timeout=5)
+    if not out.exists():
+        raise RuntimeError(f"py-spy wrote no profile to {out}")
+
+
+def analyse_collapsed(collapsed: Path) -> dict[str, Any]:
+    """Own and inclusive sample counts per function, and samples per thread."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
+    stacks: list[tuple[list[str], int]] = []
+    total = 0
+    for line in collapsed.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        thread = "?"
+        if frames and frames[0].startswith("process "):
+            frames = frames[1:]
+        if frames and frames[0].startswith("thread "):
+            thread = frames[0].split(": ", 1)[-1].strip("\"'")
+            frames = frames[1:]
+        if not frames:
+            continue
+        names = [frame_name(frame) for frame in frames]
+        total += count
+        threads[thread] += count
+        own[names[-1]] += count
+        for name in set(names):
+            inclusive[name] += count
+        stacks.append((names, count))
+    return {
+        "total": total,
+        "own": own,
+        "inclusive": inclusive,
+        "threads": threads,
+        "stacks": stacks,
+    }
+
+
+def step_share(data: dict[str, Any], prefix: str) -> int:
+    """Samples whose stack passes through a function whose name starts with ``prefix``
+    (each stack counted once, however many such frames it holds)."""
+    return sum(count for names, count in data["stacks"] if any(n.startswith(prefix) for n in names))
+
+
+def profile_tables(
+    data: dict[str, Any], top: int = 15, steps: list[str] | None = None
+) -> list[str]:
+    total = data["total"] or 1
+
+    def pct(count: int) -> str:
+        return f"{100 * count / total:.1f} %"
+
+    lines = [
+        f"Samples: {data['total']:,}; by thread: "
+        + ", ".join(f"{name} {pct(n)}" for name, n in data["threads"].most_common(6)),
+        "",
+        f"Top {top} functions by own time:",
+        "",
+        "| # | function (file) | own | share |",
+        "|---:|---|---:|---:|",
+    ]
+    for rank, (name, count) in enumerate(data["own"].most_common(top), start=1):
+        lines.append(f"| {rank} | `{name}` | {count:,} | {pct(count)} |")
+    if steps:
+        lines += [
+            "",
+            "Inclusive time of the steps of the delivery path (nested, so shares overlap):",
+            "",
+            "| function (file) | inclusive share |",
+            "|---|---:|",
+        ]
+        for prefix in steps:
+            count = step_share(data, prefix)
+            lines.append(f"| `{prefix}` | {pct(count)} |")
+    return lines
+
+
+def wait_quiet(say: Any, max_wait: float, threshold: float = 0.3) -> float:
+    """Wait (at most ``max_wait`` s) until the machine's busy CPU over 1 s is below
+    ``threshold`` cores; other users' benchmarks would distort the figures. The last reading."""
+    deadline = time.monotonic() + max_wait
+    warned = False
+    while True:  # bounded by the deadline
+        before, t0 = machine_busy_seconds(), time.monotonic()
+        time.sleep(1.0)
+        busy = (machine_busy_seconds() - before) / (time.monotonic() - t0)
+        if busy < threshold or time.monotonic() >= deadline:
+            if busy >= threshold:
+                say(f"machine still busy ({busy:.2f} cores used by others); going on anyway")
+            return busy
+        if not warned:
+            say(f"machine busy ({busy:.2f} cores used by others); waiting up to {max_wait:g} s")
+            warned = True
