@@ -9,6 +9,7 @@ answer is read, so a slow or huge answer costs nothing more.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass
 
@@ -21,13 +22,17 @@ from service.store.base import Claim
 from service.targets import (
     TargetNotAllowed,
     TargetPolicy,
-    guard_request_url,
     guarded_session,
     is_target_blocked,
 )
 
 EXCERPT_BYTES = 1024
 USER_AGENT = f"callback-relay/{__version__}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_url(url: str) -> httpx.URL:
+    return httpx.URL(url)
 
 
 @dataclass(frozen=True)
@@ -56,18 +61,17 @@ class Deliverer:
     def __init__(self, policy: TargetPolicy, timeout: float, max_connections: int = 512) -> None:
         self.policy = policy
         self.timeout = timeout
-        transport = AiohttpTransport(
+        # The transport is called directly with httpx Requests: the client's layers (cookies,
+        # auth, redirects) are all things a delivery must not do, and they cost a third of
+        # the CPU of an attempt. No redirect is followed (a 3xx is a failed attempt) and no
+        # cookie a subscriber sets is kept or sent back.
+        self.transport = AiohttpTransport(
             client=lambda: guarded_session(policy, limit=max_connections, limit_per_host=0)
         )
-        self.client = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(timeout),
-            follow_redirects=False,  # a 3xx is a failed attempt, never followed
-            trust_env=False,
-        )
+        self._timeouts = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await self.transport.aclose()
 
     def headers(self, claim: Claim, timestamp: int, body: bytes) -> dict[str, str]:
         return {
@@ -86,15 +90,16 @@ class Deliverer:
         error: str | None = None
         excerpt = bytearray()
         try:
-            guard_request_url(claim.url, self.policy)
+            request = httpx.Request(
+                "POST",
+                _parsed_url(claim.url),
+                content=body,
+                headers=self.headers(claim, int(started_at), body),
+                extensions={"timeout": self._timeouts},
+            )
+            # The guarded session checks the address of every connection it opens.
             async with asyncio.timeout(self.timeout):
-                request = self.client.build_request(
-                    "POST",
-                    claim.url,
-                    content=body,
-                    headers=self.headers(claim, int(started_at), body),
-                )
-                response = await self.client.send(request, stream=True)
+                response = await self.transport.handle_async_request(request)
                 try:
                     status = response.status_code
                     async for chunk in response.aiter_raw():
@@ -105,8 +110,8 @@ class Deliverer:
                     await response.aclose()
         except TimeoutError:
             error = f"timed out after {self.timeout:g} s"
-        except TargetNotAllowed as exc:
-            error = f"target not allowed: {exc.message}"
+        except (TargetNotAllowed, httpx.InvalidURL) as exc:
+            error = f"target not allowed: {exc}"[:500]
         except httpx.HTTPError as exc:
             if is_target_blocked(exc):
                 error = f"target not allowed: {exc}"[:500]

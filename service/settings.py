@@ -21,7 +21,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: Every setting with its default and a one-line description; ``relay --help`` prints these.
 DOCUMENTED: dict[str, tuple[str, str]] = {
-    "DATABASE_URL": ("sqlite:///./relay.db", "store: sqlite:///path"),
+    "DATABASE_URL": ("sqlite:///./relay.db", "sqlite:///path or postgresql://user@host/db"),
     "PUBLIC_URL": ("http://127.0.0.1:8000", "base of minted callback URLs"),
     "SECRET_KEY": (
         "(generated, kept in the store)",

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import re
 import socket
@@ -423,6 +424,20 @@ class GuardedResolver(AbstractResolver):
         await self._inner.close()
 
 
+@functools.lru_cache(maxsize=4096)
+def _literal_host_refusal(policy: TargetPolicy, host: str) -> str | None:
+    """Why an IP-literal ``host`` is refused under ``policy`` (None: allowed or a DNS name).
+
+    Cached: the middleware asks on every request, and subscribers are few.
+    """
+    try:
+        ip = _literal_ip(host)
+    except ValueError as exc:
+        return str(exc)
+    kind = None if ip is None else policy.reason(ip)
+    return None if kind is None else f"{ip} is {kind}"
+
+
 @dataclass(frozen=True)
 class _LiteralGuard:
     """aiohttp client middleware refusing IP-literal hosts (which skip the resolver) and
@@ -433,18 +448,11 @@ class _LiteralGuard:
     async def __call__(
         self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
     ) -> aiohttp.ClientResponse:
-        why: str | None = None
-        host = request.url.raw_host or ""
-        if request.proxy is not None:
-            why = "a guarded session does not use proxies"
-        else:
-            try:
-                ip = _literal_ip(host)
-            except ValueError as exc:
-                why = str(exc)
-            else:
-                kind = None if ip is None else self.policy.reason(ip)
-                why = None if kind is None else f"{ip} is {kind}"
+        why = (
+            "a guarded session does not use proxies"
+            if request.proxy is not None
+            else _literal_host_refusal(self.policy, request.url.raw_host or "")
+        )
         if why is not None:
             raise aiohttp.ClientConnectorError(request.connection_key, TargetBlocked(why))
         return await handler(request)

@@ -753,17 +753,8 @@ async def test_gone_disables_the_subscriber(store: Store) -> None:
     assert (await store.ingest(incoming("t3"))).deliveries == 0
 
 
-async def test_record_attempt_does_not_revive_a_deleted_subscribers_delivery(
-    store: Store, store_kind: str, request: pytest.FixtureRequest
-) -> None:
+async def test_record_attempt_does_not_revive_a_deleted_subscribers_delivery(store: Store) -> None:
     """An attempt in flight while its subscriber is deleted leaves the delivery failed."""
-    if store_kind == "sqlite":
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="SQLite record_attempt moves a failed delivery back to pending",
-                strict=True,
-            )
-        )
     await store.create_subscriber(subscriber("sub_a"))
     await store.ingest(incoming())
     now = time.time() + 1

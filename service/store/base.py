@@ -208,7 +208,7 @@ class Store(ABC):
 
     @abstractmethod
     async def get_event(self, event_id: str) -> dict[str, Any] | None:
-        """The stored CloudEvent plus ``state`` and ``received_at``, or None."""
+        """The stored CloudEvent with ``relay: {"state": "emitted" | "superseded"}``, or None."""
 
     @abstractmethod
     async def list_events(self, filters: EventFilter, cursor: str | None, limit: int) -> Page:
@@ -258,7 +258,11 @@ class Store(ABC):
 
     @abstractmethod
     async def record_attempt(self, record: AttemptRecord) -> None:
-        """Append the attempt, move the delivery to its outcome and free its lease."""
+        """Append the attempt, move a pending delivery to its outcome and free its lease.
+
+        A delivery that stopped being pending meanwhile (its subscriber was deleted) keeps its
+        status; the attempt is still recorded.
+        """
 
     @abstractmethod
     async def release_leases(self, delivery_ids: list[str] | None = None) -> int:
@@ -286,8 +290,9 @@ class Store(ABC):
 
     @abstractmethod
     async def redeliver(self, event_id: str, subscriber_ids: list[str], now: float) -> int:
-        """Create a new pending delivery of an emitted event to each given subscriber."""
+        """Create a new pending delivery of an emitted event to each given subscriber that
+        exists; returns how many were created."""
 
     @abstractmethod
-    async def delivery_counts(self) -> dict[str, int]:
+    async def delivery_counts(self) -> dict[str, Any]:
         """How many deliveries are pending and failed, and the age of the oldest pending."""

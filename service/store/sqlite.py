@@ -368,7 +368,7 @@ class SQLiteStore(Store):
     async def redeliver(self, event_id: str, subscriber_ids: list[str], now: float) -> int:
         return await self._run(lambda conn: q.redeliver(conn, event_id, subscriber_ids, now))
 
-    async def delivery_counts(self) -> dict[str, int]:
+    async def delivery_counts(self) -> dict[str, Any]:
         now = time.time()
         return await self._run(lambda conn: q.delivery_counts(conn, now))
 

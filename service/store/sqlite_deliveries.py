@@ -275,7 +275,7 @@ def record_attempt(conn: sqlite3.Connection, record: AttemptRecord) -> None:
     conn.execute(
         "UPDATE deliveries SET status = ?, attempt_count = attempt_count + 1,"
         " cycle_attempts = cycle_attempts + 1, next_attempt_at = ?, lease_until = NULL,"
-        " last_error = ?, updated_at = ? WHERE id = ?",
+        " last_error = ?, updated_at = ? WHERE id = ? AND status = 'pending'",
         (
             record.outcome,
             record.next_attempt_at,
@@ -420,15 +420,20 @@ def redeliver(
     ).fetchone()
     if row is None:
         return 0
+    known = [
+        sub_id
+        for sub_id in subscriber_ids
+        if conn.execute("SELECT 1 FROM subscribers WHERE id = ?", (sub_id,)).fetchone()
+    ]
     conn.executemany(
         "INSERT INTO deliveries (id, event_id, subscriber_id, task_key, status,"
         " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)",
         [
             (ids.new_id("dlv"), event_id, sub_id, f"{row[0]}/{row[1]}", now, now, now)
-            for sub_id in subscriber_ids
+            for sub_id in known
         ],
     )
-    return len(subscriber_ids)
+    return len(known)
 
 
 def delivery_counts(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
