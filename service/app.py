@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,14 +16,12 @@ from starlette.routing import Route
 
 from service import admin, admin_deliveries
 from service.access_log import AccessLogMiddleware
-from service.delivery import Deliverer
 from service.errors import RelayError, StorageUnavailable
 from service.http import JSONResponse, error_response, http_error_handler, relay_error_handler
 from service.receiver import receive_callback
 from service.relay import Relay
 from service.settings import Settings
-from service.targets import TargetPolicy
-from service.worker import DeliveryWorker
+from service.worker import BackgroundWork
 
 log = structlog.get_logger("service.app")
 
@@ -72,17 +69,10 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Starlette:
                 file=sys.stderr,
                 flush=True,
             )
-        worker = None
-        worker_task = None
-        if run_worker:
-            if relay.store.exclusive:
-                # One process owns this store: leases left by a crash can be freed at once.
-                await relay.store.release_leases(None)
-            deliverer = Deliverer(TargetPolicy.from_settings(settings), settings.delivery_timeout)
-            worker = DeliveryWorker(relay.store, deliverer, settings.retry_delays)
-            relay.on_deliveries = worker.wake
-            worker_task = asyncio.create_task(worker.run(), name="delivery-worker")
-        app.state.worker = worker
+        background = BackgroundWork(relay) if run_worker else None
+        if background is not None:
+            await background.start()
+        app.state.worker = background.worker if background is not None else None
         log.info(
             "relay_started",
             database=settings.database_url.split("://", 1)[0],
@@ -92,10 +82,8 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Starlette:
         try:
             yield
         finally:
-            if worker is not None and worker_task is not None:
-                await worker.stop()
-                await worker_task
-                await worker.deliverer.aclose()
+            if background is not None:
+                await background.stop()
             await relay.close()
             log.info("relay_stopped")
 

@@ -8,8 +8,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
+import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -65,6 +68,30 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers", type=int, default=1, help="uvicorn worker processes [default: 1]"
     )
+    serve.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="serve the API only; run `relay worker` elsewhere [RELAY_RUN_WORKER, default: true]",
+    )
+    serve.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="do not apply schema migrations at start [RELAY_MIGRATE_ON_START, default: true]",
+    )
+    worker = commands.add_parser("worker", help="run only the delivery worker (no HTTP API)")
+    worker.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="do not apply schema migrations at start [RELAY_MIGRATE_ON_START, default: true]",
+    )
+    commands.add_parser("migrate", help="apply pending schema migrations, then exit")
+    prune = commands.add_parser("prune", help="prune what is past retention now, with progress")
+    prune.add_argument(
+        "--days",
+        type=int,
+        default=None,
+        help="retention in days [RELAY_RETENTION_DAYS, default: 30]",
+    )
 
     commands.add_parser("admin-token", help="print the admin API's bearer token")
 
@@ -104,14 +131,54 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     if args.workers > 1 and settings.database_url.startswith("sqlite"):
         print("relay: SQLite serves one process; use --workers 1 or PostgreSQL.", file=sys.stderr)
         return 2
-    uvicorn.run(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        timeout_graceful_shutdown=30,
-        **UVICORN_OPTIONS,  # type: ignore[arg-type]
-    )
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "timeout_graceful_shutdown": 30,
+        **UVICORN_OPTIONS,
+    }
+    if args.workers > 1:
+        # Worker processes import the app; the flags reach them as the settings they stand for.
+        os.environ["RELAY_RUN_WORKER"] = str(settings.run_worker).lower()
+        os.environ["RELAY_MIGRATE_ON_START"] = str(settings.migrate_on_start).lower()
+        uvicorn.run("service.asgi:app", workers=args.workers, **options)
+    else:
+        uvicorn.run(create_app(settings, run_worker=settings.run_worker), **options)
     return 0
+
+
+async def _run_worker(settings: Settings) -> int:
+    """``relay worker``: deliveries and retention without the HTTP API, until SIGTERM/SIGINT."""
+    from service.worker import BackgroundWork
+
+    relay = await Relay.start(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    background = BackgroundWork(relay)
+    await background.start()
+    print("relay worker: delivering (SIGTERM or Ctrl-C stops it)", file=sys.stderr, flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await background.stop()
+        await relay.close()
+    return 0
+
+
+async def _prune(relay: Relay, days: int) -> int:
+    from service.retention import BATCH
+
+    before = time.time() - days * 86_400
+    total = 0
+    while True:
+        removed = await relay.store.prune(before, BATCH)
+        total += removed
+        print(f"\rpruned {total} events older than {days} days", end="", flush=True)
+        if removed < BATCH:
+            print()
+            return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,8 +190,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_format, settings.log_level)
     try:
+        if args.command in ("serve", "worker", "migrate") and getattr(args, "no_migrate", False):
+            settings = settings.with_changes(migrate_on_start=False)
         if args.command == "serve":
+            if args.no_worker:
+                settings = settings.with_changes(run_worker=False)
             return _serve(settings, args)
+        if args.command == "worker":
+            return asyncio.run(_run_worker(settings))
+        if args.command == "migrate":
+            asyncio.run(_with_relay(settings.with_changes(migrate_on_start=True), _async))
+            print("relay: the schema is up to date", file=sys.stderr)
+            return 0
+        if args.command == "prune":
+            days = settings.retention_days if args.days is None else args.days
+            return int(asyncio.run(_with_relay(settings, lambda r: _prune(r, days))))
         if args.command == "admin-token":
             relay_settings = asyncio.run(_with_relay(settings, lambda r: _async(r.settings)))
             print(relay_settings.admin_token)

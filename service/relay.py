@@ -45,7 +45,7 @@ class Relay:
     @classmethod
     async def start(cls, settings: Settings, store: Store | None = None) -> Relay:
         """Open the store and resolve the secrets that were not configured."""
-        store = store or open_store(settings.database_url)
+        store = store or open_store(settings.database_url, migrate=settings.migrate_on_start)
         await store.open()
         keys = [str(key) for key in settings.secret_keys]
         if not keys:

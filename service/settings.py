@@ -39,6 +39,9 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
     "DELIVERY_TIMEOUT": ("10", "seconds one delivery attempt may take"),
     "ALLOW_PRIVATE_TARGETS": ("false", "allow subscriber URLs on private/loopback addresses"),
     "TARGET_ALLOWLIST": ("", "CIDRs subscribers may use even though they are private"),
+    "RETENTION_DAYS": ("30", "delivered events and attempts older than this are pruned"),
+    "RUN_WORKER": ("true", "serve also delivers (false = API only, like --no-worker)"),
+    "MIGRATE_ON_START": ("true", "apply schema migrations at start (false = --no-migrate)"),
 }
 
 
@@ -115,6 +118,11 @@ class Settings:
     delivery_timeout: float = 10.0
     allow_private_targets: bool = False
     target_allowlist: tuple[IPNetwork, ...] = ()
+    retention_days: int = 30
+    #: Apply schema migrations when the store opens (``relay serve --no-migrate`` turns it off).
+    migrate_on_start: bool = True
+    #: ``relay serve`` runs the delivery worker too (``--no-worker`` turns it off).
+    run_worker: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -162,6 +170,9 @@ class Settings:
                 "ALLOW_PRIVATE_TARGETS", env.get("ALLOW_PRIVATE_TARGETS", "")
             ),
             target_allowlist=_networks("TARGET_ALLOWLIST", env.get("TARGET_ALLOWLIST", "")),
+            retention_days=_int("RETENTION_DAYS", env.get("RETENTION_DAYS", "30")),
+            migrate_on_start=_bool("MIGRATE_ON_START", env.get("MIGRATE_ON_START", "true")),
+            run_worker=_bool("RUN_WORKER", env.get("RUN_WORKER", "true")),
         )
 
     def with_changes(self, **changes: Any) -> Settings:

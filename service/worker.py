@@ -20,8 +20,11 @@ import structlog
 
 from service.delivery import Attempt, Deliverer
 from service.errors import StorageUnavailable
+from service.relay import Relay
+from service.retention import prune_forever
 from service.retry import next_delay
 from service.store.base import AttemptRecord, Claim, Store
+from service.targets import TargetPolicy
 
 log = structlog.get_logger("service.worker")
 
@@ -176,3 +179,38 @@ class DeliveryWorker:
             if unfinished:
                 with contextlib.suppress(StorageUnavailable):
                     await self.store.release_leases(unfinished)
+
+
+class BackgroundWork:
+    """What runs beside (or instead of) the HTTP API: the delivery worker and retention.
+
+    ``relay serve`` starts it in the app's lifespan; ``relay worker`` runs it alone.
+    """
+
+    def __init__(self, relay: Relay) -> None:
+        settings = relay.settings
+        self.relay = relay
+        self.deliverer = Deliverer(TargetPolicy.from_settings(settings), settings.delivery_timeout)
+        self.worker = DeliveryWorker(relay.store, self.deliverer, settings.retry_delays)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        if self.relay.store.exclusive:
+            # One process owns this store: leases left by a crash can be freed at once.
+            await self.relay.store.release_leases(None)
+        self.relay.on_deliveries = self.worker.wake
+        self._tasks = [
+            asyncio.create_task(self.worker.run(), name="delivery-worker"),
+            asyncio.create_task(
+                prune_forever(self.relay.store, self.relay.settings.retention_days),
+                name="retention",
+            ),
+        ]
+
+    async def stop(self) -> None:
+        """Stop claiming, let attempts in flight finish, free the rest's leases."""
+        delivery, retention = self._tasks
+        retention.cancel()
+        await self.worker.stop()
+        await asyncio.gather(delivery, retention, return_exceptions=True)
+        await self.deliverer.aclose()

@@ -1225,3 +1225,54 @@ def test_two_relays_share_one_database(
             assert [r.event_id for r in receipts if r.data["task_id"] == task] == event_ids
     finally:
         sink.stop()
+
+
+# -- retention ----------------------------------------------------------------------------------
+
+
+async def test_prune_removes_old_finished_events_only(store: Store) -> None:
+    """Old delivered (and long-failed) events go with their attempts; pending and recent
+    failures stay; the limit bounds each batch."""
+    await store.create_subscriber(subscriber("sub_p"))
+    old = time.time() - 40 * 86_400
+    cutoff = time.time() - 30 * 86_400
+    ids_by_name = {}
+    for name in ("delivered", "pending", "failed_recently", "failed_long_ago", "delivered_2"):
+        result = await store.ingest(incoming(f"t-{name}", at=old))
+        ids_by_name[name] = result.event_id
+    recent = await store.ingest(incoming("t-recent"))
+    claims = {c.event_id: c for c in await claim_all(store, time.time() + 1)}
+    names = {v: k for k, v in ids_by_name.items()}
+    for event_id, claim in claims.items():
+        name = names.get(event_id)
+        if name in ("delivered", "delivered_2"):
+            await store.record_attempt(attempt(claim, "succeeded", at=old + 1))
+        elif name == "failed_long_ago":
+            await store.record_attempt(attempt(claim, "failed", at=old + 1))
+        elif name == "failed_recently":
+            await store.record_attempt(attempt(claim, "failed"))
+        elif name == "pending":
+            await store.record_attempt(
+                attempt(claim, "pending", at=old + 1, next_attempt_at=time.time() + 3600)
+            )
+    delivered_id = claims[ids_by_name["delivered"]].delivery_id
+
+    assert await store.prune(cutoff, 2) == 2
+    assert await store.prune(cutoff, 2) == 1
+    assert await store.prune(cutoff, 2) == 0
+    for name in ("delivered", "delivered_2", "failed_long_ago"):
+        assert await store.get_event(ids_by_name[name]) is None, name
+    for name in ("pending", "failed_recently"):
+        assert await store.get_event(ids_by_name[name]) is not None, name
+    assert await store.get_event(recent.event_id) is not None
+    assert await store.get_delivery(delivered_id) is None
+
+
+async def test_prune_removes_expired_callback_urls(store: Store) -> None:
+    """Callback URLs that expired before the cutoff lose their metadata; live ones keep it."""
+    now = time.time()
+    await store.create_callback_url("cbu_old", "evolink", {"a": 1}, now - 100, now - 50)
+    await store.create_callback_url("cbu_live", "evolink", {"b": 2}, now, now + 3600)
+    await store.prune(now - 10, 10)
+    assert await store.get_callback_metadata("cbu_old") is None
+    assert await store.get_callback_metadata("cbu_live") == {"b": 2}

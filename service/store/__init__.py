@@ -6,17 +6,21 @@ from service.settings import ConfigError
 from service.store.base import Store
 
 
-def open_store(url: str) -> Store:
-    """A not-yet-opened store for ``url`` (``sqlite:///path`` or ``postgresql://...``)."""
+def open_store(url: str, *, migrate: bool = True) -> Store:
+    """A not-yet-opened store for ``url`` (``sqlite:///path`` or ``postgresql://...``).
+
+    With ``migrate`` (the default) opening applies pending schema migrations; without, opening
+    fails if any are pending.
+    """
     if url.startswith("sqlite:///"):
         from service.store.sqlite import SQLiteStore, sqlite_path
 
-        return SQLiteStore(sqlite_path(url))
+        return SQLiteStore(sqlite_path(url), migrate=migrate)
     if url.startswith(("postgresql://", "postgres://")):
         # Imported here: psycopg is needed only by deployments that use PostgreSQL.
         from service.store.postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, migrate=migrate)
     raise ConfigError(
         f"RELAY_DATABASE_URL: unsupported scheme in {url.split(':', 1)[0]!r};"
         " use sqlite:///path or postgresql://user@host:port/database"

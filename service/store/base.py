@@ -294,5 +294,14 @@ class Store(ABC):
         exists; returns how many were created."""
 
     @abstractmethod
+    async def prune(self, before: float, limit: int) -> int:
+        """Delete up to ``limit`` events received before ``before``, with their deliveries and
+        attempts, and callback URLs that expired before it; returns how many events went.
+
+        An event is kept while any of its deliveries is pending, or failed at or after
+        ``before`` (a failure waits for its operator until it too is past retention).
+        """
+
+    @abstractmethod
     async def delivery_counts(self) -> dict[str, Any]:
         """How many deliveries are pending and failed, and the age of the oldest pending."""

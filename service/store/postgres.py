@@ -176,6 +176,21 @@ async def _migrate(conn: AsyncConnection[Any]) -> None:
             log.info("store_migrated", version=version, migration=name)
 
 
+async def _require_migrated(conn: AsyncConnection[Any]) -> None:
+    """Refuse to run on a schema that lacks migrations (``relay serve --no-migrate``)."""
+    cursor = await conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    row = await cursor.fetchone()
+    applied: set[int] = set()
+    if row and row[0]:
+        cursor = await conn.execute("SELECT version FROM schema_migrations")
+        applied = {r[0] for r in await cursor.fetchall()}
+    missing = [v for v in range(1, len(MIGRATIONS) + 1) if v not in applied]
+    if missing:
+        raise StorageUnavailable(
+            f"The database lacks migrations {missing}; run `relay migrate` first."
+        )
+
+
 class _IdleCheck:
     """Pool callbacks: test a connection on checkout only if it sat idle for a while.
 
@@ -215,6 +230,7 @@ class PostgresStore(Store):
         pool_timeout: float = 5.0,
         connect_timeout: int = 5,
         reconnect_timeout: float = 10.0,
+        migrate: bool = True,
     ) -> None:
         """``url``: ``postgresql://user@host:port/db?...`` or a libpq ``key=value`` string.
 
@@ -226,6 +242,7 @@ class PostgresStore(Store):
         long the relay stays unavailable after the server is back.
         """
         self.url = url
+        self.migrate = migrate
         self.min_size = min_size
         self.max_size = max_size
         self.open_timeout = open_timeout
@@ -292,7 +309,10 @@ class PostgresStore(Store):
         conn = await self._connect_once(deadline)
         try:
             with wrap_exceptions():
-                await _migrate(conn)
+                if self.migrate:
+                    await _migrate(conn)
+                else:
+                    await _require_migrated(conn)
         finally:
             await conn.close()
         pool: psycopg_pool.AsyncConnectionPool[AsyncConnection[Any]] = (
@@ -845,6 +865,27 @@ class PostgresStore(Store):
                 ),
             )
             return cursor.rowcount
+
+    async def prune(self, before: float, limit: int) -> int:
+        async with self._transaction() as conn:
+            cursor = await conn.execute(
+                "SELECT e.id FROM events e WHERE e.received_at < %s AND NOT EXISTS ("
+                " SELECT 1 FROM deliveries d WHERE d.event_id = e.id"
+                " AND (d.status = 'pending' OR (d.status = 'failed' AND d.updated_at >= %s)))"
+                " ORDER BY e.received_at LIMIT %s FOR UPDATE SKIP LOCKED",
+                (before, before, limit),
+            )
+            event_ids = [row[0] for row in await cursor.fetchall()]
+            if event_ids:
+                await conn.execute(
+                    "DELETE FROM attempts WHERE delivery_id IN"
+                    " (SELECT id FROM deliveries WHERE event_id = ANY(%s))",
+                    (event_ids,),
+                )
+                await conn.execute("DELETE FROM deliveries WHERE event_id = ANY(%s)", (event_ids,))
+                await conn.execute("DELETE FROM events WHERE id = ANY(%s)", (event_ids,))
+            await conn.execute("DELETE FROM callback_urls WHERE expires_at < %s", (before,))
+        return len(event_ids)
 
     async def delivery_counts(self) -> dict[str, int]:
         now = time.time()

@@ -81,8 +81,9 @@ class SQLiteStore(Store):
 
     exclusive = True
 
-    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str, *, synchronous: str = "FULL", migrate: bool = True) -> None:
         self.path = path
+        self.migrate = migrate
         self.synchronous = synchronous
         self._pending: list[_Op] = []
         self._flush_scheduled = False
@@ -97,7 +98,16 @@ class SQLiteStore(Store):
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA foreign_keys=OFF")
-        self._migrate(conn)
+        if self.migrate:
+            self._migrate(conn)
+        else:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version < len(MIGRATIONS):
+                conn.close()
+                raise StorageUnavailable(
+                    f"The database is at schema version {version} of {len(MIGRATIONS)};"
+                    " run `relay migrate` first."
+                )
         return conn
 
     @staticmethod
@@ -367,6 +377,9 @@ class SQLiteStore(Store):
 
     async def redeliver(self, event_id: str, subscriber_ids: list[str], now: float) -> int:
         return await self._run(lambda conn: q.redeliver(conn, event_id, subscriber_ids, now))
+
+    async def prune(self, before: float, limit: int) -> int:
+        return await self._run(lambda conn: q.prune(conn, before, limit))
 
     async def delivery_counts(self) -> dict[str, Any]:
         now = time.time()

@@ -451,3 +451,28 @@ def delivery_counts(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
         "failed": counts.get("failed", 0),
         "oldest_pending_seconds": None if oldest is None else round(now - oldest, 3),
     }
+
+
+def prune(conn: sqlite3.Connection, before: float, limit: int) -> int:
+    seqs = [
+        row[0]
+        for row in conn.execute(
+            "SELECT e.seq FROM events e WHERE e.received_at < ? AND NOT EXISTS ("
+            " SELECT 1 FROM deliveries d WHERE d.event_id = e.id"
+            " AND (d.status = 'pending' OR (d.status = 'failed' AND d.updated_at >= ?)))"
+            " ORDER BY e.received_at LIMIT ?",
+            (before, before, limit),
+        )
+    ]
+    if seqs:
+        marks = ",".join("?" * len(seqs))
+        chosen = f"SELECT id FROM events WHERE seq IN ({marks})"
+        conn.execute(
+            "DELETE FROM attempts WHERE delivery_id IN"
+            f" (SELECT id FROM deliveries WHERE event_id IN ({chosen}))",
+            seqs,
+        )
+        conn.execute(f"DELETE FROM deliveries WHERE event_id IN ({chosen})", seqs)
+        conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", seqs)
+    conn.execute("DELETE FROM callback_urls WHERE expires_at < ?", (before,))
+    return len(seqs)
