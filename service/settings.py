@@ -8,9 +8,10 @@ generates and persists them on first start (see ``service.secrets``).
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -32,7 +33,7 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
     "LOG_FORMAT": ("json", "json or console"),
     "LOG_LEVEL": ("info", "debug, info, warning, error"),
     "TRUSTED_PROXIES": ("", "CIDRs whose X-Forwarded-For is believed"),
-    "APIFRAME_API_KEY": ("", "checks Apiframe v2 X-Webhook-Signature when set"),
+    "APIFRAME_API_KEY": ("", "checks Apiframe v2 X-Webhook-Signature; polls GET /v2/jobs/{id}"),
     "APIFRAME_WEBHOOK_SECRET": ("", "checks Apiframe v1 x-webhook-secret when set"),
     "<PROVIDER>_ALLOWED_IPS": ("", "CIDRs allowed to post callbacks for that provider"),
     "RETRY_DELAYS": ("1,2,4", "seconds between delivery attempts; then the delivery is failed"),
@@ -42,6 +43,18 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
     "RETENTION_DAYS": ("30", "delivered events and attempts older than this are pruned"),
     "RUN_WORKER": ("true", "serve also delivers (false = API only, like --no-worker)"),
     "MIGRATE_ON_START": ("true", "apply schema migrations at start (false = --no-migrate)"),
+    "EVOLINK_BASE_URL": ("https://api.evolink.ai", "Evolink status API (GET /v1/tasks/{id})"),
+    "EVOLINK_API_KEY": ("", "Evolink API key: watches, and confirmation of callbacks"),
+    "EVOLINK_CONFIRM": ("true", "confirm terminal Evolink callbacks with the API (needs the key)"),
+    "APIFRAME_BASE_URL": ("https://api.apiframe.ai", "Apiframe v2 API (GET /v2/jobs/{id})"),
+    "RIVYA_BASE_URL": ("https://rivya.ai", "Rivya API (GET /api/v1/generations/{id})"),
+    "RIVYA_API_KEY": ("", "Rivya API key (rvya_sk_...): watches"),
+    "RIVYA_WEBHOOK_SECRET": ("", "Rivya signing secret (whsec_...): checks webhook signatures"),
+    "REVE_ART_BASE_URL": ("https://reve-art.com", "Reve Art API (GET /v1/reve-image/status/{id})"),
+    "REVE_ART_API_KEY": ("", "Reve Art API key: watches"),
+    "WATCH_BACKOFF": ("2,60", "first and longest seconds between a watch's polls (doubling)"),
+    "WATCH_DEADLINE": ("86400", "seconds a watch polls unless registered with deadline_seconds"),
+    "PROVIDER_TIMEOUT": ("10", "seconds one request to a provider's status API may take"),
 }
 
 
@@ -99,6 +112,43 @@ def _delivery_timeout(raw: str) -> float:
     return value
 
 
+def _backoff(raw: str) -> tuple[float, float]:
+    values = _seconds("WATCH_BACKOFF", raw)
+    if len(values) != 2 or not 0 < values[0] <= values[1]:
+        raise ConfigError(
+            f"{PREFIX}WATCH_BACKOFF must be two seconds, first and longest, e.g. 2,60; got {raw!r}"
+        )
+    return values[0], values[1]
+
+
+def _positive_seconds(name: str, raw: str, maximum: float) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name} must be seconds, got {raw!r}") from None
+    if not 0 < value <= maximum:
+        raise ConfigError(f"{PREFIX}{name} must be from 0 to {maximum:g} seconds, got {value}")
+    return value
+
+
+def _base_url(name: str, raw: str) -> str:
+    url = raw.strip().rstrip("/")
+    if not url.startswith(("https://", "http://")):
+        raise ConfigError(f"{PREFIX}{name} must be an http(s) URL, got {raw!r}")
+    return url
+
+
+def _webhook_secret(name: str, raw: str) -> Secret | None:
+    value = raw.strip()
+    if not value:
+        return None
+    try:
+        base64.b64decode(value.removeprefix("whsec_"), validate=True)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name} must be a whsec_ secret (base64 after whsec_)") from None
+    return Secret(value)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the relay is configured with. Build it with ``from_env``."""
@@ -123,6 +173,19 @@ class Settings:
     migrate_on_start: bool = True
     #: ``relay serve`` runs the delivery worker too (``--no-worker`` turns it off).
     run_worker: bool = True
+    evolink_base_url: str = "https://api.evolink.ai"
+    evolink_api_key: Secret | None = None
+    evolink_confirm: bool = True
+    apiframe_base_url: str = "https://api.apiframe.ai"
+    rivya_base_url: str = "https://rivya.ai"
+    rivya_api_key: Secret | None = None
+    rivya_webhook_secret: Secret | None = None
+    reve_art_base_url: str = "https://reve-art.com"
+    reve_art_api_key: Secret | None = None
+    #: Seconds before a watch's first poll, doubling after each poll up to the second value.
+    watch_backoff: tuple[float, float] = (2.0, 60.0)
+    watch_deadline: float = 86_400.0
+    provider_timeout: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -173,8 +236,45 @@ class Settings:
             retention_days=_int("RETENTION_DAYS", env.get("RETENTION_DAYS", "30")),
             migrate_on_start=_bool("MIGRATE_ON_START", env.get("MIGRATE_ON_START", "true")),
             run_worker=_bool("RUN_WORKER", env.get("RUN_WORKER", "true")),
+            **_provider_api_settings(env, secret),
         )
+
+    @property
+    def evolink_confirmation(self) -> bool:
+        """Whether terminal Evolink callbacks are confirmed with the API before being emitted."""
+        return self.evolink_confirm and self.evolink_api_key is not None
 
     def with_changes(self, **changes: Any) -> Settings:
         """A copy with some fields replaced (used to fill in generated secrets)."""
         return replace(self, **changes)
+
+
+def _provider_api_settings(
+    env: Mapping[str, str], secret: Callable[[str], Secret | None]
+) -> dict[str, Any]:
+    """The settings of the providers' status APIs, watches and Rivya webhooks."""
+    defaults = Settings()
+
+    def url(name: str) -> str:
+        return _base_url(name, env.get(name, getattr(defaults, name.lower())))
+
+    return {
+        "evolink_base_url": url("EVOLINK_BASE_URL"),
+        "evolink_api_key": secret("EVOLINK_API_KEY"),
+        "evolink_confirm": _bool("EVOLINK_CONFIRM", env.get("EVOLINK_CONFIRM", "true")),
+        "apiframe_base_url": url("APIFRAME_BASE_URL"),
+        "rivya_base_url": url("RIVYA_BASE_URL"),
+        "rivya_api_key": secret("RIVYA_API_KEY"),
+        "rivya_webhook_secret": _webhook_secret(
+            "RIVYA_WEBHOOK_SECRET", env.get("RIVYA_WEBHOOK_SECRET", "")
+        ),
+        "reve_art_base_url": url("REVE_ART_BASE_URL"),
+        "reve_art_api_key": secret("REVE_ART_API_KEY"),
+        "watch_backoff": _backoff(env.get("WATCH_BACKOFF", "2,60")),
+        "watch_deadline": _positive_seconds(
+            "WATCH_DEADLINE", env.get("WATCH_DEADLINE", "86400"), 30 * 86_400
+        ),
+        "provider_timeout": _positive_seconds(
+            "PROVIDER_TIMEOUT", env.get("PROVIDER_TIMEOUT", "10"), 300
+        ),
+    }

@@ -1,5 +1,7 @@
 """Apiframe: v2 webhooks (HMAC-signed, camelCase) and v1 webhooks (static secret, snake_case).
 
+The v2 job object of ``GET /v2/jobs/{id}`` (polled by watches) normalizes like a v2 webhook.
+
 v2 signs the raw body: ``X-Webhook-Signature: sha256=<hex>`` (or bare hex) is HMAC-SHA256 keyed
 with the SHA-256 digest of the API key. v1 echoes the per-job ``webhook_secret`` in
 ``x-webhook-secret``. Both payload shapes arrive at the same URL and are told apart by field.
@@ -12,9 +14,9 @@ import hmac
 from collections.abc import Mapping
 from typing import Any
 
-from service.errors import Unauthorized
 from service.events import Normalized, Output
 from service.providers.base import (
+    InvalidSignature,
     Provider,
     error_from,
     guess_media_type,
@@ -28,10 +30,7 @@ from service.providers.base import (
 from service.settings import Settings
 
 
-class InvalidSignature(Unauthorized):
-    """The callback's signature is missing or does not match its body."""
-
-    code = "invalid_signature"
+__all__ = ["Apiframe", "InvalidSignature", "apiframe_signature"]
 
 
 def apiframe_signature(api_key: str, body: bytes) -> str:
@@ -77,7 +76,9 @@ class Apiframe(Provider):
 
     def normalize(self, payload: Any) -> Normalized:
         body = require_object(payload)
-        if "jobId" in body or "event" in body:
+        # v2 webhooks carry jobId/event; v2's GET /v2/jobs/{id} answers the job with an "id";
+        # v1 payloads always name their task task_id (or taskId).
+        if "jobId" in body or "event" in body or ("id" in body and not _has_v1_id(body)):
             return self._normalize_v2(body)
         return self._normalize_v1(body)
 
@@ -137,6 +138,10 @@ class Apiframe(Provider):
             raw_status=raw_status if isinstance(raw_status, str) else None,
             unknown_status=unknown,
         )
+
+
+def _has_v1_id(body: dict[str, Any]) -> bool:
+    return body.get("task_id") is not None or body.get("taskId") is not None
 
 
 def _v2_outputs(result: Any) -> tuple[Output, ...]:

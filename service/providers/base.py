@@ -11,9 +11,15 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from service.errors import InvalidPayload
+from service.errors import InvalidPayload, Unauthorized
 from service.events import MEDIA_TYPES, Normalized, Output
 from service.settings import Settings
+
+
+class InvalidSignature(Unauthorized):
+    """The callback's signature is missing or does not match its body."""
+
+    code = "invalid_signature"
 
 
 class Provider:
@@ -22,6 +28,15 @@ class Provider:
     name: str = ""
     #: The provider's own status words (lower case) -> the relay's status.
     statuses: Mapping[str, str] = {}
+    #: False for providers that never call back: their tasks are only watched (polled).
+    sends_callbacks: bool = True
+
+    def accepts_tokenless(self, settings: Settings) -> bool:
+        """Whether callbacks may arrive at ``/callbacks/<name>`` without a URL token.
+
+        Only a provider whose own signature then authenticates every callback says yes.
+        """
+        return False
 
     def verify(self, headers: Mapping[str, str], body: bytes, settings: Settings) -> None:
         """Check the provider's own signature over the raw ``body``; raise ``Unauthorized``.
