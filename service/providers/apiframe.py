@@ -29,7 +29,6 @@ from service.providers.base import (
 )
 from service.settings import Settings
 
-
 __all__ = ["Apiframe", "InvalidSignature", "apiframe_signature"]
 
 
