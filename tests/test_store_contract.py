@@ -948,6 +948,76 @@ async def test_delivery_counts(store: Store) -> None:
     assert 20 - 5 < counts["oldest_pending_seconds"] < 20 + 5
 
 
+async def test_activity_counts_what_happened_since(store: Store) -> None:
+    empty = await store.activity(time.time() - 3600)
+    assert empty == {
+        "events": {},
+        "deliveries": {"pending": 0, "succeeded": 0, "failed": 0},
+        "oldest_pending": None,
+    }
+    await store.create_subscriber(subscriber("sub_a"))
+    now = time.time()
+    await store.ingest(incoming("t-old", at=now - 7200))  # before the window
+    await store.ingest(incoming("t1", "processing", at=now - 50, progress=10))
+    await store.ingest(incoming("t1", at=now - 40))
+    await store.ingest(incoming("t1", "failed", at=now - 30))  # superseded
+    await store.ingest(incoming("t2", at=now - 20))
+    claims = {c.event_id: c for c in await claim_all(store, now - 10, limit=1)}
+    (claim,) = claims.values()
+    await store.record_attempt(attempt(claim, "failed", at=now - 10))
+    activity = await store.activity(now - 3600)
+    assert activity["events"] == {
+        "generation.processing": {"emitted": 1, "superseded": 0},
+        "generation.completed": {"emitted": 2, "superseded": 0},  # the builder's own words
+        "generation.failed": {"emitted": 0, "superseded": 1},
+    }
+    # The delivery of t-old failed just now: a change inside the window.
+    assert activity["deliveries"] == {"pending": 3, "succeeded": 0, "failed": 1}
+    oldest = activity["oldest_pending"]
+    assert oldest is not None and oldest["status"] == "pending"
+    assert oldest["created_at"] == rfc3339(now - 50)
+    assert (await store.activity(now))["deliveries"]["pending"] == 0
+
+
+async def test_delivery_details_filter_by_provider_with_attempts(store: Store) -> None:
+    await store.create_subscriber(subscriber("sub_a"))
+    await store.create_subscriber(subscriber("sub_b"))
+    now = time.time()
+    await store.ingest(incoming("t1", at=now - 30))
+    await store.ingest(incoming("t2", provider="apiframe", at=now - 20))
+    for claim in await claim_all(store, now - 10):
+        outcome = "succeeded" if claim.subscriber_id == "sub_b" else "pending"
+        await store.record_attempt(
+            attempt(claim, outcome, at=now - 10, next_attempt_at=now - 5)
+        )
+    for claim in await claim_all(store, now - 1):
+        await store.record_attempt(attempt(claim, "failed", at=now - 1, error="timed out"))
+
+    failed = await store.delivery_details(DeliveryFilter(status="failed"), None, 10)
+    assert [(d["subscriber_id"], d["provider"]) for d in failed] == [
+        ("sub_a", "apiframe"),
+        ("sub_a", "evolink"),
+    ]
+    first = failed[1]
+    assert first["task_id"] == "t1"
+    assert first["event_type"] == "generation.completed"
+    assert [(a["status_code"], a["error"]) for a in first["attempts"]] == [
+        (500, None),
+        (None, "timed out"),
+    ]
+    assert first["attempts"][0]["response_excerpt"] == "upstream unavailable"
+    assert first["attempts"][0]["latency_ms"] == 12.5
+    # The same JSON as get_delivery, plus the event's fields.
+    plain = await store.get_delivery(first["id"])
+    assert plain is not None
+    assert {k: first[k] for k in plain} == plain
+    only = await store.delivery_details(DeliveryFilter(status="failed"), "evolink", 10)
+    assert [d["id"] for d in only] == [first["id"]]
+    assert await store.delivery_details(DeliveryFilter(subscriber_id="sub_b"), "evolink", 10)
+    assert await store.delivery_details(DeliveryFilter(since=now), None, 10) == []
+    assert len(await store.delivery_details(DeliveryFilter(), None, 3)) == 3
+
+
 async def test_reopen_keeps_everything(make_store: Callable[[], Store]) -> None:
     first = make_store()
     await first.open()

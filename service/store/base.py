@@ -305,3 +305,25 @@ class Store(ABC):
     @abstractmethod
     async def delivery_counts(self) -> dict[str, Any]:
         """How many deliveries are pending and failed, and the age of the oldest pending."""
+
+    # -- operators (the ops console, ``relay status``): reads that never hold up callbacks ----
+
+    @abstractmethod
+    async def activity(self, since: float) -> dict[str, Any]:
+        """What happened since ``since``, for an overview.
+
+        - ``events``: ``{type: {"emitted": n, "superseded": n}}``, events received since then
+          by CloudEvent type;
+        - ``deliveries``: ``{"pending": n, "succeeded": n, "failed": n}``, deliveries whose
+          status last changed since then;
+        - ``oldest_pending``: the pending delivery created first (``delivery_json``), or None.
+        """
+
+    @abstractmethod
+    async def delivery_details(
+        self, filters: DeliveryFilter, provider: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """At most ``limit`` deliveries matching ``filters`` whose event came from ``provider``
+        (any when None), newest first. Each is ``delivery_json`` plus its event's
+        ``provider``, ``task_id`` and ``event_type``, and ``attempts`` (oldest first, as in
+        ``get_delivery``)."""

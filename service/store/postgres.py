@@ -39,6 +39,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from service import ids
 from service.errors import StorageUnavailable
+from service.store import postgres_ops
 from service.store.base import (
     AttemptRecord,
     Claim,
@@ -904,3 +905,13 @@ class PostgresStore(Store):
             "failed": failed,
             "oldest_pending_seconds": None if oldest is None else round(now - oldest, 3),
         }
+
+    async def activity(self, since: float) -> dict[str, Any]:
+        async with self._transaction() as conn:
+            return await postgres_ops.activity(conn, since)
+
+    async def delivery_details(
+        self, filters: DeliveryFilter, provider: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        async with self._transaction() as conn:
+            return await postgres_ops.delivery_details(conn, filters, provider, limit)

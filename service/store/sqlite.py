@@ -27,6 +27,7 @@ import structlog
 
 from service.errors import StorageUnavailable
 from service.store import sqlite_deliveries as q
+from service.store import sqlite_ops
 from service.store.base import (
     AttemptRecord,
     Claim,
@@ -384,6 +385,16 @@ class SQLiteStore(Store):
     async def delivery_counts(self) -> dict[str, Any]:
         now = time.time()
         return await self._run(lambda conn: q.delivery_counts(conn, now))
+
+    async def activity(self, since: float) -> dict[str, Any]:
+        return await sqlite_ops.read(self, lambda conn: sqlite_ops.activity(conn, since))
+
+    async def delivery_details(
+        self, filters: DeliveryFilter, provider: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        return await sqlite_ops.read(
+            self, lambda conn: sqlite_ops.delivery_details(conn, filters, provider, limit)
+        )
 
 
 def _ingest(

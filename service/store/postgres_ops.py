@@ -1,0 +1,88 @@
+"""PostgreSQL queries for operators (the ops console, ``relay status``): reads only.
+
+Each runs in one transaction on a pooled connection, so a page shows one snapshot.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from service.store.base import DeliveryFilter
+from service.store.sqlite_deliveries import DELIVERY_COLUMNS, delivery_json
+from service.store.sqlite_ops import attempt_json, detail_json
+
+_D_COLUMNS = ", ".join(f"d.{column.strip()}" for column in DELIVERY_COLUMNS.split(","))
+
+
+async def activity(conn: AsyncConnection[Any], since: float) -> dict[str, Any]:
+    events: dict[str, dict[str, int]] = {}
+    cursor = await conn.execute(
+        "SELECT status, state, count(*) FROM events WHERE received_at >= %s GROUP BY 1, 2",
+        (since,),
+    )
+    for status, state, count in await cursor.fetchall():
+        events.setdefault(f"generation.{status}", {"emitted": 0, "superseded": 0})[state] = count
+    cursor = await conn.execute(
+        "SELECT count(*) FILTER (WHERE status = 'pending'),"
+        " count(*) FILTER (WHERE status = 'succeeded'),"
+        " count(*) FILTER (WHERE status = 'failed')"
+        " FROM deliveries WHERE updated_at >= %s",
+        (since,),
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    cursor = await conn.execute(
+        f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE status = 'pending'"
+        " ORDER BY created_at, seq LIMIT 1"
+    )
+    oldest = await cursor.fetchone()
+    return {
+        "events": events,
+        "deliveries": {"pending": row[0], "succeeded": row[1], "failed": row[2]},
+        "oldest_pending": None if oldest is None else delivery_json(oldest),
+    }
+
+
+def _where(filters: DeliveryFilter, provider: str | None) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (
+        ("d.status", filters.status),
+        ("d.subscriber_id", filters.subscriber_id),
+        ("d.event_id", filters.event_id),
+        ("e.provider", provider),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = %s")
+            params.append(value)
+    if filters.since is not None:
+        clauses.append("d.updated_at >= %s")
+        params.append(filters.since)
+    if filters.until is not None:
+        clauses.append("d.updated_at < %s")
+        params.append(filters.until)
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+
+async def delivery_details(
+    conn: AsyncConnection[Any], filters: DeliveryFilter, provider: str | None, limit: int
+) -> list[dict[str, Any]]:
+    where, params = _where(filters, provider)
+    cursor = await conn.execute(
+        f"SELECT {_D_COLUMNS}, e.provider, e.task_id, e.status FROM deliveries d"
+        f" LEFT JOIN events e ON e.id = d.event_id {where} ORDER BY d.seq DESC LIMIT %s",
+        (*params, limit),
+    )
+    rows = await cursor.fetchall()
+    attempts: dict[str, list[dict[str, Any]]] = {row[1]: [] for row in rows}
+    if attempts:
+        cursor = await conn.execute(
+            "SELECT delivery_id, attempted_at, trigger, status_code, latency_ms, error,"
+            " response_excerpt FROM attempts WHERE delivery_id = ANY(%s::text[]) ORDER BY id",
+            (list(attempts),),
+        )
+        for delivery_id, *attempt in await cursor.fetchall():
+            attempts[delivery_id].append(attempt_json(tuple(attempt)))
+    return [detail_json(tuple(row), attempts[row[1]]) for row in rows]

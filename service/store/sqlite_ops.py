@@ -1,0 +1,143 @@
+"""SQLite queries for operators (the ops console, ``relay status``): reads only.
+
+They run on a read-only connection of their own in a worker thread, never in the store's
+group-commit batch on the event loop: an operator counting an hour of events must not hold
+up callbacks. In WAL mode such a reader sees the last commit and blocks no writer; SQLite
+releases the GIL while it works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from service.errors import StorageUnavailable
+from service.events import rfc3339
+from service.store.base import DeliveryFilter
+from service.store.sqlite_deliveries import DELIVERY_COLUMNS, delivery_json
+
+if TYPE_CHECKING:
+    from service.store.sqlite import SQLiteStore
+
+T = TypeVar("T")
+
+_D_COLUMNS = ", ".join(f"d.{column.strip()}" for column in DELIVERY_COLUMNS.split(","))
+
+
+async def read(store: SQLiteStore, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """``fn(connection)`` on a read-only connection in a thread (in the batch for ``:memory:``)."""
+    if store._conn is None:
+        raise StorageUnavailable("The store is not open.")
+    if store.path == ":memory:":
+        return await store._run(fn)
+    return await asyncio.to_thread(_read_once, store.path, fn)
+
+
+def _read_once(path: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+    try:
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise StorageUnavailable(f"Cannot read SQLite database {path!r}: {exc}") from exc
+    try:
+        conn.execute("PRAGMA busy_timeout=2000")
+        conn.execute("BEGIN")  # one snapshot for every statement of fn
+        return fn(conn)
+    except sqlite3.OperationalError as exc:
+        raise StorageUnavailable(f"The store could not be read: {exc}") from exc
+    finally:
+        conn.close()
+
+
+def activity(conn: sqlite3.Connection, since: float) -> dict[str, Any]:
+    events: dict[str, dict[str, int]] = {}
+    for status, state, count in conn.execute(
+        "SELECT status, state, count(*) FROM events WHERE received_at >= ? GROUP BY 1, 2",
+        (since,),
+    ):
+        events.setdefault(f"generation.{status}", {"emitted": 0, "superseded": 0})[state] = count
+    deliveries = {
+        status: conn.execute(
+            "SELECT count(*) FROM deliveries WHERE status = ? AND updated_at >= ?",
+            (status, since),
+        ).fetchone()[0]
+        for status in ("pending", "succeeded", "failed")
+    }
+    oldest = conn.execute(
+        f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE status = 'pending'"
+        " ORDER BY created_at, seq LIMIT 1"
+    ).fetchone()
+    return {
+        "events": events,
+        "deliveries": deliveries,
+        "oldest_pending": None if oldest is None else delivery_json(oldest),
+    }
+
+
+def _where(filters: DeliveryFilter, provider: str | None) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (
+        ("d.status", filters.status),
+        ("d.subscriber_id", filters.subscriber_id),
+        ("d.event_id", filters.event_id),
+        ("e.provider", provider),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if filters.since is not None:
+        clauses.append("d.updated_at >= ?")
+        params.append(filters.since)
+    if filters.until is not None:
+        clauses.append("d.updated_at < ?")
+        params.append(filters.until)
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+
+def attempt_json(row: tuple[Any, ...]) -> dict[str, Any]:
+    """``(attempted_at, trigger, status_code, latency_ms, error, response_excerpt)`` as JSON."""
+    return {
+        "attempted_at": rfc3339(row[0]),
+        "trigger": row[1],
+        "status_code": row[2],
+        "latency_ms": row[3],
+        "error": row[4],
+        "response_excerpt": row[5],
+    }
+
+
+def detail_json(row: tuple[Any, ...], attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    """A ``DELIVERY_COLUMNS`` row followed by provider, task_id and status of its event."""
+    delivery = delivery_json(row)
+    provider, task_id, status = row[-3:]
+    delivery.update(
+        provider=provider,
+        task_id=task_id,
+        event_type=None if status is None else f"generation.{status}",
+        attempts=attempts,
+    )
+    return delivery
+
+
+def delivery_details(
+    conn: sqlite3.Connection, filters: DeliveryFilter, provider: str | None, limit: int
+) -> list[dict[str, Any]]:
+    where, params = _where(filters, provider)
+    rows = conn.execute(
+        f"SELECT {_D_COLUMNS}, e.provider, e.task_id, e.status FROM deliveries d"
+        f" LEFT JOIN events e ON e.id = d.event_id {where} ORDER BY d.seq DESC LIMIT ?",
+        (*params, limit),
+    ).fetchall()
+    attempts: dict[str, list[dict[str, Any]]] = {row[1]: [] for row in rows}
+    if attempts:
+        marks = ",".join("?" * len(attempts))
+        for delivery_id, *attempt in conn.execute(
+            "SELECT delivery_id, attempted_at, trigger, status_code, latency_ms, error,"
+            f" response_excerpt FROM attempts WHERE delivery_id IN ({marks}) ORDER BY id",
+            list(attempts),
+        ):
+            attempts[delivery_id].append(attempt_json(tuple(attempt)))
+    return [detail_json(row, attempts[row[1]]) for row in rows]
