@@ -55,6 +55,7 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
     "WATCH_BACKOFF": ("2,60", "first and longest seconds between a watch's polls (doubling)"),
     "WATCH_DEADLINE": ("86400", "seconds a watch polls unless registered with deadline_seconds"),
     "PROVIDER_TIMEOUT": ("10", "seconds one request to a provider's status API may take"),
+    "METRICS_PUBLIC": ("false", "serve /metrics without the admin token (true for a scraper)"),
 }
 
 
@@ -186,6 +187,8 @@ class Settings:
     watch_backoff: tuple[float, float] = (2.0, 60.0)
     watch_deadline: float = 86_400.0
     provider_timeout: float = 10.0
+    #: ``GET /metrics`` answers without the admin bearer token.
+    metrics_public: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -236,6 +239,7 @@ class Settings:
             retention_days=_int("RETENTION_DAYS", env.get("RETENTION_DAYS", "30")),
             migrate_on_start=_bool("MIGRATE_ON_START", env.get("MIGRATE_ON_START", "true")),
             run_worker=_bool("RUN_WORKER", env.get("RUN_WORKER", "true")),
+            metrics_public=_bool("METRICS_PUBLIC", env.get("METRICS_PUBLIC", "")),
             **_provider_api_settings(env, secret),
         )
 
