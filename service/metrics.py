@@ -1,0 +1,260 @@
+"""Prometheus metrics: counted on the hot paths, the rest read from the store at scrape time.
+
+Counters and the latency histogram are incremented where things happen (one dict look-up and
+an ``inc()``: the callback path stays cheap). Gauges about the backlog (pending and failed
+deliveries, the oldest pending one) are not kept in memory at all: ``GET /metrics`` asks the
+store (``Store.delivery_counts``) when it is scraped, so every replica reports the truth.
+
+Several uvicorn workers: set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory before the
+processes start (``prometheus_client`` reads it at import). Each process then writes its
+counters to files there and a scrape, answered by any one of them, adds up all of them.
+
+    relay_callbacks_total{provider, outcome}      accepted, duplicate, superseded, or the
+                                                  refusal's error code (invalid_token, ...)
+    relay_events_total{type, state}               events stored: emitted or superseded
+    relay_delivery_attempts_total{outcome}        succeeded, retry (another attempt is
+                                                  scheduled) or failed (waits for an operator)
+    relay_delivery_attempt_duration_seconds       latency of each attempt (histogram)
+    relay_deliveries_pending / _failed            at scrape time, from the store
+    relay_oldest_pending_delivery_age_seconds     at scrape time (0 when nothing is pending)
+    relay_watches_active                          at scrape time, see ``watches_active``
+    relay_store_up                                1 when the scrape-time queries answered
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter as Tally
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.errors import StorageUnavailable
+from service.events import EVENT_TYPES
+from service.http import require_admin
+from service.providers import PROVIDERS
+
+if TYPE_CHECKING:
+    from service.relay import Relay
+
+#: Where the relay's own metrics live (the global default registry is left to its users).
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+CALLBACKS = Counter(
+    "relay_callbacks_total",
+    "Provider callbacks received, by provider and outcome (accepted, duplicate, superseded, "
+    "or the error code of a refusal).",
+    ["provider", "outcome"],
+    registry=REGISTRY,
+)
+EVENTS = Counter(
+    "relay_events_total",
+    "Events stored, by CloudEvent type and state (emitted, or superseded: never delivered).",
+    ["type", "state"],
+    registry=REGISTRY,
+)
+ATTEMPTS = Counter(
+    "relay_delivery_attempts_total",
+    "Delivery attempts by outcome: succeeded, retry (another attempt is scheduled) or failed "
+    "(no more attempts: it waits for an operator).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+ATTEMPT_SECONDS = Histogram(
+    "relay_delivery_attempt_duration_seconds",
+    "How long one delivery attempt took, connect to the last byte read.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    registry=REGISTRY,
+)
+
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+if not MULTIPROCESS:
+    # CPU, memory and file descriptors of this process (meaningless summed over processes).
+    ProcessCollector(registry=REGISTRY)
+
+#: ``outcome`` label of a delivery attempt, from the delivery's status after it.
+_ATTEMPT_OUTCOMES = {"succeeded": "succeeded", "pending": "retry", "failed": "failed"}
+_STATUS_OUTCOMES = {404: "not_found", 405: "method_not_allowed", 500: "internal_error"}
+_KNOWN_TYPES = frozenset(EVENT_TYPES)
+
+# Label children, cached: ``labels()`` costs more than the increment itself. Keys are built
+# from bounded values only (known providers, error codes, event types), never raw input.
+_callback_children: dict[tuple[str, str], Any] = {}
+_event_children: dict[tuple[str, str], Any] = {}
+_attempt_children = {
+    outcome: ATTEMPTS.labels(outcome) for outcome in sorted(set(_ATTEMPT_OUTCOMES.values()))
+}
+
+
+class RecentTally:
+    """Counts per minute for the last hour, in this process (the ops console's overview).
+
+    Prometheus answers "how many since the process started"; an operator at the console asks
+    "how many in the last hour". Sixty one-minute buckets answer that for a few bytes each.
+    """
+
+    def __init__(self, minutes: int = 60) -> None:
+        self.minutes = minutes
+        self.started_at = time.time()
+        self._buckets: dict[int, Tally[str]] = {}
+
+    def add(self, key: str, now: float | None = None) -> None:
+        minute = int((time.time() if now is None else now) // 60)
+        bucket = self._buckets.get(minute)
+        if bucket is None:
+            bucket = self._buckets[minute] = Tally()
+            for old in [m for m in self._buckets if m <= minute - self.minutes]:
+                del self._buckets[old]
+        bucket[key] += 1
+
+    def totals(self, now: float | None = None) -> dict[str, int]:
+        """Counts of the last ``minutes`` minutes (the current one included)."""
+        minute = int((time.time() if now is None else now) // 60)
+        total: Tally[str] = Tally()
+        for start, bucket in self._buckets.items():
+            if start > minute - self.minutes:
+                total.update(bucket)
+        return dict(total)
+
+
+#: Callback outcomes of the last hour in this process (``provider:outcome`` -> count).
+RECENT_CALLBACKS = RecentTally()
+
+
+def callback_outcome(status: int, context: Mapping[str, Any]) -> str:
+    """The ``outcome`` label of a callback request from what the receiver bound to its log
+    context (``outcome`` or ``error_code``), else from the HTTP status."""
+    outcome = context.get("outcome") or context.get("error_code")
+    if isinstance(outcome, str):
+        return outcome
+    return _STATUS_OUTCOMES.get(status, f"http_{status}")
+
+
+def count_callback(provider: str, outcome: str, generation_status: str | None = None) -> None:
+    """One callback answered. ``provider`` comes from the URL: unknown names count as
+    ``unknown`` so that nobody can create series by posting to made-up paths."""
+    if provider not in PROVIDERS:
+        provider = "unknown"
+    key = (provider, outcome)
+    child = _callback_children.get(key)
+    if child is None:
+        child = _callback_children[key] = CALLBACKS.labels(provider, outcome)
+    child.inc()
+    RECENT_CALLBACKS.add(f"{provider}:{outcome}")
+    if outcome in ("accepted", "superseded") and generation_status:
+        event_type = f"generation.{generation_status}"
+        if event_type not in _KNOWN_TYPES:
+            return
+        state = "emitted" if outcome == "accepted" else "superseded"
+        event_key = (event_type, state)
+        event_child = _event_children.get(event_key)
+        if event_child is None:
+            event_child = _event_children[event_key] = EVENTS.labels(event_type, state)
+        event_child.inc()
+
+
+def count_attempt(delivery_status: str, latency_ms: float) -> None:
+    """One delivery attempt recorded; ``delivery_status`` is the delivery's status after it."""
+    _attempt_children[_ATTEMPT_OUTCOMES.get(delivery_status, "failed")].inc()
+    ATTEMPT_SECONDS.observe(latency_ms / 1000)
+
+
+# -- scrape time ----------------------------------------------------------------------------
+
+
+async def watches_active(relay: Relay) -> int | None:
+    """HOOK for provider watches: how many watches are active, or None where there are none.
+
+    The watches feature plugs in by giving the store a ``count_active_watches()`` coroutine
+    method; until then ``relay_watches_active`` is simply not exported.
+    """
+    count = getattr(relay.store, "count_active_watches", None)
+    if count is None:
+        return None
+    return int(await count())
+
+
+class _Snapshot(Collector):
+    """Gauge families computed just before a scrape."""
+
+    def __init__(self, families: list[GaugeMetricFamily]) -> None:
+        self.families = families
+
+    def collect(self) -> Any:
+        return iter(self.families)
+
+
+async def scrape_gauges(relay: Relay) -> list[GaugeMetricFamily]:
+    """The backlog gauges, read from the store now; ``relay_store_up`` says if that worked."""
+    families = []
+    up = 1.0
+    try:
+        counts = await relay.store.delivery_counts()
+        watches = await watches_active(relay)
+    except StorageUnavailable:
+        up = 0.0
+    else:
+        families += [
+            GaugeMetricFamily(
+                "relay_deliveries_pending",
+                "Deliveries waiting for an attempt or retrying.",
+                value=counts["pending"],
+            ),
+            GaugeMetricFamily(
+                "relay_deliveries_failed",
+                "Deliveries that used up their retries and wait for an operator's replay.",
+                value=counts["failed"],
+            ),
+            GaugeMetricFamily(
+                "relay_oldest_pending_delivery_age_seconds",
+                "Age of the oldest pending delivery (0 when none is pending).",
+                value=counts["oldest_pending_seconds"] or 0.0,
+            ),
+        ]
+        if watches is not None:
+            families.append(
+                GaugeMetricFamily(
+                    "relay_watches_active", "Provider task watches active.", value=watches
+                )
+            )
+    families.append(
+        GaugeMetricFamily(
+            "relay_store_up", "1 when the store answered the scrape-time queries.", value=up
+        )
+    )
+    return families
+
+
+def exposition(gauges: list[GaugeMetricFamily]) -> bytes:
+    """The text format: this process's (or every process's) counters, then ``gauges``."""
+    if MULTIPROCESS:
+        counters = CollectorRegistry()
+        MultiProcessCollector(counters)
+    else:
+        counters = REGISTRY
+    snapshot = CollectorRegistry(auto_describe=False)
+    snapshot.register(_Snapshot(gauges))
+    return generate_latest(counters) + generate_latest(snapshot)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """``GET /metrics``: admin bearer token required unless ``RELAY_METRICS_PUBLIC=true``."""
+    relay: Relay = request.app.state.relay
+    if not relay.settings.metrics_public:
+        require_admin(request)
+    body = exposition(await scrape_gauges(relay))
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
