@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import copy
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,62 +12,8 @@ import httpx
 import pytest
 
 from tests.conftest import EVOLINK_COMPLETED, bound_socket
+from tests.relay_process import ADMIN, RelayProcess
 from tests.subscriber_server import SubscriberServer
-
-ADMIN = "crash-admin-token"
-
-
-class RelayProcess:
-    def __init__(self, tmp_path: Path, port: int, **env: str) -> None:
-        self.port = port
-        self.base = f"http://127.0.0.1:{port}"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-        self.env.update(
-            RELAY_DATABASE_URL=f"sqlite:///{tmp_path / 'crash.db'}",
-            RELAY_PUBLIC_URL=self.base,
-            RELAY_ADMIN_TOKEN=ADMIN,
-            RELAY_SECRET_KEY="crash-signing-key",
-            RELAY_ALLOW_PRIVATE_TARGETS="true",
-            RELAY_LOG_LEVEL="warning",
-            **env,
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> RelayProcess:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--port", str(self.port)],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise AssertionError("relay did not start")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "service", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
 
 
 @pytest.fixture

@@ -1,0 +1,85 @@
+"""A relay as a real subprocess (``python -m service serve``), for crash and replica tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ADMIN = "crash-admin-token"
+
+
+class RelayProcess:
+    """``relay serve`` on ``port`` with test settings; keyword arguments override RELAY_*."""
+
+    def __init__(self, tmp_path: Path, port: int, *args: str, **env: str) -> None:
+        self.args = args
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+        self.env.update(
+            RELAY_DATABASE_URL=f"sqlite:///{tmp_path / 'crash.db'}",
+            RELAY_PUBLIC_URL=self.base,
+            RELAY_ADMIN_TOKEN=ADMIN,
+            RELAY_SECRET_KEY="crash-signing-key",
+            RELAY_ALLOW_PRIVATE_TARGETS="true",
+            RELAY_LOG_LEVEL="warning",
+        )
+        self.env.update(env)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RelayProcess:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve", "--port", str(self.port), *self.args],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise AssertionError("relay did not start")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "service", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {ADMIN}"}
+
+    def all_deliveries(self, status: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"status": status, "limit": 500}
+        while True:
+            page = httpx.get(f"{self.base}/v1/deliveries", params=params, headers=self.admin).json()
+            items += page["items"]
+            if page["next_cursor"] is None:
+                return items
+            params["cursor"] = page["next_cursor"]

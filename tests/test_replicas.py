@@ -1,0 +1,242 @@
+"""Several relay processes on one PostgreSQL: exactly-once delivery, a killed replica, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from tests.conftest import EVOLINK_COMPLETED, RelayServer, bound_socket
+from tests.relay_process import RelayProcess
+from tests.subscriber_server import SubscriberServer
+from tests.test_store_contract import TcpProxy, fresh_schema
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    with fresh_schema() as url:
+        yield url
+
+
+def _free_port() -> int:
+    sock = bound_socket()
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, pg_url: str) -> Iterator[Callable[..., RelayProcess]]:
+    started: list[RelayProcess] = []
+
+    def start(*args: str, **env: str) -> RelayProcess:
+        relay = RelayProcess(
+            tmp_path,
+            _free_port(),
+            *args,
+            RELAY_DATABASE_URL=pg_url,
+            RELAY_DELIVERY_TIMEOUT="1",
+            **env,
+        ).start()
+        started.append(relay)
+        return relay
+
+    yield start
+    for relay in started:
+        relay.stop()
+
+
+def _payload(n: int) -> dict[str, object]:
+    payload = copy.deepcopy(EVOLINK_COMPLETED)
+    payload["id"] = f"task-unified-replica-{n}"
+    return payload
+
+
+async def _post_all(urls: list[str], count: int, concurrency: int = 32) -> set[str]:
+    """POST ``count`` callbacks spread over ``urls``; the event ids answered 2xx."""
+    acked: set[str] = set()
+    numbers = iter(range(count))
+
+    async def sender(client: httpx.AsyncClient) -> None:
+        for n in numbers:
+            try:
+                response = await client.post(urls[n % len(urls)], json=_payload(n))
+            except httpx.TransportError:
+                continue
+            if response.status_code == 200:
+                acked.add(response.json()["event_id"])
+
+    async with httpx.AsyncClient(timeout=10) as client:
+        await asyncio.gather(*(sender(client) for _ in range(concurrency)))
+    return acked
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+@pytest.mark.slow
+def test_two_replicas_deliver_2000_callbacks_exactly_once(
+    replicas: Callable[..., RelayProcess],
+) -> None:
+    """2,000 callbacks over two processes: every event reaches the subscriber once."""
+    sink = SubscriberServer().start()
+    try:
+        first, second = replicas(), replicas()
+        answer = httpx.post(
+            f"{first.base}/v1/subscribers", json={"url": sink.url}, headers=first.admin
+        ).json()
+        sink.secrets.append(answer["secret"])
+        url = httpx.post(
+            f"{first.base}/v1/callback-urls", json={"provider": "evolink"}, headers=first.admin
+        ).json()["url"]
+        path = url[len(first.base) :]
+        acked = asyncio.run(_post_all([first.base + path, second.base + path], 2000))
+        assert len(acked) == 2000
+        assert _wait_until(lambda: len(sink.accepted_ids()) >= 2000, timeout=60)
+        time.sleep(1.0)  # a second delivery of anything would arrive by now
+        received = [r.event_id for r in list(sink.receipts)]
+        assert set(received) == acked
+        assert len(received) == 2000, f"{len(received) - 2000} duplicates"
+        assert not sink.errors
+        for relay in (first, second):
+            assert relay.process is not None and relay.process.poll() is None
+            assert httpx.get(f"{relay.base}/readyz").status_code == 200
+    finally:
+        sink.stop()
+
+
+@pytest.mark.slow
+def test_killed_replica_leases_expire_and_the_other_delivers(
+    replicas: Callable[..., RelayProcess],
+) -> None:
+    """SIGKILL one replica mid-delivery: the other delivers what it held once leases lapse."""
+    sink = SubscriberServer(script=lambda n: (204, 0.5)).start()
+    try:
+        doomed, survivor = replicas(), replicas()
+        answer = httpx.post(
+            f"{doomed.base}/v1/subscribers", json={"url": sink.url}, headers=doomed.admin
+        ).json()
+        sink.secrets.append(answer["secret"])
+        url = httpx.post(
+            f"{doomed.base}/v1/callback-urls", json={"provider": "evolink"}, headers=doomed.admin
+        ).json()["url"]
+        acked = asyncio.run(_post_all([url], 300, concurrency=16))
+        assert len(acked) == 300
+        assert _wait_until(lambda: sink.requests >= 20, timeout=10)
+        doomed.kill()
+        # Lease = 3 x RELAY_DELIVERY_TIMEOUT + 10 s: what the dead replica held comes back.
+        assert _wait_until(lambda: acked <= sink.accepted_ids(), timeout=60), (
+            f"{len(acked - sink.accepted_ids())} acknowledged events never delivered"
+        )
+        assert not survivor.all_deliveries("pending")
+        duplicates = len([r for r in sink.receipts]) - len(sink.accepted_ids())
+        # Only attempts in flight at the kill may repeat (bounded by the per-subscriber limit).
+        assert duplicates <= 64, duplicates
+    finally:
+        sink.stop()
+
+
+def test_api_and_worker_roles_split(replicas: Callable[..., RelayProcess]) -> None:
+    """`relay serve --no-worker` only receives; `relay worker` (another process) delivers."""
+    sink = SubscriberServer().start()
+    worker = None
+    try:
+        api = replicas("--no-worker")
+        answer = httpx.post(
+            f"{api.base}/v1/subscribers", json={"url": sink.url}, headers=api.admin
+        ).json()
+        sink.secrets.append(answer["secret"])
+        url = httpx.post(
+            f"{api.base}/v1/callback-urls", json={"provider": "evolink"}, headers=api.admin
+        ).json()["url"]
+        acked = asyncio.run(_post_all([url], 20, concurrency=4))
+        time.sleep(0.5)
+        assert sink.requests == 0  # nobody delivers yet
+        import subprocess
+        import sys
+
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "service", "worker"],
+            env=api.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        assert _wait_until(lambda: acked <= sink.accepted_ids(), timeout=20)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=15) == 0
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+        sink.stop()
+
+
+class ThreadedProxy:
+    """``TcpProxy`` on its own event loop thread, cut and restored from a synchronous test."""
+
+    def __init__(self, url: str) -> None:
+        params = conninfo_to_dict(url)
+        self.proxy = TcpProxy(str(params.get("host", "127.0.0.1")), int(params.get("port", 5432)))
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.call(self.proxy.start())
+        # The same URL (schema options included), through the proxy's port.
+        self.url = url.replace(f":{params.get('port', 5432)}/", f":{self.proxy.port}/", 1)
+        assert self.url != url
+
+    def call(self, coroutine: object) -> None:
+        asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=10)  # type: ignore[arg-type]
+
+    def cut(self) -> None:
+        self.call(self.proxy.stop())
+
+    def restore(self) -> None:
+        self.call(self.proxy.start())
+
+    def close(self) -> None:
+        if self.proxy.server is not None:
+            self.cut()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
+def test_postgres_outage_gives_503_and_recovers(
+    pg_url: str, relay_factory: Callable[..., RelayServer]
+) -> None:
+    """PostgreSQL away: callbacks 503 (never 2xx), /readyz 503; back: the relay recovers alone."""
+    proxy = ThreadedProxy(pg_url)
+    try:
+        relay = relay_factory(database_url=proxy.url)
+        url = relay.mint()
+        assert relay.post_callback(url, _payload(1)).status_code == 200
+        proxy.cut()
+        refused = relay.post_callback(url, _payload(2))
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "storage_unavailable"
+        ready = relay.client.get("/readyz")
+        assert ready.status_code == 503
+        proxy.restore()
+        assert _wait_until(
+            lambda: relay.post_callback(url, _payload(3)).status_code == 200, timeout=20
+        )
+        assert relay.client.get("/readyz").status_code == 200
+        stored = {e["subject"] for e in relay.events()}
+        assert stored == {"task-unified-replica-1", "task-unified-replica-3"}
+    finally:
+        proxy.close()
