@@ -1,0 +1,142 @@
+"""The ops console's session: a signed cookie, CSRF tokens, and slowed-down failed sign-ins.
+
+The cookie never holds the admin token. It holds a random CSRF token and whether the holder
+signed in, signed (itsdangerous, HMAC-SHA256, timestamped) with a key derived from the
+relay's signing key *and* the admin token: changing either signs everyone out. It is
+HttpOnly, SameSite=Strict, scoped to ``/ops``, and Secure when the relay's public URL is
+https. Every form carries the session's CSRF token; a POST also has to come from the
+console's own origin when the browser says where it comes from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.settings import Settings
+
+COOKIE = "relay_ops"
+COOKIE_PATH = "/ops"
+#: A signed-in session lasts this long; then the operator signs in again.
+SESSION_SECONDS = 12 * 3600
+
+
+@dataclass(frozen=True)
+class Session:
+    csrf: str
+    signed_in: bool
+    issued_at: float
+
+    @classmethod
+    def fresh(cls, *, signed_in: bool) -> Session:
+        return cls(secrets.token_urlsafe(24), signed_in, time.time())
+
+
+def _serializer(settings: Settings) -> URLSafeTimedSerializer:
+    key = str(settings.secret_keys[0]).encode() if settings.secret_keys else b""
+    admin = str(settings.admin_token or "").encode()
+    derived = hmac.new(key, b"relay-ops-session\x00" + admin, hashlib.sha256).digest()
+    return URLSafeTimedSerializer(derived, salt="ops-session")
+
+
+def load(request: Request, settings: Settings) -> Session | None:
+    """The request's valid session, or None (absent, forged, expired or from an old key)."""
+    raw = request.cookies.get(COOKIE)
+    if not raw:
+        return None
+    try:
+        data: Any = _serializer(settings).loads(raw, max_age=SESSION_SECONDS)
+    except BadSignature:  # SignatureExpired is one too
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("csrf"), str):
+        return None
+    return Session(data["csrf"], data.get("in") is True, float(data.get("at", 0)))
+
+
+def store(response: Response, session: Session, settings: Settings) -> None:
+    value = _serializer(settings).dumps(
+        {"csrf": session.csrf, "in": session.signed_in, "at": session.issued_at}
+    )
+    response.set_cookie(
+        COOKIE,
+        value,
+        max_age=SESSION_SECONDS,
+        path=COOKIE_PATH,
+        httponly=True,
+        samesite="strict",
+        secure=settings.public_url.startswith("https://"),
+    )
+
+
+def clear(response: Response, settings: Settings) -> None:
+    response.delete_cookie(
+        COOKIE,
+        path=COOKIE_PATH,
+        httponly=True,
+        samesite="strict",
+        secure=settings.public_url.startswith("https://"),
+    )
+
+
+def csrf_ok(request: Request, session: Session | None, presented: object) -> bool:
+    """The form's token matches the session's, and the request comes from this origin."""
+    if session is None or not isinstance(presented, str):
+        return False
+    origin = request.headers.get("origin")
+    if origin is not None and origin != "null":
+        host = request.headers.get("host", "")
+        if origin.split("://", 1)[-1] != host:
+            return False
+    return hmac.compare_digest(presented.encode(), session.csrf.encode())
+
+
+def token_ok(settings: Settings, presented: str) -> bool:
+    """Constant-time comparison with the admin token."""
+    expected = settings.admin_token
+    return expected is not None and hmac.compare_digest(
+        presented.strip().encode(), str(expected).encode()
+    )
+
+
+class SignInThrottle:
+    """Slows down guessing: after ``free`` failed sign-ins from one address, each further
+    attempt must wait (1 s, then 2, 4, ... up to ``longest``) after the last failure.
+
+    The admin token is long and random, so this is not what keeps it safe; it keeps a script
+    from trying tokens as fast as the relay answers, and keeps the log quiet. In memory, per
+    process; a success clears the address. At most ``max_tracked`` addresses are kept.
+    """
+
+    def __init__(self, free: int = 3, longest: float = 300.0, max_tracked: int = 10_000) -> None:
+        self.free = free
+        self.longest = longest
+        self.max_tracked = max_tracked
+        self._failures: dict[str, tuple[int, float]] = {}
+
+    def wait(self, address: str, now: float | None = None) -> float:
+        """Seconds this address must still wait before its next attempt (0: go ahead)."""
+        count, last = self._failures.get(address, (0, 0.0))
+        if count < self.free:
+            return 0.0
+        now = time.time() if now is None else now
+        lockout = min(self.longest, 2.0 ** (count - self.free))
+        return max(0.0, last + lockout - now)
+
+    def failed(self, address: str, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        count, _ = self._failures.pop(address, (0, 0.0))
+        self._failures[address] = (count + 1, now)
+        if len(self._failures) > self.max_tracked:
+            # Forget the address that failed longest ago (dicts keep insertion order).
+            del self._failures[next(iter(self._failures))]
+
+    def succeeded(self, address: str) -> None:
+        self._failures.pop(address, None)
