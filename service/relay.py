@@ -40,6 +40,8 @@ class Relay:
     generated_admin_token: str | None = None
     #: Called after an accepted event created deliveries (wakes the delivery worker).
     on_deliveries: Callable[[], None] = lambda: None
+    #: Called after a watch became due now (wakes the watch worker; see ``service.watches``).
+    on_watch_due: Callable[[], None] = lambda: None
     _metadata: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
 
     @classmethod
@@ -71,7 +73,11 @@ class Relay:
         self, provider: str, metadata: dict[str, Any] | None = None, ttl_seconds: int | None = None
     ) -> dict[str, Any]:
         """Mint ``<public_url>/callbacks/<provider>/<token>``; its metadata is kept in the store."""
-        get_provider(provider)
+        if not get_provider(provider).sends_callbacks:
+            raise InvalidInput(
+                f"{provider} sends no callbacks; register a watch (POST /v1/watches) instead.",
+                code="no_callbacks",
+            )
         ttl = DEFAULT_TTL_SECONDS if ttl_seconds is None else ttl_seconds
         if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 < ttl <= MAX_TTL_SECONDS:
             raise InvalidInput(
@@ -114,11 +120,16 @@ class Relay:
         raw: Any,
         raw_body: bytes,
         url_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> IngestResult:
-        """Store one normalized update durably (dedup, regression, fan-out in one transaction)."""
+        """Store one normalized update durably (dedup, regression, fan-out in one transaction).
+
+        The event carries the callback URL's metadata, updated with ``metadata`` (a watch's).
+        """
         now = time.time()
         event_id = ids.new_id("evt")
-        metadata = await self.metadata_for(url_id) if url_id else {}
+        url_metadata = await self.metadata_for(url_id) if url_id else {}
+        metadata = {**url_metadata, **metadata} if metadata else url_metadata
         cloudevent = build_cloudevent(
             event_id=event_id,
             provider=provider,

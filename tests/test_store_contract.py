@@ -38,6 +38,7 @@ from service.store.base import (
     Store,
     Subscriber,
 )
+from service.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
 from service.store.postgres import PostgresStore
 from service.store.sqlite import SQLiteStore
 from tests.conftest import EVOLINK_COMPLETED, RelayServer
@@ -1134,8 +1135,8 @@ async def test_replicas_opening_at_once_migrate_once(pg_url: str) -> None:
     async with opened(postgres_store(pg_url)):
         pass
     with psycopg.connect(pg_url) as conn:
-        versions = conn.execute("SELECT version FROM schema_migrations").fetchall()
-    assert versions == [(1,)]
+        versions = conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall()
+    assert versions == [(v,) for v in range(1, len(POSTGRES_MIGRATIONS) + 1)]
 
 
 async def test_unreachable_postgres_is_storage_unavailable() -> None:

@@ -1,4 +1,4 @@
-"""The providers the relay receives callbacks from, by the name used in callback URLs."""
+"""The providers the relay knows, by the name used in callback URLs, watches and events."""
 
 from __future__ import annotations
 
@@ -6,12 +6,18 @@ from service.errors import NotFound
 from service.providers.apiframe import Apiframe
 from service.providers.base import Provider
 from service.providers.evolink import Evolink
+from service.providers.reve_art import ReveArt
+from service.providers.rivya import Rivya
 
-PROVIDERS: dict[str, Provider] = {provider.name: provider for provider in (Evolink(), Apiframe())}
+__all__ = ["PROVIDERS", "Provider", "UnknownProvider", "get_provider"]
+
+PROVIDERS: dict[str, Provider] = {
+    provider.name: provider for provider in (Evolink(), Apiframe(), Rivya(), ReveArt())
+}
 
 
 class UnknownProvider(NotFound):
-    """The relay receives no callbacks for this provider."""
+    """The relay knows no provider of this name."""
 
     code = "unknown_provider"
 
@@ -22,5 +28,5 @@ def get_provider(name: str) -> Provider:
         return PROVIDERS[name]
     except KeyError:
         raise UnknownProvider(
-            f"Unknown provider; callbacks are received for: {', '.join(sorted(PROVIDERS))}."
+            f"Unknown provider; the relay knows: {', '.join(sorted(PROVIDERS))}."
         ) from None

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from service.errors import InvalidInput
+from service.store.watch_model import PollRecord, Watch, WatchFilter
 
 Outcome = Literal["accepted", "duplicate", "superseded"]
 
@@ -189,6 +190,72 @@ class Store(ABC):
     @abstractmethod
     async def get_callback_metadata(self, url_id: str) -> dict[str, Any] | None:
         """The metadata of a minted callback URL, or None if unknown."""
+
+    # -- watches (service.watches): tasks the relay polls at their provider's status API -----
+
+    @abstractmethod
+    async def create_watch(self, watch: Watch) -> tuple[Watch, bool]:
+        """Store a new active watch: ``(watch, True)``.
+
+        A task has at most one active watch: if it has one, nothing is stored and that one is
+        returned, ``(existing, False)``.
+        """
+
+    @abstractmethod
+    async def hold_for_confirmation(self, watch: Watch) -> Watch | None:
+        """Hold a terminal callback (``watch.held_status``, ``held_body``) until a poll of the
+        provider's API judges it; answers only after the hold is committed.
+
+        - None: the task already has a terminal event; nothing is held (the callback is then
+          ingested as usual, as a duplicate or superseded).
+        - The task's active watch, if it has one: due at ``watch.next_poll_at`` at the
+          latest, its held callback replaced, ``holds`` + 1, back-off restarted
+          (``backoff_step`` and ``not_found`` 0), its ``url_id`` kept if it had one.
+        - Otherwise ``watch`` itself (``origin`` "callback"), stored.
+        """
+
+    @abstractmethod
+    async def get_watch(self, watch_id: str) -> Watch | None:
+        """The watch, or None."""
+
+    @abstractmethod
+    async def list_watches(self, filters: WatchFilter, cursor: str | None, limit: int) -> Page:
+        """Watches, newest first; items are ``Watch``."""
+
+    @abstractmethod
+    async def cancel_watch(self, watch_id: str, now: float) -> Watch | None:
+        """An active watch becomes ``canceled`` (a poll in flight changes it no more); a
+        finished one is left as it is. Returns the watch, or None if unknown."""
+
+    @abstractmethod
+    async def claim_due_watches(self, now: float, limit: int, lease_seconds: float) -> list[Watch]:
+        """Lease up to ``limit`` active watches that are due, earliest due first.
+
+        Due: ``next_poll_at <= now`` and no lease, or a lapsed one. A due watch whose task
+        already has a terminal event is not returned: it becomes ``completed`` (with that
+        event's id) without a poll. Several processes claiming at once never share a watch.
+        """
+
+    @abstractmethod
+    async def record_poll(self, record: PollRecord) -> None:
+        """Apply a poll's outcome to a watch that is still active and free its lease.
+
+        ``polls`` + 1; ``state``, ``next_poll_at`` (kept when None), ``backoff_step``,
+        ``not_found``, ``last_error`` as recorded; ``last_status`` and ``event_id`` when given.
+        The held callback is cleared, unless another was held while the poll ran (``holds``
+        moved past ``holds_seen``) and the watch stays active: then that one stays held, its
+        immediate poll is kept (``next_poll_at`` is the earlier of the two) and the back-off
+        restarts. A watch canceled meanwhile stays canceled.
+        """
+
+    @abstractmethod
+    async def release_watch_leases(self, watch_ids: list[str] | None = None) -> int:
+        """Free watch leases (all when ``watch_ids`` is None): shutdown and crash recovery."""
+
+    @abstractmethod
+    async def prune_watches(self, before: float, limit: int) -> int:
+        """Delete up to ``limit`` finished watches (any state but active) last changed before
+        ``before``; returns how many went."""
 
     # -- events -------------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from psycopg.conninfo import conninfo_to_dict
 from service import ids
 from service.errors import StorageUnavailable
 from service.store import postgres_ops
+from service.store import postgres_watches as pw
 from service.store.base import (
     AttemptRecord,
     Claim,
@@ -56,11 +57,12 @@ from service.store.base import (
 
 # Shared with SQLite so that both stores answer the admin API with the very same JSON.
 from service.store.sqlite_deliveries import DELIVERY_COLUMNS, delivery_json
+from service.store.watch_model import PollRecord, Watch, WatchFilter
 
 log = structlog.get_logger("service.store")
 
 #: Applied in order; a file's position (from 1) is its version in ``schema_migrations``.
-MIGRATIONS = ("postgres_001_initial.sql",)
+MIGRATIONS = ("postgres_001_initial.sql", "postgres_002_watches.sql")
 
 # Advisory lock keys. Arbitrary constants, chosen not to collide with other applications that
 # may share the database. The one-key form (migrations) and the two-key form (the rest) are
@@ -394,6 +396,44 @@ class PostgresStore(Store):
             )
             row = await cursor.fetchone()
         return None if row is None else json.loads(row[0])
+
+    # -- watches (SQL in postgres_watches) -----------------------------------------------------
+
+    async def create_watch(self, watch: Watch) -> tuple[Watch, bool]:
+        async with self._connection() as conn:
+            return await pw.create_watch(conn, watch)
+
+    async def hold_for_confirmation(self, watch: Watch) -> Watch | None:
+        async with self._transaction() as conn:
+            return await pw.hold_for_confirmation(conn, watch)
+
+    async def get_watch(self, watch_id: str) -> Watch | None:
+        async with self._connection() as conn:
+            return await pw.get_watch(conn, watch_id)
+
+    async def list_watches(self, filters: WatchFilter, cursor: str | None, limit: int) -> Page:
+        async with self._connection() as conn:
+            return await pw.list_watches(conn, filters, cursor, limit)
+
+    async def cancel_watch(self, watch_id: str, now: float) -> Watch | None:
+        async with self._connection() as conn:
+            return await pw.cancel_watch(conn, watch_id, now)
+
+    async def claim_due_watches(self, now: float, limit: int, lease_seconds: float) -> list[Watch]:
+        async with self._connection() as conn:
+            return await pw.claim_due_watches(conn, now, limit, now + lease_seconds)
+
+    async def record_poll(self, record: PollRecord) -> None:
+        async with self._connection() as conn:
+            await pw.record_poll(conn, record)
+
+    async def release_watch_leases(self, watch_ids: list[str] | None = None) -> int:
+        async with self._connection() as conn:
+            return await pw.release_watch_leases(conn, watch_ids)
+
+    async def prune_watches(self, before: float, limit: int) -> int:
+        async with self._connection() as conn:
+            return await pw.prune_watches(conn, before, limit)
 
     # -- events ---------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ import structlog
 from service.errors import StorageUnavailable
 from service.store import sqlite_deliveries as q
 from service.store import sqlite_ops
+from service.store import sqlite_watches as w
 from service.store.base import (
     AttemptRecord,
     Claim,
@@ -41,11 +42,12 @@ from service.store.base import (
     decode_cursor,
     encode_cursor,
 )
+from service.store.watch_model import PollRecord, Watch, WatchFilter
 
 T = TypeVar("T")
 log = structlog.get_logger("service.store")
 
-MIGRATIONS = ("sqlite_001_initial.sql",)
+MIGRATIONS = ("sqlite_001_initial.sql", "sqlite_002_watches.sql")
 #: Most operations folded into one transaction; bounds the latency a batch adds.
 MAX_BATCH = 512
 #: How long a write waits for another process (the CLI) to finish its transaction.
@@ -250,6 +252,37 @@ class SQLiteStore(Store):
 
         text = await self._run(op)
         return None if text is None else json.loads(text)
+
+    # -- watches (SQL in sqlite_watches) -------------------------------------------------------
+
+    async def create_watch(self, watch: Watch) -> tuple[Watch, bool]:
+        return await self._run(lambda conn: w.create_watch(conn, watch))
+
+    async def hold_for_confirmation(self, watch: Watch) -> Watch | None:
+        return await self._run(lambda conn: w.hold_for_confirmation(conn, watch))
+
+    async def get_watch(self, watch_id: str) -> Watch | None:
+        return await self._run(lambda conn: w.get_watch(conn, watch_id))
+
+    async def list_watches(self, filters: WatchFilter, cursor: str | None, limit: int) -> Page:
+        return await self._run(lambda conn: w.list_watches(conn, filters, cursor, limit))
+
+    async def cancel_watch(self, watch_id: str, now: float) -> Watch | None:
+        return await self._run(lambda conn: w.cancel_watch(conn, watch_id, now))
+
+    async def claim_due_watches(self, now: float, limit: int, lease_seconds: float) -> list[Watch]:
+        return await self._run(
+            lambda conn: w.claim_due_watches(conn, now, limit, now + lease_seconds)
+        )
+
+    async def record_poll(self, record: PollRecord) -> None:
+        await self._run(lambda conn: w.record_poll(conn, record))
+
+    async def release_watch_leases(self, watch_ids: list[str] | None = None) -> int:
+        return await self._run(lambda conn: w.release_watch_leases(conn, watch_ids))
+
+    async def prune_watches(self, before: float, limit: int) -> int:
+        return await self._run(lambda conn: w.prune_watches(conn, before, limit))
 
     # -- events ---------------------------------------------------------------------------------
 

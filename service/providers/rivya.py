@@ -1,0 +1,140 @@
+"""Rivya AI: account-level webhooks signed with a ``whsec_`` secret; generation objects.
+
+Rivya registers one webhook URL per account (``POST /api/v1/webhooks``), so its callbacks may
+arrive at ``/callbacks/rivya`` without a URL token when ``RELAY_RIVYA_WEBHOOK_SECRET`` is set:
+the signature is then the source check. Rivya's signature header format is not public; the
+``whsec_`` prefix of its secrets suggests Standard Webhooks, which ``RivyaSignature`` checks.
+If Rivya turns out to differ, that one class is all that changes.
+
+The body is "the same public generation serializer as the status endpoint"
+(``GET /api/v1/generations/{id}``), bare or wrapped in an event envelope ``{"type", "data"}``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from service.errors import Unauthorized
+from service.events import Normalized, Output
+from service.providers.base import (
+    InvalidSignature,
+    Provider,
+    error_from,
+    guess_media_type,
+    progress_from,
+    require_object,
+    task_id_from,
+    text_or_none,
+    unique,
+)
+from service.settings import Settings
+from service.signing import matches, secret_key
+
+
+class StaleTimestamp(Unauthorized):
+    """The webhook's timestamp is missing or more than five minutes away from now."""
+
+    code = "stale_timestamp"
+
+
+class RivyaSignature:
+    """Standard Webhooks verification: ``v1,<base64 HMAC-SHA256 of "{id}.{ts}.{body}">``.
+
+    The key is the base64-decoded secret after ``whsec_``; the timestamp (Unix seconds) must be
+    within ``tolerance`` seconds of now, either way, so a captured request cannot be replayed
+    later. Header names and the tolerance are class attributes, easy to change.
+    """
+
+    id_header = "webhook-id"
+    timestamp_header = "webhook-timestamp"
+    signature_header = "webhook-signature"
+    tolerance = 300
+
+    def __init__(self, secret: str) -> None:
+        self.key = secret_key(secret)
+
+    def verify(self, headers: Mapping[str, str], body: bytes, now: float) -> None:
+        """Raise ``InvalidSignature`` or ``StaleTimestamp`` unless ``body`` is genuine."""
+        msg_id = headers.get(self.id_header, "")
+        signature = headers.get(self.signature_header, "")
+        if not msg_id or not signature:
+            raise InvalidSignature(
+                f"The {self.id_header} and {self.signature_header} headers are required."
+            )
+        try:
+            timestamp = int(headers.get(self.timestamp_header, "").strip())
+        except ValueError:
+            raise StaleTimestamp(f"The {self.timestamp_header} header is missing.") from None
+        if abs(now - timestamp) > self.tolerance:
+            raise StaleTimestamp()
+        if not matches(signature, self.key, msg_id, timestamp, body):
+            raise InvalidSignature()
+
+
+class Rivya(Provider):
+    name = "rivya"
+    statuses = {
+        "queued": "queued",
+        "pending": "queued",
+        "processing": "running",
+        "running": "running",
+        "succeeded": "succeeded",
+        "completed": "succeeded",
+        "failed": "failed",
+        "canceled": "canceled",
+        "cancelled": "canceled",
+    }
+
+    def accepts_tokenless(self, settings: Settings) -> bool:
+        return settings.rivya_webhook_secret is not None
+
+    def verify(self, headers: Mapping[str, str], body: bytes, settings: Settings) -> None:
+        secret = settings.rivya_webhook_secret
+        if secret is None:
+            return  # a tokenized URL; the token is the source check
+        RivyaSignature(str(secret)).verify(headers, body, time.time())
+
+    def normalize(self, payload: Any) -> Normalized:
+        body = require_object(payload)
+        event_type = None
+        if isinstance(body.get("data"), dict) and "status" not in body:
+            # {"type": "generation.succeeded", "data": {...generation...}}
+            event_type = text_or_none(body.get("type"))
+            body = body["data"]
+        task_id = task_id_from(body, "id", "task_id", "taskId")
+        raw_status = body.get("status")
+        if raw_status is None and event_type is not None:
+            raw_status = event_type.removeprefix("generation.")
+        status, unknown = self.map_status(raw_status)
+        outputs = _outputs(body.get("result"))
+        media_types = {output.media_type for output in outputs} - {None}
+        return Normalized(
+            task_id=task_id,
+            status=status,
+            progress=progress_from(body.get("progress")),
+            model=text_or_none(body.get("model")),
+            media_type=media_types.pop() if len(media_types) == 1 else None,
+            outputs=outputs,
+            error=error_from(body.get("error"), status, "Rivya")
+            if status in ("failed", "canceled")
+            else None,
+            raw_status=raw_status if isinstance(raw_status, str) else None,
+            unknown_status=unknown,
+        )
+
+
+def _outputs(result: Any) -> tuple[Output, ...]:
+    """``result.urls`` (``result.primary_url`` when there is no list)."""
+    if not isinstance(result, dict):
+        return ()
+    outputs = [
+        Output(url, guess_media_type(url))
+        for url in (result.get("urls") if isinstance(result.get("urls"), list) else [])
+        if text_or_none(url)
+    ]
+    primary = text_or_none(result.get("primary_url"))
+    if not outputs and primary:
+        outputs.append(Output(primary, guess_media_type(primary)))
+    return unique(outputs)

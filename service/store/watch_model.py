@@ -1,0 +1,134 @@
+"""What the store keeps about watches: tasks the relay polls at their provider's status API.
+
+A watch is ``active`` until its task is terminal (``completed``), its deadline passed
+(``expired``), the provider said it has no such task (``rejected``) or an operator cancelled
+it (``canceled``). Both stores read and write the same columns, in ``WATCH_COLUMNS`` order.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+WatchState = Literal["active", "completed", "expired", "rejected", "canceled"]
+WATCH_STATES: tuple[str, ...] = ("active", "completed", "expired", "rejected", "canceled")
+#: ``api``: registered by a client; ``callback``: a terminal callback held for confirmation.
+WatchOrigin = Literal["api", "callback"]
+
+
+@dataclass(frozen=True)
+class Watch:
+    id: str
+    provider: str
+    task_id: str
+    origin: str
+    state: str
+    metadata: dict[str, Any]
+    created_at: float
+    updated_at: float
+    deadline_at: float
+    next_poll_at: float
+    #: The callback URL whose metadata the watch's events carry too (held callbacks).
+    url_id: str | None = None
+    polls: int = 0
+    #: Polls since the back-off last restarted (a held callback restarts it).
+    backoff_step: int = 0
+    #: Consecutive answers saying the provider has no such task.
+    not_found: int = 0
+    last_polled_at: float | None = None
+    #: The relay status of the last answer the provider gave.
+    last_status: str | None = None
+    last_error: str | None = None
+    #: A terminal callback waiting for the API to confirm it: its status and raw body.
+    held_status: str | None = None
+    held_body: bytes | None = field(default=None, repr=False)
+    #: How many callbacks were held on this watch so far.
+    holds: int = 0
+    #: The event that ended the watch (terminal, deadline or not-found).
+    event_id: str | None = None
+
+
+@dataclass(frozen=True)
+class WatchFilter:
+    state: str | None = None
+    provider: str | None = None
+    task_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PollRecord:
+    """What one poll found, and what happens next."""
+
+    watch_id: str
+    polled_at: float
+    #: ``active`` (poll again at ``next_poll_at``) or the state the watch ends in.
+    state: str
+    next_poll_at: float | None
+    backoff_step: int
+    not_found: int
+    last_status: str | None
+    last_error: str | None
+    #: ``holds`` as the poll saw it: a callback held meanwhile keeps its immediate poll.
+    holds_seen: int
+    event_id: str | None = None
+
+
+WATCH_COLUMNS = (
+    "id, provider, task_id, origin, state, metadata, created_at, updated_at, deadline_at,"
+    " next_poll_at, url_id, polls, backoff_step, not_found, last_polled_at, last_status,"
+    " last_error, held_status, held_body, holds, event_id"
+)
+
+
+def watch_from_row(row: tuple[Any, ...]) -> Watch:
+    return Watch(
+        id=row[0],
+        provider=row[1],
+        task_id=row[2],
+        origin=row[3],
+        state=row[4],
+        metadata=json.loads(row[5]),
+        created_at=row[6],
+        updated_at=row[7],
+        deadline_at=row[8],
+        next_poll_at=row[9],
+        url_id=row[10],
+        polls=row[11],
+        backoff_step=row[12],
+        not_found=row[13],
+        last_polled_at=row[14],
+        last_status=row[15],
+        last_error=row[16],
+        held_status=row[17],
+        held_body=None if row[18] is None else bytes(row[18]),
+        holds=row[19],
+        event_id=row[20],
+    )
+
+
+def watch_values(watch: Watch) -> tuple[Any, ...]:
+    """``watch`` as the values of ``WATCH_COLUMNS``, in order."""
+    return (
+        watch.id,
+        watch.provider,
+        watch.task_id,
+        watch.origin,
+        watch.state,
+        json.dumps(watch.metadata, separators=(",", ":")),
+        watch.created_at,
+        watch.updated_at,
+        watch.deadline_at,
+        watch.next_poll_at,
+        watch.url_id,
+        watch.polls,
+        watch.backoff_step,
+        watch.not_found,
+        watch.last_polled_at,
+        watch.last_status,
+        watch.last_error,
+        watch.held_status,
+        watch.held_body,
+        watch.holds,
+        watch.event_id,
+    )

@@ -1,0 +1,363 @@
+"""Rivya and Reve Art normalizers, Apiframe v2 job objects, Rivya signatures, Retry-After.
+
+The golden payloads are the verbatim examples of the provider pages: Rivya's generation status
+page (/work/shared/providers/README.md section 3) and its Qwen Image page (rivya-qwen-image),
+Reve Art's API page (reve-art-api.zh.txt), Apiframe's job object (apiframe-reve-create).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from starlette.datastructures import Secret
+
+from service.errors import InvalidPayload
+from service.provider_api import parse_retry_after, status_apis
+from service.providers import PROVIDERS
+from service.providers.base import InvalidSignature
+from service.providers.rivya import Rivya, RivyaSignature, StaleTimestamp
+from service.settings import Settings
+from service.signing import new_secret, sign
+from tests.test_providers import VALIDATOR, cloudevent, fields
+
+RIVYA_SUCCEEDED = r"""
+{"id":"task_public_id","status":"succeeded","model":"z-image","reserved_credits":1,"final_credits":1,"created_at":"2026-05-10T00:00:00.000Z","updated_at":"2026-05-10T00:01:00.000Z","result":{"primary_url":"https://media.example/result.png","urls":["https://media.example/result.png"]},"error":null}
+"""
+RIVYA_FAILED = r"""
+{"id":"task_public_id","status":"failed","model":"z-image","reserved_credits":1,"final_credits":0,"created_at":"2026-05-10T00:00:00.000Z","updated_at":"2026-05-10T00:01:00.000Z","result":null,"error":{"code":"generation_failed","message":"The generation failed."}}
+"""  # noqa: E501 (verbatim provider example)
+RIVYA_QWEN_QUEUED = r"""
+{
+  "id": "task_qwen_image_example",
+  "status": "queued",
+  "model": "qwen-image",
+  "reserved_credits": 4,
+  "final_credits": 0,
+  "created_at": "2026-05-11T00:00:00.000Z",
+  "updated_at": "2026-05-11T00:00:00.000Z",
+  "result": null,
+  "error": null
+}
+"""
+REVE_ART_SYNC = r"""
+{
+  "id": "img_123",
+  "status": "completed",
+  "url": "https://cdn.reve-art.com/img_123.png",
+  "metadata": {
+    "prompt": "your prompt",
+    "width": 1024,
+    "height": 1024,
+    "created_at": "2024-01-01T00:00:00Z"
+  }
+}
+"""
+REVE_ART_ASYNC = r"""
+{
+  "id": "img_123",
+  "status": "pending"
+}
+"""
+REVE_ART_STATUS = r"""
+{
+  "id": "img_123",
+  "status": "completed",
+  "url": "https://cdn.reve-art.com/img_123.png",
+  "metadata": {
+    "prompt": "original prompt",
+    "width": 1024,
+    "height": 1024,
+    "model": "text2image_v1",
+    "created_at": "2024-01-01T00:00:00Z"
+  }
+}
+"""
+APIFRAME_SUBMITTED = r"""
+{
+  "jobId": "b2c3d4e5-f6a7-8901-bcde-f23456789012",
+  "status": "QUEUED"
+}
+"""
+
+GOLDEN: list[tuple[str, str, str, dict[str, Any]]] = [
+    (
+        "rivya-succeeded", "rivya", RIVYA_SUCCEEDED,
+        {
+            "task_id": "task_public_id",
+            "status": "succeeded",
+            "progress": None,
+            "model": "z-image",
+            "media_type": "image",
+            "outputs": [("https://media.example/result.png", "image")],
+            "error": None,
+            "raw_status": "succeeded",
+            "unknown_status": False,
+        },
+    ),
+    (
+        "rivya-failed", "rivya", RIVYA_FAILED,
+        {
+            "task_id": "task_public_id",
+            "status": "failed",
+            "progress": None,
+            "model": "z-image",
+            "media_type": None,
+            "outputs": [],
+            "error": {"code": "generation_failed", "message": "The generation failed."},
+            "raw_status": "failed",
+            "unknown_status": False,
+        },
+    ),
+    (
+        "rivya-qwen-queued", "rivya", RIVYA_QWEN_QUEUED,
+        {
+            "task_id": "task_qwen_image_example",
+            "status": "queued",
+            "progress": None,
+            "model": "qwen-image",
+            "media_type": None,
+            "outputs": [],
+            "error": None,
+            "raw_status": "queued",
+            "unknown_status": False,
+        },
+    ),
+    (
+        "reve-art-sync", "reve-art", REVE_ART_SYNC,
+        {
+            "task_id": "img_123",
+            "status": "succeeded",
+            "progress": None,
+            "model": None,
+            "media_type": "image",
+            "outputs": [("https://cdn.reve-art.com/img_123.png", "image")],
+            "error": None,
+            "raw_status": "completed",
+            "unknown_status": False,
+        },
+    ),
+    (
+        "reve-art-async", "reve-art", REVE_ART_ASYNC,
+        {
+            "task_id": "img_123",
+            "status": "queued",
+            "progress": None,
+            "model": None,
+            "media_type": "image",
+            "outputs": [],
+            "error": None,
+            "raw_status": "pending",
+            "unknown_status": False,
+        },
+    ),
+    (
+        "reve-art-status", "reve-art", REVE_ART_STATUS,
+        {
+            "task_id": "img_123",
+            "status": "succeeded",
+            "progress": None,
+            "model": "text2image_v1",
+            "media_type": "image",
+            "outputs": [("https://cdn.reve-art.com/img_123.png", "image")],
+            "error": None,
+            "raw_status": "completed",
+            "unknown_status": False,
+        },
+    ),
+    (
+        "apiframe-v2-submitted", "apiframe", APIFRAME_SUBMITTED,
+        {
+            "task_id": "b2c3d4e5-f6a7-8901-bcde-f23456789012",
+            "status": "queued",
+            "progress": None,
+            "model": None,
+            "media_type": None,
+            "outputs": [],
+            "error": None,
+            "raw_status": "QUEUED",
+            "unknown_status": False,
+        },
+    ),
+]  # fmt: skip
+GOLDEN_PARAMS = [pytest.param(p, text, want, id=name) for name, p, text, want in GOLDEN]
+
+
+@pytest.mark.parametrize(("provider", "text", "expected"), GOLDEN_PARAMS)
+def test_normalize_golden_payloads(provider: str, text: str, expected: dict[str, Any]) -> None:
+    """Each verbatim example normalizes to exactly the expected fields, as a valid event."""
+    payload = json.loads(text)
+    normalized = PROVIDERS[provider].normalize(payload)
+    assert fields(normalized) == expected
+    VALIDATOR.validate(cloudevent(provider, normalized, payload))
+
+
+@pytest.mark.parametrize("envelope_type", ["generation.succeeded", None])
+def test_rivya_accepts_the_generation_wrapped_in_an_event(envelope_type: str | None) -> None:
+    """``{"type", "data"}`` around the generation object normalizes like the bare object."""
+    bare = json.loads(RIVYA_SUCCEEDED)
+    wrapped: dict[str, Any] = {"data": bare}
+    if envelope_type:
+        wrapped["type"] = envelope_type
+    assert fields(Rivya().normalize(wrapped)) == fields(Rivya().normalize(bare))
+
+
+def test_rivya_status_from_the_event_type_when_the_object_has_none() -> None:
+    data = {"id": "t", "result": {"urls": ["https://m.example/v.mp4"]}}
+    normalized = Rivya().normalize({"type": "generation.succeeded", "data": data})
+    assert normalized.status == "succeeded"
+    assert [(o.url, o.media_type) for o in normalized.outputs] == [
+        ("https://m.example/v.mp4", "video")
+    ]
+
+
+def test_rivya_processing_is_running_and_primary_url_is_a_fallback() -> None:
+    assert Rivya().normalize({"id": "t", "status": "processing"}).status == "running"
+    only_primary = {"id": "t", "status": "succeeded", "result": {"primary_url": "https://m/x.png"}}
+    assert [o.url for o in Rivya().normalize(only_primary).outputs] == ["https://m/x.png"]
+
+
+def test_apiframe_job_object_from_the_status_api() -> None:
+    """``GET /v2/jobs/{id}`` answers ``{id, status, result, ...}``: normalized like a webhook."""
+    job = {
+        "id": "a1b2c3d4",
+        "status": "COMPLETED",
+        "model": "reve-create",
+        "progress": 100,
+        "result": {"images": ["https://cdn.apiframe.ai/r/1.png"]},
+        "error": None,
+        "creditCost": 1,
+        "webhookStatus": "sent",
+    }
+    normalized = PROVIDERS["apiframe"].normalize(job)
+    assert (normalized.task_id, normalized.status, normalized.progress) == (
+        "a1b2c3d4",
+        "succeeded",
+        100,
+    )
+    assert [o.url for o in normalized.outputs] == ["https://cdn.apiframe.ai/r/1.png"]
+    failed = PROVIDERS["apiframe"].normalize({"id": "j", "status": "FAILED", "error": "boom"})
+    assert failed.error == {"code": "provider_error", "message": "boom"}
+
+
+@pytest.mark.parametrize("provider", ["rivya", "reve-art"])
+@pytest.mark.parametrize("payload", [{}, {"id": ""}, {"data": {"status": "failed"}}])
+def test_normalize_refuses_missing_task_id(provider: str, payload: dict[str, Any]) -> None:
+    with pytest.raises(InvalidPayload):
+        PROVIDERS[provider].normalize(payload)
+
+
+# --- Rivya signatures (Standard Webhooks) ------------------------------------------------------
+
+SECRET = new_secret()
+BODY = RIVYA_SUCCEEDED.strip().encode()
+
+
+def rivya_headers(body: bytes = BODY, *, at: float | None = None, secret: str = SECRET) -> dict:
+    timestamp = int(time.time() if at is None else at)
+    return {
+        "webhook-id": "msg_2xYz",
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign([secret], "msg_2xYz", timestamp, body),
+    }
+
+
+def test_rivya_signature_accepts_a_genuine_webhook() -> None:
+    settings = Settings(rivya_webhook_secret=Secret(SECRET))
+    assert Rivya().verify(rivya_headers(), BODY, settings) is None
+    # Several signatures (a rotation): one valid is enough.
+    headers = rivya_headers()
+    headers["webhook-signature"] = "v1,AAAA " + headers["webhook-signature"]
+    assert Rivya().verify(headers, BODY, settings) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        pytest.param({"webhook-signature": "v1,AAAA"}, InvalidSignature, id="wrong"),
+        pytest.param({"webhook-signature": ""}, InvalidSignature, id="empty"),
+        pytest.param({"webhook-id": "msg_other"}, InvalidSignature, id="other-id"),
+        pytest.param({"webhook-timestamp": "soon"}, StaleTimestamp, id="not-a-number"),
+        pytest.param({"webhook-timestamp": "1700000000"}, StaleTimestamp, id="stale"),
+    ],
+)
+def test_rivya_signature_refusals(change: dict[str, str], error: type[Exception]) -> None:
+    headers = {**rivya_headers(), **change}
+    with pytest.raises(error):
+        RivyaSignature(SECRET).verify(headers, BODY, time.time())
+
+
+def test_rivya_signature_refuses_another_body_secret_or_missing_headers() -> None:
+    verifier = RivyaSignature(SECRET)
+    with pytest.raises(InvalidSignature):
+        verifier.verify(rivya_headers(), BODY + b" ", time.time())
+    with pytest.raises(InvalidSignature):
+        verifier.verify(rivya_headers(secret=new_secret()), BODY, time.time())
+    with pytest.raises(InvalidSignature):
+        verifier.verify({}, BODY, time.time())
+
+
+def test_rivya_timestamp_tolerance_is_five_minutes_either_way() -> None:
+    verifier = RivyaSignature(SECRET)
+    now = time.time()
+    for skew in (-299, 299):
+        verifier.verify(rivya_headers(at=now + skew), BODY, now)
+    for skew in (-301, 301):
+        with pytest.raises(StaleTimestamp):
+            verifier.verify(rivya_headers(at=now + skew), BODY, now)
+
+
+def test_rivya_without_a_secret_checks_nothing_and_needs_a_token() -> None:
+    assert Rivya().verify({}, BODY, Settings()) is None
+    assert not Rivya().accepts_tokenless(Settings())
+    assert Rivya().accepts_tokenless(Settings(rivya_webhook_secret=Secret(SECRET)))
+    assert not PROVIDERS["evolink"].accepts_tokenless(Settings())
+
+
+# --- status API clients ------------------------------------------------------------------------
+
+
+def test_status_api_urls_and_auth() -> None:
+    apis = status_apis(
+        Settings(
+            evolink_api_key=Secret("ek"),
+            apiframe_api_key=Secret("ak"),
+            rivya_api_key=Secret("rk"),
+            reve_art_api_key=Secret("vk"),
+        )
+    )
+    expected = {
+        "evolink": ("https://api.evolink.ai/v1/tasks/t%2F1", {"authorization": "Bearer ek"}),
+        "apiframe": ("https://api.apiframe.ai/v2/jobs/t%2F1", {"x-api-key": "ak"}),
+        "rivya": ("https://rivya.ai/api/v1/generations/t%2F1", {"authorization": "Bearer rk"}),
+        "reve-art": (
+            "https://reve-art.com/v1/reve-image/status/t%2F1",
+            {"authorization": "Bearer vk"},
+        ),
+    }
+    for name, (url, headers) in expected.items():
+        api = apis[name]
+        assert api.url("t/1") == url  # a task id never escapes its path segment
+        assert api.auth(str(api.api_key)) == headers
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("7", 7.0),
+        (" 2.5 ", 2.5),
+        ("-3", 0.0),
+        ("999999", 3600.0),
+        ("", None),
+        (None, None),
+        ("soon", None),
+        ("nan", None),
+        ("Sat, 21 Nov 2026 18:00:10 GMT", 10.0),
+        ("Sat, 21 Nov 2026 17:59:00 GMT", 0.0),
+    ],
+)
+def test_parse_retry_after(value: str | None, expected: float | None) -> None:
+    now = 1_795_284_000.0  # Sat, 21 Nov 2026 18:00:00 GMT
+    assert parse_retry_after(value, now) == expected

@@ -1,0 +1,389 @@
+"""The watch methods of the store contract, on SQLite and PostgreSQL alike.
+
+The fixtures (a fresh store of each kind per test, PostgreSQL schemas) are those of
+``tests/test_store_contract.py``; this module adds the docstrings of ``Store``'s watch methods
+as tests, and what only replicas sharing PostgreSQL must survive: concurrent claims.
+"""
+
+# ruff: noqa: F811 (pytest fixtures imported from test_store_contract, used as parameters)
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from service import ids
+from service.store.base import Store
+from service.store.postgres import PostgresStore
+from service.store.watch_model import PollRecord, Watch, WatchFilter
+from tests.test_store_contract import (  # noqa: F401 (fixtures)
+    anyio_backend,
+    incoming,
+    make_store,
+    opened,
+    pg_url,
+    postgres_store,
+    store,
+    store_kind,
+)
+
+pytestmark = pytest.mark.anyio
+LEASE = 30.0
+
+
+def watch(
+    task: str = "task-1",
+    *,
+    provider: str = "evolink",
+    at: float | None = None,
+    due: float | None = None,
+    deadline: float = 86_400,
+    origin: str = "api",
+    metadata: dict[str, Any] | None = None,
+    held_status: str | None = None,
+    url_id: str | None = None,
+) -> Watch:
+    now = time.time() if at is None else at
+    return Watch(
+        id=ids.new_id("wch"),
+        provider=provider,
+        task_id=task,
+        origin=origin,
+        state="active",
+        metadata=metadata if metadata is not None else {"order": task},
+        created_at=now,
+        updated_at=now,
+        deadline_at=now + deadline,
+        next_poll_at=now if due is None else due,
+        url_id=url_id,
+        held_status=held_status,
+        held_body=b'{"id": "%s", "status": "completed"}' % task.encode() if held_status else None,
+        holds=1 if held_status else 0,
+    )
+
+
+def poll(
+    w: Watch,
+    state: str = "active",
+    *,
+    at: float | None = None,
+    next_at: float | None = None,
+    step: int = 1,
+    status: str | None = "running",
+    error: str | None = None,
+    event_id: str | None = None,
+    holds_seen: int | None = None,
+    not_found: int = 0,
+) -> PollRecord:
+    return PollRecord(
+        watch_id=w.id,
+        polled_at=time.time() if at is None else at,
+        state=state,
+        next_poll_at=next_at,
+        backoff_step=step,
+        not_found=not_found,
+        last_status=status,
+        last_error=error,
+        holds_seen=w.holds if holds_seen is None else holds_seen,
+        event_id=event_id,
+    )
+
+
+async def all_watches(store: Store, **filters: Any) -> list[Watch]:
+    items: list[Watch] = []
+    cursor = None
+    while True:
+        page = await store.list_watches(WatchFilter(**filters), cursor, 2)
+        items += page.items
+        cursor = page.next_cursor
+        if cursor is None:
+            return items
+
+
+# -- create, get, list, cancel ------------------------------------------------------------------
+
+
+async def test_create_get_and_one_active_watch_per_task(store: Store) -> None:
+    first = watch("t1", metadata={"user": "u-1", "nested": {"a": [1, 2]}})
+    stored, created = await store.create_watch(first)
+    assert created and stored == first
+    assert await store.get_watch(first.id) == first
+    assert await store.get_watch("wch_unknown") is None
+    again, created = await store.create_watch(watch("t1"))
+    assert not created and again == first  # the existing one, nothing stored
+    other, created = await store.create_watch(watch("t1", provider="rivya"))
+    assert created and other.provider == "rivya"
+    assert len(await all_watches(store)) == 2
+
+
+async def test_cancel_then_a_new_watch_may_be_registered(store: Store) -> None:
+    first = watch("t1")
+    await store.create_watch(first)
+    canceled = await store.cancel_watch(first.id, time.time())
+    assert canceled is not None and canceled.state == "canceled"
+    assert (await store.cancel_watch(first.id, time.time())).state == "canceled"  # type: ignore[union-attr]
+    assert await store.cancel_watch("wch_unknown", time.time()) is None
+    second, created = await store.create_watch(watch("t1"))
+    assert created and second.id != first.id
+    assert await claim(store) == [second.id]  # a canceled watch is never claimed
+
+
+async def test_cancel_leaves_a_finished_watch_as_it_is(store: Store) -> None:
+    first = watch("t1")
+    await store.create_watch(first)
+    (claimed,) = await store.claim_due_watches(time.time(), 10, LEASE)
+    await store.record_poll(poll(claimed, "completed", status="succeeded", event_id="evt_1"))
+    after = await store.cancel_watch(first.id, time.time())
+    assert after is not None and after.state == "completed" and after.event_id == "evt_1"
+
+
+async def test_list_filters_and_pages_newest_first(store: Store) -> None:
+    created = []
+    for n in range(5):
+        w = watch(f"t{n}", provider="rivya" if n % 2 else "evolink")
+        await store.create_watch(w)
+        created.append(w.id)
+    await store.cancel_watch(created[0], time.time())
+    assert [w.id for w in await all_watches(store)] == created[::-1]
+    assert [w.id for w in await all_watches(store, provider="rivya")] == [created[3], created[1]]
+    assert [w.id for w in await all_watches(store, state="canceled")] == [created[0]]
+    assert [w.id for w in await all_watches(store, task_id="t2")] == [created[2]]
+    assert len(await all_watches(store, state="active")) == 4
+
+
+# -- claims and polls -------------------------------------------------------------------------
+
+
+async def claim(store: Store, now: float | None = None, limit: int = 100) -> list[str]:
+    return [w.id for w in await store.claim_due_watches(now or time.time(), limit, LEASE)]
+
+
+async def test_claim_only_due_earliest_first_with_lease(store: Store) -> None:
+    now = time.time()
+    late = watch("late", due=now + 60)
+    second = watch("second", due=now - 5)
+    first = watch("first", due=now - 10)
+    for w in (late, second, first):
+        await store.create_watch(w)
+    assert await claim(store, now, limit=1) == [first.id]
+    assert await claim(store, now) == [second.id]  # first is leased
+    assert await claim(store, now) == []
+    assert await claim(store, now + LEASE + 1) == [first.id, second.id]  # leases lapsed
+    for w in (first, second):
+        await store.record_poll(poll(w, next_at=now + 10**6))
+    assert await claim(store, now + 61) == [late.id]
+
+
+async def test_record_poll_schedules_the_next_and_frees_the_lease(store: Store) -> None:
+    now = time.time()
+    w = watch("t1", at=now - 1)
+    await store.create_watch(w)
+    (claimed,) = await store.claim_due_watches(now, 10, LEASE)
+    await store.record_poll(
+        poll(claimed, at=now, next_at=now + 4, step=2, status="running", error="HTTP 503")
+    )
+    after = await store.get_watch(w.id)
+    assert after is not None
+    assert (after.state, after.polls, after.backoff_step) == ("active", 1, 2)
+    assert (after.next_poll_at, after.last_polled_at) == (now + 4, now)
+    assert (after.last_status, after.last_error) == ("running", "HTTP 503")
+    assert await claim(store, now + 3) == []
+    assert await claim(store, now + 4) == [w.id]  # no lease left over from the first claim
+    # last_status is kept when a poll learned nothing new.
+    await store.record_poll(poll(after, at=now + 5, next_at=now + 9, status=None, error="x"))
+    assert (await store.get_watch(w.id)).last_status == "running"  # type: ignore[union-attr]
+
+
+async def test_record_poll_ends_the_watch(store: Store) -> None:
+    w = watch("t1")
+    await store.create_watch(w)
+    (claimed,) = await store.claim_due_watches(time.time(), 10, LEASE)
+    await store.record_poll(poll(claimed, "expired", status=None, event_id="evt_deadline"))
+    after = await store.get_watch(w.id)
+    assert after is not None and (after.state, after.event_id) == ("expired", "evt_deadline")
+    assert await claim(store, time.time() + 10**6) == []
+
+
+async def test_canceled_while_polled_stays_canceled(store: Store) -> None:
+    w = watch("t1")
+    await store.create_watch(w)
+    (claimed,) = await store.claim_due_watches(time.time(), 10, LEASE)
+    await store.cancel_watch(w.id, time.time())
+    await store.record_poll(poll(claimed, "completed", status="succeeded", event_id="evt_1"))
+    after = await store.get_watch(w.id)
+    assert after is not None and after.state == "canceled" and after.event_id is None
+
+
+async def test_due_watch_of_a_finished_task_completes_without_a_claim(store: Store) -> None:
+    now = time.time()
+    done = watch("done", due=now - 1)
+    later = watch("later", due=now + 60)
+    running = watch("running", due=now - 1)
+    for w in (done, later, running):
+        await store.create_watch(w)
+    terminal = incoming("done", "completed")
+    await store.ingest(terminal)
+    await store.ingest(incoming("later", "completed"))
+    await store.ingest(incoming("running", "processing", progress=10))
+    assert await claim(store, now) == [running.id]
+    after = await store.get_watch(done.id)
+    assert after is not None and (after.state, after.event_id) == ("completed", terminal.event_id)
+    # Not due yet: left alone until then (its safety-net poll is simply not needed).
+    assert (await store.get_watch(later.id)).state == "active"  # type: ignore[union-attr]
+    assert await claim(store, now + 61) == [running.id]  # its lease lapsed meanwhile
+    assert (await store.get_watch(later.id)).state == "completed"  # type: ignore[union-attr]
+
+
+async def test_release_watch_leases(store: Store) -> None:
+    a, b = watch("a"), watch("b")
+    for w in (a, b):
+        await store.create_watch(w)
+    assert len(await claim(store)) == 2
+    assert await store.release_watch_leases([a.id]) == 1
+    assert await claim(store) == [a.id]
+    assert await store.release_watch_leases(None) == 2
+    assert sorted(await claim(store)) == sorted([a.id, b.id])
+
+
+# -- holding callbacks for confirmation -----------------------------------------------------------
+
+
+async def test_hold_creates_a_watch_due_at_once(store: Store) -> None:
+    now = time.time()
+    held = await store.hold_for_confirmation(
+        watch("t1", origin="callback", metadata={}, held_status="succeeded", url_id="url_1")
+    )
+    assert held is not None
+    assert (held.origin, held.held_status, held.url_id, held.holds) == (
+        "callback",
+        "succeeded",
+        "url_1",
+        1,
+    )
+    assert held.held_body == b'{"id": "t1", "status": "completed"}'
+    assert await claim(store, now + 0.001) == [held.id]
+
+
+async def test_hold_joins_the_tasks_active_watch(store: Store) -> None:
+    now = time.time()
+    safety_net = watch("t1", due=now + 600, metadata={"user": "u-1"})
+    await store.create_watch(safety_net)
+    (claimed,) = await store.claim_due_watches(now + 600, 10, LEASE)
+    await store.record_poll(poll(claimed, at=now, next_at=now + 60, step=5, not_found=2))
+    held = await store.hold_for_confirmation(
+        watch("t1", origin="callback", metadata={}, held_status="failed", url_id="url_9", at=now)
+    )
+    assert held is not None and held.id == safety_net.id
+    assert held.metadata == {"user": "u-1"} and held.origin == "api"
+    assert (held.held_status, held.holds, held.backoff_step, held.not_found) == ("failed", 1, 0, 0)
+    assert held.url_id == "url_9" and held.next_poll_at == now
+    assert len(await all_watches(store)) == 1
+    # A later hold replaces the held callback but keeps the URL the watch already had.
+    again = await store.hold_for_confirmation(
+        watch("t1", origin="callback", held_status="succeeded", url_id="url_other", at=now)
+    )
+    assert again is not None and (again.holds, again.url_id) == (2, "url_9")
+    assert again.held_status == "succeeded"
+
+
+async def test_hold_after_the_task_ended_holds_nothing(store: Store) -> None:
+    await store.ingest(incoming("t1", "completed"))
+    assert await store.hold_for_confirmation(watch("t1", held_status="succeeded")) is None
+    assert await all_watches(store) == []
+
+
+async def test_poll_clears_the_held_callback_it_judged(store: Store) -> None:
+    held = await store.hold_for_confirmation(watch("t1", origin="callback", held_status="failed"))
+    assert held is not None
+    (claimed,) = await store.claim_due_watches(time.time(), 10, LEASE)
+    await store.record_poll(poll(claimed, next_at=time.time() + 5))
+    after = await store.get_watch(held.id)
+    assert after is not None and after.held_status is None and after.held_body is None
+
+
+async def test_hold_during_a_poll_keeps_its_immediate_poll(store: Store) -> None:
+    now = time.time()
+    held = await store.hold_for_confirmation(
+        watch("t1", origin="callback", held_status="failed", at=now)
+    )
+    assert held is not None
+    (claimed,) = await store.claim_due_watches(now, 10, LEASE)
+    # While the poll is in flight, the provider retries its callback (now: succeeded).
+    await store.hold_for_confirmation(
+        watch("t1", origin="callback", held_status="succeeded", at=now + 1)
+    )
+    await store.record_poll(poll(claimed, at=now + 2, next_at=now + 30, step=3))
+    after = await store.get_watch(held.id)
+    assert after is not None
+    assert (after.held_status, after.next_poll_at, after.backoff_step) == ("succeeded", now, 0)
+    assert await claim(store, now + 2) == [held.id]
+
+
+# -- retention and durability -------------------------------------------------------------------
+
+
+async def test_prune_removes_only_old_finished_watches(store: Store) -> None:
+    now = time.time()
+    old_done, old_active, new_done = watch("a"), watch("b"), watch("c")
+    for w in (old_done, old_active, new_done):
+        await store.create_watch(w)
+    await store.cancel_watch(old_done.id, now - 100)
+    await store.cancel_watch(new_done.id, now)
+    assert await store.prune_watches(now - 50, 10) == 1
+    assert {w.id for w in await all_watches(store)} == {old_active.id, new_done.id}
+
+
+async def test_watches_survive_a_reopen(make_store: Callable[[], Store]) -> None:
+    first = make_store()
+    await first.open()
+    w = watch("t1", held_status="succeeded", origin="callback")
+    await first.hold_for_confirmation(w)
+    await first.close()
+    second = make_store()
+    await second.open()
+    try:
+        assert await second.get_watch(w.id) == w
+    finally:
+        await second.close()
+
+
+# -- replicas ---------------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_concurrent_watch_claims_never_share_a_watch(pg_url: str) -> None:
+    """Two replicas, four claimers each: every due watch is claimed exactly once."""
+    first, second = postgres_store(pg_url), postgres_store(pg_url)
+    async with opened(first, second):
+        now = time.time()
+        expected = set()
+        for n in range(80):
+            w = watch(f"t{n}", due=now - 80 + n)
+            await first.create_watch(w)
+            expected.add(w.id)
+        claimed: list[list[str]] = []
+
+        async def claimer(store: PostgresStore) -> None:
+            mine: list[str] = []
+            while batch := await store.claim_due_watches(now, 7, LEASE):
+                mine += [w.id for w in batch]
+            claimed.append(mine)
+
+        await asyncio.gather(*(claimer(s) for s in (first, second) for _ in range(4)))
+        every = [watch_id for mine in claimed for watch_id in mine]
+        assert len(every) == len(set(every)) == 80 and set(every) == expected
+        assert sum(1 for mine in claimed if mine) > 1
+
+
+@pytest.mark.postgres
+async def test_concurrent_registrations_keep_one_active_watch(pg_url: str) -> None:
+    first, second = postgres_store(pg_url), postgres_store(pg_url)
+    async with opened(first, second):
+        results = await asyncio.gather(
+            *(s.create_watch(watch("t1")) for s in (first, second) for _ in range(5))
+        )
+        assert sum(created for _, created in results) == 1
+        assert len({w.id for w, _ in results}) == 1
