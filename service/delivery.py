@@ -28,6 +28,7 @@ from service.targets import (
 
 EXCERPT_BYTES = 1024
 USER_AGENT = f"callback-relay/{__version__}"
+_USER_AGENT = USER_AGENT.encode()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -73,14 +74,15 @@ class Deliverer:
     async def aclose(self) -> None:
         await self.transport.aclose()
 
-    def headers(self, claim: Claim, timestamp: int, body: bytes) -> dict[str, str]:
-        return {
-            "content-type": "application/cloudevents+json",
-            "user-agent": USER_AGENT,
-            "webhook-id": claim.event_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(claim.secrets, claim.event_id, timestamp, body),
-        }
+    def headers(self, claim: Claim, timestamp: int, body: bytes) -> list[tuple[bytes, bytes]]:
+        """The delivery's headers, already encoded (httpx then skips normalizing them)."""
+        return [
+            (b"content-type", b"application/cloudevents+json"),
+            (b"user-agent", _USER_AGENT),
+            (b"webhook-id", claim.event_id.encode()),
+            (b"webhook-timestamp", str(timestamp).encode()),
+            (b"webhook-signature", sign(claim.secrets, claim.event_id, timestamp, body).encode()),
+        ]
 
     async def attempt(self, claim: Claim) -> Attempt:
         started_at = time.time()
@@ -100,14 +102,16 @@ class Deliverer:
             # The guarded session checks the address of every connection it opens.
             async with asyncio.timeout(self.timeout):
                 response = await self.transport.handle_async_request(request)
+                stream = response.stream
+                assert isinstance(stream, httpx.AsyncByteStream)
                 try:
                     status = response.status_code
-                    async for chunk in response.aiter_raw():
+                    async for chunk in stream:
                         excerpt += chunk
                         if len(excerpt) >= EXCERPT_BYTES:
                             break
                 finally:
-                    await response.aclose()
+                    await stream.aclose()
         except TimeoutError:
             error = f"timed out after {self.timeout:g} s"
         except (TargetNotAllowed, httpx.InvalidURL) as exc:
