@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: run test lint install clean
+.PHONY: run test lint install clean browser
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,21 @@ install: $(BIN)/.installed
 run: $(BIN)/.installed
 	$(BIN)/relay serve
 
-test: $(BIN)/.installed
+# The ops console's browser test drives Debian's Chromium. Installed here when missing and
+# root (the machines are Debian); otherwise that test skips with the reason (fails on CI).
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium for the ops console's browser test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	      || echo "could not install chromium: the browser test will say so"; \
+	  else \
+	    echo "no $(CHROMIUM) and not root: the browser test will skip (and fail on CI)"; \
+	  fi; \
+	fi
+
+test: $(BIN)/.installed browser
 	$(BIN)/ruff check .
 	$(BIN)/pytest $(PYTEST_ARGS)
 

@@ -569,6 +569,7 @@ async def test_claim_due_only_due_and_respects_lease(store: Store) -> None:
         body=event.body,
         cycle_attempts=0,
         trigger="scheduled",
+        task_key=f"{event.provider}/{event.task_id}",
     )
     assert await claim_all(store, at + 2) == []  # leased until at + 1 + LEASE
     assert await claim_all(store, at + LEASE) == []

@@ -104,6 +104,8 @@ class Claim:
     body: str
     cycle_attempts: int
     trigger: str
+    #: ``provider/task_id`` of the event (for the log lines of the attempt).
+    task_key: str = ""
 
 
 @dataclass(frozen=True)

@@ -711,10 +711,10 @@ class PostgresStore(Store):
                 "  WHERE deliveries.seq = due.seq"
                 "  RETURNING deliveries.seq, deliveries.id, deliveries.event_id,"
                 "  deliveries.subscriber_id, deliveries.next_attempt_at,"
-                "  deliveries.cycle_attempts, deliveries.attempt_count"
+                "  deliveries.cycle_attempts, deliveries.attempt_count, deliveries.task_key"
                 ")"
                 " SELECT l.id, l.event_id, l.subscriber_id, s.url, s.secret, s.previous_secret,"
-                " s.previous_expires_at, e.body, l.cycle_attempts, l.attempt_count"
+                " s.previous_expires_at, e.body, l.cycle_attempts, l.attempt_count, l.task_key"
                 " FROM leased l JOIN subscribers s ON s.id = l.subscriber_id"
                 " JOIN events e ON e.id = l.event_id ORDER BY l.next_attempt_at, l.seq",
                 {
@@ -736,6 +736,7 @@ class PostgresStore(Store):
                 cycle_attempts=row[8],
                 # A fresh cycle after earlier attempts can only be an operator's replay.
                 trigger="replay" if row[8] == 0 and row[9] > 0 else "scheduled",
+                task_key=row[10],
             )
             for row in rows
         ]

@@ -233,7 +233,7 @@ def claim_due(
     )
     claimed = conn.execute(
         "SELECT d.id, d.event_id, d.subscriber_id, s.url, s.secret, s.previous_secret,"
-        " s.previous_expires_at, e.body, d.cycle_attempts, d.attempt_count"
+        " s.previous_expires_at, e.body, d.cycle_attempts, d.attempt_count, d.task_key"
         " FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id"
         f" JOIN events e ON e.id = d.event_id WHERE d.seq IN ({marks})"
         " ORDER BY d.next_attempt_at, d.seq",
@@ -250,6 +250,7 @@ def claim_due(
             cycle_attempts=row[8],
             # A fresh cycle after earlier attempts can only be an operator's replay.
             trigger="replay" if row[8] == 0 and row[9] > 0 else "scheduled",
+            task_key=row[10],
         )
         for row in claimed
     ]
