@@ -62,7 +62,7 @@ from service.store.watch_model import PollRecord, Watch, WatchFilter
 log = structlog.get_logger("service.store")
 
 #: Applied in order; a file's position (from 1) is its version in ``schema_migrations``.
-MIGRATIONS = ("postgres_001_initial.sql", "postgres_002_watches.sql")
+MIGRATIONS = ("postgres_001_initial.sql", "postgres_002_watches.sql", "postgres_003_ingest.sql")
 
 # Advisory lock keys. Arbitrary constants, chosen not to collide with other applications that
 # may share the database. The one-key form (migrations) and the two-key form (the rest) are
@@ -438,103 +438,61 @@ class PostgresStore(Store):
     # -- events ---------------------------------------------------------------------------------
 
     async def ingest(self, event: IncomingEvent) -> IngestResult:
-        task_key = f"{event.provider}/{event.task_id}"
-        async with self._transaction() as conn:
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock_shared(%s::int, 0),"
-                " pg_advisory_xact_lock(%s::int, hashtext(%s))",
-                (LOCK_SUBSCRIBERS, LOCK_TASKS, task_key),
-            )
-            # A statement of its own, after the locks: its snapshot sees every commit made by
-            # the holders it waited for. It also reads the subscribers' version, saving a trip.
-            cursor = await conn.execute(
-                "INSERT INTO events (id, provider, task_id, status, progress, dedup_key, state,"
-                " received_at, url_id, body, raw_body) VALUES (%s, %s, %s, %s, %s, %s,"
-                " CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE provider = %s AND task_id = %s)"
-                " THEN 'superseded' ELSE 'emitted' END, %s, %s, %s, %s)"
-                " ON CONFLICT (dedup_key) DO NOTHING"
-                " RETURNING state,"
-                " (SELECT value FROM relay_meta WHERE key = 'subscribers_version')",
-                (
-                    event.event_id,
-                    event.provider,
-                    event.task_id,
-                    event.status,
-                    event.progress,
-                    event.dedup_key,
-                    event.provider,
-                    event.task_id,
-                    event.received_at,
-                    event.url_id,
-                    event.body,
-                    event.raw_body,
-                ),
-            )
-            inserted = await cursor.fetchone()
-            if inserted is None:
-                # ON CONFLICT waited for the other inserter to commit; this new statement's
-                # snapshot sees its row.
+        # One round trip: relay_ingest (migration 3) takes the locks and decides server-side.
+        # The fan-out is computed here from the cached subscriber list; if the list changed
+        # since (another replica, the CLI), the function writes nothing and says 'stale'.
+        async with self._connection() as conn:
+            for _ in range(3):
+                version, subscribers = self._subscribers
+                if version is None:
+                    version, subscribers = await self._load_subscribers(conn, event.received_at)
+                wanted = [s.id for s in subscribers if s.wants(event.provider, event.event_type)]
                 cursor = await conn.execute(
-                    "SELECT id FROM events WHERE dedup_key = %s", (event.dedup_key,)
-                )
-                existing = await cursor.fetchone()
-                if existing is None:  # the conflicting row vanished: let the provider retry
-                    raise StorageUnavailable("A concurrent update interfered; retry.")
-                return IngestResult("duplicate", existing[0])
-            state, version = inserted
-            if state == "superseded":
-                return IngestResult("superseded", event.event_id)
-            if event.terminal:
-                cursor = await conn.execute(
-                    "INSERT INTO tasks (provider, task_id, terminal_status, event_id)"
-                    " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
-                    (event.provider, event.task_id, event.status, event.event_id),
-                )
-                if await cursor.fetchone() is None:
-                    # Another terminal status won the race (not possible while LOCK_TASKS
-                    # serializes the task, but correctness must not depend on it).
-                    await conn.execute(
-                        "UPDATE events SET state = 'superseded' WHERE id = %s", (event.event_id,)
-                    )
-                    return IngestResult("superseded", event.event_id)
-            subscribers = await self._enabled_subscribers(conn, version or "0", event.received_at)
-            wanted = [s.id for s in subscribers if s.wants(event.provider, event.event_type)]
-            if wanted:
-                await conn.execute(
-                    "INSERT INTO deliveries (id, event_id, subscriber_id, task_key, status,"
-                    " next_attempt_at, created_at, updated_at)"
-                    " SELECT u.id, %s, u.subscriber_id, %s, 'pending', %s, %s, %s"
-                    " FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY"
-                    " AS u(id, subscriber_id, n) ORDER BY u.n",
+                    "SELECT outcome, event_id, deliveries FROM relay_ingest(%s, %s, %s, %s, %s,"
+                    " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s::text[])",
                     (
+                        LOCK_SUBSCRIBERS,
+                        LOCK_TASKS,
                         event.event_id,
-                        task_key,
+                        event.provider,
+                        event.task_id,
+                        event.status,
+                        event.progress,
+                        event.dedup_key,
                         event.received_at,
-                        event.received_at,
-                        event.received_at,
+                        event.url_id,
+                        event.body,
+                        event.raw_body,
+                        event.terminal,
+                        version,
                         [ids.new_id("dlv") for _ in wanted],
                         wanted,
                     ),
                 )
-        return IngestResult("accepted", event.event_id, len(wanted))
+                row = await cursor.fetchone()
+                assert row is not None
+                outcome, event_id, created = row
+                if outcome != "stale":
+                    return IngestResult(outcome, event_id, created)
+                self._subscribers = (None, [])
+        raise StorageUnavailable("Subscribers kept changing during intake; retry.")
 
-    async def _enabled_subscribers(
-        self, conn: AsyncConnection[Any], version: str, now: float
-    ) -> list[Subscriber]:
-        """Enabled subscribers, reloaded only when ``subscribers_version`` moved.
-
-        Every accepted callback fans out; the subscriber list is read once per change, even
-        when another replica or the CLI made it. The caller holds ``LOCK_SUBSCRIBERS`` shared,
-        so the version cannot move while it runs.
-        """
-        cached_version, subscribers = self._subscribers
-        if version != cached_version:
-            cursor = await conn.execute(
-                f"SELECT {SUBSCRIBER_COLUMNS} FROM subscribers WHERE enabled ORDER BY seq"
-            )
-            subscribers = [_subscriber_from_row(row, now) for row in await cursor.fetchall()]
-            self._subscribers = (version, subscribers)
-        return subscribers
+    async def _load_subscribers(
+        self, conn: AsyncConnection[Any], now: float
+    ) -> tuple[str, list[Subscriber]]:
+        """The enabled subscribers and their version, read in one statement (one snapshot)."""
+        columns = ", ".join(f"s.{c.strip()}" for c in SUBSCRIBER_COLUMNS.split(","))
+        cursor = await conn.execute(
+            "WITH v AS (SELECT coalesce((SELECT value FROM relay_meta"
+            " WHERE key = 'subscribers_version'), '0') AS version)"
+            f" SELECT v.version, {columns} FROM v"
+            " LEFT JOIN subscribers s ON s.enabled ORDER BY s.seq"
+        )
+        rows = await cursor.fetchall()
+        version = str(rows[0][0])
+        subscribers = [_subscriber_from_row(row[1:], now) for row in rows if row[1] is not None]
+        self._subscribers = (version, subscribers)
+        return version, subscribers
 
     async def get_event(self, event_id: str) -> dict[str, Any] | None:
         async with self._connection() as conn:
