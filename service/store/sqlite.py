@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import json
 import sqlite3
 import time
@@ -44,6 +45,7 @@ from service.store.base import (
     decode_cursor,
     encode_cursor,
 )
+from service.store.filters import event_clauses
 from service.store.watch_model import PollRecord, Watch, WatchFilter
 
 T = TypeVar("T")
@@ -146,8 +148,9 @@ class SQLiteStore(Store):
         if not self._flush_scheduled:
             self._flush_scheduled = True
             # call_soon runs after the callbacks already ready: every request that reaches
-            # the store during this loop iteration joins the batch.
-            loop.call_soon(self._flush)
+            # the store during this loop iteration joins the batch. The batch belongs to no
+            # one request: its log lines must not carry the request_id of whoever queued first.
+            loop.call_soon(self._flush, context=contextvars.Context())
         return op.future
 
     def _flush(self) -> None:
@@ -186,7 +189,7 @@ class SQLiteStore(Store):
             op.settle()
         if self._pending and not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush, context=contextvars.Context())
 
     @staticmethod
     def _run_batch(conn: sqlite3.Connection, batch: list[_Op]) -> bool:
@@ -349,22 +352,7 @@ class SQLiteStore(Store):
         return event
 
     async def list_events(self, filters: EventFilter, cursor: str | None, limit: int) -> Page:
-        before = decode_cursor(cursor)
-        clauses, params = [], []
-        for column, value in (
-            ("provider", filters.provider),
-            ("task_id", filters.task_id),
-            ("status", filters.status),
-        ):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if filters.since is not None:
-            clauses.append("received_at >= ?")
-            params.append(filters.since)
-        if before is not None:
-            clauses.append("seq < ?")
-            params.append(before)
+        clauses, params = event_clauses(filters, decode_cursor(cursor), "?")
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = f"SELECT seq, body FROM events {where} ORDER BY seq DESC LIMIT ?"
 
