@@ -54,6 +54,7 @@ from service.store.base import (
     decode_cursor,
     encode_cursor,
 )
+from service.store.filters import delivery_clauses, event_clauses
 
 # Shared with SQLite so that both stores answer the admin API with the very same JSON.
 from service.store.sqlite_deliveries import DELIVERY_COLUMNS, delivery_json
@@ -121,26 +122,6 @@ def _subscriber_from_row(row: tuple[Any, ...], now: float) -> Subscriber:
 
 def _text_list(value: Any) -> list[str] | None:
     return None if value is None else [str(item) for item in value]
-
-
-def _delivery_where(filters: DeliveryFilter) -> tuple[list[str], list[Any]]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    for column, value in (
-        ("status", filters.status),
-        ("subscriber_id", filters.subscriber_id),
-        ("event_id", filters.event_id),
-    ):
-        if value is not None:
-            clauses.append(f"{column} = %s")
-            params.append(value)
-    if filters.since is not None:
-        clauses.append("updated_at >= %s")
-        params.append(filters.since)
-    if filters.until is not None:
-        clauses.append("updated_at < %s")
-        params.append(filters.until)
-    return clauses, params
 
 
 async def _lock_subscribers(conn: AsyncConnection[Any], *, exclusive: bool) -> None:
@@ -505,23 +486,7 @@ class PostgresStore(Store):
         return event
 
     async def list_events(self, filters: EventFilter, cursor: str | None, limit: int) -> Page:
-        before = decode_cursor(cursor)
-        clauses: list[str] = []
-        params: list[Any] = []
-        for column, value in (
-            ("provider", filters.provider),
-            ("task_id", filters.task_id),
-            ("status", filters.status),
-        ):
-            if value is not None:
-                clauses.append(f"{column} = %s")
-                params.append(value)
-        if filters.since is not None:
-            clauses.append("received_at >= %s")
-            params.append(filters.since)
-        if before is not None:
-            clauses.append("seq < %s")
-            params.append(before)
+        clauses, params = event_clauses(filters, decode_cursor(cursor), "%s")
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         async with self._connection() as conn:
             result = await conn.execute(
@@ -766,7 +731,7 @@ class PostgresStore(Store):
     async def list_deliveries(
         self, filters: DeliveryFilter, cursor: str | None, limit: int
     ) -> Page:
-        clauses, params = _delivery_where(filters)
+        clauses, params = delivery_clauses(filters, "%s")
         before = decode_cursor(cursor)
         if before is not None:
             clauses.append("seq < %s")
@@ -820,7 +785,7 @@ class PostgresStore(Store):
         if delivery_ids is not None:
             selection, params = "id = ANY(%s::text[])", [list(delivery_ids)]
         else:
-            clauses, params = _delivery_where(filters)
+            clauses, params = delivery_clauses(filters, "%s")
             selection = " AND ".join(clauses) if clauses else "true"
         async with self._transaction() as conn:
             # Shared: a subscriber deleted or disabled meanwhile gets no revived delivery.

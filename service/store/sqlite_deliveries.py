@@ -21,6 +21,7 @@ from service.store.base import (
     decode_cursor,
     encode_cursor,
 )
+from service.store.filters import delivery_clauses
 
 SUBSCRIBER_COLUMNS = (
     "id, url, description, providers, event_types, enabled, disabled_reason, secret,"
@@ -329,30 +330,10 @@ def delivery_json(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-def _delivery_where(filters: DeliveryFilter) -> tuple[list[str], list[Any]]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    for column, value in (
-        ("status", filters.status),
-        ("subscriber_id", filters.subscriber_id),
-        ("event_id", filters.event_id),
-    ):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    if filters.since is not None:
-        clauses.append("updated_at >= ?")
-        params.append(filters.since)
-    if filters.until is not None:
-        clauses.append("updated_at < ?")
-        params.append(filters.until)
-    return clauses, params
-
-
 def list_deliveries(
     conn: sqlite3.Connection, filters: DeliveryFilter, cursor: str | None, limit: int
 ) -> Page:
-    clauses, params = _delivery_where(filters)
+    clauses, params = delivery_clauses(filters, "?")
     before = decode_cursor(cursor)
     if before is not None:
         clauses.append("seq < ?")
@@ -402,7 +383,7 @@ def replay(
         marks = ",".join("?" * len(delivery_ids))
         selection, params = f"id IN ({marks})", list(delivery_ids)
     else:
-        clauses, params = _delivery_where(filters)
+        clauses, params = delivery_clauses(filters, "?")
         selection = " AND ".join(clauses) if clauses else "1 = 1"
     return conn.execute(
         "UPDATE deliveries SET status = 'pending', cycle_attempts = 0, next_attempt_at = ?,"
