@@ -69,10 +69,10 @@ def add_parsers(commands: Any) -> None:
         "--status",
         choices=("pending", "succeeded", "failed"),
         default="failed",
-        help="[default: failed]",
+        help="which deliveries [default: failed]",
     )
     _window(listing)
-    listing.add_argument("--limit", type=int, default=50, help="[default: 50]")
+    listing.add_argument("--limit", type=int, default=50, help="most rows shown [default: 50]")
 
     replay = commands.add_parser("replay", help="replay failed deliveries (fresh retry cycle)")
     replay.add_argument("delivery_ids", nargs="*", metavar="ID", help="deliveries to replay")
@@ -85,11 +85,21 @@ def add_parsers(commands: Any) -> None:
 
 
 def _window(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--subscriber", dest="subscriber_id", metavar="ID")
     parser.add_argument(
-        "--since", type=parse_when, metavar="WHEN", help="e.g. 2h (ago) or 2026-11-21T03:00:00Z"
+        "--subscriber",
+        dest="subscriber_id",
+        metavar="ID",
+        help="only this subscriber's deliveries [default: all]",
     )
-    parser.add_argument("--until", type=parse_when, metavar="WHEN")
+    parser.add_argument(
+        "--since",
+        type=parse_when,
+        metavar="WHEN",
+        help="changed at or after WHEN: 2h (ago) or 2026-11-21T03:00:00Z [default: any time]",
+    )
+    parser.add_argument(
+        "--until", type=parse_when, metavar="WHEN", help="changed before WHEN [default: now]"
+    )
 
 
 def _table(rows: list[list[str]], out: TextIO) -> None:

@@ -661,9 +661,9 @@ def _paths() -> dict[str, Any]:
                         "type": "object",
                         "additionalProperties": False,
                         "properties": {
-                            "subscriber_id": {"type": "string"},
-                            "since": {"type": ["string", "number"], "description": WHEN},
-                            "until": {"type": ["string", "number"], "description": WHEN},
+                            "subscriber_id": {"type": ["string", "null"]},
+                            "since": {"type": ["string", "number", "null"], "description": WHEN},
+                            "until": {"type": ["string", "number", "null"], "description": WHEN},
                         },
                     }
                 ),

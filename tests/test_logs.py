@@ -1,0 +1,185 @@
+"""Log lines: one JSON object each, naming what they are about, and never a token or secret.
+
+One test reads the JSON lines of a real ``relay serve`` subprocess through a whole callback,
+delivery, refusal, console sign-in and secret rotation; another captures the delivery
+worker's events in-process (``structlog.testing.capture_logs``); a third checks the console
+format a person reads on a terminal.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import structlog
+from structlog.testing import capture_logs
+
+from tests.conftest import EVOLINK_COMPLETED, RelayServer, bound_socket
+from tests.subscriber_server import SubscriberServer
+
+ADMIN = "logs-admin-token-0123456789"
+SIGNING_KEY = "logs-signing-key-9876543210"
+
+
+def evolink(task_id: str, status: str = "completed", progress: int = 100) -> dict[str, Any]:
+    payload = copy.deepcopy(EVOLINK_COMPLETED)
+    payload.update(id=task_id, status=status, progress=progress)
+    return payload
+
+
+def _wait_healthy(base: str) -> None:
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise AssertionError("relay did not start")
+
+
+def test_subprocess_lines_are_json_with_ids_and_no_secrets(tmp_path: Path) -> None:
+    sink = SubscriberServer(script=lambda n: (503, 0.0) if n == 0 else (204, 0.0)).start()
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    base = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.update(
+        RELAY_DATABASE_URL=f"sqlite:///{tmp_path / 'logs.db'}",
+        RELAY_PUBLIC_URL=base,
+        RELAY_ADMIN_TOKEN=ADMIN,
+        RELAY_SECRET_KEY=SIGNING_KEY,
+        RELAY_ALLOW_PRIVATE_TARGETS="true",
+        RELAY_RETRY_DELAYS="0.2",
+        RELAY_LOG_LEVEL="debug",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    admin = {"authorization": f"Bearer {ADMIN}"}
+    secrets: list[str] = []
+    try:
+        _wait_healthy(base)
+        created = httpx.post(f"{base}/v1/subscribers", json={"url": sink.url}, headers=admin)
+        subscriber = created.json()
+        secrets.append(subscriber["secret"])
+        sink.secrets.append(subscriber["secret"])
+        url = httpx.post(
+            f"{base}/v1/callback-urls", json={"provider": "evolink"}, headers=admin
+        ).json()["url"]
+        token = url.rsplit("/", 1)[1]
+        accepted = httpx.post(url, json=evolink("t-logs")).json()
+        httpx.post(url + "tampered", json=evolink("t-logs-2"))
+        deadline = time.time() + 15
+        while not sink.accepted_ids():
+            assert time.time() < deadline, "not delivered"
+            time.sleep(0.05)
+        rotated = httpx.post(
+            f"{base}/v1/subscribers/{subscriber['id']}/rotate-secret", headers=admin
+        )
+        secrets.append(rotated.json()["secret"])
+        with httpx.Client(base_url=base) as browser:  # the console's sign-in form carries the token
+            page = browser.get("/ops/sign-in").text
+            csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+            browser.post("/ops/sign-in", data={"csrf": csrf, "token": "wrong-guess-123"})
+            assert (
+                browser.post("/ops/sign-in", data={"csrf": csrf, "token": ADMIN}).status_code == 303
+            )
+        httpx.get(f"{base}/metrics", headers=admin)
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+        sink.stop()
+
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert all({"event", "level", "timestamp"} <= set(r) for r in records)
+    for secret in (ADMIN, SIGNING_KEY, token, *secrets, "wrong-guess-123"):
+        assert secret not in stderr, f"a secret leaked into the logs: {secret[:12]}..."
+
+    callback_lines = [r for r in records if r["event"] == "request" and "/callbacks/" in r["path"]]
+    accepted_line = next(r for r in callback_lines if r.get("outcome") == "accepted")
+    assert accepted_line["path"] == "/callbacks/evolink/***"
+    assert accepted_line["request_id"].startswith("req_")
+    assert accepted_line["provider"] == "evolink"
+    assert accepted_line["task_id"] == "t-logs"
+    assert accepted_line["event_id"] == accepted["event_id"]
+    refused = next(r for r in callback_lines if r.get("error_code") == "invalid_token")
+    assert refused["path"] == "/callbacks/evolink/***" and refused["status"] == 401
+
+    attempts = [r for r in records if r["event"] == "delivery_attempt"]
+    assert [r["outcome"] for r in attempts] == ["pending", "succeeded"]
+    for record in attempts:
+        assert record["event_id"] == accepted["event_id"]
+        assert record["subscriber_id"] == subscriber["id"]
+        assert record["delivery_id"].startswith("dlv_")
+        assert (record["provider"], record["task_id"]) == ("evolink", "t-logs")
+        assert "request_id" not in record  # the worker's lines belong to no request
+    assert attempts[0]["status_code"] == 503
+    signed_in = [r for r in records if r["event"] in ("ops_signed_in", "ops_sign_in_failed")]
+    assert len(signed_in) == 2 and all("token" not in r for r in signed_in)
+
+
+def test_worker_lines_carry_the_delivery_context(
+    relay_factory: Callable[..., RelayServer],
+) -> None:
+    """Captured in-process: the attempt's lines get their ids from structlog.contextvars."""
+    sink = SubscriberServer(script=lambda n: (500, 0.0)).start()
+    try:
+        relay = relay_factory(retry_delays=(0.1,))
+        subscriber = relay.add_subscriber(sink.url)
+        url = relay.mint()
+        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+            event_id = relay.post_callback(url, evolink("t-capture")).json()["event_id"]
+            relay.wait_deliveries(1, "failed")
+            time.sleep(0.1)
+    finally:
+        sink.stop()
+    attempts = [e for e in logs if e["event"] == "delivery_attempt"]
+    assert [e["outcome"] for e in attempts] == ["pending", "failed"]
+    for entry in attempts:
+        assert entry["event_id"] == event_id
+        assert entry["subscriber_id"] == subscriber["id"]
+        assert entry["provider"] == "evolink" and entry["task_id"] == "t-capture"
+        assert entry["status_code"] == 500
+        assert "request_id" not in entry
+    access = next(e for e in logs if e["event"] == "request" and e.get("outcome") == "accepted")
+    assert access["event_id"] == event_id and access["request_id"].startswith("req_")
+    assert all(subscriber["secret"] not in json.dumps(e, default=str) for e in logs)
+
+
+def test_console_format_is_readable_and_redacted(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import structlog
+        from service.logs import configure_logging
+        configure_logging("console", "info")
+        log = structlog.get_logger("demo")
+        log.info("delivery_attempt", delivery_id="dlv_1", secret="whsec_hidden", status_code=503)
+        log.info("request", path="/callbacks/evolink/abc.def.ghi", status=200)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2
+    assert not lines[0].startswith("{")  # not JSON: a line for a person
+    assert "delivery_attempt" in lines[0] and "delivery_id=dlv_1" in lines[0]
+    assert "whsec_hidden" not in result.stderr and "secret=***" in lines[0]
+    assert "/callbacks/evolink/***" in lines[1] and "abc.def.ghi" not in result.stderr

@@ -1,0 +1,142 @@
+"""GET /openapi.json describes every route, and a real relay never contradicts it.
+
+schemathesis generates requests from the document (valid ones, and invalid ones that must be
+refused with 4xx) against a real uvicorn relay on loopback, and checks each answer: no 5xx,
+a documented status code and content type, a body that matches the documented schema.
+The relay runs no delivery worker, so nothing it is fed is ever sent anywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from starlette.routing import Route
+
+from service.app import create_app
+from service.openapi import document
+from service.settings import Settings
+from tests.conftest import (
+    ADMIN_TOKEN,
+    EVOLINK_COMPLETED,
+    RelayServer,
+    ServerThread,
+    bound_socket,
+    make_settings,
+)
+
+#: Examples per operation: enough to find contradictions, bounded to keep the run short.
+EXAMPLES = 40
+
+
+def _openapi_path(path: str) -> str:
+    """Starlette's ``{name:converter}`` -> OpenAPI's ``{name}``."""
+    return re.sub(r"\{(\w+)(:\w+)?\}", r"{\1}", path)
+
+
+def test_every_route_is_described_and_nothing_else() -> None:
+    app = create_app(Settings(database_url="sqlite:///:memory:"), run_worker=False)
+    served = set()
+    for route in app.routes:
+        assert isinstance(route, Route), f"{route!r}: describe it in service/openapi.py"
+        for method in route.methods or ():
+            if method != "HEAD":
+                served.add((method.lower(), _openapi_path(route.path)))
+    paths = document()["paths"]
+    described = {(method, path) for path, item in paths.items() for method in item}
+    assert served - described == set(), "routes missing from service/openapi.py"
+    assert described - served == set(), "service/openapi.py describes routes that do not exist"
+
+
+def test_document_is_valid_openapi_and_served(relay_server: RelayServer) -> None:
+    schemathesis.openapi.from_dict(copy.deepcopy(document())).validate()  # OpenAPI 3.1 meta-schema
+    response = relay_server.client.get("/openapi.json")
+    assert response.status_code == 200
+    assert response.json() == document()
+    for path, item in document()["paths"].items():
+        for method, operation in item.items():
+            assert operation.get("summary"), (method, path)
+            assert operation["responses"], (method, path)
+            if path.startswith("/v1/"):
+                assert "401" in operation["responses"], (method, path)
+
+
+@pytest.fixture(scope="module")
+def fuzzed_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayServer]:
+    """A relay without a delivery worker, with a little of everything stored."""
+    sock = bound_socket()
+    tmp: Path = tmp_path_factory.mktemp("fuzz")
+    config = make_settings(tmp, sock.getsockname()[1])
+    thread = ServerThread(create_app(config, run_worker=False), sock).start()
+    relay = RelayServer(f"http://127.0.0.1:{thread.port}", config, thread)
+    relay.add_subscriber("http://127.0.0.1:9/hook", description="never called: no worker")
+    url = relay.mint(metadata={"user": "u-1"})
+    relay.post_callback(url, EVOLINK_COMPLETED)
+    relay.post_callback(url, EVOLINK_COMPLETED | {"status": "processing", "progress": 10})
+    yield relay
+    relay.stop()
+
+
+# The document the relay serves (test_document_is_valid_openapi_and_served checks they agree).
+schema = schemathesis.openapi.from_dict(document())
+
+
+@schema.auth()
+class AdminToken:
+    """The admin bearer token on every request (the console's pages simply ignore it)."""
+
+    def get(self, case: schemathesis.Case, context: schemathesis.AuthContext) -> str:
+        return ADMIN_TOKEN
+
+    def set(self, case: schemathesis.Case, data: str, context: schemathesis.AuthContext) -> None:
+        case.headers = {**(case.headers or {}), "authorization": f"Bearer {data}"}
+
+
+@schema.parametrize()
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=True,
+    database=None,
+)
+def test_the_api_never_contradicts_its_document(
+    case: schemathesis.Case, fuzzed_relay: RelayServer
+) -> None:
+    case.call_and_validate(
+        base_url=fuzzed_relay.base_url,
+        timeout=10,
+        allow_redirects=False,
+        checks=[
+            not_a_server_error,
+            status_code_conformance,
+            content_type_conformance,
+            response_schema_conformance,
+            negative_data_rejection,
+        ],
+    )
+
+
+def test_unauthenticated_admin_calls_match_the_document(fuzzed_relay: RelayServer) -> None:
+    """Without the bearer token every /v1 operation answers the documented 401 error."""
+    for path, item in document()["paths"].items():
+        if not path.startswith("/v1/"):
+            continue
+        concrete = re.sub(r"\{\w+\}", "x", path)
+        for method in item:
+            answer = httpx.request(method, f"{fuzzed_relay.base_url}{concrete}", timeout=10)
+            assert answer.status_code == 401, (method, path)
+            assert answer.json()["error"]["code"] == "unauthorized"
