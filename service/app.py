@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import admin, admin_deliveries
+from service import admin, admin_deliveries, admin_watches
 from service.access_log import AccessLogMiddleware
 from service.errors import RelayError, StorageUnavailable
 from service.http import JSONResponse, error_response, http_error_handler, relay_error_handler
@@ -89,10 +89,13 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Starlette:
 
     routes = [
         Route("/callbacks/{provider}/{token}", receive_callback, methods=["POST"]),
+        # Account-level webhooks (Rivya): no token; the provider's signature is the check.
+        Route("/callbacks/{provider}", receive_callback, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *admin.routes,
         *admin_deliveries.routes,
+        *admin_watches.routes,
     ]
     return Starlette(
         routes=routes,

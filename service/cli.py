@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from service import __version__, cli_ops
+from service import __version__, cli_ops, cli_watch
 from service.errors import RelayError
 from service.logs import configure_logging
 from service.relay import Relay
@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="metadata attached to every event from this URL (repeatable)",
     )
     cli_ops.add_parsers(commands)
+    cli_watch.add_parsers(commands, parse_duration, _meta)
     return parser
 
 
@@ -221,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("subscribers", "deliveries", "replay"):
             code: int = asyncio.run(_with_relay(settings, lambda r: cli_ops.run(r, args)))
             return code
+        if args.command in cli_watch.COMMANDS:
+            return cli_watch.run(settings, args, _with_relay)
     except RelayError as exc:
         print(f"relay: {exc.code}: {exc.message}", file=sys.stderr)
         return 1

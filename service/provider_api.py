@@ -15,6 +15,7 @@ is a ``StatusAnswer`` -- ``ok`` (a JSON answer for the normalizers), ``retry`` (
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -133,7 +134,11 @@ class StatusClients:
         self.timeout = settings.provider_timeout
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(self.timeout),
-            follow_redirects=False,
+            # Base URLs are the operator's; a provider moving an endpoint (or adding a trailing
+            # slash, as Reve Art's examples do) should not stop polling. httpx drops the
+            # credentials when a redirect leaves the origin.
+            follow_redirects=True,
+            max_redirects=3,
             headers={"user-agent": f"callback-relay/{__version__}", "accept": "application/json"},
             transport=transport,
         )
@@ -150,9 +155,13 @@ class StatusClients:
             )
         started = time.monotonic()
         try:
-            async with self._client.stream(
-                "GET", api.url(task_id), headers=api.auth(str(api.api_key))
-            ) as response:
+            # One bound for the whole request: a provider trickling bytes cannot hold a poll.
+            async with (
+                asyncio.timeout(self.timeout),
+                self._client.stream(
+                    "GET", api.url(task_id), headers=api.auth(str(api.api_key))
+                ) as response,
+            ):
                 body = bytearray()
                 async for chunk in response.aiter_bytes():
                     body += chunk
@@ -163,7 +172,7 @@ class StatusClients:
                             error=f"answer larger than {MAX_ANSWER_BYTES} bytes",
                             latency_ms=_ms(started),
                         )
-        except httpx.TimeoutException:
+        except (httpx.TimeoutException, TimeoutError):
             return StatusAnswer(
                 "retry", error=f"timed out after {self.timeout:g} s", latency_ms=_ms(started)
             )

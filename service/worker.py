@@ -182,7 +182,7 @@ class DeliveryWorker:
 
 
 class BackgroundWork:
-    """What runs beside (or instead of) the HTTP API: the delivery worker and retention.
+    """What runs beside (or instead of) the HTTP API: the delivery and watch workers, retention.
 
     ``relay serve`` starts it in the app's lifespan; ``relay worker`` runs it alone.
     """
@@ -192,6 +192,9 @@ class BackgroundWork:
         self.relay = relay
         self.deliverer = Deliverer(TargetPolicy.from_settings(settings), settings.delivery_timeout)
         self.worker = DeliveryWorker(relay.store, self.deliverer, settings.retry_delays)
+        from service.watch_worker import WatchWorker
+
+        self.watches = WatchWorker(relay)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -199,6 +202,7 @@ class BackgroundWork:
             # One process owns this store: leases left by a crash can be freed at once.
             await self.relay.store.release_leases(None)
         self.relay.on_deliveries = self.worker.wake
+        await self.watches.start()
         self._tasks = [
             asyncio.create_task(self.worker.run(), name="delivery-worker"),
             asyncio.create_task(
@@ -209,6 +213,7 @@ class BackgroundWork:
 
     async def stop(self) -> None:
         """Stop claiming, let attempts in flight finish, free the rest's leases."""
+        await self.watches.stop()  # first: its polls may still emit events to deliver
         delivery, retention = self._tasks
         retention.cancel()
         await self.worker.stop()

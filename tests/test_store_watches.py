@@ -77,6 +77,7 @@ def poll(
     event_id: str | None = None,
     holds_seen: int | None = None,
     not_found: int = 0,
+    judged: bool = True,
 ) -> PollRecord:
     return PollRecord(
         watch_id=w.id,
@@ -89,6 +90,7 @@ def poll(
         last_error=error,
         holds_seen=w.holds if holds_seen is None else holds_seen,
         event_id=event_id,
+        judged=judged,
     )
 
 
@@ -298,6 +300,11 @@ async def test_hold_after_the_task_ended_holds_nothing(store: Store) -> None:
 async def test_poll_clears_the_held_callback_it_judged(store: Store) -> None:
     held = await store.hold_for_confirmation(watch("t1", origin="callback", held_status="failed"))
     assert held is not None
+    (claimed,) = await store.claim_due_watches(time.time(), 10, LEASE)
+    # The provider could not be reached: the callback stays held.
+    await store.record_poll(poll(claimed, next_at=time.time(), error="HTTP 503", judged=False))
+    kept = await store.get_watch(held.id)
+    assert kept is not None and kept.held_status == "failed" and kept.held_body
     (claimed,) = await store.claim_due_watches(time.time(), 10, LEASE)
     await store.record_poll(poll(claimed, next_at=time.time() + 5))
     after = await store.get_watch(held.id)

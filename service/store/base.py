@@ -244,10 +244,11 @@ class Store(ABC):
 
         ``polls`` + 1; ``state``, ``next_poll_at`` (kept when None), ``backoff_step``,
         ``not_found``, ``last_error`` as recorded; ``last_status`` and ``event_id`` when given.
-        The held callback is cleared, unless another was held while the poll ran (``holds``
-        moved past ``holds_seen``) and the watch stays active: then that one stays held, its
-        immediate poll is kept (``next_poll_at`` is the earlier of the two) and the back-off
-        restarts. A watch canceled meanwhile stays canceled.
+        The held callback is cleared when the watch ends, or when the poll ``judged`` it and no
+        other was held while the poll ran. One held meanwhile (``holds`` moved past
+        ``holds_seen``) on a watch that stays active keeps its immediate poll (``next_poll_at``
+        is the earlier of the two) and restarts the back-off. A watch canceled meanwhile stays
+        canceled.
         """
 
     @abstractmethod

@@ -159,15 +159,16 @@ async def record_poll(conn: Conn, record: PollRecord) -> None:
         " backoff_step = CASE WHEN holds = %(seen)s THEN %(step)s ELSE 0 END,"
         " not_found = %(not_found)s, last_polled_at = %(at)s,"
         " last_status = coalesce(%(status)s::text, last_status), last_error = %(error)s::text,"
-        " held_status = CASE WHEN holds = %(seen)s OR %(state)s <> 'active' THEN NULL"
-        "  ELSE held_status END,"
-        " held_body = CASE WHEN holds = %(seen)s OR %(state)s <> 'active' THEN NULL"
-        "  ELSE held_body END,"
+        " held_status = CASE WHEN (holds = %(seen)s AND %(judged)s) OR %(state)s <> 'active'"
+        "  THEN NULL ELSE held_status END,"
+        " held_body = CASE WHEN (holds = %(seen)s AND %(judged)s) OR %(state)s <> 'active'"
+        "  THEN NULL ELSE held_body END,"
         " event_id = coalesce(%(event_id)s::text, event_id), updated_at = %(at)s"
         " WHERE id = %(id)s AND state = 'active'",
         {
             "state": record.state,
             "seen": record.holds_seen,
+            "judged": record.judged,
             "next": record.next_poll_at,
             "step": record.backoff_step,
             "not_found": record.not_found,

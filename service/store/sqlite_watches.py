@@ -146,8 +146,9 @@ def record_poll(conn: sqlite3.Connection, record: PollRecord) -> None:
         " backoff_step = CASE WHEN holds = ? THEN ? ELSE 0 END,"
         " not_found = ?, last_polled_at = ?, last_status = coalesce(?, last_status),"
         " last_error = ?,"
-        " held_status = CASE WHEN holds = ? OR ? <> 'active' THEN NULL ELSE held_status END,"
-        " held_body = CASE WHEN holds = ? OR ? <> 'active' THEN NULL ELSE held_body END,"
+        " held_status = CASE WHEN (holds = ? AND ?) OR ? <> 'active' THEN NULL"
+        "  ELSE held_status END,"
+        " held_body = CASE WHEN (holds = ? AND ?) OR ? <> 'active' THEN NULL ELSE held_body END,"
         " event_id = coalesce(?, event_id), updated_at = ?"
         " WHERE id = ? AND state = 'active'",
         (
@@ -163,8 +164,10 @@ def record_poll(conn: sqlite3.Connection, record: PollRecord) -> None:
             record.last_status,
             record.last_error,
             record.holds_seen,
+            record.judged,
             record.state,
             record.holds_seen,
+            record.judged,
             record.state,
             record.event_id,
             record.polled_at,

@@ -72,6 +72,8 @@ class PollRecord:
     #: ``holds`` as the poll saw it: a callback held meanwhile keeps its immediate poll.
     holds_seen: int
     event_id: str | None = None
+    #: The provider answered, so the held callback was compared with its answer.
+    judged: bool = False
 
 
 WATCH_COLUMNS = (

@@ -1,0 +1,158 @@
+"""``relay watch``, ``relay watches`` and ``relay simulate``.
+
+``relay watch`` registers a watch in the store directly (a running relay claims it at its next
+look, within a second); ``relay simulate`` needs no store at all: it plays a provider.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from service import simulate, watches
+from service.relay import Relay
+from service.settings import Settings
+from service.store.watch_model import WATCH_STATES, WatchFilter
+
+COMMANDS = ("watch", "watches", "simulate")
+
+
+def _delays(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not seconds: {text!r} (try 1,2,4)") from None
+    if any(not 0 <= value <= 3600 for value in values):
+        raise argparse.ArgumentTypeError("each delay must be from 0 to 3600 seconds")
+    return values
+
+
+def add_parsers(
+    commands: Any,
+    duration: Callable[[str], int],
+    meta: Callable[[str], tuple[str, str]],
+) -> None:
+    watch = commands.add_parser(
+        "watch", help="poll a provider's status API for a task until it is done"
+    )
+    watch.add_argument("provider", help="evolink, apiframe, rivya or reve-art")
+    watch.add_argument("task_id", help="the id the provider gave the task")
+    watch.add_argument(
+        "--meta",
+        type=meta,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="metadata attached to every event of this task (repeatable)",
+    )
+    watch.add_argument(
+        "--deadline",
+        type=duration,
+        default=None,
+        help="stop polling after this, e.g. 6h [RELAY_WATCH_DEADLINE, default: 24h]",
+    )
+    watch.add_argument(
+        "--poll-after",
+        type=duration,
+        default=None,
+        help="first poll only after this, and only if no terminal callback came, e.g. 10m",
+    )
+
+    listing = commands.add_parser("watches", help="list or cancel watches")
+    sub = listing.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    ls = sub.add_parser("list", help="list watches, newest first")
+    ls.add_argument("--state", choices=WATCH_STATES)
+    ls.add_argument("--provider")
+    ls.add_argument("--limit", type=int, default=50, help="[default: 50]")
+    cancel = sub.add_parser("cancel", help="cancel an active watch")
+    cancel.add_argument("watch_id")
+
+    sim = commands.add_parser(
+        "simulate",
+        help="send a realistic callback as a provider would (payload, signature, retries)",
+    )
+    sim.add_argument("provider", help="evolink, apiframe or rivya")
+    sim.add_argument("--callback-url", required=True, help="where to send it (a minted URL)")
+    sim.add_argument(
+        "--status",
+        default="completed",
+        choices=simulate.STATUSES,
+        help="the task's status [default: completed]",
+    )
+    sim.add_argument("--task-id", help="[default: a new id shaped like the provider's]")
+    sim.add_argument(
+        "--retry-delays",
+        type=_delays,
+        default=None,
+        help="seconds between attempts after a non-2xx answer"
+        " [default: the provider's own, e.g. 1,2,4 for evolink]",
+    )
+    sim.add_argument(
+        "--timeout", type=float, default=simulate.TIMEOUT_SECONDS, help="seconds per attempt"
+    )
+
+
+def run(
+    settings: Settings,
+    args: argparse.Namespace,
+    with_relay: Callable[[Settings, Any], Any],
+    out: TextIO = sys.stdout,
+) -> int:
+    if args.command == "simulate":
+        callback = simulate.build_callback(args.provider, args.status, args.task_id, settings)
+        delays = (
+            simulate.RETRY_DELAYS[args.provider] if args.retry_delays is None else args.retry_delays
+        )
+        delivered = simulate.send(
+            callback, args.callback_url, delays, timeout=args.timeout, out=out
+        )
+        return 0 if delivered else 1
+    code: int = asyncio.run(with_relay(settings, lambda relay: _with_store(relay, args, out)))
+    return code
+
+
+async def _with_store(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
+    if args.command == "watch":
+        body: dict[str, Any] = {"provider": args.provider, "task_id": args.task_id}
+        if args.meta:
+            body["metadata"] = dict(args.meta)
+        if args.deadline is not None:
+            body["deadline_seconds"] = args.deadline
+        if args.poll_after is not None:
+            body["poll_after_seconds"] = args.poll_after
+        watch = await watches.create_watch(relay, body)
+        print(json.dumps(watches.watch_json(watch), indent=2), file=out)
+        return 0
+    if args.subcommand == "cancel":
+        watch = await watches.cancel_watch(relay, args.watch_id)
+        print(f"canceled {watch.id} ({watch.provider} {watch.task_id})", file=out)
+        return 0
+    page = await relay.store.list_watches(
+        WatchFilter(state=args.state, provider=args.provider), None, args.limit
+    )
+    rows = [["ID", "PROVIDER", "TASK", "STATE", "POLLS", "LAST STATUS", "NEXT POLL", "LAST ERROR"]]
+    for w in page.items:
+        shown = watches.watch_json(w)
+        rows.append(
+            [
+                w.id,
+                w.provider,
+                w.task_id,
+                w.state,
+                str(w.polls),
+                w.last_status or "",
+                shown["next_poll_at"] or "",
+                (w.last_error or "")[:50],
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print(line.rstrip(), file=out)
+    more = " (more: raise --limit)" if page.next_cursor else ""
+    print(f"{len(page.items)} watches{more}", file=out)
+    return 0

@@ -1,0 +1,473 @@
+"""Watches: the relay asks a provider's status API about a task until the task is done.
+
+Some providers never call back (Reve Art), some call back per account (Rivya), and Evolink gives
+up on a callback after about 7 seconds: a relay that only listens misses results. A watch polls
+``GET`` the task's status with back-off (2 s, 4 s, 8 s ... at most 60 s, and never sooner than
+a ``Retry-After`` asks) until the task is terminal or the watch's deadline passes. Each answer
+goes through the provider's normalizer and ``Relay.accept``, like a callback: an unchanged state
+is a duplicate, a new one an event for the subscribers.
+
+- With ``poll_after_seconds`` a watch is a safety net for callback providers: its first poll
+  waits that long, and does not happen at all if a terminal callback arrived meanwhile.
+- At the deadline (24 h by default) a last poll is made; if the task is still not terminal, a
+  ``generation.failed`` event with error code ``watch_deadline_exceeded`` ends it.
+- A provider that says three times in a row that it has no such task (400/404/410/422) ends the
+  watch as ``rejected`` with a ``generation.failed`` event (``task_not_found``).
+
+**Confirmation of unsigned callbacks.** Evolink signs nothing. When the relay has an Evolink API
+key (and ``RELAY_EVOLINK_CONFIRM`` is not false), a terminal Evolink callback is not emitted as
+received: it is held, durably, as a watch due at once (``hold_callback``), and what the API
+answers is what gets emitted. A callback the API contradicts is logged as ``suspect_callback``
+and never forwarded; while the API cannot be reached the watch retries with its back-off.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from service import ids
+from service.errors import Conflict, InvalidInput, InvalidPayload, NotFound
+from service.events import Normalized, dumps, rfc3339
+from service.provider_api import StatusAnswer, StatusClients, polling_configured
+from service.providers import get_provider
+from service.relay import Relay
+from service.settings import Settings
+from service.store.base import Store
+from service.store.watch_model import WATCH_STATES, PollRecord, Watch
+
+log = structlog.get_logger("service.watches")
+
+#: Consecutive "no such task" answers after which a watch ends as rejected.
+NOT_FOUND_LIMIT = 3
+MAX_DEADLINE_SECONDS = 30 * 86_400
+MAX_TASK_ID_LENGTH = 512
+MAX_METADATA_BYTES = 16_384
+WATCH_FIELDS = frozenset(
+    {"provider", "task_id", "metadata", "deadline_seconds", "poll_after_seconds"}
+)
+
+#: Providers whose terminal callbacks are confirmed with their API before being emitted.
+CONFIRMED_PROVIDERS: dict[str, Callable[[Settings], bool]] = {
+    "evolink": lambda settings: settings.evolink_confirmation,
+}
+
+
+class WatchExists(Conflict):
+    """The task already has an active watch."""
+
+    code = "watch_exists"
+
+
+class ProviderNotConfigured(InvalidInput):
+    """The relay has no API key for this provider's status API."""
+
+    status_code = 422
+    code = "provider_not_configured"
+
+
+class WatchNotActive(Conflict):
+    """The watch has already ended."""
+
+    code = "watch_not_active"
+
+
+def backoff_delay(backoff: tuple[float, float], step: int) -> float:
+    """Seconds before the poll after ``step`` earlier ones: first, doubling, at most the cap."""
+    first, cap = backoff
+    return float(min(cap, first * 2 ** min(step, 40)))
+
+
+def watch_json(watch: Watch) -> dict[str, Any]:
+    """A watch as the admin API shows it."""
+    active = watch.state == "active"
+    return {
+        "id": watch.id,
+        "provider": watch.provider,
+        "task_id": watch.task_id,
+        "state": watch.state,
+        "origin": watch.origin,
+        "metadata": watch.metadata,
+        "created_at": rfc3339(watch.created_at),
+        "updated_at": rfc3339(watch.updated_at),
+        "deadline_at": rfc3339(watch.deadline_at),
+        "next_poll_at": rfc3339(watch.next_poll_at) if active else None,
+        "polls": watch.polls,
+        "last_polled_at": None if watch.last_polled_at is None else rfc3339(watch.last_polled_at),
+        "last_status": watch.last_status,
+        "last_error": watch.last_error,
+        "held_status": watch.held_status,
+        "event_id": watch.event_id,
+    }
+
+
+def _seconds_field(body: dict[str, Any], name: str, low: int, high: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidInput(
+            f"{name} must be an integer from {low} to {high}.", code=f"invalid_{name[:-8]}"
+        )
+    return value
+
+
+def new_watch(settings: Settings, body: dict[str, Any], now: float) -> Watch:
+    """A watch from a ``POST /v1/watches`` body (or ``relay watch``); raises ``InvalidInput``."""
+    extra = set(body) - WATCH_FIELDS
+    if extra:
+        raise InvalidInput(f"Unknown field(s): {', '.join(sorted(extra))}.", code="invalid_watch")
+    provider = body.get("provider")
+    if not isinstance(provider, str) or not provider:
+        raise InvalidInput('provider is required (e.g. "reve-art").', code="invalid_provider")
+    get_provider(provider)
+    if not polling_configured(settings, provider):
+        env = provider.upper().replace("-", "_")
+        raise ProviderNotConfigured(
+            f"The relay has no API key for {provider}'s status API: set RELAY_{env}_API_KEY."
+        )
+    task_id = body.get("task_id")
+    if isinstance(task_id, int) and not isinstance(task_id, bool):
+        task_id = str(task_id)
+    if not isinstance(task_id, str) or not task_id.strip() or len(task_id) > MAX_TASK_ID_LENGTH:
+        raise InvalidInput(
+            f"task_id must be the provider's task id (1 to {MAX_TASK_ID_LENGTH} characters).",
+            code="invalid_task_id",
+        )
+    metadata = body.get("metadata")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise InvalidInput("metadata must be a JSON object.", code="invalid_metadata")
+    if len(dumps(metadata)) > MAX_METADATA_BYTES:
+        raise InvalidInput("metadata must be at most 16 KiB of JSON.", code="invalid_metadata")
+    deadline = _seconds_field(body, "deadline_seconds", 1, MAX_DEADLINE_SECONDS)
+    deadline_seconds = settings.watch_deadline if deadline is None else float(deadline)
+    poll_after = _seconds_field(body, "poll_after_seconds", 0, MAX_DEADLINE_SECONDS)
+    if poll_after is not None and poll_after > deadline_seconds:
+        raise InvalidInput(
+            "poll_after_seconds must not be later than the deadline.",
+            code="invalid_poll_after",
+        )
+    first_poll = settings.watch_backoff[0] if poll_after is None else float(poll_after)
+    return Watch(
+        id=ids.new_id("wch"),
+        provider=provider,
+        task_id=task_id.strip(),
+        origin="api",
+        state="active",
+        metadata=metadata,
+        created_at=now,
+        updated_at=now,
+        deadline_at=now + deadline_seconds,
+        next_poll_at=now + first_poll,
+        # Without poll_after the first poll took the first delay: the next one waits the second.
+        backoff_step=1 if poll_after is None else 0,
+    )
+
+
+async def create_watch(relay: Relay, body: dict[str, Any]) -> Watch:
+    """Register a watch (admin API, ``relay watch``); raises ``InvalidInput``, ``WatchExists``."""
+    watch = new_watch(relay.settings, body, time.time())
+    stored, created = await relay.store.create_watch(watch)
+    if not created:
+        raise WatchExists(
+            f"{watch.provider} task {watch.task_id} is already watched by {stored.id};"
+            f" cancel it first (DELETE /v1/watches/{stored.id}) to register a new one."
+        )
+    log.info(
+        "watch_created",
+        watch_id=stored.id,
+        provider=stored.provider,
+        task_id=stored.task_id,
+        first_poll_in=round(stored.next_poll_at - stored.created_at, 3),
+    )
+    if stored.next_poll_at <= time.time():
+        relay.on_watch_due()
+    return stored
+
+
+async def cancel_watch(relay: Relay, watch_id: str) -> Watch:
+    """Cancel an active watch; raises ``NotFound``, ``WatchNotActive``."""
+    watch = await relay.store.cancel_watch(watch_id, time.time())
+    if watch is None:
+        raise NotFound("No watch with this id.")
+    if watch.state != "canceled":
+        raise WatchNotActive(f"The watch has already ended ({watch.state}).")
+    return watch
+
+
+def needs_confirmation(settings: Settings, provider: str, normalized: Normalized) -> bool:
+    """Whether this callback must be confirmed with the provider's API before it is emitted."""
+    check = CONFIRMED_PROVIDERS.get(provider)
+    return normalized.terminal and check is not None and check(settings)
+
+
+async def hold_callback(
+    relay: Relay, provider: str, normalized: Normalized, body: bytes, url_id: str | None
+) -> Watch | None:
+    """Hold a terminal callback for confirmation: durably, as a watch due now.
+
+    Returns the watch holding it, or None when the task already has a terminal event (the
+    callback is then ingested as usual: a duplicate or superseded, never emitted again).
+    """
+    now = time.time()
+    watch = Watch(
+        id=ids.new_id("wch"),
+        provider=provider,
+        task_id=normalized.task_id,
+        origin="callback",
+        state="active",
+        metadata={},
+        created_at=now,
+        updated_at=now,
+        deadline_at=now + relay.settings.watch_deadline,
+        next_poll_at=now,
+        url_id=url_id,
+        held_status=normalized.status,
+        held_body=body,
+        holds=1,
+    )
+    held = await relay.store.hold_for_confirmation(watch)
+    if held is not None:
+        log.info(
+            "callback_held",
+            provider=provider,
+            task_id=normalized.task_id,
+            watch_id=held.id,
+            callback_status=normalized.status,
+        )
+        relay.on_watch_due()
+    return held
+
+
+class WatchService:
+    """Carries out one poll of a watch (``WatchWorker`` schedules them)."""
+
+    def __init__(self, relay: Relay, clients: StatusClients | None = None) -> None:
+        self.relay = relay
+        self.clients = clients or StatusClients(relay.settings)
+
+    @property
+    def store(self) -> Store:
+        return self.relay.store
+
+    async def aclose(self) -> None:
+        await self.clients.aclose()
+
+    # -- polling ---------------------------------------------------------------------------------
+
+    async def poll(self, watch: Watch) -> PollRecord:
+        """Ask the provider once, emit what changed, record the outcome; returns the record."""
+        answer = await self.clients.fetch(watch.provider, watch.task_id)
+        now = time.time()
+        fields = {"watch_id": watch.id, "provider": watch.provider, "task_id": watch.task_id}
+        status: str | None = None
+        judged = False
+        error = answer.error
+        not_found = watch.not_found
+        if answer.outcome == "ok":
+            normalized, error = self._normalize(watch, answer)
+            if normalized is not None:
+                not_found = 0
+                status = normalized.status
+                result = await self.relay.accept(
+                    watch.provider,
+                    normalized,
+                    raw=answer.payload,
+                    raw_body=answer.body,
+                    url_id=watch.url_id,
+                    metadata=watch.metadata,
+                )
+                self._judge_held(watch, normalized)
+                log.info(
+                    "watch_polled",
+                    generation_status=status,
+                    outcome=result.outcome,
+                    event_id=result.event_id,
+                    **fields,
+                )
+                if normalized.terminal:
+                    return await self._record(
+                        watch, now, "completed", status=status, event_id=result.event_id
+                    )
+                judged = True
+        elif answer.outcome == "not_found":
+            not_found += 1
+            log.warning(
+                "watch_task_not_found", status_code=answer.status_code, count=not_found, **fields
+            )
+            if not_found >= NOT_FOUND_LIMIT:
+                return await self._reject(watch, now, answer)
+        if error is not None and answer.outcome != "not_found":
+            log.warning(
+                "watch_poll_failed",
+                status_code=answer.status_code,
+                error=error,
+                retry_after=answer.retry_after,
+                **fields,
+            )
+        if now >= watch.deadline_at:
+            return await self._expire(watch, now, status, error)
+        delay = max(
+            backoff_delay(self.relay.settings.watch_backoff, watch.backoff_step),
+            answer.retry_after or 0.0,
+        )
+        return await self._record(
+            watch,
+            now,
+            "active",
+            status=status,
+            error=error,
+            next_poll_at=min(now + delay, watch.deadline_at),
+            backoff_step=watch.backoff_step + 1,
+            not_found=not_found,
+            judged=judged,
+        )
+
+    def _normalize(
+        self, watch: Watch, answer: StatusAnswer
+    ) -> tuple[Normalized | None, str | None]:
+        try:
+            normalized = get_provider(watch.provider).normalize(answer.payload)
+        except InvalidPayload as exc:
+            return None, f"unusable answer: {exc.message}"
+        if normalized.task_id != watch.task_id:
+            return None, f"the provider answered about another task ({normalized.task_id})"
+        if normalized.unknown_status:
+            log.warning(
+                "unknown_status",
+                provider=watch.provider,
+                task_id=watch.task_id,
+                raw_status=normalized.raw_status,
+            )
+        return normalized, None
+
+    def _judge_held(self, watch: Watch, confirmed: Normalized) -> None:
+        """Compare a held callback with what the API says; log it as suspect if they differ."""
+        if watch.held_status is None:
+            return
+        claimed_urls: set[str] = set()
+        try:
+            held = get_provider(watch.provider).normalize(json.loads(watch.held_body or b""))
+            claimed_urls = {output.url for output in held.outputs}
+        except (ValueError, InvalidPayload):
+            pass
+        confirmed_urls = {output.url for output in confirmed.outputs}
+        fields = {
+            "watch_id": watch.id,
+            "provider": watch.provider,
+            "task_id": watch.task_id,
+            "callback_status": watch.held_status,
+            "api_status": confirmed.status,
+        }
+        if watch.held_status != confirmed.status or claimed_urls != confirmed_urls:
+            log.warning(
+                "suspect_callback",
+                reason="the provider's API contradicts the callback; the API's state is emitted",
+                outputs_match=claimed_urls == confirmed_urls,
+                **fields,
+            )
+        else:
+            log.info("callback_confirmed", **fields)
+
+    async def _reject(self, watch: Watch, now: float, answer: StatusAnswer) -> PollRecord:
+        fields = {"watch_id": watch.id, "provider": watch.provider, "task_id": watch.task_id}
+        if watch.held_status is not None:
+            log.warning(
+                "suspect_callback",
+                reason="the provider's API does not know this task; the callback is dropped",
+                callback_status=watch.held_status,
+                status_code=answer.status_code,
+                **fields,
+            )
+        event_id = None
+        if watch.origin == "api":
+            event_id = await self._emit_failure(
+                watch,
+                "task_not_found",
+                f"{watch.provider} answered {answer.error or 'not found'} {NOT_FOUND_LIMIT}"
+                " times: it does not know this task; the relay stopped watching it.",
+            )
+        log.warning("watch_rejected", event_id=event_id, **fields)
+        return await self._record(
+            watch,
+            now,
+            "rejected",
+            error=answer.error,
+            not_found=watch.not_found + 1,
+            event_id=event_id,
+        )
+
+    async def _expire(
+        self, watch: Watch, now: float, status: str | None, error: str | None
+    ) -> PollRecord:
+        hours = (watch.deadline_at - watch.created_at) / 3600
+        last = status or watch.last_status
+        event_id = await self._emit_failure(
+            watch,
+            "watch_deadline_exceeded",
+            f"The task was not finished {hours:g} h after the watch was registered"
+            f" (last status: {last or 'unknown'}); the relay stopped watching it.",
+        )
+        log.warning(
+            "watch_expired",
+            watch_id=watch.id,
+            provider=watch.provider,
+            task_id=watch.task_id,
+            event_id=event_id,
+        )
+        return await self._record(
+            watch, now, "expired", status=status, error=error, event_id=event_id
+        )
+
+    async def _emit_failure(self, watch: Watch, code: str, message: str) -> str:
+        normalized = Normalized(
+            task_id=watch.task_id, status="failed", error={"code": code, "message": message}
+        )
+        # No provider payload: ``raw`` says what the relay decided, and why.
+        raw = {"relay": {"watch_id": watch.id, "reason": code, "last_status": watch.last_status}}
+        result = await self.relay.accept(
+            watch.provider,
+            normalized,
+            raw=raw,
+            raw_body=dumps(raw).encode(),
+            url_id=watch.url_id,
+            metadata=watch.metadata,
+        )
+        return result.event_id
+
+    async def _record(
+        self,
+        watch: Watch,
+        now: float,
+        state: str,
+        *,
+        status: str | None = None,
+        error: str | None = None,
+        next_poll_at: float | None = None,
+        backoff_step: int | None = None,
+        not_found: int | None = None,
+        event_id: str | None = None,
+        judged: bool = False,
+    ) -> PollRecord:
+        assert state in WATCH_STATES
+        record = PollRecord(
+            watch_id=watch.id,
+            polled_at=now,
+            state=state,
+            next_poll_at=next_poll_at,
+            backoff_step=watch.backoff_step if backoff_step is None else backoff_step,
+            not_found=0 if not_found is None else not_found,
+            last_status=status,
+            last_error=error,
+            holds_seen=watch.holds,
+            event_id=event_id,
+            judged=judged,
+        )
+        await self.store.record_poll(record)
+        return record

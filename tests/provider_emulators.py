@@ -1,0 +1,316 @@
+"""The providers' status APIs, emulated on loopback from their documentation.
+
+One uvicorn server answers all four status endpoints, each in its provider's own shape:
+
+    GET /v1/tasks/{id}               Evolink  (Bearer)     pending, processing, completed, failed
+    GET /v2/jobs/{id}                Apiframe (X-API-Key)  QUEUED, PROCESSING, COMPLETED, FAILED
+    GET /api/v1/generations/{id}     Rivya    (Bearer)     queued, processing, succeeded, failed
+    GET /v1/reve-image/status/{id}   Reve Art (Bearer)     pending, completed (failed: assumed)
+
+A task moves along a timeline (seconds after it was added -> state) as real tasks do; faults
+can be queued per task: 429 with ``Retry-After``, 5xx, or hanging past the relay's timeout.
+Every request is recorded (when, which task, what was answered). Unknown tasks are 404, and
+Evolink answers 400 to an id that is not ``task-unified-...``, as its API does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.conftest import ServerThread, bound_socket
+
+#: Every provider's words for the emulator's four states.
+WORDS = {
+    "evolink": {
+        "queued": "pending",
+        "running": "processing",
+        "succeeded": "completed",
+        "failed": "failed",
+    },
+    "apiframe": {
+        "queued": "QUEUED",
+        "running": "PROCESSING",
+        "succeeded": "COMPLETED",
+        "failed": "FAILED",
+    },
+    "rivya": {
+        "queued": "queued",
+        "running": "processing",
+        "succeeded": "succeeded",
+        "failed": "failed",
+    },
+    # Reve Art documents only "pending" and "completed"; a running task is still "pending".
+    "reve-art": {
+        "queued": "pending",
+        "running": "pending",
+        "succeeded": "completed",
+        "failed": "failed",
+    },
+}
+PROGRESS = {"queued": 0, "running": 50, "succeeded": 100, "failed": 0}
+DEFAULT_TIMELINE = ((0.0, "queued"), (0.3, "running"), (0.8, "succeeded"))
+
+
+def _iso(moment: float) -> str:
+    return (
+        datetime.fromtimestamp(moment, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+@dataclass
+class Fault:
+    """One scripted answer: an HTTP status (with ``Retry-After``) or ``hang`` seconds."""
+
+    status: int = 503
+    retry_after: str | None = None
+    hang: float = 0.0
+
+
+@dataclass
+class EmulatedTask:
+    provider: str
+    task_id: str
+    timeline: Sequence[tuple[float, str]]
+    created: float
+    output_url: str
+    error: dict[str, str] | None = None
+    faults: list[Fault] = field(default_factory=list)
+
+    def state(self, now: float) -> str:
+        current = self.timeline[0][1]
+        for offset, state in self.timeline:
+            if now - self.created >= offset:
+                current = state
+        return current
+
+
+@dataclass
+class Hit:
+    at: float
+    provider: str
+    task_id: str
+    status_code: int
+    state: str | None
+
+
+@dataclass
+class ProviderEmulator:
+    keys: dict[str, str] = field(
+        default_factory=lambda: {
+            "evolink": "evk-test",
+            "apiframe": "afk_test",
+            "rivya": "rvya_sk_test",
+            "reve-art": "reve-test",
+        }
+    )
+    tasks: dict[tuple[str, str], EmulatedTask] = field(default_factory=dict)
+    hits: list[Hit] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    thread: ServerThread | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.thread is not None
+        return f"http://127.0.0.1:{self.thread.port}"
+
+    def relay_settings(self, **overrides: Any) -> dict[str, Any]:
+        """Settings pointing a relay at this emulator, with its API keys."""
+        from starlette.datastructures import Secret
+
+        settings: dict[str, Any] = {}
+        for provider, key in self.keys.items():
+            prefix = provider.replace("-", "_")
+            settings[f"{prefix}_base_url"] = self.url
+            settings[f"{prefix}_api_key"] = Secret(key)
+        settings.update(overrides)
+        return settings
+
+    def add_task(
+        self,
+        provider: str,
+        task_id: str | None = None,
+        *,
+        timeline: Sequence[tuple[float, str]] = DEFAULT_TIMELINE,
+        error: dict[str, str] | None = None,
+        faults: Sequence[Fault] = (),
+    ) -> str:
+        if task_id is None:
+            stamp = f"{time.time_ns() % 10**12:012d}"
+            task_id = {
+                "evolink": f"task-unified-{int(time.time())}-{stamp[-8:]}",
+                "apiframe": f"a1b2c3d4-e5f6-7890-abcd-{stamp}",
+                "rivya": f"task_{stamp}",
+                "reve-art": f"img_{stamp}",
+            }[provider]
+        with self.lock:
+            self.tasks[(provider, task_id)] = EmulatedTask(
+                provider,
+                task_id,
+                timeline,
+                time.time(),
+                f"https://cdn.{provider}.example/{task_id}.png",
+                error,
+                list(faults),
+            )
+        return task_id
+
+    def hits_for(self, task_id: str) -> list[Hit]:
+        with self.lock:
+            return [hit for hit in self.hits if hit.task_id == task_id]
+
+    # -- the HTTP side ----------------------------------------------------------------------
+
+    def _authorized(self, provider: str, request: Request) -> bool:
+        key = self.keys[provider]
+        if provider == "apiframe":
+            return request.headers.get("x-api-key") == key
+        return request.headers.get("authorization") == f"Bearer {key}"
+
+    async def _answer(self, provider: str, request: Request) -> Response:
+        task_id = request.path_params["task_id"]
+        now = time.time()
+        with self.lock:
+            task = self.tasks.get((provider, task_id))
+            fault = task.faults.pop(0) if task is not None and task.faults else None
+        if not self._authorized(provider, request):
+            return self._hit(provider, task_id, JSONResponse({"error": "unauthorized"}, 401))
+        if fault is not None:
+            if fault.hang:
+                await asyncio.sleep(fault.hang)
+            headers = {"retry-after": fault.retry_after} if fault.retry_after else None
+            body = {"error": {"code": "rate_limited" if fault.status == 429 else "unavailable"}}
+            return self._hit(provider, task_id, JSONResponse(body, fault.status, headers))
+        if provider == "evolink" and not task_id.startswith("task-unified-"):
+            body = {"error": "Invalid task ID format, must start with 'task-unified-'"}
+            return self._hit(provider, task_id, JSONResponse(body, 400))
+        if task is None:
+            return self._hit(provider, task_id, JSONResponse({"error": "not found"}, 404))
+        state = task.state(now)
+        document = RENDER[provider](task, state, now)
+        return self._hit(provider, task_id, JSONResponse(document), state)
+
+    def _hit(
+        self, provider: str, task_id: str, response: Response, state: str | None = None
+    ) -> Response:
+        with self.lock:
+            self.hits.append(Hit(time.time(), provider, task_id, response.status_code, state))
+        return response
+
+    def start(self) -> ProviderEmulator:
+        def route(path: str, provider: str) -> Route:
+            async def endpoint(request: Request) -> Response:
+                return await self._answer(provider, request)
+
+            return Route(path, endpoint, methods=["GET"])
+
+        app = Starlette(
+            routes=[
+                route("/v1/tasks/{task_id}", "evolink"),
+                route("/v2/jobs/{task_id}", "apiframe"),
+                route("/api/v1/generations/{task_id}", "rivya"),
+                route("/v1/reve-image/status/{task_id}", "reve-art"),
+            ]
+        )
+        self.thread = ServerThread(app, bound_socket()).start()
+        return self
+
+    def stop(self) -> None:
+        if self.thread is not None:
+            self.thread.stop()
+
+
+# -- each provider's documented answer --------------------------------------------------------
+
+
+def _evolink(task: EmulatedTask, state: str, now: float) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "id": task.task_id,
+        "object": "image.generation.task",
+        "created": int(task.created),
+        "model": "gemini-3-pro-image-preview",
+        "status": WORDS["evolink"][state],
+        "progress": PROGRESS[state],
+        "task_info": {"can_cancel": state in ("queued", "running"), "estimated_time": 45},
+        "type": "image",
+    }
+    if state == "succeeded":
+        document["results"] = [task.output_url]
+    if state == "failed":
+        document["error"] = task.error or {
+            "code": "generation_failed_no_content",
+            "message": "The model returned no content.",
+        }
+    return document
+
+
+def _apiframe(task: EmulatedTask, state: str, now: float) -> dict[str, Any]:
+    done = state in ("succeeded", "failed")
+    return {
+        "id": task.task_id,
+        "status": WORDS["apiframe"][state],
+        "model": "reve-create",
+        "progress": PROGRESS[state],
+        "result": {"images": [task.output_url]} if state == "succeeded" else None,
+        "error": (task.error or {}).get("message", "Provider returned an error")
+        if state == "failed"
+        else None,
+        "creditCost": 1 if state == "succeeded" else 0,
+        "webhookStatus": None,
+        "createdAt": _iso(task.created),
+        "completedAt": _iso(now) if done else None,
+    }
+
+
+def _rivya(task: EmulatedTask, state: str, now: float) -> dict[str, Any]:
+    return {
+        "id": task.task_id,
+        "status": WORDS["rivya"][state],
+        "model": "qwen-image",
+        "reserved_credits": 4,
+        "final_credits": 4 if state == "succeeded" else 0,
+        "created_at": _iso(task.created),
+        "updated_at": _iso(now),
+        "result": {"primary_url": task.output_url, "urls": [task.output_url]}
+        if state == "succeeded"
+        else None,
+        "error": (task.error or {"code": "generation_failed", "message": "The generation failed."})
+        if state == "failed"
+        else None,
+    }
+
+
+def _reve_art(task: EmulatedTask, state: str, now: float) -> dict[str, Any]:
+    document: dict[str, Any] = {"id": task.task_id, "status": WORDS["reve-art"][state]}
+    if state == "succeeded":
+        document["url"] = task.output_url
+        document["metadata"] = {
+            "prompt": "a beautiful sunset over mountains",
+            "width": 1024,
+            "height": 1024,
+            "model": "text2image_v1",
+            "created_at": _iso(task.created),
+        }
+    if state == "failed":
+        document["error"] = task.error or {"code": "failed", "message": "Generation failed."}
+    return document
+
+
+RENDER: dict[str, Callable[[EmulatedTask, str, float], dict[str, Any]]] = {
+    "evolink": _evolink,
+    "apiframe": _apiframe,
+    "rivya": _rivya,
+    "reve-art": _reve_art,
+}
