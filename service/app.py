@@ -14,10 +14,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import admin, admin_deliveries, admin_watches
+from service import admin, admin_deliveries, admin_watches, health, metrics, openapi, ops
 from service.access_log import AccessLogMiddleware
-from service.errors import RelayError, StorageUnavailable
-from service.http import JSONResponse, error_response, http_error_handler, relay_error_handler
+from service.errors import RelayError
+from service.http import JSONResponse, http_error_handler, relay_error_handler
 from service.receiver import receive_callback
 from service.relay import Relay
 from service.settings import Settings
@@ -32,19 +32,6 @@ UVICORN_OPTIONS = {
     "proxy_headers": False,  # X-Forwarded-For is believed only from RELAY_TRUSTED_PROXIES
     "server_header": False,
 }
-
-
-async def healthz(_request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
-
-
-async def readyz(request: Request) -> Response:
-    relay: Relay = request.app.state.relay
-    try:
-        await relay.store.ping()
-    except StorageUnavailable as exc:
-        return error_response(StorageUnavailable(f"not ready: {exc.message}"))
-    return JSONResponse({"status": "ready"})
 
 
 async def internal_error(_request: Request, exc: Exception) -> Response:
@@ -91,11 +78,14 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Starlette:
         Route("/callbacks/{provider}/{token}", receive_callback, methods=["POST"]),
         # Account-level webhooks (Rivya): no token; the provider's signature is the check.
         Route("/callbacks/{provider}", receive_callback, methods=["POST"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
+        Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/metrics", metrics.metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi_endpoint, methods=["GET"]),
         *admin.routes,
         *admin_deliveries.routes,
         *admin_watches.routes,
+        *ops.routes,
     ]
     return Starlette(
         routes=routes,

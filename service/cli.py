@@ -10,13 +10,15 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from service import __version__, cli_ops, cli_watch
+from service import __version__, cli_help, cli_ops, cli_status, cli_watch
 from service.errors import RelayError
 from service.logs import configure_logging
 from service.relay import Relay
@@ -58,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"callback-relay {__version__}")
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="the store to work on [RELAY_DATABASE_URL, default: sqlite:///./relay.db]",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     serve = commands.add_parser("serve", help="run the relay (HTTP API and delivery worker)")
@@ -113,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cli_ops.add_parsers(commands)
     cli_watch.add_parsers(commands, parse_duration, _meta)
+    cli_status.add_parser(commands)
+    cli_help.document_defaults(parser)
     return parser
 
 
@@ -142,7 +151,17 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         # Worker processes import the app; the flags reach them as the settings they stand for.
         os.environ["RELAY_RUN_WORKER"] = str(settings.run_worker).lower()
         os.environ["RELAY_MIGRATE_ON_START"] = str(settings.migrate_on_start).lower()
-        uvicorn.run("service.asgi:app", workers=args.workers, **options)
+        # Each process counts its own metrics; with a shared directory a scrape answered by any
+        # one of them adds up all of them (service.metrics). A fresh one per start.
+        metrics_dir = None
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            metrics_dir = tempfile.mkdtemp(prefix="relay-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        try:
+            uvicorn.run("service.asgi:app", workers=args.workers, **options)
+        finally:
+            if metrics_dir is not None:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
     else:
         uvicorn.run(create_app(settings, run_worker=settings.run_worker), **options)
     return 0
@@ -189,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 2
+    if args.database_url:
+        settings = settings.with_changes(database_url=args.database_url)
     configure_logging(settings.log_format, settings.log_level)
     try:
         if args.command in ("serve", "worker", "migrate") and getattr(args, "no_migrate", False):
@@ -222,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("subscribers", "deliveries", "replay"):
             code: int = asyncio.run(_with_relay(settings, lambda r: cli_ops.run(r, args)))
             return code
+        if args.command == "status":
+            return int(asyncio.run(_with_relay(settings, lambda r: cli_status.run(r, args))))
         if args.command in cli_watch.COMMANDS:
             return cli_watch.run(settings, args, _with_relay)
     except RelayError as exc:

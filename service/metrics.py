@@ -17,7 +17,7 @@ counters to files there and a scrape, answered by any one of them, adds up all o
     relay_delivery_attempt_duration_seconds       latency of each attempt (histogram)
     relay_deliveries_pending / _failed            at scrape time, from the store
     relay_oldest_pending_delivery_age_seconds     at scrape time (0 when nothing is pending)
-    relay_watches_active                          at scrape time, see ``watches_active``
+    relay_watches_active{provider}                at scrape time, from the store
     relay_store_up                                1 when the scrape-time queries answered
 """
 
@@ -176,16 +176,9 @@ def count_attempt(delivery_status: str, latency_ms: float) -> None:
 # -- scrape time ----------------------------------------------------------------------------
 
 
-async def watches_active(relay: Relay) -> int | None:
-    """HOOK for provider watches: how many watches are active, or None where there are none.
-
-    The watches feature plugs in by giving the store a ``count_active_watches()`` coroutine
-    method; until then ``relay_watches_active`` is simply not exported.
-    """
-    count = getattr(relay.store, "count_active_watches", None)
-    if count is None:
-        return None
-    return int(await count())
+async def watches_active(relay: Relay) -> dict[str, int]:
+    """Active provider watches by provider (``Store.active_watch_counts``)."""
+    return await relay.store.active_watch_counts()
 
 
 class _Snapshot(Collector):
@@ -225,12 +218,14 @@ async def scrape_gauges(relay: Relay) -> list[GaugeMetricFamily]:
                 value=counts["oldest_pending_seconds"] or 0.0,
             ),
         ]
-        if watches is not None:
-            families.append(
-                GaugeMetricFamily(
-                    "relay_watches_active", "Provider task watches active.", value=watches
-                )
-            )
+        active = GaugeMetricFamily(
+            "relay_watches_active",
+            "Provider task watches active (polled until the task ends), by provider.",
+            labels=["provider"],
+        )
+        for provider in sorted(PROVIDERS):
+            active.add_metric([provider], watches.get(provider, 0))
+        families.append(active)
     families.append(
         GaugeMetricFamily(
             "relay_store_up", "1 when the store answered the scrape-time queries.", value=up

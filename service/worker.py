@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import structlog
 
+from service import metrics
 from service.delivery import Attempt, Deliverer
 from service.errors import StorageUnavailable
 from service.relay import Relay
@@ -57,6 +58,13 @@ class DeliveryWorker:
         self._per_subscriber: dict[str, int] = defaultdict(int)
         self._slots: dict[str, asyncio.Semaphore] = {}
         self.last_claim_at = 0.0
+        #: True while ``run()`` claims (``/readyz`` reports a worker that stopped or died).
+        self.running = False
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries claimed and not yet recorded."""
+        return len(self._tasks)
 
     def wake(self) -> None:
         """New deliveries are due: claim without waiting for the next poll."""
@@ -64,15 +72,19 @@ class DeliveryWorker:
 
     async def run(self) -> None:
         """Claim and attempt until ``stop()``."""
-        while not self._stopping:
-            claimed = await self._claim()
-            if claimed and claimed == self.claim_batch:
-                await asyncio.sleep(0)  # more may be due right away; let attempts start first
-                continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(IDLE_POLL_SECONDS):
-                    await self._wakeup.wait()
-            self._wakeup.clear()
+        self.running = True
+        try:
+            while not self._stopping:
+                claimed = await self._claim()
+                if claimed and claimed == self.claim_batch:
+                    await asyncio.sleep(0)  # more may be due right away; let attempts start
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(IDLE_POLL_SECONDS):
+                        await self._wakeup.wait()
+                self._wakeup.clear()
+        finally:
+            self.running = False
 
     async def _claim(self) -> int:
         free = self.concurrency - len(self._tasks)
@@ -103,6 +115,15 @@ class DeliveryWorker:
         return slot
 
     async def _deliver(self, claim: Claim) -> None:
+        # This task's own context: every line about the attempt names what it is about.
+        provider, _, task_id = claim.task_key.partition("/")
+        structlog.contextvars.bind_contextvars(
+            delivery_id=claim.delivery_id,
+            event_id=claim.event_id,
+            subscriber_id=claim.subscriber_id,
+            provider=provider or None,
+            task_id=task_id or None,
+        )
         try:
             async with self._slot(claim.subscriber_id):
                 attempt = await self.deliverer.attempt(claim)
@@ -142,10 +163,8 @@ class DeliveryWorker:
 
     async def _record(self, claim: Claim, attempt: Attempt) -> None:
         record = self.decide(claim, attempt)
+        metrics.count_attempt(record.outcome, attempt.latency_ms)
         fields = {
-            "event_id": claim.event_id,
-            "delivery_id": claim.delivery_id,
-            "subscriber_id": claim.subscriber_id,
             "status_code": attempt.status_code,
             "outcome": record.outcome,
             "latency_ms": attempt.latency_ms,

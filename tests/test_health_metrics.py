@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -162,6 +163,8 @@ def test_callback_outcomes_and_events_are_counted(relay_server: RelayServer) -> 
     assert delta(events, type="generation.succeeded", state="emitted") == 1
     assert delta(events, type="generation.running", state="superseded") == 1
     assert value(after, "relay_store_up") == 1
+    for provider in ("evolink", "apiframe", "rivya"):  # no watch registered: 0, but exported
+        assert ("relay_watches_active", (("provider", provider),)) in after
 
 
 def test_delivery_attempts_latency_and_backlog_gauges(
@@ -248,3 +251,44 @@ def test_metrics_add_up_over_several_processes(tmp_path: Path) -> None:
     assert value(samples, "relay_events_total", type="generation.succeeded", state="emitted") == 7
     assert value(samples, "relay_delivery_attempts_total", outcome="succeeded") == 2
     assert value(samples, "relay_delivery_attempt_duration_seconds_count") == 2
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_relay_serve_workers_sum_their_metrics(tmp_path: Path) -> None:
+    """`relay serve --workers 2` on PostgreSQL: whichever process answers the scrape, the
+    callback counter is the sum over both (a shared PROMETHEUS_MULTIPROC_DIR)."""
+    from tests.relay_process import ADMIN, RelayProcess
+    from tests.test_store_contract import fresh_schema
+
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    with fresh_schema() as url:
+        relay = RelayProcess(tmp_path, port, "--workers", "2", RELAY_DATABASE_URL=url).start()
+        try:
+            admin = {"authorization": f"Bearer {ADMIN}"}
+            minted = httpx.post(
+                f"{relay.base}/v1/callback-urls", json={"provider": "evolink"}, headers=admin
+            ).json()["url"]
+            with httpx.Client() as client:  # new connections: both processes get some
+                for n in range(40):
+                    posted = client.post(
+                        minted, json=evolink(f"t-mp-{n}"), headers={"connection": "close"}
+                    )
+                    assert posted.status_code == 200
+            for _ in range(6):  # any process may answer; each must report all 40
+                text = httpx.get(
+                    f"{relay.base}/metrics", headers=admin | {"connection": "close"}
+                ).text
+                samples = {
+                    (s.name, tuple(sorted(s.labels.items()))): s.value
+                    for family in text_string_to_metric_families(text)
+                    for s in family.samples
+                }
+                accepted = value(
+                    samples, "relay_callbacks_total", provider="evolink", outcome="accepted"
+                )
+                assert accepted == 40
+        finally:
+            relay.stop()

@@ -1020,6 +1020,33 @@ async def test_delivery_details_filter_by_provider_with_attempts(store: Store) -
     assert len(await store.delivery_details(DeliveryFilter(), None, 3)) == 3
 
 
+async def test_active_watch_counts_by_provider(store: Store) -> None:
+    from service.store.watch_model import Watch
+
+    assert await store.active_watch_counts() == {}
+    now = time.time()
+
+    def watch(provider: str, task: str) -> Watch:
+        return Watch(
+            id=ids.new_id("wat"),
+            provider=provider,
+            task_id=task,
+            origin="api",
+            state="active",
+            metadata={},
+            created_at=now,
+            updated_at=now,
+            deadline_at=now + 3600,
+            next_poll_at=now + 60,
+        )
+
+    for provider, task in (("evolink", "t1"), ("evolink", "t2"), ("rivya", "t3")):
+        await store.create_watch(watch(provider, task))
+    (canceled, _) = await store.create_watch(watch("rivya", "t4"))
+    await store.cancel_watch(canceled.id, now)
+    assert await store.active_watch_counts() == {"evolink": 2, "rivya": 1}
+
+
 async def test_reopen_keeps_everything(make_store: Callable[[], Store]) -> None:
     first = make_store()
     await first.open()

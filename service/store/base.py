@@ -397,3 +397,7 @@ class Store(ABC):
         (any when None), newest first. Each is ``delivery_json`` plus its event's
         ``provider``, ``task_id`` and ``event_type``, and ``attempts`` (oldest first, as in
         ``get_delivery``)."""
+
+    @abstractmethod
+    async def active_watch_counts(self) -> dict[str, int]:
+        """How many watches are active, by provider (providers with none are absent)."""

@@ -879,3 +879,7 @@ class PostgresStore(Store):
     ) -> list[dict[str, Any]]:
         async with self._transaction() as conn:
             return await postgres_ops.delivery_details(conn, filters, provider, limit)
+
+    async def active_watch_counts(self) -> dict[str, int]:
+        async with self._connection() as conn:
+            return await postgres_ops.active_watch_counts(conn)

@@ -86,3 +86,10 @@ async def delivery_details(
         for delivery_id, *attempt in await cursor.fetchall():
             attempts[delivery_id].append(attempt_json(tuple(attempt)))
     return [detail_json(tuple(row), attempts[row[1]]) for row in rows]
+
+
+async def active_watch_counts(conn: AsyncConnection[Any]) -> dict[str, int]:
+    cursor = await conn.execute(
+        "SELECT provider, count(*) FROM watches WHERE state = 'active' GROUP BY provider"
+    )
+    return {provider: count for provider, count in await cursor.fetchall()}

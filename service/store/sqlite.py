@@ -463,6 +463,9 @@ class SQLiteStore(Store):
             self, lambda conn: sqlite_ops.delivery_details(conn, filters, provider, limit)
         )
 
+    async def active_watch_counts(self) -> dict[str, int]:
+        return await sqlite_ops.read(self, sqlite_ops.active_watch_counts)
+
 
 def _ingest(
     conn: sqlite3.Connection, event: IncomingEvent, subscribers: q.SubscriberCache

@@ -141,3 +141,11 @@ def delivery_details(
         ):
             attempts[delivery_id].append(attempt_json(tuple(attempt)))
     return [detail_json(row, attempts[row[1]]) for row in rows]
+
+
+def active_watch_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    return dict(
+        conn.execute(
+            "SELECT provider, count(*) FROM watches WHERE state = 'active' GROUP BY provider"
+        ).fetchall()
+    )
