@@ -187,6 +187,24 @@ async def _run_worker(settings: Settings) -> int:
     return 0
 
 
+async def _migrate(settings: Settings) -> int:
+    """``relay migrate``: apply the pending schema migrations, one progress line each."""
+    from service.store import open_store
+
+    applied: list[int] = []
+
+    def progress(version: int, total: int, name: str) -> None:
+        applied.append(version)
+        print(f"applying migration {version}/{total}: {name}", file=sys.stderr, flush=True)
+
+    store = open_store(settings.database_url, migrate=True)
+    store.on_migration = progress
+    relay = await Relay.start(settings, store)
+    await relay.close()
+    print(f"relay: the schema is up to date ({len(applied)} applied)", file=sys.stderr)
+    return 0
+
+
 async def _prune(relay: Relay, days: int) -> int:
     from service.retention import BATCH
 
@@ -221,9 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "worker":
             return asyncio.run(_run_worker(settings))
         if args.command == "migrate":
-            asyncio.run(_with_relay(settings.with_changes(migrate_on_start=True), _async))
-            print("relay: the schema is up to date", file=sys.stderr)
-            return 0
+            return asyncio.run(_migrate(settings.with_changes(migrate_on_start=True)))
         if args.command == "prune":
             days = settings.retention_days if args.days is None else args.days
             return int(asyncio.run(_with_relay(settings, lambda r: _prune(r, days))))

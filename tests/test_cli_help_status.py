@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from service.cli import build_parser
 from service.cli_help import subcommands
 from tests.conftest import EVOLINK_COMPLETED, RelayServer
@@ -99,3 +101,35 @@ def test_status_prints_the_overview(
     assert summary["failed"] == 1
     assert summary["callbacks"] == {"accepted": 1, "superseded": 1}
     assert summary["counts_refusals"] is False
+
+
+def test_migrate_shows_each_migration(tmp_path: Path) -> None:
+    database = tmp_path / "fresh.db"
+    first = relay_cli("migrate", database=database)
+    assert first.returncode == 0, first.stderr
+    from service.store.sqlite import MIGRATIONS
+
+    for number, name in enumerate(MIGRATIONS, start=1):
+        assert f"applying migration {number}/{len(MIGRATIONS)}: {name}" in first.stderr
+    assert f"({len(MIGRATIONS)} applied)" in first.stderr
+    again = relay_cli("migrate", database=database)
+    assert "applying" not in again.stderr and "(0 applied)" in again.stderr
+
+
+@pytest.mark.postgres
+def test_migrate_shows_each_migration_on_postgres() -> None:
+    from service.store.postgres import MIGRATIONS
+    from tests.test_store_contract import fresh_schema
+
+    with fresh_schema() as url:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+        result = subprocess.run(
+            [sys.executable, "-m", "service", "--database-url", url, "migrate"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("applying migration") == len(MIGRATIONS)

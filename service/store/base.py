@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -155,6 +156,9 @@ class Store(ABC):
 
     #: True when one process owns the store (SQLite): leases left by a crash are freed at start.
     exclusive: bool = False
+    #: Called as ``on_migration(version, total, name)`` before each pending schema migration
+    #: is applied by ``open()`` (``relay migrate`` shows its progress with it).
+    on_migration: Callable[[int, int, str], None] | None = None
 
     @abstractmethod
     async def open(self) -> None:

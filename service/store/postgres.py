@@ -27,7 +27,7 @@ import contextlib
 import json
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from importlib import resources
 from typing import Any
 
@@ -136,7 +136,9 @@ async def _bump_subscribers_version(conn: AsyncConnection[Any]) -> None:
     )
 
 
-async def _migrate(conn: AsyncConnection[Any]) -> None:
+async def _migrate(
+    conn: AsyncConnection[Any], progress: Callable[[int, int, str], None] | None = None
+) -> None:
     """Apply the migrations this database lacks, under a lock: replicas may start together.
 
     Migrations only ever add. A database already migrated further (a newer replica started
@@ -154,6 +156,8 @@ async def _migrate(conn: AsyncConnection[Any]) -> None:
         for version, name in enumerate(MIGRATIONS, start=1):
             if version in applied:
                 continue
+            if progress is not None:
+                progress(version, len(MIGRATIONS), name)
             script = resources.files("service.store.sql").joinpath(name).read_text()
             await conn.execute(script)  # no parameters: psycopg sends it as one simple query
             await conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
@@ -294,7 +298,7 @@ class PostgresStore(Store):
         try:
             with wrap_exceptions():
                 if self.migrate:
-                    await _migrate(conn)
+                    await _migrate(conn, self.on_migration)
                 else:
                     await _require_migrated(conn)
         finally:

@@ -108,7 +108,7 @@ class SQLiteStore(Store):
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA foreign_keys=OFF")
         if self.migrate:
-            self._migrate(conn)
+            self._migrate(conn, self.on_migration)
         else:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version < len(MIGRATIONS):
@@ -120,12 +120,16 @@ class SQLiteStore(Store):
         return conn
 
     @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
+    def _migrate(
+        conn: sqlite3.Connection, progress: Callable[[int, int, str], None] | None = None
+    ) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             for number, name in enumerate(MIGRATIONS, start=1):
                 if number > version:
+                    if progress is not None:
+                        progress(number, len(MIGRATIONS), name)
                     sql = resources.files("service.store.sql").joinpath(name).read_text()
                     for statement in sql.split(";\n"):
                         if statement.strip():
