@@ -9,6 +9,7 @@ are real servers that verify every delivery.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import subprocess
@@ -417,3 +418,40 @@ def test_cli_watch_list_and_cancel(
     unconfigured = _cli("watch", "rivya", "task_1", env=env)
     assert unconfigured.returncode == 1 and "RELAY_RIVYA_API_KEY" in unconfigured.stderr
     assert get_watch(relay, spare_id)["state"] == "canceled"
+
+
+@pytest.mark.postgres
+def test_two_replicas_on_postgresql_poll_a_watch_once_at_a_time(
+    emulator: ProviderEmulator,
+    relay_factory: Callable[..., RelayServer],
+    sinks: Callable[..., SubscriberServer],
+) -> None:
+    """Replicas share the watch: its events arrive once, its polls never overlap."""
+    from tests.test_store_contract import fresh_schema
+
+    with fresh_schema() as url:
+        settings = emulator.relay_settings(database_url=url, **FAST)
+        replicas = [relay_factory(**settings) for _ in range(2)]
+        try:
+            sink = sinks()
+            subscribe(replicas[0], sink)
+            task_id = emulator.add_task(
+                "rivya", timeline=((0.0, "queued"), (0.8, "running"), (1.4, "succeeded"))
+            )
+            watch = post_watch(replicas[1], provider="rivya", task_id=task_id)
+            receipts = wait_task_events(sink, task_id, 3)
+            assert types(receipts) == [
+                "generation.queued",
+                "generation.running",
+                "generation.succeeded",
+            ]
+            done = wait_watch(replicas[0], watch["id"], "completed")
+            hits = emulator.hits_for(task_id)
+            assert done["polls"] == len(hits)  # every request was one recorded poll
+            gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(hits)]
+            assert min(gaps) >= 0.04  # the back-off holds across replicas: no double polls
+            time.sleep(0.3)
+            assert len(of_task(sink.receipts, task_id)) == 3
+        finally:
+            for replica in replicas:  # before the schema goes
+                replica.stop()
