@@ -7,15 +7,17 @@ Reve Art's API page (reve-art-api.zh.txt), Apiframe's job object (apiframe-reve-
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
 
+import httpx
 import pytest
 from starlette.datastructures import Secret
 
 from service.errors import InvalidPayload
-from service.provider_api import parse_retry_after, status_apis
+from service.provider_api import MAX_ANSWER_BYTES, StatusClients, parse_retry_after, status_apis
 from service.providers import PROVIDERS
 from service.providers.base import InvalidSignature
 from service.providers.rivya import Rivya, RivyaSignature, StaleTimestamp
@@ -361,3 +363,87 @@ def test_status_api_urls_and_auth() -> None:
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     now = 1_795_284_000.0  # Sat, 21 Nov 2026 18:00:00 GMT
     assert parse_retry_after(value, now) == expected
+
+
+def _clients(handler: Any, **settings: Any) -> StatusClients:
+    return StatusClients(
+        Settings(evolink_api_key=Secret("ek"), provider_timeout=0.5, **settings),
+        transport=httpx.MockTransport(handler),
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "content", "outcome", "retry_after", "error"),
+    [
+        (200, {}, b'{"id": "t", "status": "pending"}', "ok", None, None),
+        (200, {}, b"<html>maintenance</html>", "retry", None, "the answer is not JSON"),
+        (200, {}, b'{"progress": NaN}', "retry", None, "the answer is not JSON"),
+        (429, {"retry-after": "7"}, b"{}", "retry", 7.0, "HTTP 429: {}"),
+        (503, {}, b"", "retry", None, "HTTP 503"),
+        (401, {}, b"{}", "retry", None, "HTTP 401: the provider refused the API key"),
+        (404, {}, b'{"error": "not found"}', "not_found", None, 'HTTP 404: {"error": "not found"}'),
+        (400, {}, b"bad id", "not_found", None, "HTTP 400: bad id"),
+    ],
+)
+def test_status_answers_are_classified(
+    status: int,
+    headers: dict[str, str],
+    content: bytes,
+    outcome: str,
+    retry_after: float | None,
+    error: str | None,
+) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(status, headers=headers, content=content)
+
+    async def fetch() -> Any:
+        clients = _clients(handler)
+        try:
+            return await clients.fetch("evolink", "task-unified-1-x")
+        finally:
+            await clients.aclose()
+
+    answer = asyncio.run(fetch())
+    assert (answer.outcome, answer.status_code, answer.retry_after, answer.error) == (
+        outcome,
+        status,
+        retry_after,
+        error,
+    )
+    assert seen[0].url == "https://api.evolink.ai/v1/tasks/task-unified-1-x"
+    assert seen[0].headers["authorization"] == "Bearer ek"
+    if outcome == "ok":
+        assert answer.payload == {"id": "t", "status": "pending"} and answer.body == content
+
+
+def test_status_network_failures_are_retries_never_exceptions() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    def huge(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"[" + b"0," * (MAX_ANSWER_BYTES // 2) + b"0]")
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(2)
+        return httpx.Response(200, content=b"{}")
+
+    async def fetch(handler: Any, provider: str = "evolink") -> Any:
+        clients = _clients(handler)
+        try:
+            return await clients.fetch(provider, "task-unified-1-x")
+        finally:
+            await clients.aclose()
+
+    refused = asyncio.run(fetch(refuse))
+    assert refused.outcome == "retry" and refused.error.startswith("ConnectError")
+    too_big = asyncio.run(fetch(huge))
+    assert too_big.outcome == "retry" and "larger than" in too_big.error
+    started = time.monotonic()
+    timed_out = asyncio.run(fetch(slow))
+    assert timed_out.outcome == "retry" and timed_out.error == "timed out after 0.5 s"
+    assert time.monotonic() - started < 1.5
+    unconfigured = asyncio.run(fetch(refuse, "rivya"))
+    assert unconfigured.outcome == "retry" and "RELAY_RIVYA_API_KEY" in unconfigured.error
