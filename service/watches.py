@@ -284,7 +284,8 @@ class WatchService:
                     metadata=watch.metadata,
                 )
                 self._judge_held(watch, normalized)
-                log.info(
+                # A new state is news; an unchanged one (most polls) is for debugging.
+                (log.info if result.outcome == "accepted" else log.debug)(
                     "watch_polled",
                     generation_status=status,
                     outcome=result.outcome,
