@@ -292,3 +292,13 @@ def test_subscriber_actions(relay_server: RelayServer) -> None:
         )
         assert refused.status_code == 303
         assert "notice error" in client.get(refused.headers["location"]).text
+
+
+def test_pages_explain_a_store_that_cannot_answer(relay_server: RelayServer) -> None:
+    with browser(relay_server) as client:
+        sign_in(client)
+        relay_server.in_loop(relay_server.relay.store.close())
+        page = client.get("/ops")
+        assert page.status_code == 503
+        assert "The store is not open." in page.text
+        assert page.headers["content-type"].startswith("text/html")

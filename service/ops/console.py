@@ -222,7 +222,16 @@ def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
                 status_code=303,
                 headers=SECURITY_HEADERS,
             )
-        return await handler(request, session)
+        try:
+            return await handler(request, session)
+        except RelayError as exc:  # the store is down, a filter is wrong...: say so, in a page
+            return render(
+                request,
+                "message.html",
+                {"title": "Not available", "message": exc.message},
+                status_code=exc.status_code,
+                session=session,
+            )
 
     return endpoint
 
