@@ -13,6 +13,7 @@ Each attempt and the final outcome are printed. Reve Art sends no callbacks: wat
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import secrets
 import time
@@ -162,6 +163,33 @@ def _rivya(task_id: str, status: str, now: float) -> dict[str, Any]:
     return {"type": f"generation.{generation['status']}", "data": generation}
 
 
+#: What the providers accept as a callback URL, where they document it.
+_HTTPS_ONLY = {"evolink": "Evolink", "rivya": "Rivya"}
+MAX_EVOLINK_URL = 2048
+
+
+def url_notes(provider: str, url: str) -> list[str]:
+    """Why the real provider would refuse ``url``, if it would (the simulator sends anyway)."""
+    notes: list[str] = []
+    name = _HTTPS_ONLY.get(provider)
+    if name is None:
+        return notes
+    parsed = httpx.URL(url)
+    if parsed.scheme != "https":
+        notes.append(f"{name} only calls https:// URLs; it would refuse this one")
+    host = parsed.host
+    private = host == "localhost" or host.endswith(".localhost")
+    try:
+        private = private or not ipaddress.ip_address(host).is_global
+    except ValueError:
+        pass
+    if private:
+        notes.append(f"{name} refuses private and loopback addresses; it would refuse {host}")
+    if provider == "evolink" and len(url) > MAX_EVOLINK_URL:
+        notes.append(f"Evolink refuses callback URLs longer than {MAX_EVOLINK_URL} characters")
+    return notes
+
+
 def build_callback(
     provider: str, status: str, task_id: str | None, settings: Settings, now: float | None = None
 ) -> SimulatedCallback:
@@ -238,7 +266,7 @@ def send(
         f" -> {shown}",
         file=out,
     )
-    for note in callback.notes:
+    for note in (*callback.notes, *url_notes(callback.provider, url)):
         print(f"note: {note}", file=out)
     attempts = 1 + len(retry_delays)
     with httpx.Client(timeout=timeout, follow_redirects=False) as client:

@@ -336,10 +336,14 @@ def test_simulate_evolink_retries_like_evolink() -> None:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("simulating evolink: task task-unified-1756817821-4x3rx6ny")
-    assert lines[1].startswith("attempt 1/4: HTTP 503") and lines[1].endswith("retrying in 1 s")
-    assert lines[2].startswith("attempt 2/4: HTTP 503") and lines[2].endswith("retrying in 2 s")
-    assert lines[3].startswith("attempt 3/4: HTTP 200")
-    assert lines[4] == "delivered on attempt 3 of 4"
+    # The real Evolink would not call this URL: it says so, and sends anyway.
+    assert lines[1] == "note: Evolink only calls https:// URLs; it would refuse this one"
+    assert lines[2].startswith("note: Evolink refuses private and loopback addresses")
+    lines = lines[3:]
+    assert lines[0].startswith("attempt 1/4: HTTP 503") and lines[0].endswith("retrying in 1 s")
+    assert lines[1].startswith("attempt 2/4: HTTP 503") and lines[1].endswith("retrying in 2 s")
+    assert lines[2].startswith("attempt 3/4: HTTP 200")
+    assert lines[3] == "delivered on attempt 3 of 4"
     times = [at for at, _, _ in receiver.requests]
     assert len(times) == 3
     assert 0.9 <= times[1] - times[0] <= 1.6 and 1.9 <= times[2] - times[1] <= 2.6

@@ -447,3 +447,13 @@ def test_status_network_failures_are_retries_never_exceptions() -> None:
     assert time.monotonic() - started < 1.5
     unconfigured = asyncio.run(fetch(refuse, "rivya"))
     assert unconfigured.outcome == "retry" and "RELAY_RIVYA_API_KEY" in unconfigured.error
+
+
+def test_simulator_says_when_the_real_provider_would_refuse_the_url() -> None:
+    from service.simulate import url_notes
+
+    assert url_notes("evolink", "https://relay.example.com/callbacks/evolink/t") == []
+    assert len(url_notes("evolink", "http://10.0.0.5/callbacks/evolink/t")) == 2
+    assert len(url_notes("rivya", "https://localhost/callbacks/rivya")) == 1
+    assert len(url_notes("evolink", "https://relay.example.com/" + "x" * 2048)) == 1
+    assert url_notes("apiframe", "http://127.0.0.1/hook") == []  # Apiframe documents no rules
