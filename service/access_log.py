@@ -58,8 +58,4 @@ def _count_callback(path: str, status: int) -> None:
     the metrics and the log always agree."""
     context = structlog.contextvars.get_contextvars()
     provider = context.get("provider") or path.split("/", 3)[2]
-    metrics.count_callback(
-        str(provider),
-        metrics.callback_outcome(status, context),
-        context.get("generation_status"),
-    )
+    metrics.count_callback(str(provider), metrics.callback_outcome(status, context))

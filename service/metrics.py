@@ -11,7 +11,8 @@ counters to files there and a scrape, answered by any one of them, adds up all o
 
     relay_callbacks_total{provider, outcome}      accepted, duplicate, superseded, or the
                                                   refusal's error code (invalid_token, ...)
-    relay_events_total{type, state}               events stored: emitted or superseded
+    relay_events_total{type, state}               events stored (from callbacks and watches):
+                                                  emitted or superseded
     relay_delivery_attempts_total{outcome}        succeeded, retry (another attempt is
                                                   scheduled) or failed (waits for an operator)
     relay_delivery_attempt_duration_seconds       latency of each attempt (histogram)
@@ -144,7 +145,7 @@ def callback_outcome(status: int, context: Mapping[str, Any]) -> str:
     return _STATUS_OUTCOMES.get(status, f"http_{status}")
 
 
-def count_callback(provider: str, outcome: str, generation_status: str | None = None) -> None:
+def count_callback(provider: str, outcome: str) -> None:
     """One callback answered. ``provider`` comes from the URL: unknown names count as
     ``unknown`` so that nobody can create series by posting to made-up paths."""
     if provider not in PROVIDERS:
@@ -155,16 +156,19 @@ def count_callback(provider: str, outcome: str, generation_status: str | None = 
         child = _callback_children[key] = CALLBACKS.labels(provider, outcome)
     child.inc()
     RECENT_CALLBACKS.add(f"{provider}:{outcome}")
-    if outcome in ("accepted", "superseded") and generation_status:
-        event_type = f"generation.{generation_status}"
-        if event_type not in _KNOWN_TYPES:
-            return
-        state = "emitted" if outcome == "accepted" else "superseded"
-        event_key = (event_type, state)
-        event_child = _event_children.get(event_key)
-        if event_child is None:
-            event_child = _event_children[event_key] = EVENTS.labels(event_type, state)
-        event_child.inc()
+
+
+def count_event(event_type: str, outcome: str) -> None:
+    """One update stored (from a callback or a watch's poll): ``accepted`` is emitted,
+    ``superseded`` kept but never delivered; a duplicate is no new event."""
+    if outcome not in ("accepted", "superseded") or event_type not in _KNOWN_TYPES:
+        return
+    state = "emitted" if outcome == "accepted" else "superseded"
+    key = (event_type, state)
+    child = _event_children.get(key)
+    if child is None:
+        child = _event_children[key] = EVENTS.labels(event_type, state)
+    child.inc()
 
 
 def count_attempt(delivery_status: str, latency_ms: float) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 from starlette.datastructures import Secret
 
-from service import ids
+from service import ids, metrics
 from service.errors import InvalidInput
 from service.events import Normalized, build_cloudevent, dumps, rfc3339
 from service.providers import get_provider
@@ -154,6 +154,7 @@ class Relay:
                 raw_body=raw_body,
             )
         )
+        metrics.count_event(normalized.event_type, result.outcome)
         if result.deliveries:
             self.on_deliveries()
         return result

@@ -227,7 +227,8 @@ def test_metrics_add_up_over_several_processes(tmp_path: Path) -> None:
         import sys
         from service import metrics
         for _ in range(int(sys.argv[1])):
-            metrics.count_callback("evolink", "accepted", "succeeded")
+            metrics.count_callback("evolink", "accepted")
+            metrics.count_event("generation.succeeded", "accepted")
         metrics.count_attempt("succeeded", 120.0)
         """
     )
