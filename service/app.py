@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -66,6 +67,9 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Starlette:
             public_url=settings.public_url,
             worker=run_worker,
         )
+        # Everything loaded so far lives as long as the process: move it out of the collector's
+        # reach, so full collections stay short (they showed up as 25-50 ms latency spikes).
+        gc.freeze()
         try:
             yield
         finally:

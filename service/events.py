@@ -7,10 +7,11 @@ against is ``service/schemas/generation-event.schema.json``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
@@ -102,5 +103,21 @@ def build_cloudevent(
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON, the exact bytes stored and delivered."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON (UTF-8, no NaN), the exact text stored and delivered."""
+    return orjson.dumps(value).decode()
+
+
+def cloudevent_json(cloudevent: dict[str, Any], raw_json: bytes | None = None) -> str:
+    """The CloudEvent's JSON text.
+
+    With ``raw_json`` (a callback body already checked to be strict JSON), ``data.raw`` is those
+    exact bytes rather than a re-encoding of the parsed payload: faster, and numbers keep every
+    digit the provider sent.
+    """
+    if raw_json is None:
+        return dumps(cloudevent)
+    data = cloudevent["data"]
+    assert list(data)[-1] == "raw" and list(cloudevent)[-1] == "data"
+    without_raw = {**cloudevent, "data": {k: v for k, v in data.items() if k != "raw"}}
+    head = orjson.dumps(without_raw)  # ...,"metadata":{...}}}
+    return (head[:-2] + b',"raw":' + raw_json.strip() + b"}}").decode()

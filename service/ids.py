@@ -6,21 +6,19 @@ tables grow, and sorts ids roughly by creation time.
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 
-_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
-
-
-def _base32(value: int, length: int) -> str:
-    chars = []
-    for _ in range(length):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+# RFC 4648 base32 re-spelled as Crockford's lower-case alphabet (no i, l, o, u): ids sort in
+# the order they were made, and the encoding runs in C.
+_CROCKFORD = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789abcdefghjkmnpqrstvwxyz"
+)
 
 
 def new_id(prefix: str) -> str:
-    """``<prefix>_`` + 10 chars of milliseconds + 16 chars of randomness (80 bits)."""
-    millis = time.time_ns() // 1_000_000
-    return f"{prefix}_{_base32(millis, 10)}{_base32(int.from_bytes(os.urandom(10)), 16)}"
+    """``<prefix>_`` + 26 chars: 48 bits of milliseconds, then 80 bits of randomness."""
+    # 16 bytes encode to 26 base32 chars (plus padding); big-endian time first keeps the order.
+    raw = (time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10)
+    return f"{prefix}_{base64.b32encode(raw).translate(_CROCKFORD)[:26].decode()}"

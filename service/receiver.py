@@ -13,9 +13,9 @@ payload shape. The answer is 2xx only once the update is committed to the store.
 from __future__ import annotations
 
 import ipaddress
-import json
 import time
 
+import orjson
 import structlog
 from starlette.requests import Request
 from starlette.responses import Response
@@ -48,11 +48,6 @@ def _check_source(relay: Relay, provider: str, request: Request) -> None:
         raise SourceNotAllowed()
 
 
-def _refuse_constant(name: str) -> None:
-    # NaN and Infinity are not JSON; storing them would make every delivery invalid JSON.
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def _url_id(relay: Relay, provider: Provider, request: Request) -> str | None:
     """The URL token's ``url_id``; None at ``/callbacks/<provider>`` (no token) for a provider
     whose signature then authenticates the callback (checked next, on the raw body)."""
@@ -72,8 +67,9 @@ async def receive_callback(request: Request) -> Response:
         body = await read_body(request, relay.settings.max_body_bytes)
         provider.verify(request.headers, body, relay.settings)
         try:
-            payload = json.loads(body, parse_constant=_refuse_constant)
-        except (ValueError, UnicodeDecodeError, RecursionError):
+            # orjson is strict: no NaN or Infinity, valid UTF-8 only, nesting depth bounded.
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
             raise InvalidInput(
                 "The callback body is not valid JSON.", code="invalid_json"
             ) from None
@@ -93,7 +89,12 @@ async def receive_callback(request: Request) -> Response:
         )
         if held is None:
             result = await relay.accept(
-                provider_name, normalized, raw=payload, raw_body=body, url_id=url_id
+                provider_name,
+                normalized,
+                raw=payload,
+                raw_body=body,
+                url_id=url_id,
+                raw_is_body=True,
             )
     except RelayError as exc:
         # The access log line of this request carries these (one line per callback).

@@ -18,7 +18,7 @@ from starlette.datastructures import Secret
 
 from service import ids, metrics
 from service.errors import InvalidInput
-from service.events import Normalized, build_cloudevent, dumps, rfc3339
+from service.events import Normalized, build_cloudevent, cloudevent_json, dumps, rfc3339
 from service.providers import get_provider
 from service.settings import Settings
 from service.store import open_store
@@ -121,10 +121,13 @@ class Relay:
         raw_body: bytes,
         url_id: str | None = None,
         metadata: dict[str, Any] | None = None,
+        raw_is_body: bool = False,
     ) -> IngestResult:
         """Store one normalized update durably (dedup, regression, fan-out in one transaction).
 
         The event carries the callback URL's metadata, updated with ``metadata`` (a watch's).
+        ``raw_is_body``: ``raw_body`` is strict JSON whose parse is ``raw`` (a callback body),
+        so ``data.raw`` is spliced from it verbatim.
         """
         now = time.time()
         event_id = ids.new_id("evt")
@@ -150,7 +153,7 @@ class Relay:
                 dedup_key=normalized.dedup_key(provider),
                 received_at=now,
                 url_id=url_id,
-                body=dumps(cloudevent),
+                body=cloudevent_json(cloudevent, raw_body if raw_is_body else None),
                 raw_body=raw_body,
             )
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from itsdangerous import BadSignature, Signer
@@ -18,6 +19,7 @@ from itsdangerous import BadSignature, Signer
 from service.errors import Unauthorized
 
 DEFAULT_TTL_SECONDS = 7 * 24 * 3600
+VERIFIED_CACHE_SIZE = 10_000
 MAX_TTL_SECONDS = 365 * 24 * 3600
 
 
@@ -46,6 +48,10 @@ class CallbackTokens:
         # itsdangerous signs with the *last* key and tries them all, newest first.
         self._keys = list(reversed(keys))
         self._signers: dict[str, Signer] = {}
+        # Providers post to the same URL again and again (progress, retries): a token whose
+        # signature was verified once is remembered (its expiry is still checked every time).
+        # Only exact tokens that verified are cached, so a forged one never hits.
+        self._verified: OrderedDict[tuple[str, str], tuple[str, int]] = OrderedDict()
 
     def _signer(self, provider: str) -> Signer:
         signer = self._signers.get(provider)
@@ -76,12 +82,18 @@ class CallbackTokens:
         """
         if len(token) > 512:
             raise InvalidToken()
-        try:
-            value = self._signer(provider).unsign(token).decode()
-            url_id, expiry = value.rsplit(".", 1)
-            expires_at = int(expiry, 16)
-        except (BadSignature, ValueError, UnicodeError):
-            raise InvalidToken() from None
+        cached = self._verified.get((provider, token))
+        if cached is None:
+            try:
+                value = self._signer(provider).unsign(token).decode()
+                url_id, expiry = value.rsplit(".", 1)
+                cached = (url_id, int(expiry, 16))
+            except (BadSignature, ValueError, UnicodeError):
+                raise InvalidToken() from None
+            self._verified[(provider, token)] = cached
+            if len(self._verified) > VERIFIED_CACHE_SIZE:
+                self._verified.popitem(last=False)
+        url_id, expires_at = cached
         if now >= expires_at:
             raise TokenExpired()
         return url_id

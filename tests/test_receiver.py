@@ -320,3 +320,19 @@ def test_events_list_filters_and_pagination(relay_server: RelayServer) -> None:
         400,
         "invalid_query",
     )
+
+
+def test_raw_payload_is_kept_verbatim(relay_server: RelayServer) -> None:
+    """data.raw is the provider's JSON as sent: big numbers keep every digit, NaN is refused."""
+    url = relay_server.mint()
+    body = (
+        b'{ "id": "t-raw", "status": "completed",'
+        b' "created": 123456789012345678901234567890,\n "progress": 100 }\n'
+    )
+    assert relay_server.client.post(url, content=body).status_code == 200
+    (event,) = relay_server.events()
+    assert event["data"]["raw"] == json.loads(body)
+    assert event["data"]["raw"]["created"] == 123456789012345678901234567890
+    VALIDATOR.validate(event)
+    nan = relay_server.client.post(url, content=b'{"id": "t-nan", "status": "completed", "x": NaN}')
+    assert_error(nan, 400, "invalid_json")
