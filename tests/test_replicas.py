@@ -146,9 +146,11 @@ def test_killed_replica_leases_expire_and_the_other_delivers(
         )
         # Attempts the dead replica made but never recorded come back when their leases lapse.
         assert _wait_until(lambda: not survivor.all_deliveries("pending"), timeout=40)
-        duplicates = len([r for r in sink.receipts]) - len(sink.accepted_ids())
-        # Only attempts in flight at the kill may repeat (bounded by the per-subscriber limit).
-        assert duplicates <= 64, duplicates
+        duplicates = len(sink.receipts) - len(sink.accepted_ids())
+        # Only what the dead replica had sent but not yet recorded may repeat: attempts in
+        # flight (at most the per-subscriber limit, 64) plus answers whose record had not yet
+        # committed. Everything else it held is sent once, by the survivor.
+        assert duplicates <= 64 + 32, duplicates
     finally:
         sink.stop()
 
