@@ -30,9 +30,7 @@ from service.settings import Settings
 from service.tokens import CallbackTokens, InvalidToken, TokenExpired
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "service/schemas/generation-event.schema.json"
-RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
-)
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
 
 def _format_checker() -> FormatChecker:
@@ -60,29 +58,49 @@ PROPERTY = settings(max_examples=400, deadline=None)
 # --- strategies ------------------------------------------------------------------------------
 
 JSON_SCALARS = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False)
-    | st.text(max_size=20)
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
 )
 JSON_VALUES = st.recursive(
     JSON_SCALARS,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
 STATUS_WORDS = st.sampled_from(
-    ["pending", "queued", "processing", "running", "completed", "succeeded", "finished",
-     "failed", "cancelled", "canceled", "QUEUED", "PROCESSING", "COMPLETED", "FAILED",
-     "CANCELLED", " Finished ", "exploding", ""]
+    [
+        "pending",
+        "queued",
+        "processing",
+        "running",
+        "completed",
+        "succeeded",
+        "finished",
+        "failed",
+        "cancelled",
+        "canceled",
+        "QUEUED",
+        "PROCESSING",
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        " Finished ",
+        "exploding",
+        "",
+    ]
 )
 # Empty strings get a branch of their own: a URL field that is present but empty is the
 # classic edge a normalizer forgets.
 URLS = st.just("") | st.sampled_from(
-    ["https://cdn.example/a.png", "https://cdn.example/b.mp4", "https://cdn.example/c.mp3",
-     "https://cdn.example/d?x=.webm", "https://cdn.example/e", " "]
+    [
+        "https://cdn.example/a.png",
+        "https://cdn.example/b.mp4",
+        "https://cdn.example/c.mp3",
+        "https://cdn.example/d?x=.webm",
+        "https://cdn.example/e",
+        " ",
+    ]
 )
 URL_ITEMS = URLS | st.fixed_dictionaries(
     {}, optional={"url": URLS, "audio_url": URLS, "video_url": URLS}
@@ -96,14 +114,20 @@ PROGRESS = (
     | JSON_SCALARS
 )
 ERRORS = (
-    st.fixed_dictionaries({}, optional={"code": JSON_SCALARS | st.just("request_cancelled"),
-                                        "message": JSON_SCALARS})
+    st.fixed_dictionaries(
+        {}, optional={"code": JSON_SCALARS | st.just("request_cancelled"), "message": JSON_SCALARS}
+    )
     | JSON_SCALARS
 )
 V2_RESULTS = URLS | st.fixed_dictionaries(
     {},
-    optional={"images": URL_LISTS, "gridUrl": URLS, "videoUrl": URLS, "videos": URL_LISTS,
-              "tracks": URL_LISTS},
+    optional={
+        "images": URL_LISTS,
+        "gridUrl": URLS,
+        "videoUrl": URLS,
+        "videos": URL_LISTS,
+        "tracks": URL_LISTS,
+    },
 )
 
 
@@ -147,13 +171,27 @@ def _shaped(id_key: str, *keys: str) -> st.SearchStrategy[dict[str, Any]]:
 #: Payloads shaped like each provider's own callbacks (a usable id and that provider's fields).
 SHAPED: dict[str, list[st.SearchStrategy[dict[str, Any]]]] = {
     "evolink": [
-        _shaped("id", "status", "progress", "type", "object", "model", "results", "result_data",
-                "error"),
+        _shaped(
+            "id", "status", "progress", "type", "object", "model", "results", "result_data", "error"
+        ),
     ],
     "apiframe": [
         _shaped("jobId", "event", "status", "progress", "model", "result", "error"),
-        _shaped("task_id", "taskId", "status", "percentage", "progress", "task_type", "model",
-                "image_urls", "original_image_url", "video_url", "songs", "error", "message"),
+        _shaped(
+            "task_id",
+            "taskId",
+            "status",
+            "percentage",
+            "progress",
+            "task_type",
+            "model",
+            "image_urls",
+            "original_image_url",
+            "video_url",
+            "songs",
+            "error",
+            "message",
+        ),
     ],
 }
 

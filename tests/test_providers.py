@@ -28,9 +28,7 @@ from service.settings import Settings
 from service.tokens import CallbackTokens, InvalidToken, TokenExpired
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "service/schemas/generation-event.schema.json"
-RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
-)
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
 
 def _format_checker() -> FormatChecker:
@@ -124,7 +122,9 @@ APIFRAME_TASK = "29e983ca-7e86-4017-a9e3-ef6fe9cd5f2a"
 
 GOLDEN: list[tuple[str, str, str, dict[str, Any]]] = [
     (
-        "evolink-video-completed", "evolink", EVOLINK_VIDEO_COMPLETED,
+        "evolink-video-completed",
+        "evolink",
+        EVOLINK_VIDEO_COMPLETED,
         {
             "task_id": EVOLINK_VIDEO_TASK,
             "status": "succeeded",
@@ -140,7 +140,9 @@ GOLDEN: list[tuple[str, str, str, dict[str, Any]]] = [
         },
     ),
     (
-        "evolink-video-failed-no-error", "evolink", EVOLINK_VIDEO_FAILED,
+        "evolink-video-failed-no-error",
+        "evolink",
+        EVOLINK_VIDEO_FAILED,
         {
             "task_id": EVOLINK_VIDEO_TASK,
             "status": "failed",
@@ -157,7 +159,9 @@ GOLDEN: list[tuple[str, str, str, dict[str, Any]]] = [
         },
     ),
     (
-        "evolink-image-failed-with-error", "evolink", EVOLINK_IMAGE_FAILED_WITH_ERROR,
+        "evolink-image-failed-with-error",
+        "evolink",
+        EVOLINK_IMAGE_FAILED_WITH_ERROR,
         {
             "task_id": "task-unified-1772618027-cmeisy8h",
             "status": "failed",
@@ -176,7 +180,9 @@ GOLDEN: list[tuple[str, str, str, dict[str, Any]]] = [
         },
     ),
     (
-        "evolink-audio-completed", "evolink", EVOLINK_AUDIO_COMPLETED,
+        "evolink-audio-completed",
+        "evolink",
+        EVOLINK_AUDIO_COMPLETED,
         {
             "task_id": "task-unified-1766319089-oqs9cue4",
             "status": "succeeded",
@@ -194,7 +200,9 @@ GOLDEN: list[tuple[str, str, str, dict[str, Any]]] = [
         },
     ),
     (
-        "apiframe-v2-completed", "apiframe", APIFRAME_V2_COMPLETED,
+        "apiframe-v2-completed",
+        "apiframe",
+        APIFRAME_V2_COMPLETED,
         {
             "task_id": APIFRAME_JOB,
             "status": "succeeded",
@@ -208,7 +216,9 @@ GOLDEN: list[tuple[str, str, str, dict[str, Any]]] = [
         },
     ),
     (
-        "apiframe-v2-failed", "apiframe", APIFRAME_V2_FAILED,
+        "apiframe-v2-failed",
+        "apiframe",
+        APIFRAME_V2_FAILED,
         {
             "task_id": APIFRAME_JOB,
             "status": "failed",
@@ -225,7 +235,9 @@ GOLDEN: list[tuple[str, str, str, dict[str, Any]]] = [
         },
     ),
     (
-        "apiframe-v2-progress", "apiframe", APIFRAME_V2_PROGRESS,
+        "apiframe-v2-progress",
+        "apiframe",
+        APIFRAME_V2_PROGRESS,
         {
             "task_id": APIFRAME_JOB,
             "status": "running",
@@ -239,7 +251,9 @@ GOLDEN: list[tuple[str, str, str, dict[str, Any]]] = [
         },
     ),
     (
-        "apiframe-v1-imagine", "apiframe", APIFRAME_V1_IMAGINE,
+        "apiframe-v1-imagine",
+        "apiframe",
+        APIFRAME_V1_IMAGINE,
         {
             "task_id": APIFRAME_TASK,
             "status": "succeeded",
@@ -259,7 +273,9 @@ GOLDEN: list[tuple[str, str, str, dict[str, Any]]] = [
         },
     ),
     (
-        "apiframe-v1-reroll-processing", "apiframe", APIFRAME_V1_REROLL_PROCESSING,
+        "apiframe-v1-reroll-processing",
+        "apiframe",
+        APIFRAME_V1_REROLL_PROCESSING,
         {
             "task_id": APIFRAME_TASK,
             "status": "running",
@@ -273,7 +289,9 @@ GOLDEN: list[tuple[str, str, str, dict[str, Any]]] = [
         },
     ),
     (
-        "apiframe-v1-kling-finished", "apiframe", APIFRAME_V1_KLING_FINISHED,
+        "apiframe-v1-kling-finished",
+        "apiframe",
+        APIFRAME_V1_KLING_FINISHED,
         {
             "task_id": APIFRAME_TASK,
             "status": "succeeded",
@@ -414,8 +432,12 @@ def test_normalize_unknown_status_maps_to_running(provider: str, payload: dict[s
 
 def test_apiframe_v1_accepts_camel_case_task_id() -> None:
     """A v1 payload naming its id ``taskId`` (as a reroll sample does) is accepted."""
-    payload = {"taskId": APIFRAME_TASK, "task_type": "reroll", "status": "processing",
-               "percentage": "80"}
+    payload = {
+        "taskId": APIFRAME_TASK,
+        "task_type": "reroll",
+        "status": "processing",
+        "percentage": "80",
+    }
     normalized = Apiframe().normalize(payload)
     assert fields(normalized) == {
         "task_id": APIFRAME_TASK,
@@ -438,8 +460,18 @@ def test_apiframe_v1_prefers_snake_case_task_id() -> None:
 
 @pytest.mark.parametrize(
     ("percentage", "progress"),
-    [("80", 80), (80, 80), ("40%", 40), (" 12 ", 12), (55.9, 55), (150, 100), (-3, 0),
-     ("soon", None), (None, None), (True, None)],
+    [
+        ("80", 80),
+        (80, 80),
+        ("40%", 40),
+        (" 12 ", 12),
+        (55.9, 55),
+        (150, 100),
+        (-3, 0),
+        ("soon", None),
+        (None, None),
+        (True, None),
+    ],
 )
 def test_apiframe_v1_percentage_forms(percentage: Any, progress: int | None) -> None:
     """``percentage`` as int, float or numeric string becomes a 0-100 int; anything else None."""
@@ -493,10 +525,18 @@ def test_apiframe_v1_failed_carries_message() -> None:
             "video",
         ),
         (
-            {"tracks": [{"audio_url": "https://c/1.mp3"}, {"url": "https://c/2.mp3"},
-                        "https://c/3.mp3"]},
-            [("https://c/1.mp3", "audio"), ("https://c/2.mp3", "audio"),
-             ("https://c/3.mp3", "audio")],
+            {
+                "tracks": [
+                    {"audio_url": "https://c/1.mp3"},
+                    {"url": "https://c/2.mp3"},
+                    "https://c/3.mp3",
+                ]
+            },
+            [
+                ("https://c/1.mp3", "audio"),
+                ("https://c/2.mp3", "audio"),
+                ("https://c/3.mp3", "audio"),
+            ],
             "audio",
         ),
         (
@@ -542,13 +582,35 @@ def test_apiframe_v2_error_object() -> None:
 @pytest.mark.parametrize(
     ("provider", "payload"),
     [
-        ("evolink", {"id": "t", "status": "processing", "results": [""],
-                     "result_data": [{"audio_url": ""}, {"audio_url": None}]}),
-        ("apiframe", {"jobId": "j", "status": "PROCESSING",
-                      "result": {"images": [], "gridUrl": "", "videoUrl": ""}}),
+        (
+            "evolink",
+            {
+                "id": "t",
+                "status": "processing",
+                "results": [""],
+                "result_data": [{"audio_url": ""}, {"audio_url": None}],
+            },
+        ),
+        (
+            "apiframe",
+            {
+                "jobId": "j",
+                "status": "PROCESSING",
+                "result": {"images": [], "gridUrl": "", "videoUrl": ""},
+            },
+        ),
         ("apiframe", {"jobId": "j", "status": "PROCESSING", "result": ""}),
-        ("apiframe", {"task_id": "t", "status": "processing", "image_urls": [""],
-                      "original_image_url": "", "video_url": "", "songs": [{"audio_url": ""}]}),
+        (
+            "apiframe",
+            {
+                "task_id": "t",
+                "status": "processing",
+                "image_urls": [""],
+                "original_image_url": "",
+                "video_url": "",
+                "songs": [{"audio_url": ""}],
+            },
+        ),
     ],
 )
 def test_normalize_empty_urls_are_no_outputs(provider: str, payload: dict[str, Any]) -> None:
@@ -650,10 +712,12 @@ def test_apiframe_verify_reads_headers_case_insensitively() -> None:
         pytest.param({"x-webhook-signature": ""}, BODY, id="empty"),
         pytest.param({"x-webhook-signature": "sha256="}, BODY, id="prefix-only"),
         pytest.param({"x-webhook-signature": "sha256=" + "0" * 64}, BODY, id="zeros"),
-        pytest.param({"x-webhook-signature": f"sha256={sign(BODY, 'other')}"}, BODY,
-                     id="other-key"),
-        pytest.param({"x-webhook-signature": f"sha256={sign(BODY)}"}, BODY + b" ",
-                     id="different-body"),
+        pytest.param(
+            {"x-webhook-signature": f"sha256={sign(BODY, 'other')}"}, BODY, id="other-key"
+        ),
+        pytest.param(
+            {"x-webhook-signature": f"sha256={sign(BODY)}"}, BODY + b" ", id="different-body"
+        ),
         pytest.param({"x-webhook-signature": f"sha256={sign(BODY)[:-2]}"}, BODY, id="truncated"),
         pytest.param({"x-webhook-signature": f"sha1={sign(BODY)}"}, BODY, id="other-prefix"),
         pytest.param({"x-webhook-signature": "sha256=é" + sign(BODY)[1:]}, BODY, id="non-ascii"),
@@ -760,7 +824,7 @@ def test_tokens_refuse_tampering() -> None:
     forged = [
         f"u2.{expiry}.{signature}",
         f"{url_id}.{EXPIRES + 86_400:x}.{signature}",
-        f"{url_id}.{expiry}.{signature[:middle]}{flipped}{signature[middle + 1:]}",
+        f"{url_id}.{expiry}.{signature[:middle]}{flipped}{signature[middle + 1 :]}",
         f"{url_id}.{expiry}.{signature[:-4]}",
         f"{url_id}.{expiry}",
         f"{url_id}.{expiry}.",

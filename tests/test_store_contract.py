@@ -989,9 +989,7 @@ async def test_delivery_details_filter_by_provider_with_attempts(store: Store) -
     await store.ingest(incoming("t2", provider="apiframe", at=now - 20))
     for claim in await claim_all(store, now - 10):
         outcome = "succeeded" if claim.subscriber_id == "sub_b" else "pending"
-        await store.record_attempt(
-            attempt(claim, outcome, at=now - 10, next_attempt_at=now - 5)
-        )
+        await store.record_attempt(attempt(claim, outcome, at=now - 10, next_attempt_at=now - 5))
     for claim in await claim_all(store, now - 1):
         await store.record_attempt(attempt(claim, "failed", at=now - 1, error="timed out"))
 
