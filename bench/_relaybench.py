@@ -1,8 +1,9 @@
-"""Shared plumbing for ``bench/delivery`` and ``bench/e2e`` (not a benchmark itself).
+"""Shared plumbing for ``bench/ingest``, ``bench/delivery`` and ``bench/e2e`` (not a benchmark).
 
 Process handling (each server in its own process group, stopped by pid on the way out), the
-relay's environment, admin calls, the sink's control endpoints, percentiles and CPU readings.
-Only 127.0.0.1 is ever contacted.
+relay's environment, admin calls, the sink's control endpoints, percentiles and CPU readings,
+and the two stores: a SQLite file (read read-only) or a fresh PostgreSQL schema per run
+(``PgSchema``: created with psycopg, dropped on the way out). Only 127.0.0.1 is ever contacted.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -33,6 +35,9 @@ VENV_PYTHON = VENV / "bin" / "python"
 RELAY = VENV / "bin" / "relay"
 RESULTS = BENCH / "results"
 HOST = "127.0.0.1"
+#: The local PostgreSQL the PostgreSQL runs use (trust auth); each run gets its own schema.
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+STORES = ("sqlite", "postgres")
 
 #: The Evolink "completed" callback; ``{id}`` makes every task (hence every event) unique.
 CALLBACK_TEMPLATE = (
@@ -167,10 +172,210 @@ def base_env() -> dict[str, str]:
     return env
 
 
-class RelayConfig:
-    """One relay's database, secrets and environment; ``start`` runs it on a fresh port."""
+# -- stores ---------------------------------------------------------------------------------------
 
-    def __init__(self, db: Path, log_path: Path) -> None:
+
+class SqliteFile:
+    """A relay's SQLite file; the bench reads it read-only while the relay runs."""
+
+    kind = "sqlite"
+    label = "SQLite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        self.name = path.name
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return read_db(self.path, sql, params)
+
+    def drop(self) -> None:
+        """Nothing to do: the file goes with the run's temp dir."""
+
+
+def _pg_connect(url: str, **kwargs: Any) -> Any:
+    import psycopg
+
+    return psycopg.connect(url, autocommit=True, connect_timeout=10, **kwargs)
+
+
+def check_pg_url(url: str) -> str:
+    """Only a local server: the benches contact nothing but 127.0.0.1."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres") or parts.hostname != HOST:
+        raise ValueError(f"the PostgreSQL URL must be postgresql://...@{HOST}:port/db, not {url!r}")
+    return url
+
+
+class PgSchema:
+    """A fresh schema ``relay_bench_<random>`` in the local PostgreSQL, for one relay run.
+
+    The relay gets ``url`` (``search_path`` set to the schema, ``application_name`` = the
+    schema's name, so its server processes can be told apart in ``pg_stat_activity``) and
+    migrates the schema at start. ``drop()`` removes it with everything in it; call it in a
+    ``finally`` once the relays using it have stopped.
+    """
+
+    kind = "postgres"
+    label = "PostgreSQL"
+
+    def __init__(self, base_url: str = PG_URL) -> None:
+        self.base_url = check_pg_url(base_url)
+        self.name = f"relay_bench_{secrets.token_hex(5)}"
+        with _pg_connect(base_url) as conn:
+            conn.execute(f'CREATE SCHEMA "{self.name}"')
+        sep = "&" if urlsplit(base_url).query else "?"
+        self.url = (
+            f"{base_url}{sep}options={quote('-csearch_path=' + self.name, safe='-')}"
+            f"&application_name={self.name}"
+        )
+        self.dropped = False
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one statement (``?`` placeholders, as for SQLite) run in the schema."""
+        with _pg_connect(self.url, application_name=f"{self.name}_bench") as conn:
+            return list(conn.execute(sql.replace("?", "%s"), params).fetchall())
+
+    def vacuum_analyze(self) -> None:
+        """What autovacuum would do to a backlog that built up over time: visibility map and
+        planner statistics up to date, so it does not start on them during a measured run."""
+        with _pg_connect(self.url, application_name=f"{self.name}_bench") as conn:
+            conn.execute("VACUUM (ANALYZE) events, deliveries, subscribers, tasks, attempts")
+
+    def drop(self) -> None:
+        if self.dropped:
+            return
+        with _pg_connect(self.base_url, application_name=f"{self.name}_bench") as conn:
+            conn.execute("SET lock_timeout = '30s'")
+            # Our relays are stopped by now; a connection left over would block the DROP.
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s AND pid <> pg_backend_pid()",
+                (self.name,),
+            )
+            conn.execute(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE')
+        self.dropped = True
+
+
+class Schemas:
+    """Every schema a run creates, dropped by ``drop_all`` in the run's ``finally``."""
+
+    def __init__(self, base_url: str, say: Any) -> None:
+        self.base_url = base_url
+        self.say = say
+        self.created: list[PgSchema] = []
+
+    def new(self) -> PgSchema:
+        schema = PgSchema(self.base_url)
+        self.created.append(schema)
+        return schema
+
+    def drop(self, schema: PgSchema) -> None:
+        try:
+            schema.drop()
+        except Exception as exc:  # reported; drop_all tries again
+            self.say(f"could not drop schema {schema.name}: {exc}")
+
+    def drop_all(self) -> None:
+        for schema in self.created:
+            self.drop(schema)
+        left = [s.name for s in self.created if not s.dropped]
+        if left:
+            self.say(f"schemas NOT dropped (drop them by hand): {', '.join(left)}")
+        self.created = [s for s in self.created if not s.dropped]
+
+
+def leftover_schemas(base_url: str) -> list[str]:
+    """``relay_bench_*`` schemas already in the database (from a run that was killed)."""
+    with _pg_connect(base_url, application_name="relay_bench_check") as conn:
+        rows = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'relay\\_bench\\_%' ORDER BY 1"
+        ).fetchall()
+    return [str(row[0]) for row in rows]
+
+
+def pg_server_version(base_url: str) -> str:
+    with _pg_connect(base_url, application_name="relay_bench_check") as conn:
+        row = conn.execute("SELECT current_setting('server_version')").fetchone()
+        settings = conn.execute(
+            "SELECT name, setting FROM pg_settings WHERE name IN"
+            " ('synchronous_commit', 'fsync', 'shared_buffers', 'max_connections') ORDER BY name"
+        ).fetchall()
+    extra = ", ".join(f"{name}={value}" for name, value in settings)
+    return f"PostgreSQL {row[0] if row else '?'} ({extra})"
+
+
+def pg_pool_size() -> int | None:
+    """The relay's PostgreSQL connection pool limit per process (``PostgresStore`` default)."""
+    import inspect
+
+    try:
+        from service.store.postgres import PostgresStore
+    except ImportError:
+        return None
+    value = inspect.signature(PostgresStore.__init__).parameters["max_size"].default
+    return int(value) if isinstance(value, int) else None
+
+
+class PgMonitor:
+    """CPU of the PostgreSQL server processes during a run, read from /proc.
+
+    ``ours``: the backends whose ``application_name`` is one of the run's schemas (the relays'
+    connections); ``background``: WAL writer, checkpointer, background writer, autovacuum.
+    Backends of other users of the server are left out (they count as other work).
+    """
+
+    def __init__(self, base_url: str) -> None:
+        self.conn = _pg_connect(base_url, application_name="relay_bench_monitor")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+    def snapshot(self, app_names: set[str]) -> dict[str, dict[int, float]]:
+        rows = self.conn.execute(
+            "SELECT pid, application_name, backend_type FROM pg_stat_activity"
+            " WHERE pid <> pg_backend_pid()"
+        ).fetchall()
+        out: dict[str, dict[int, float]] = {"ours": {}, "background": {}}
+        for pid, app, backend_type in rows:
+            if app in app_names:
+                out["ours"][pid] = cpu_seconds(pid)
+            elif backend_type != "client backend":
+                out["background"][pid] = cpu_seconds(pid)
+        return out
+
+    @staticmethod
+    def delta(
+        start: dict[str, dict[int, float]], end: dict[str, dict[int, float]]
+    ) -> dict[str, float]:
+        """CPU seconds between two snapshots; a process that appeared meanwhile counts whole."""
+        out = {}
+        for key in ("ours", "background"):
+            total = 0.0
+            for pid, cpu in end[key].items():
+                if cpu == cpu:
+                    before = start[key].get(pid, 0.0)
+                    total += max(0.0, cpu - (before if before == before else 0.0))
+            out[key] = total
+        return out
+
+
+# -- the relay ------------------------------------------------------------------------------------
+
+
+class RelayConfig:
+    """One relay's store, secrets and environment; ``start`` runs it on a fresh port.
+
+    ``store`` is a ``SqliteFile`` (the default, on ``db``) or a ``PgSchema``. ``replica()``
+    gives another process's config on the same store, with the same secrets.
+    """
+
+    def __init__(self, db: Path | None, log_path: Path, store: Any = None) -> None:
+        if store is None:
+            assert db is not None
+            store = SqliteFile(db)
+        self.store = store
         self.db = db
         self.log_path = log_path
         self.admin_token = secrets.token_urlsafe(24)
@@ -178,10 +383,15 @@ class RelayConfig:
         self.port = free_port()
         self.base = f"http://{HOST}:{self.port}"
 
+    def replica(self, log_path: Path) -> RelayConfig:
+        other = RelayConfig(self.db, log_path, self.store)
+        other.admin_token, other.secret_key = self.admin_token, self.secret_key
+        return other
+
     def env(self) -> dict[str, str]:
         return {
             **base_env(),
-            "RELAY_DATABASE_URL": f"sqlite:///{self.db}",
+            "RELAY_DATABASE_URL": self.store.url,
             "RELAY_ADMIN_TOKEN": self.admin_token,
             "RELAY_SECRET_KEY": self.secret_key,
             "RELAY_PUBLIC_URL": self.base,
@@ -189,8 +399,8 @@ class RelayConfig:
             "RELAY_LOG_LEVEL": "warning",
         }
 
-    def start(self, procs: Processes, *, worker: bool = True) -> subprocess.Popen[bytes]:
-        """``relay serve`` (with its delivery worker), or the intake only (no worker)."""
+    def launch(self, procs: Processes, *, worker: bool = True) -> subprocess.Popen[bytes]:
+        """Start the process and return at once (``wait_ready`` it)."""
         if worker:
             cmd = [str(RELAY), "serve", "--host", HOST, "--port", str(self.port)]
         else:
@@ -202,9 +412,17 @@ class RelayConfig:
                 "--port",
                 str(self.port),
             ]
-        name = "relay" if worker else "relay (no worker)"
-        proc = procs.start(name, cmd, self.log_path, self.env())
-        wait_ready(name, f"{self.base}/healthz", proc, self.log_path)
+        return procs.start(
+            "relay" if worker else "relay (no worker)", cmd, self.log_path, self.env()
+        )
+
+    def wait_ready(self, proc: subprocess.Popen[bytes]) -> None:
+        wait_ready("relay", f"{self.base}/healthz", proc, self.log_path)
+
+    def start(self, procs: Processes, *, worker: bool = True) -> subprocess.Popen[bytes]:
+        """``relay serve`` (with its delivery worker), or the intake only (no worker)."""
+        proc = self.launch(procs, worker=worker)
+        self.wait_ready(proc)
         return proc
 
     def admin(self, method: str, path: str, body: Any = None) -> Any:
@@ -222,8 +440,27 @@ class RelayConfig:
     def add_subscriber(self, url: str) -> str:
         return str(self.admin("POST", "/v1/subscribers", {"url": url})["id"])
 
+    def set_subscriber_enabled(self, subscriber_id: str, enabled: bool) -> None:
+        self.admin("PATCH", f"/v1/subscribers/{subscriber_id}", {"enabled": enabled})
+
     def pending_left(self) -> bool:
         return bool(self.admin("GET", "/v1/deliveries?status=pending&limit=1")["items"])
+
+    def metric(self, name: str) -> float | None:
+        """One sample of ``GET /metrics`` (``name`` with its labels, exactly as exposed), or
+        None when the relay does not expose it."""
+        request = urllib.request.Request(f"{self.base}/metrics")
+        request.add_header("Authorization", f"Bearer {self.admin_token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                text = response.read().decode()
+        except (OSError, urllib.error.HTTPError):
+            return None
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                with contextlib.suppress(ValueError):
+                    return float(line.rsplit(" ", 1)[1])
+        return None
 
 
 def read_db(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -235,8 +472,10 @@ def read_db(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any,
         conn.close()
 
 
-def delivery_status_counts(db: Path) -> dict[str, int]:
-    rows = read_db(db, "SELECT status, count(*) FROM deliveries GROUP BY status")
+def delivery_status_counts(db: Any) -> dict[str, int]:
+    """Deliveries by status, from a SQLite file (a path) or any store handle."""
+    store = SqliteFile(db) if isinstance(db, Path) else db
+    rows = store.query("SELECT status, count(*) FROM deliveries GROUP BY status")
     return {str(status): int(count) for status, count in rows}
 
 
