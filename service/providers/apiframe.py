@@ -20,6 +20,7 @@ from service.providers.base import (
     Provider,
     error_from,
     guess_media_type,
+    job_update,
     progress_from,
     require_object,
     task_id_from,
@@ -91,20 +92,14 @@ class Apiframe(Provider):
                 "progress": "PROCESSING",
             }.get(body["event"].lower())
         status, unknown = self.map_status(raw_status)
-        outputs = _v2_outputs(body.get("result"))
-        media_types = {output.media_type for output in outputs} - {None}
-        return Normalized(
+        return job_update(
+            "Apiframe",
+            body,
             task_id=task_id,
+            raw_status=raw_status,
             status=status,
-            progress=progress_from(body.get("progress")),
-            model=text_or_none(body.get("model")),
-            media_type=media_types.pop() if len(media_types) == 1 else None,
-            outputs=outputs,
-            error=error_from(body.get("error"), status, "Apiframe")
-            if status in ("failed", "canceled")
-            else None,
-            raw_status=raw_status if isinstance(raw_status, str) else None,
-            unknown_status=unknown,
+            unknown=unknown,
+            outputs=_v2_outputs(body.get("result")),
         )
 
     def _normalize_v1(self, body: dict[str, Any]) -> Normalized:

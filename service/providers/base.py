@@ -151,3 +151,31 @@ def error_from(value: Any, status: str, provider: str) -> dict[str, str] | None:
     if status == "failed":
         return {"code": "provider_error", "message": f"{provider} reported the task as failed."}
     return None
+
+
+def job_update(
+    provider_label: str,
+    body: dict[str, Any],
+    *,
+    task_id: str,
+    raw_status: Any,
+    status: str,
+    unknown: bool,
+    outputs: tuple[Output, ...],
+) -> Normalized:
+    """The ``Normalized`` of a job object with ``progress``, ``model`` and ``error`` fields
+    (Apiframe v2, Rivya): one media type if all outputs agree, an error only when it failed."""
+    media_types = {output.media_type for output in outputs} - {None}
+    return Normalized(
+        task_id=task_id,
+        status=status,
+        progress=progress_from(body.get("progress")),
+        model=text_or_none(body.get("model")),
+        media_type=media_types.pop() if len(media_types) == 1 else None,
+        outputs=outputs,
+        error=error_from(body.get("error"), status, provider_label)
+        if status in ("failed", "canceled")
+        else None,
+        raw_status=raw_status if isinstance(raw_status, str) else None,
+        unknown_status=unknown,
+    )

@@ -21,9 +21,8 @@ from service.events import Normalized, Output
 from service.providers.base import (
     InvalidSignature,
     Provider,
-    error_from,
     guess_media_type,
-    progress_from,
+    job_update,
     require_object,
     task_id_from,
     text_or_none,
@@ -108,20 +107,14 @@ class Rivya(Provider):
         if raw_status is None and event_type is not None:
             raw_status = event_type.removeprefix("generation.")
         status, unknown = self.map_status(raw_status)
-        outputs = _outputs(body.get("result"))
-        media_types = {output.media_type for output in outputs} - {None}
-        return Normalized(
+        return job_update(
+            "Rivya",
+            body,
             task_id=task_id,
+            raw_status=raw_status,
             status=status,
-            progress=progress_from(body.get("progress")),
-            model=text_or_none(body.get("model")),
-            media_type=media_types.pop() if len(media_types) == 1 else None,
-            outputs=outputs,
-            error=error_from(body.get("error"), status, "Rivya")
-            if status in ("failed", "canceled")
-            else None,
-            raw_status=raw_status if isinstance(raw_status, str) else None,
-            unknown_status=unknown,
+            unknown=unknown,
+            outputs=_outputs(body.get("result")),
         )
 
 

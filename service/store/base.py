@@ -108,6 +108,25 @@ class Claim:
     #: ``provider/task_id`` of the event (for the log lines of the attempt).
     task_key: str = ""
 
+    @classmethod
+    def from_row(cls, row: Any, now: float) -> Claim:
+        """A claim from the stores' claim query, whose columns are: delivery id, event id,
+        subscriber id, url, secret, previous secret, its expiry, body, cycle attempts,
+        attempt count, task key."""
+        return cls(
+            delivery_id=row[0],
+            event_id=row[1],
+            subscriber_id=row[2],
+            url=row[3],
+            # The previous secret signs beside the new one until its expiry.
+            secrets=(row[4], row[5]) if row[5] and row[6] and row[6] > now else (row[4],),
+            body=row[7],
+            cycle_attempts=row[8],
+            # A fresh cycle after earlier attempts can only be an operator's replay.
+            trigger="replay" if row[8] == 0 and row[9] > 0 else "scheduled",
+            task_key=row[10],
+        )
+
 
 @dataclass(frozen=True)
 class AttemptRecord:

@@ -240,21 +240,7 @@ def claim_due(
         " ORDER BY d.next_attempt_at, d.seq",
         seqs,
     ).fetchall()
-    return [
-        Claim(
-            delivery_id=row[0],
-            event_id=row[1],
-            subscriber_id=row[2],
-            url=row[3],
-            secrets=(row[4], row[5]) if row[5] and row[6] and row[6] > now else (row[4],),
-            body=row[7],
-            cycle_attempts=row[8],
-            # A fresh cycle after earlier attempts can only be an operator's replay.
-            trigger="replay" if row[8] == 0 and row[9] > 0 else "scheduled",
-            task_key=row[10],
-        )
-        for row in claimed
-    ]
+    return [Claim.from_row(row, now) for row in claimed]
 
 
 def record_attempt(conn: sqlite3.Connection, record: AttemptRecord) -> None:
