@@ -32,15 +32,23 @@ def event_clauses(
     )
 
 
-def delivery_clauses(filters: DeliveryFilter, mark: str) -> tuple[list[str], list[Any]]:
-    """Clauses and parameters for ``list_deliveries`` and ``replay``."""
+def delivery_clauses(
+    filters: DeliveryFilter, mark: str, *, table: str = "", provider: str | None = None
+) -> tuple[list[str], list[Any]]:
+    """Clauses and parameters for ``list_deliveries``, ``replay`` and the console's lists.
+
+    ``table`` qualifies the deliveries' columns (``d`` when joined); ``provider`` filters on
+    the joined event's provider (alias ``e``).
+    """
+    d = f"{table}." if table else ""
     return _clauses(
         [
-            ("status = {}", filters.status),
-            ("subscriber_id = {}", filters.subscriber_id),
-            ("event_id = {}", filters.event_id),
-            ("updated_at >= {}", filters.since),
-            ("updated_at < {}", filters.until),
+            (f"{d}status = {{}}", filters.status),
+            (f"{d}subscriber_id = {{}}", filters.subscriber_id),
+            (f"{d}event_id = {{}}", filters.event_id),
+            ("e.provider = {}", provider),
+            (f"{d}updated_at >= {{}}", filters.since),
+            (f"{d}updated_at < {{}}", filters.until),
         ],
         mark,
     )

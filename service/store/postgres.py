@@ -57,7 +57,7 @@ from service.store.base import (
 from service.store.filters import delivery_clauses, event_clauses
 
 # Shared with SQLite so that both stores answer the admin API with the very same JSON.
-from service.store.sqlite_deliveries import DELIVERY_COLUMNS, delivery_json
+from service.store.sqlite_deliveries import DELIVERY_COLUMNS, attempt_json, delivery_json
 from service.store.watch_model import PollRecord, Watch, WatchFilter
 
 log = structlog.get_logger("service.store")
@@ -810,7 +810,6 @@ class PostgresStore(Store):
         )
 
     async def get_delivery(self, delivery_id: str) -> dict[str, Any] | None:
-        from service.events import rfc3339
 
         async with self._transaction() as conn:  # one snapshot for the delivery and its attempts
             cursor = await conn.execute(
@@ -826,17 +825,7 @@ class PostgresStore(Store):
             )
             attempts = await cursor.fetchall()
         delivery = delivery_json(row)
-        delivery["attempts"] = [
-            {
-                "attempted_at": rfc3339(a[0]),
-                "trigger": a[1],
-                "status_code": a[2],
-                "latency_ms": a[3],
-                "error": a[4],
-                "response_excerpt": a[5],
-            }
-            for a in attempts
-        ]
+        delivery["attempts"] = [attempt_json(a) for a in attempts]
         return delivery
 
     async def replay(

@@ -10,8 +10,9 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from service.store.base import DeliveryFilter
-from service.store.sqlite_deliveries import DELIVERY_COLUMNS, delivery_json
-from service.store.sqlite_ops import attempt_json, detail_json
+from service.store.filters import delivery_clauses
+from service.store.sqlite_deliveries import DELIVERY_COLUMNS, attempt_json, delivery_json
+from service.store.sqlite_ops import detail_json
 
 _D_COLUMNS = ", ".join(f"d.{column.strip()}" for column in DELIVERY_COLUMNS.split(","))
 
@@ -45,31 +46,11 @@ async def activity(conn: AsyncConnection[Any], since: float) -> dict[str, Any]:
     }
 
 
-def _where(filters: DeliveryFilter, provider: str | None) -> tuple[str, list[Any]]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    for column, value in (
-        ("d.status", filters.status),
-        ("d.subscriber_id", filters.subscriber_id),
-        ("d.event_id", filters.event_id),
-        ("e.provider", provider),
-    ):
-        if value is not None:
-            clauses.append(f"{column} = %s")
-            params.append(value)
-    if filters.since is not None:
-        clauses.append("d.updated_at >= %s")
-        params.append(filters.since)
-    if filters.until is not None:
-        clauses.append("d.updated_at < %s")
-        params.append(filters.until)
-    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
-
-
 async def delivery_details(
     conn: AsyncConnection[Any], filters: DeliveryFilter, provider: str | None, limit: int
 ) -> list[dict[str, Any]]:
-    where, params = _where(filters, provider)
+    clauses, params = delivery_clauses(filters, "%s", table="d", provider=provider)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     cursor = await conn.execute(
         f"SELECT {_D_COLUMNS}, e.provider, e.task_id, e.status FROM deliveries d"
         f" LEFT JOIN events e ON e.id = d.event_id {where} ORDER BY d.seq DESC LIMIT %s",

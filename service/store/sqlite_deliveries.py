@@ -11,6 +11,7 @@ import sqlite3
 from typing import Any
 
 from service import ids
+from service.events import rfc3339
 from service.store.base import (
     AttemptRecord,
     Claim,
@@ -301,8 +302,6 @@ DELIVERY_COLUMNS = (
 
 
 def delivery_json(row: tuple[Any, ...]) -> dict[str, Any]:
-    from service.events import rfc3339
-
     return {
         "id": row[1],
         "event_id": row[2],
@@ -334,8 +333,19 @@ def list_deliveries(
     return Page([delivery_json(row) for row in rows], encode_cursor(rows[-1][0]) if more else None)
 
 
+def attempt_json(row: tuple[Any, ...]) -> dict[str, Any]:
+    """``(attempted_at, trigger, status_code, latency_ms, error, response_excerpt)`` as JSON."""
+    return {
+        "attempted_at": rfc3339(row[0]),
+        "trigger": row[1],
+        "status_code": row[2],
+        "latency_ms": row[3],
+        "error": row[4],
+        "response_excerpt": row[5],
+    }
+
+
 def get_delivery(conn: sqlite3.Connection, delivery_id: str) -> dict[str, Any] | None:
-    from service.events import rfc3339
 
     row = conn.execute(
         f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?",
@@ -345,14 +355,7 @@ def get_delivery(conn: sqlite3.Connection, delivery_id: str) -> dict[str, Any] |
         return None
     delivery = delivery_json(row)
     delivery["attempts"] = [
-        {
-            "attempted_at": rfc3339(a[0]),
-            "trigger": a[1],
-            "status_code": a[2],
-            "latency_ms": a[3],
-            "error": a[4],
-            "response_excerpt": a[5],
-        }
+        attempt_json(a)
         for a in conn.execute(
             "SELECT attempted_at, trigger, status_code, latency_ms, error, response_excerpt"
             " FROM attempts WHERE delivery_id = ? ORDER BY id",

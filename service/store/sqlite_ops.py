@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from service.errors import StorageUnavailable
-from service.events import rfc3339
 from service.store.base import DeliveryFilter
-from service.store.sqlite_deliveries import DELIVERY_COLUMNS, delivery_json
+from service.store.filters import delivery_clauses
+from service.store.sqlite_deliveries import DELIVERY_COLUMNS, attempt_json, delivery_json
 
 if TYPE_CHECKING:
     from service.store.sqlite import SQLiteStore
@@ -76,39 +76,6 @@ def activity(conn: sqlite3.Connection, since: float) -> dict[str, Any]:
     }
 
 
-def _where(filters: DeliveryFilter, provider: str | None) -> tuple[str, list[Any]]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    for column, value in (
-        ("d.status", filters.status),
-        ("d.subscriber_id", filters.subscriber_id),
-        ("d.event_id", filters.event_id),
-        ("e.provider", provider),
-    ):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    if filters.since is not None:
-        clauses.append("d.updated_at >= ?")
-        params.append(filters.since)
-    if filters.until is not None:
-        clauses.append("d.updated_at < ?")
-        params.append(filters.until)
-    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
-
-
-def attempt_json(row: tuple[Any, ...]) -> dict[str, Any]:
-    """``(attempted_at, trigger, status_code, latency_ms, error, response_excerpt)`` as JSON."""
-    return {
-        "attempted_at": rfc3339(row[0]),
-        "trigger": row[1],
-        "status_code": row[2],
-        "latency_ms": row[3],
-        "error": row[4],
-        "response_excerpt": row[5],
-    }
-
-
 def detail_json(row: tuple[Any, ...], attempts: list[dict[str, Any]]) -> dict[str, Any]:
     """A ``DELIVERY_COLUMNS`` row followed by provider, task_id and status of its event."""
     delivery = delivery_json(row)
@@ -125,7 +92,8 @@ def detail_json(row: tuple[Any, ...], attempts: list[dict[str, Any]]) -> dict[st
 def delivery_details(
     conn: sqlite3.Connection, filters: DeliveryFilter, provider: str | None, limit: int
 ) -> list[dict[str, Any]]:
-    where, params = _where(filters, provider)
+    clauses, params = delivery_clauses(filters, "?", table="d", provider=provider)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     rows = conn.execute(
         f"SELECT {_D_COLUMNS}, e.provider, e.task_id, e.status FROM deliveries d"
         f" LEFT JOIN events e ON e.id = d.event_id {where} ORDER BY d.seq DESC LIMIT ?",
