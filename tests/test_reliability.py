@@ -1,0 +1,29 @@
+"""The reliability suite in its short form (``bench/reliability`` runs the full one).
+
+Each scenario runs real relays, subscribers and clients (see ``tests/reliability``); a test
+fails when any of its rows reports a problem, and the message carries the row's figures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.reliability import Context, postgres_url
+from tests.reliability.suite import Scenario, scenarios
+
+CASES = list(scenarios())
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+@pytest.mark.parametrize(
+    ("section", "scenario"), CASES, ids=[f"{s}:{f.__name__}" for s, f in CASES]
+)
+def test_scenario(section: str, scenario: Scenario, tmp_path: Path) -> None:
+    rows = scenario(Context(full=False, work_dir=tmp_path, postgres_url=postgres_url()))
+    assert rows, "a scenario must report at least one row"
+    for row in rows:
+        assert row.section == section
+        assert row.ok, f"{row.scenario}: {row.problems} (figures: {row.figures})"
