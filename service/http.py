@@ -70,14 +70,25 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
 async def read_json_object(request: Request, limit: int = 65_536) -> dict[str, Any]:
-    """An admin request's JSON object body (empty body = ``{}``)."""
+    """An admin request's JSON object body (empty body = ``{}``).
+
+    Refused with 400 ``invalid_json``: anything that is not strict JSON (NaN and Infinity
+    included), and JSON the relay could not store as given (nested deeper than 254 levels,
+    integers beyond 64 bits, lone surrogates), which would otherwise fail later as a 500.
+    """
     body = await read_body(request, limit)
     if not body.strip():
         return {}
     try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        value = json.loads(body, parse_constant=_refuse_constant)
+        # Whatever is stored is encoded with orjson, which is stricter than the json module.
+        orjson.dumps(value)
+    except (ValueError, UnicodeDecodeError, RecursionError, orjson.JSONEncodeError):
         raise InvalidInput("The body is not valid JSON.", code="invalid_json") from None
     if not isinstance(value, dict):
         raise InvalidInput("The body must be a JSON object.", code="invalid_json")

@@ -57,6 +57,26 @@ def test_mint_url_validation(relay_server: RelayServer) -> None:
     assert bad_json.json()["error"]["code"] == "invalid_json"
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 30_000 + b"]" * 30_000,  # deeper than the json module recurses
+        b'{"provider": "evolink", "metadata": {"a": ' + b"[" * 300 + b"]" * 300 + b"}}",
+        b'{"provider": "evolink", "metadata": {"a": 18446744073709551616}}',  # beyond 64 bits
+        b'{"provider": "evolink", "metadata": {"a": "\\ud800"}}',  # a lone surrogate
+        b'{"provider": "evolink", "metadata": {"a": NaN}}',
+    ],
+)
+def test_admin_json_the_store_cannot_hold_is_refused(
+    relay_server: RelayServer, body: bytes
+) -> None:
+    """Bodies the json module parses but orjson cannot store are 400 invalid_json, not 500."""
+    for path in ("/v1/callback-urls", "/v1/subscribers", "/v1/watches"):
+        response = relay_server.client.post(path, content=body, headers=relay_server.admin)
+        assert response.status_code == 400, (path, response.text)
+        assert response.json()["error"]["code"] == "invalid_json"
+
+
 def test_minted_url_is_short_and_expires_in_seven_days(relay_server: RelayServer) -> None:
     """A minted URL stays far under Evolink's 2,048 characters and defaults to a 7-day life."""
     response = relay_server.client.post(
