@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from service.errors import InvalidInput, PayloadTooLarge, RelayError, Unauthorized
@@ -62,11 +62,20 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise InvalidInput("Content-Length is not a number.") from None
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The caller left mid-body (a Content-Length longer than what it sent, a cut chunked
+        # body): nobody is there to answer, and nothing failed here, so this is a 4xx in the
+        # log and metrics, not a 500 with a traceback that any client could trigger at will.
+        raise InvalidInput(
+            "The client closed the connection before sending the whole body.",
+            code="incomplete_body",
+        ) from None
     return b"".join(chunks)
 
 

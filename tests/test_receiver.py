@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
+import socket
 import time
 from collections.abc import Callable, Iterator
 from ipaddress import ip_network
 from pathlib import Path
 
+import httpx
 import jsonschema
 import pytest
 from starlette.datastructures import Secret
@@ -336,3 +338,22 @@ def test_raw_payload_is_kept_verbatim(relay_server: RelayServer) -> None:
     VALIDATOR.validate(event)
     nan = relay_server.client.post(url, content=b'{"id": "t-nan", "status": "completed", "x": NaN}')
     assert_error(nan, 400, "invalid_json")
+
+
+def test_body_cut_short_is_a_4xx_not_a_500(relay_server: RelayServer) -> None:
+    """A caller that leaves mid-body (Content-Length longer than what it sent) is counted as
+    ``incomplete_body``, not as an unhandled 500."""
+    url = httpx.URL(relay_server.mint())
+    with socket.create_connection((url.host, url.port), timeout=5) as sock:
+        head = f"POST {url.raw_path.decode()} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+        sock.sendall(head.encode() + b"{}")
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(1024) == b""  # nobody is left to answer
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        metrics = relay_server.client.get("/metrics", headers=relay_server.admin).text
+        if 'outcome="incomplete_body"' in metrics:
+            break
+        time.sleep(0.05)
+    assert 'outcome="incomplete_body"' in metrics
+    assert 'outcome="http_500"' not in metrics
