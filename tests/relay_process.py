@@ -33,14 +33,19 @@ class RelayProcess:
         )
         self.env.update(env)
         self.process: subprocess.Popen[bytes] | None = None
+        #: Where the relay's output goes (appended across restarts); None discards it.
+        self.log_path: Path | None = None
 
     def start(self) -> RelayProcess:
+        log = self.log_path.open("ab") if self.log_path is not None else None
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "serve", "--port", str(self.port), *self.args],
             env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=log or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
         )
+        if log is not None:
+            log.close()  # the child holds its own descriptor
         deadline = time.time() + 20
         while time.time() < deadline:
             try:
