@@ -14,7 +14,9 @@ import math
 import os
 import platform
 import re
+import resource
 import secrets
+import shutil
 import signal
 import socket
 import sqlite3
@@ -525,6 +527,120 @@ class Sink:
         return self.control("receipts")  # type: ignore[no-any-return]
 
 
+# -- load -----------------------------------------------------------------------------------------
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        sys.exit("wrk is not installed; run `sudo apt-get install -y wrk`")
+    print("wrk is not installed: running `apt-get install -y wrk`", file=sys.stderr)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "wrk"]
+    if subprocess.run(install, env=env, check=False, timeout=600).returncode != 0:
+        print("apt-get install failed; `apt-get update`, then again", file=sys.stderr)
+        subprocess.run(["apt-get", "update", "-q"], env=env, check=False, timeout=600)
+        subprocess.run(install, env=env, check=True, timeout=600)
+    found = shutil.which("wrk")
+    if not found:
+        sys.exit("wrk is still missing after apt-get install")
+    return found
+
+
+def run_wrk(wrk: str, url: str, prefix: str, args: Any, duration: float) -> dict[str, Any]:
+    """``wrk`` with ``bench/ingest.lua`` (each request its own task id, ``prefix`` first) for
+    ``duration`` s, ``args.threads`` threads and ``args.connections`` connections: acked/s and
+    latency percentiles (2xx only count as acked)."""
+    cmd = [
+        wrk,
+        f"-t{args.threads}",
+        f"-c{args.connections}",
+        f"-d{max(1, round(duration))}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        str(BENCH / "ingest.lua"),
+        url,
+        "--",
+        prefix,
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=False)
+    for line in done.stdout.splitlines():
+        if line.startswith("BENCH_JSON "):
+            result: dict[str, Any] = json.loads(line[len("BENCH_JSON ") :])
+            seconds = result["duration_us"] / 1e6
+            result["acked_per_s"] = result["acked"] / seconds if seconds else 0.0
+            result["p50_ms"] = result["p50_us"] / 1000
+            result["p99_ms"] = result["p99_us"] / 1000
+            result["max_ms"] = result["max_us"] / 1000
+            return result
+    raise RuntimeError(
+        f"wrk gave no result (exit {done.returncode}):\n{done.stdout}\n{done.stderr}"
+    )
+
+
+# -- delivery runs -------------------------------------------------------------------------------
+
+
+def wait_for_sink(
+    sink: Sink, n: int, running: list[subprocess.Popen[bytes]], on_first: Any = None
+) -> None:
+    """Poll until the sink has ``n`` requests; fail on a stall (no progress for 30 s)."""
+    seen, progress_at = 0, time.monotonic()
+    deadline = time.monotonic() + max(300.0, n / 100)
+    first_called = False
+    while time.monotonic() < deadline:  # bounded
+        count = sink.stats()["count"]
+        if count and not first_called and on_first is not None:
+            on_first()
+            first_called = True
+        if count >= n:
+            return
+        if count != seen:
+            seen, progress_at = count, time.monotonic()
+        elif time.monotonic() - progress_at > 30:
+            raise RuntimeError(f"deliveries stalled at {count}/{n}")
+        for proc in running:
+            if proc.poll() is not None:
+                raise RuntimeError(f"a relay exited ({proc.returncode}) at {count}/{n}")
+        time.sleep(0.05)
+    raise RuntimeError(f"the sink received {seen}/{n} before the deadline")
+
+
+def run_client(args_list: list[str], budget: float) -> tuple[dict[str, Any], float]:
+    """Run ``bench/_callbacks.py``; its JSON summary and the CPU seconds it used."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(
+        [str(VENV_PYTHON), str(BENCH / "_callbacks.py"), *args_list],
+        cwd=REPO,
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=budget,
+        check=False,
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if done.returncode != 0 or not done.stdout.strip():
+        raise RuntimeError(
+            f"_callbacks.py {args_list[0]} failed ({done.returncode}):\n{done.stderr}"
+        )
+    return json.loads(done.stdout.strip().splitlines()[-1]), cpu
+
+
+def rates_from_times(times: list[float]) -> dict[str, float]:
+    """N / (last - first) and the rate over the middle 80 % of arrivals."""
+    times = sorted(times)
+    n = len(times)
+    span = times[-1] - times[0] if n > 1 else float("nan")
+    lo, hi = int(0.1 * n), int(0.9 * n) - 1
+    middle = (hi - lo) / (times[hi] - times[lo]) if hi > lo and times[hi] > times[lo] else span
+    return {"span_s": span, "rate": n / span if span else float("nan"), "middle_rate": middle}
+
+
 # -- numbers --------------------------------------------------------------------------------------
 
 
@@ -567,6 +683,24 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
     return out
 
 
+def memory_mib(pid: int) -> dict[str, float]:
+    """Resident memory of a live process in MiB: ``rss`` now (VmRSS) and ``peak`` (VmHWM, the
+    high-water mark since it started); nan when it is gone."""
+    out = {"rss": math.nan, "peak": math.nan}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out["rss" if key == "VmRSS" else "peak"] = int(value.split()[0]) / 1024
+    return out
+
+
+def write_json(path: str | None, data: Any) -> None:
+    """The figures of a run for ``bench/run`` (``--json PATH``); nothing without a path."""
+    if path:
+        Path(path).write_text(json.dumps(data, indent=1, default=str, allow_nan=True))
+
+
 def machine_busy_seconds() -> float:
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
     return (values[0] + values[1] + values[2] + values[5] + values[6]) / TICK
@@ -596,8 +730,6 @@ def find_py_spy() -> str | None:
     candidate = VENV / "bin" / "py-spy"
     if candidate.exists():
         return str(candidate)
-    import shutil
-
     return shutil.which("py-spy")
 
 
