@@ -43,7 +43,11 @@ class Receipt:
 
 @dataclass
 class SubscriberServer:
-    """Records deliveries; ``script(n)`` gives (status, delay seconds) for the n-th request."""
+    """Records deliveries; ``script(n)`` gives (status, delay seconds) for the n-th request.
+
+    ``host`` is the loopback address it listens on (127.0.0.2 and up are not 127.0.0.1, so a
+    relay may allow them while loopback stays forbidden).
+    """
 
     script: Callable[[int], tuple[int, float]] = lambda n: (204, 0.0)
     secrets: list[str] = field(default_factory=list)
@@ -52,11 +56,12 @@ class SubscriberServer:
     errors: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     thread: ServerThread | None = None
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
         assert self.thread is not None
-        return f"http://127.0.0.1:{self.thread.port}/hook"
+        return f"http://{self.host}:{self.thread.port}/hook"
 
     async def handle(self, request: Request) -> Response:
         body = await request.body()
@@ -88,7 +93,7 @@ class SubscriberServer:
 
     def start(self) -> SubscriberServer:
         app = Starlette(routes=[Route("/hook", self.handle, methods=["POST"])])
-        self.thread = ServerThread(app, bound_socket()).start()
+        self.thread = ServerThread(app, bound_socket(self.host)).start()
         return self
 
     def stop(self) -> None:

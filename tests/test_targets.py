@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import socket
 import time
@@ -34,6 +33,8 @@ from service.targets import (
     guarded_session,
     is_target_blocked,
 )
+from tests.edge import DnsTable, TinyServer
+from tests.edge import fake_dns as edge_dns
 
 REFUSED = [
     ("127.0.0.1", "loopback"),
@@ -224,29 +225,10 @@ def test_well_formed_urls_pass_the_syntax_check(url: str) -> None:
 
 
 @pytest.fixture
-def fake_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+def fake_dns() -> Iterator[DnsTable]:
     """Answer getaddrinfo from a table instead of DNS (a missing name does not resolve)."""
-    table: dict[str, Any] = {}
-
-    def getaddrinfo(host: str, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
-        answer = table.get(host)
-        if answer is None:
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        if callable(answer):
-            answer = answer()
-        return [
-            (
-                socket.AF_INET6 if ":" in a else socket.AF_INET,
-                socket.SOCK_STREAM,
-                6,
-                "",
-                (a, port or 0, 0, 0) if ":" in a else (a, port or 0),
-            )
-            for a in answer
-        ]
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    yield table
+    with edge_dns() as table:
+        yield table
 
 
 @pytest.mark.anyio
@@ -400,41 +382,6 @@ def test_guarded_session_needs_a_running_loop() -> None:
     """guarded_session outside an event loop fails instead of building a broken session."""
     with pytest.raises(RuntimeError):
         guarded_session(TargetPolicy())
-
-
-class TinyServer:
-    """A minimal HTTP/1.1 server on a loopback address that counts the connections it accepts."""
-
-    def __init__(self, host: str = "127.0.0.1", location: str | None = None) -> None:
-        self.host = host
-        self.location = location
-        self.connections = 0
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        await reader.readuntil(b"\r\n\r\n")
-        if self.location is None:
-            head = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
-            body = b"ok"
-        else:
-            head = f"HTTP/1.1 302 Found\r\nLocation: {self.location}\r\nContent-Length: 0\r\n"
-            body = b""
-        writer.write(f"{head}Connection: close\r\n\r\n".encode() + body)
-        await writer.drain()
-        writer.close()
-        await writer.wait_closed()
-
-    async def __aenter__(self) -> TinyServer:
-        self._server = await asyncio.start_server(self._serve, self.host, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
 
 
 @asynccontextmanager
