@@ -91,7 +91,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Starlette:
         *admin_watches.routes,
         *ops.routes,
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[Middleware(AccessLogMiddleware)],
         exception_handlers={
@@ -101,3 +101,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Starlette:
         },
         lifespan=lifespan,
     )
+    # A path with a stray trailing slash is a 404 JSON error like any unknown path, not an
+    # empty 307 to a URL built from the request's Host header.
+    app.router.redirect_slashes = False
+    return app

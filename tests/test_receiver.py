@@ -357,3 +357,14 @@ def test_body_cut_short_is_a_4xx_not_a_500(relay_server: RelayServer) -> None:
         time.sleep(0.05)
     assert 'outcome="incomplete_body"' in metrics
     assert 'outcome="http_500"' not in metrics
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/callbacks/evolink/"), ("GET", "/v1/events/"), ("GET", "/healthz/")],
+)
+def test_trailing_slash_is_a_404_not_a_redirect(
+    relay_server: RelayServer, method: str, path: str
+) -> None:
+    """A stray trailing slash answers like any unknown path: 404 JSON, never an empty 307."""
+    assert_error(relay_server.client.request(method, path), 404, "not_found")
