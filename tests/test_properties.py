@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import re
 from datetime import datetime
 from pathlib import Path
@@ -53,7 +54,10 @@ def _format_checker() -> FormatChecker:
 VALIDATOR = Draft202012Validator(
     json.loads(SCHEMA_PATH.read_text()), format_checker=_format_checker()
 )
-PROPERTY = settings(max_examples=400, deadline=None)
+#: Examples per property; the reliability suite runs more (``RELAY_PROPERTY_EXAMPLES``).
+PROPERTY = settings(
+    max_examples=int(os.environ.get("RELAY_PROPERTY_EXAMPLES", "400")), deadline=None
+)
 
 # --- strategies ------------------------------------------------------------------------------
 
