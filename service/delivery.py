@@ -11,10 +11,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
+from httpx_aiohttp.transport import (
+    AiohttpResponseStream,
+    AiohttpTransport,
+    map_aiohttp_exceptions,
+)
 
 from service import __version__
 from service.signing import sign
@@ -34,6 +40,49 @@ _USER_AGENT = USER_AGENT.encode()
 @functools.lru_cache(maxsize=4096)
 def _parsed_url(url: str) -> httpx.URL:
     return httpx.URL(url)
+
+
+class DeliveryTransport(AiohttpTransport):
+    """httpx-aiohttp's transport, trimmed to what a delivery sends.
+
+    A delivery is a request whose body is in memory and whose headers are already encoded,
+    sent without a proxy under one timeout. So the headers go to aiohttp as they are, not
+    through httpx's ``Headers`` view (which decodes every one of them again), and the
+    ``ClientTimeout`` is built once; exception mapping and the response stream are the
+    parent's. The answer is an ``httpx.Response`` like any transport's.
+    """
+
+    def __init__(self, session: Callable[[], aiohttp.ClientSession], timeout: float) -> None:
+        super().__init__(client=session)
+        self._timeout = aiohttp.ClientTimeout(
+            sock_connect=timeout, sock_read=timeout, connect=timeout
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not isinstance(self.client, aiohttp.ClientSession):
+            self.client = self.get_client()
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
+        try:
+            body = request.content
+        except httpx.RequestNotRead:  # a ByteStream body: read() joins it, copying nothing
+            body = request.read()
+        with map_aiohttp_exceptions():
+            response = await self.client.request(
+                request.method,
+                str(request.url),
+                headers=headers,
+                data=body or None,
+                allow_redirects=False,
+                auto_decompress=False,
+                compress=False,
+                timeout=self._timeout,
+            )
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.raw_headers,
+            stream=AiohttpResponseStream(response),
+            request=request,
+        )
 
 
 @dataclass(frozen=True)
@@ -66,8 +115,8 @@ class Deliverer:
         # auth, redirects) are all things a delivery must not do, and they cost a third of
         # the CPU of an attempt. No redirect is followed (a 3xx is a failed attempt) and no
         # cookie a subscriber sets is kept or sent back.
-        self.transport = AiohttpTransport(
-            client=lambda: guarded_session(policy, limit=max_connections, limit_per_host=0)
+        self.transport = DeliveryTransport(
+            lambda: guarded_session(policy, limit=max_connections, limit_per_host=0), timeout
         )
         self._timeouts = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
 
@@ -92,10 +141,12 @@ class Deliverer:
         error: str | None = None
         excerpt = bytearray()
         try:
+            # The body as a stream: httpx then skips computing Host and Content-Length,
+            # which aiohttp sets anyway from the URL and the bytes (DeliveryTransport).
             request = httpx.Request(
                 "POST",
                 _parsed_url(claim.url),
-                content=body,
+                stream=httpx.ByteStream(body),
                 headers=self.headers(claim, int(started_at), body),
                 extensions={"timeout": self._timeouts},
             )
