@@ -42,6 +42,14 @@ def _parsed_url(url: str) -> httpx.URL:
     return httpx.URL(url)
 
 
+class InMemoryBody(httpx.ByteStream):
+    """A request body already in memory: ``DeliveryTransport`` hands its bytes to aiohttp."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.data = data
+
+
 class DeliveryTransport(AiohttpTransport):
     """httpx-aiohttp's transport, trimmed to what a delivery sends.
 
@@ -62,10 +70,8 @@ class DeliveryTransport(AiohttpTransport):
         if not isinstance(self.client, aiohttp.ClientSession):
             self.client = self.get_client()
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
-        try:
-            body = request.content
-        except httpx.RequestNotRead:  # a ByteStream body: read() joins it, copying nothing
-            body = request.read()
+        stream = request.stream
+        body = stream.data if isinstance(stream, InMemoryBody) else request.read()
         with map_aiohttp_exceptions():
             response = await self.client.request(
                 request.method,
@@ -146,7 +152,7 @@ class Deliverer:
             request = httpx.Request(
                 "POST",
                 _parsed_url(claim.url),
-                stream=httpx.ByteStream(body),
+                stream=InMemoryBody(body),
                 headers=self.headers(claim, int(started_at), body),
                 extensions={"timeout": self._timeouts},
             )
