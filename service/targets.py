@@ -36,12 +36,15 @@ into the network it runs in. The contract:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import ipaddress
 import re
 import socket
+import threading
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import httpx
@@ -381,17 +384,74 @@ async def check_target(url: str, policy: TargetPolicy) -> None:
             raise TargetNotAllowed(f"{host} resolves to {ip}, {why}; {_HINT}")
 
 
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # the attempt that asked gave up (timeout): nobody waits any more
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class _LookupThreads:
+    """What aiohttp's ``ThreadedResolver`` uses of its loop, with each ``getaddrinfo`` run in a
+    thread of its own rather than in the loop's shared executor.
+
+    A lookup cannot be cancelled: when a subscriber's DNS does not answer, its thread stays
+    blocked until the system resolver gives up (seconds past the delivery timeout). In the
+    shared pool (``min(32, CPUs + 4)`` threads) a handful of such names made every other
+    subscriber's lookup queue behind them, delaying their deliveries by as long. aiohttp runs
+    one lookup per host and port at a time, so the threads are at most the subscribers'
+    hosts being looked up at once.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    async def getaddrinfo(
+        self,
+        host: str,
+        port: Any,
+        *,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+    ) -> list[Any]:
+        future: asyncio.Future[list[Any]] = self._loop.create_future()
+
+        def lookup() -> None:
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = socket.getaddrinfo(host, port, family, type, proto, flags)
+            except BaseException as exc:  # handed to the waiting coroutine
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self._loop.call_soon_threadsafe(_settle, future, result, error)
+
+        threading.Thread(target=lookup, name="relay-dns", daemon=True).start()
+        return await future
+
+    async def getnameinfo(self, sockaddr: Any, flags: int = 0) -> tuple[str, str]:
+        return await self._loop.getnameinfo(sockaddr, flags)
+
+
 class GuardedResolver(AbstractResolver):
     """An aiohttp resolver that returns only the addresses ``policy`` allows.
 
-    Wraps ``inner`` (default: aiohttp's ``ThreadedResolver``, which needs a running event loop).
+    Wraps ``inner`` (default: aiohttp's ``ThreadedResolver`` with a thread per lookup, see
+    ``_LookupThreads``; it needs a running event loop).
     When every address is refused, ``resolve`` raises ``TargetBlocked`` (an ``OSError``), which
     aiohttp reports as ``ClientConnectorDNSError`` and httpx as a ``TransportError``.
     """
 
     def __init__(self, policy: TargetPolicy, inner: AbstractResolver | None = None) -> None:
         self.policy = policy
-        self._inner = inner if inner is not None else ThreadedResolver()
+        if inner is None:
+            lookups = _LookupThreads(asyncio.get_running_loop())
+            inner = ThreadedResolver(lookups)  # type: ignore[arg-type]
+        self._inner = inner
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
