@@ -5,19 +5,17 @@ from __future__ import annotations
 import asyncio
 import copy
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from psycopg.conninfo import conninfo_to_dict
 
 from tests.conftest import EVOLINK_COMPLETED, RelayServer, bound_socket
 from tests.relay_process import RelayProcess
 from tests.subscriber_server import SubscriberServer
-from tests.test_store_contract import TcpProxy, fresh_schema
+from tests.test_store_contract import ThreadedProxy, fresh_schema
 
 pytestmark = pytest.mark.postgres
 
@@ -187,36 +185,6 @@ def test_api_and_worker_roles_split(replicas: Callable[..., RelayProcess]) -> No
         if worker is not None and worker.poll() is None:
             worker.kill()
         sink.stop()
-
-
-class ThreadedProxy:
-    """``TcpProxy`` on its own event loop thread, cut and restored from a synchronous test."""
-
-    def __init__(self, url: str) -> None:
-        params = conninfo_to_dict(url)
-        self.proxy = TcpProxy(str(params.get("host", "127.0.0.1")), int(params.get("port", 5432)))
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.call(self.proxy.start())
-        # The same URL (schema options included), through the proxy's port.
-        self.url = url.replace(f":{params.get('port', 5432)}/", f":{self.proxy.port}/", 1)
-        assert self.url != url
-
-    def call(self, coroutine: object) -> None:
-        asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=10)  # type: ignore[arg-type]
-
-    def cut(self) -> None:
-        self.call(self.proxy.stop())
-
-    def restore(self) -> None:
-        self.call(self.proxy.start())
-
-    def close(self) -> None:
-        if self.proxy.server is not None:
-            self.cut()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
 
 
 def test_postgres_outage_gives_503_and_recovers(

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -1216,6 +1217,36 @@ class TcpProxy:
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self.writers -= {writer, up_writer}
+
+
+class ThreadedProxy:
+    """``TcpProxy`` on its own event loop thread, cut and restored from a synchronous test."""
+
+    def __init__(self, url: str) -> None:
+        params = conninfo_to_dict(url)
+        self.proxy = TcpProxy(str(params.get("host", "127.0.0.1")), int(params.get("port", 5432)))
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.call(self.proxy.start())
+        # The same URL (schema options included), through the proxy's port.
+        self.url = url.replace(f":{params.get('port', 5432)}/", f":{self.proxy.port}/", 1)
+        assert self.url != url
+
+    def call(self, coroutine: object) -> None:
+        asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=10)  # type: ignore[arg-type]
+
+    def cut(self) -> None:
+        self.call(self.proxy.stop())
+
+    def restore(self) -> None:
+        self.call(self.proxy.start())
+
+    def close(self) -> None:
+        if self.proxy.server is not None:
+            self.cut()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
 
 
 @pytest.mark.postgres
