@@ -19,9 +19,11 @@ relay runs in this process with ``socket.getaddrinfo`` answered from a table.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import itertools
 import statistics
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -143,12 +145,18 @@ class Admin:
         return acked
 
 
-def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+def _wait(
+    condition: Callable[[], bool], timeout: float, what: str, *, required: bool = True
+) -> bool:
+    """Poll ``condition``; past ``timeout``, raise (or return False when not ``required``)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
+            if not required:
+                return False
             raise AssertionError(f"gave up after {timeout:g} s waiting for {what}")
         time.sleep(0.1)
+    return True
 
 
 def _proc_status(pid: int) -> dict[str, int]:
@@ -509,6 +517,99 @@ def hostile_subscribers_hang_dribble_flood_redirect(ctx: Context) -> list[Row]:
     return rows
 
 
+def _in_process_relay(
+    stack: contextlib.ExitStack, work: Path, timeout: float, *allowed: str
+) -> Admin:
+    """A relay under uvicorn in this process (so its lookups go through ``fake_dns``)."""
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    settings = make_settings(
+        work,
+        port,
+        allow_private_targets=False,
+        target_allowlist=tuple(ip_network(f"{host}/32") for host in allowed),
+        delivery_timeout=timeout,
+        retry_delays=RETRY_DELAYS,
+    )
+    server = ServerThread(create_app(settings), sock).start()
+    stack.callback(server.stop)
+    return stack.enter_context(_closing(Admin(f"http://127.0.0.1:{port}", ADMIN_TOKEN)))
+
+
+def hostile_subscribers_dns_never_answers(ctx: Context) -> list[Row]:
+    """Subscribers whose DNS never answers, beside a good subscriber known by name."""
+    timeout = ctx.pick(2.0, 5.0)
+    events = ctx.pick(10, 50)
+    # More than the largest shared executor asyncio makes (32 threads): each hung lookup
+    # holds a thread until its resolver gives up, which no delivery timeout can shorten.
+    hung_names = 36
+    release = threading.Event()
+    with contextlib.ExitStack() as stack:
+        stack.callback(release.set)  # let the hung lookups' threads end
+        dns = stack.enter_context(fake_dns(fallback=True))
+        good = SubscriberServer(host=GOOD).start()
+        stack.callback(good.stop)
+        names = [f"mute{n}.hostile.test" for n in range(hung_names)]
+        for name in [*names, "good.hostile.test"]:
+            dns[name] = [PUBLIC]
+        admin = _in_process_relay(stack, ctx.scratch("mute-dns"), timeout, GOOD, MOVED)
+        mute_ids = [admin.add_subscriber(f"http://{name}:9/hook")["id"] for name in names]
+        good.secrets.append(
+            admin.add_subscriber(f"http://good.hostile.test:{good.thread.port}/hook")["secret"]
+        )
+
+        def hang() -> list[str]:
+            release.wait(120)
+            return [MOVED]
+
+        for name in names:
+            dns[name] = hang
+        dns["good.hostile.test"] = [GOOD]
+        acked = admin.send(admin.mint(), events, "mute-dns")
+        # Not fatal: a late good subscriber is what the row reports.
+        _wait(lambda: len(good.receipts) >= events, 15, "the good subscriber", required=False)
+
+        def attempted() -> bool:
+            return all(
+                d["attempt_count"] >= 1
+                for sid in mute_ids[:3]
+                for d in admin.deliveries(subscriber_id=sid)
+            )
+
+        _wait(attempted, 30, "the mute subscribers' first attempts")
+        attempts = [d for sid in mute_ids[:3] for d in admin.attempts(sid)]
+        hung = sum(1 for t in threading.enumerate() if t.name == "relay-dns")
+        latency = _latencies(acked, good)
+
+    row = _hostile_row(
+        "DNS that never answers (36 names) beside a good subscriber",
+        attempts,
+        Counter(),
+        dataclasses.replace(ctx, full=False),
+        timeout,
+        len(RETRY_DELAYS) + 1,
+        f"An in-process relay (RELAY_DELIVERY_TIMEOUT={timeout:g}) with socket.getaddrinfo "
+        f"answered from a table: {hung_names} subscribers whose names' lookups hang (until the "
+        f"scenario ends) and a verifying subscriber whose name resolves to {GOOD}; {events} "
+        f"callbacks at {RATE:g}/s; attempts of 3 of the mute subscribers from the admin API; "
+        "latency from the callback's 2xx to the good subscriber's receipt.",
+    )
+    row.figures.update(
+        {
+            "lookups hanging at the end": hung,
+            "good subscriber, 2xx to receipt p50 / max": (
+                f"{_ms(latency, statistics.median)} / {_ms(latency, max)}"
+            ),
+        }
+    )
+    row.expect(len(latency) == events, "the good subscriber missed events")
+    row.expect(
+        bool(latency) and max(latency) <= GOOD_MAX_LATENCY,
+        f"a good delivery took over {GOOD_MAX_LATENCY:g} s beside subscribers whose DNS hangs",
+    )
+    return [row]
+
+
 def hostile_subscribers_dns_rebinding(ctx: Context) -> list[Row]:
     """A name that resolves to a public address at registration and to 127.0.0.1 after."""
     timeout = ctx.pick(2.0, 5.0)
@@ -522,19 +623,7 @@ def hostile_subscribers_dns_rebinding(ctx: Context) -> list[Row]:
         dns = stack.enter_context(fake_dns(fallback=True))
         dns[rebinding] = [PUBLIC]
         dns[control] = [PUBLIC]
-        sock = bound_socket()
-        port = sock.getsockname()[1]
-        settings = make_settings(
-            ctx.scratch("rebinding"),
-            port,
-            allow_private_targets=False,
-            target_allowlist=(ip_network(f"{MOVED}/32"),),
-            delivery_timeout=timeout,
-            retry_delays=RETRY_DELAYS,
-        )
-        server = ServerThread(create_app(settings), sock).start()
-        stack.callback(server.stop)
-        admin = stack.enter_context(_closing(Admin(f"http://127.0.0.1:{port}", ADMIN_TOKEN)))
+        admin = _in_process_relay(stack, ctx.scratch("rebinding"), timeout, MOVED)
         rebinding_id = admin.add_subscriber(f"http://{rebinding}:{canary.port}/hook")["id"]
         admin.add_subscriber(f"http://{control}:{moved.port}/hook")
         # Registration looked both names up and saw a public address: now they move.
@@ -587,4 +676,8 @@ def hostile_subscribers_dns_rebinding(ctx: Context) -> list[Row]:
     return [row]
 
 
-SCENARIOS = [hostile_subscribers_hang_dribble_flood_redirect, hostile_subscribers_dns_rebinding]
+SCENARIOS = [
+    hostile_subscribers_hang_dribble_flood_redirect,
+    hostile_subscribers_dns_rebinding,
+    hostile_subscribers_dns_never_answers,
+]
