@@ -19,7 +19,9 @@ CASES = list(scenarios())
 @pytest.mark.slow
 @pytest.mark.reliability
 @pytest.mark.parametrize(
-    ("section", "scenario"), CASES, ids=[f"{s}:{f.__name__}" for s, f in CASES]
+    ("section", "scenario"),
+    CASES,
+    ids=[f"{f.__module__.rsplit('.', 1)[1]}:{f.__name__}" for _, f in CASES],
 )
 def test_scenario(section: str, scenario: Scenario, tmp_path: Path) -> None:
     rows = scenario(Context(full=False, work_dir=tmp_path, postgres_url=postgres_url()))
