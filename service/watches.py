@@ -280,6 +280,7 @@ class WatchService:
                     normalized,
                     raw=answer.payload,
                     raw_body=answer.body,
+                    raw_is_body=True,  # strict JSON (StatusClients): spliced verbatim
                     url_id=watch.url_id,
                     metadata=watch.metadata,
                 )

@@ -16,6 +16,7 @@ Evolink answers 400 to an id that is not ``task-unified-...``, as its API does.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -88,6 +89,8 @@ class EmulatedTask:
     output_url: str
     error: dict[str, str] | None = None
     faults: list[Fault] = field(default_factory=list)
+    #: Raw JSON text spliced into every answer as ``"extra": ...`` (hostile-answer tests).
+    extra: str | None = None
 
     def state(self, now: float) -> str:
         current = self.timeline[0][1]
@@ -146,6 +149,7 @@ class ProviderEmulator:
         timeline: Sequence[tuple[float, str]] = DEFAULT_TIMELINE,
         error: dict[str, str] | None = None,
         faults: Sequence[Fault] = (),
+        extra: str | None = None,
     ) -> str:
         if task_id is None:
             stamp = f"{time.time_ns() % 10**12:012d}"
@@ -164,6 +168,7 @@ class ProviderEmulator:
                 f"https://cdn.{provider}.example/{task_id}.png",
                 error,
                 list(faults),
+                extra,
             )
         return task_id
 
@@ -200,7 +205,10 @@ class ProviderEmulator:
             return self._hit(provider, task_id, JSONResponse({"error": "not found"}, 404))
         state = task.state(now)
         document = RENDER[provider](task, state, now)
-        return self._hit(provider, task_id, JSONResponse(document), state)
+        if task.extra is None:
+            return self._hit(provider, task_id, JSONResponse(document), state)
+        text = json.dumps(document)[:-1] + f', "extra": {task.extra}}}'
+        return self._hit(provider, task_id, Response(text, media_type="application/json"), state)
 
     def _hit(
         self, provider: str, task_id: str, response: Response, state: str | None = None

@@ -455,3 +455,53 @@ def test_two_replicas_on_postgresql_poll_a_watch_once_at_a_time(
         finally:
             for replica in replicas:  # before the schema goes
                 replica.stop()
+
+
+# -- hostile status answers -----------------------------------------------------------------
+
+
+def test_hostile_status_answers_are_kept_verbatim_or_retried(
+    emulator: ProviderEmulator,
+    relay_factory: Callable[..., RelayServer],
+    sinks: Callable[..., SubscriberServer],
+) -> None:
+    """A status answer is parsed as strictly as a callback: an integer past 64 bits is kept
+    digit for digit in ``data.raw``; NaN, lone surrogates and nesting past the parser's depth
+    are "not JSON", and the watch keeps polling instead of failing."""
+    relay = relay_factory(**emulator.relay_settings(**FAST))
+    sink = sinks()
+    subscribe(relay, sink)
+    done = ((0.0, "succeeded"),)
+    huge = "123456789012345678901234567890"
+    big_task = emulator.add_task("reve-art", timeline=done, extra=huge)
+    refused = {
+        name: emulator.add_task("reve-art", timeline=done, extra=extra)
+        for name, extra in {
+            "nan": "NaN",
+            "surrogate": '"\\ud800"',
+            "deep": "[" * 5000 + "]" * 5000,
+        }.items()
+    }
+    big_watch = post_watch(relay, provider="reve-art", task_id=big_task)
+    watches = {
+        name: post_watch(relay, provider="reve-art", task_id=task) for name, task in refused.items()
+    }
+
+    (receipt,) = wait_task_events(sink, big_task, 1)
+    assert receipt.event.get_type() == "generation.succeeded"
+    assert f'"extra":{huge}'.encode() in receipt.body.replace(b" ", b"")
+    assert wait_watch(relay, big_watch["id"], "completed")["event_id"] == receipt.event_id
+
+    deadline = time.time() + 10
+    while True:
+        shown = {name: get_watch(relay, watch["id"]) for name, watch in watches.items()}
+        if all(w["polls"] >= 2 for w in shown.values()) or time.time() > deadline:
+            break
+        time.sleep(0.05)
+    for name, watch in shown.items():
+        assert watch["state"] == "active", (name, watch)
+        assert watch["polls"] >= 2 and watch["last_error"] == "the answer is not JSON", (
+            name,
+            watch,
+        )
+        assert not of_task(sink.receipts, refused[name])
