@@ -38,6 +38,7 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
     "<PROVIDER>_ALLOWED_IPS": ("", "CIDRs allowed to post callbacks for that provider"),
     "RETRY_DELAYS": ("1,2,4", "seconds between delivery attempts; then the delivery is failed"),
     "DELIVERY_TIMEOUT": ("10", "seconds one delivery attempt may take"),
+    "DELIVERY_CONCURRENCY": ("512", "deliveries one process attempts at once, shared fairly"),
     "ALLOW_PRIVATE_TARGETS": ("false", "allow subscriber URLs on private/loopback addresses"),
     "TARGET_ALLOWLIST": ("", "CIDRs subscribers may use even though they are private"),
     "RETENTION_DAYS": ("30", "delivered events and attempts older than this are pruned"),
@@ -167,6 +168,7 @@ class Settings:
     apiframe_webhook_secret: Secret | None = None
     retry_delays: tuple[float, ...] = (1.0, 2.0, 4.0)
     delivery_timeout: float = 10.0
+    delivery_concurrency: int = 512
     allow_private_targets: bool = False
     target_allowlist: tuple[IPNetwork, ...] = ()
     retention_days: int = 30
@@ -232,6 +234,9 @@ class Settings:
             apiframe_webhook_secret=secret("APIFRAME_WEBHOOK_SECRET"),
             retry_delays=_seconds("RETRY_DELAYS", env.get("RETRY_DELAYS", "1,2,4")),
             delivery_timeout=_delivery_timeout(env.get("DELIVERY_TIMEOUT", "10")),
+            delivery_concurrency=_int(
+                "DELIVERY_CONCURRENCY", env.get("DELIVERY_CONCURRENCY", "512")
+            ),
             allow_private_targets=_bool(
                 "ALLOW_PRIVATE_TARGETS", env.get("ALLOW_PRIVATE_TARGETS", "")
             ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -218,6 +219,41 @@ def test_slow_subscriber_does_not_delay_others(
     fast.wait_for(30, timeout=3)
     assert time.time() - started < 2.5
     assert len(slow.receipts) == 0
+
+
+def test_stalled_subscribers_leave_slots_for_a_healthy_one(
+    relay_factory: Callable[..., RelayServer],
+    subscriber_factory: Callable[..., SubscriberServer],
+) -> None:
+    """More stalled subscribers than the worker has slots for: each holds only its share
+    (and one slot once it keeps failing), so a healthy subscriber is never kept waiting."""
+    relay = relay_factory(delivery_timeout=1.5, delivery_concurrency=8, retry_delays=(0.5,))
+    stalled = [subscriber_factory(script=lambda n: (204, 3.0)) for _ in range(6)]
+    healthy = subscriber_factory()
+    for sink in [*stalled, healthy]:
+        register(relay, sink)
+    url = relay.mint()
+    late = []
+    for n in range(20):
+        sent = time.time()
+        relay.post_callback(url, evolink(f"t-stall-{n}"))
+        healthy.wait_for(n + 1, timeout=5)
+        late.append(time.time() - sent)
+        time.sleep(0.05)
+    # Without fair shares the stalled six fill all 8 slots for 1.5 s at a time.
+    assert max(late) < 1.0, late
+    leased = relay.sql(
+        lambda conn: conn.execute(
+            "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'"
+        ).fetchone()[0]
+    )
+    assert leased > 0  # the stalled subscribers' deliveries are still being retried
+    # Each stalled server waits for its sleeping requests when it stops: all at once.
+    stopping = [threading.Thread(target=sink.stop) for sink in stalled]
+    for thread in stopping:
+        thread.start()
+    for thread in stopping:
+        thread.join()
 
 
 def test_bulk_replay_by_subscriber(
