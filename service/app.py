@@ -19,6 +19,7 @@ from service import admin, admin_deliveries, admin_watches, health, metrics, ope
 from service.access_log import AccessLogMiddleware
 from service.errors import RelayError
 from service.http import JSONResponse, http_error_handler, relay_error_handler
+from service.http_protocol import BoundedHttpToolsProtocol
 from service.receiver import receive_callback
 from service.relay import Relay
 from service.settings import Settings
@@ -32,6 +33,7 @@ UVICORN_OPTIONS = {
     "log_config": None,  # keep the structlog configuration
     "proxy_headers": False,  # X-Forwarded-For is believed only from RELAY_TRUSTED_PROXIES
     "server_header": False,
+    "http": BoundedHttpToolsProtocol,  # a bounded request head; JSON for malformed requests
 }
 
 

@@ -1,8 +1,9 @@
 """Hostile input: property tests on the normalizers and checks, and thousands of generated
 hostile requests against a real relay process.
 
-Every answer to a hostile request must be a 4xx with the JSON error body (or, for HTTP that the
-server's parser refuses before the relay sees it, uvicorn's own 400 or a closed connection);
+Every answer to a hostile request must be a 4xx with the JSON error body (for HTTP that the
+parser refuses before the app sees it, the protocol's own JSON 400 ``malformed_request`` or
+431 ``header_too_large``, counted apart, or a closed connection);
 never a 5xx, never a 2xx to something that is not a genuine callback; the process stays up and
 its memory bounded.
 """
@@ -25,6 +26,7 @@ from typing import Any
 import httpx
 import orjson
 
+from service.http_protocol import MAX_HEAD_BYTES
 from service.providers import PROVIDERS
 from tests.relay_process import ADMIN, RelayProcess
 from tests.reliability import Context, Row, free_port
@@ -37,7 +39,8 @@ LIMIT = 16_384
 ADMIN_LIMIT = 65_536
 #: RSS growth over the run that counts as unbounded.
 RSS_BOUND_MB = 64
-SERVER_400 = b"Invalid HTTP request received."
+#: What the HTTP protocol (service.http_protocol) answers itself, before the app sees a request.
+PROTOCOL_CODES = frozenset({"malformed_request", "header_too_large"})
 
 
 # -- property tests ---------------------------------------------------------------------------
@@ -122,7 +125,7 @@ class Probe:
     chunked: bool = False
     #: A 2xx is right: a genuine callback (the relay must accept it, not refuse it).
     valid: bool = False
-    #: Malformed HTTP: uvicorn's 400 or a closed connection is an acceptable answer.
+    #: Malformed HTTP: the protocol's 400/431 or a closed connection is an acceptable answer.
     server_may_refuse: bool = False
 
 
@@ -133,16 +136,19 @@ class Answer:
     body: bytes = b""
 
 
-def _is_json_error(answer: Answer, method: str) -> bool:
+def _json_error_code(answer: Answer, method: str) -> str | None:
+    """The ``error.code`` of a JSON error answer ("" for HEAD, which has no body), or None."""
     if not answer.content_type.startswith("application/json"):
-        return False
+        return None
     if method == "HEAD":
-        return True
+        return ""
     try:
         error = orjson.loads(answer.body)["error"]
-        return isinstance(error["code"], str) and isinstance(error["message"], str)
+        if isinstance(error["code"], str) and isinstance(error["message"], str):
+            return str(error["code"])
     except (orjson.JSONDecodeError, KeyError, TypeError):
-        return False
+        pass
+    return None
 
 
 def classify(probe: Probe, answer: Answer) -> tuple[str, str | None]:
@@ -153,11 +159,13 @@ def classify(probe: Probe, answer: Answer) -> tuple[str, str | None]:
         return "5xx", f"{answer.status} to {probe.category}"
     if 200 <= answer.status < 300:
         return "2xx", None if probe.valid else f"{answer.status} to {probe.category}"
-    if 400 <= answer.status < 500 and _is_json_error(answer, probe.method):
+    code = _json_error_code(answer, probe.method) if 400 <= answer.status < 500 else None
+    if code in PROTOCOL_CODES:
+        problem = None if probe.server_may_refuse or not probe.valid else f"{code} to valid HTTP"
+        return "protocol 4xx", problem
+    if code is not None:
         problem = f"genuine callback refused ({answer.status})" if probe.valid else None
         return "app 4xx", problem
-    if answer.status == 400 and SERVER_400 in answer.body:
-        return "server 400", None if probe.server_may_refuse else "uvicorn 400 to valid HTTP"
     return f"other {answer.status}", f"{answer.status} {answer.content_type} to {probe.category}"
 
 
@@ -347,7 +355,7 @@ class Generator:
             ]
         )
         headers = {} if kind is None else {"content-type": kind}
-        # A control character in a header is malformed HTTP: uvicorn refuses it itself.
+        # A control character in a header is malformed HTTP: the parser refuses it itself.
         return self.callback(body, category, headers=headers, server_may_refuse=kind == "\x7f")
 
     def _over_the_limit(self, category: str) -> Probe:
@@ -532,7 +540,8 @@ class Generator:
             category,
             method=method,
             raw=head.encode() + body,
-            valid=genuine and _genuine(provider, body),
+            # A head past the protocol's bound is refused (431) however genuine the body.
+            valid=genuine and _genuine(provider, body) and len(head) <= MAX_HEAD_BYTES,
             server_may_refuse=True,
         )
 
@@ -742,7 +751,7 @@ def generated_requests(ctx: Context) -> list[Row]:
             "per category": ", ".join(f"{k} {v}" for k, v in sorted(tally.by_category.items())),
             "per status": ", ".join(f"{k} {v}" for k, v in sorted(tally.by_status.items())),
             "app 4xx JSON": tally.by_kind["app 4xx"],
-            "uvicorn 400 (malformed HTTP)": tally.by_kind["server 400"],
+            "protocol 400/431 (malformed HTTP, head too large)": tally.by_kind["protocol 4xx"],
             "closed without answer (sender cut the request)": tally.by_kind["closed"],
             "2xx (genuine callbacks only)": tally.accepted_genuine,
             "5xx": tally.by_kind["5xx"],
@@ -757,7 +766,8 @@ def generated_requests(ctx: Context) -> list[Row]:
         "generator over 32 concurrent connections (httpx, raw sockets for lying lengths, raw "
         "chunked bodies, header floods, odd methods and long paths); each answer must be a 4xx "
         "JSON error, a 2xx only to a body the provider's normalizer accepts, and for malformed "
-        "HTTP uvicorn's 400 or a closed connection (counted apart); RSS from /proc after 300 "
+        "HTTP or heads over 64 KiB the protocol's JSON 400/431 or a closed connection (counted "
+        "apart); RSS from /proc after 300 "
         "warm-up requests, sampled every 0.2 s.",
     )
     for problem, count in tally.problems.most_common(10):
