@@ -4,10 +4,8 @@ Concurrency is bounded overall (``concurrency`` deliveries leased at once) and p
 (``per_subscriber`` requests in flight; a saturated subscriber is left out of the next claim),
 so one slow or dead subscriber never delays the others. Slots are also shared fairly among
 many stalled ones: while several subscribers have deliveries leased, none may hold more than
-``concurrency // (subscribers + 1)`` (a claim's surplus is released at once), and one whose
-attempts keep failing holds fewer and fewer (halved per failure after the second in a row,
-down to one, until an attempt succeeds). So however many subscribers hang until the timeout,
-the slots they hold leave room for the healthy ones.
+``concurrency // (subscribers + 1)`` (a claim's surplus is released at once). So however many
+subscribers hang until the timeout, the slots they hold leave room for a healthy one.
 
 The store's claim keeps per-task order. A lease covers an attempt; if this process dies, the
 lease lapses and the delivery is attempted again (at least once). ``stop()`` stops claiming,
@@ -64,9 +62,6 @@ class DeliveryWorker:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._per_subscriber: dict[str, int] = defaultdict(int)
         self._slots: dict[str, asyncio.Semaphore] = {}
-        #: Failed attempts in a row, per subscriber (gone at its next success; kept between
-        #: retries, when the subscriber has nothing leased: at most one entry a subscriber).
-        self._failures: dict[str, int] = {}
         self.last_claim_at = 0.0
         #: True while ``run()`` claims (``/readyz`` reports a worker that stopped or died).
         self.running = False
@@ -96,25 +91,20 @@ class DeliveryWorker:
         finally:
             self.running = False
 
-    def limit(self, subscriber_id: str, active: int) -> int:
-        """How many deliveries ``subscriber_id`` may have leased while ``active`` subscribers
-        have some: its share of the slots when there are several, fewer while it fails."""
-        limit = self.per_subscriber
-        failures = self._failures.get(subscriber_id, 0)
-        if failures > 2:
-            limit = max(1, limit >> (failures - 2))
+    def limit(self, active: int) -> int:
+        """How many deliveries one subscriber may have leased while ``active`` subscribers
+        have some: ``per_subscriber``, or its fair share of the slots when there are several
+        (one share kept free for a subscriber whose work comes next)."""
         if active > 1:
-            limit = min(limit, max(1, self.concurrency // (active + 1)))
-        return limit
+            return min(self.per_subscriber, max(1, self.concurrency // (active + 1)))
+        return self.per_subscriber
 
     async def _claim(self) -> int:
         free = self.concurrency - len(self._tasks)
         if free <= 0:
             return 0
-        active = len(self._per_subscriber)
-        saturated = frozenset(
-            sub for sub, count in self._per_subscriber.items() if count >= self.limit(sub, active)
-        )
+        limit = self.limit(len(self._per_subscriber))
+        saturated = frozenset(sub for sub, count in self._per_subscriber.items() if count >= limit)
         now = time.time()
         try:
             claims = await self.store.claim_due(
@@ -131,7 +121,7 @@ class DeliveryWorker:
             active = len(self._per_subscriber) + (sub not in self._per_subscriber)
             # One subscriber alone may queue a whole batch behind its slots; among several,
             # what is over a subscriber's share goes back at once for the next claim.
-            if active > 1 and self._per_subscriber.get(sub, 0) >= self.limit(sub, active):
+            if active > 1 and self._per_subscriber.get(sub, 0) >= self.limit(active):
                 surplus.append(claim.delivery_id)
                 continue
             self._per_subscriber[sub] += 1
@@ -160,10 +150,6 @@ class DeliveryWorker:
         try:
             async with self._slot(claim.subscriber_id):
                 attempt = await self.deliverer.attempt(claim)
-            if attempt.ok:
-                self._failures.pop(claim.subscriber_id, None)
-            else:
-                self._failures[claim.subscriber_id] = self._failures.get(claim.subscriber_id, 0) + 1
             await self._record(claim, attempt)
         finally:
             del self._tasks[claim.delivery_id]

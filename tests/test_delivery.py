@@ -225,8 +225,8 @@ def test_stalled_subscribers_leave_slots_for_a_healthy_one(
     relay_factory: Callable[..., RelayServer],
     subscriber_factory: Callable[..., SubscriberServer],
 ) -> None:
-    """More stalled subscribers than the worker has slots for: each holds only its share
-    (and one slot once it keeps failing), so a healthy subscriber is never kept waiting."""
+    """As many stalled subscribers as the worker has slots: each holds only its fair share,
+    so a healthy subscriber is never kept waiting for one."""
     relay = relay_factory(delivery_timeout=1.5, delivery_concurrency=8, retry_delays=(0.5,))
     stalled = [subscriber_factory(script=lambda n: (204, 3.0)) for _ in range(6)]
     healthy = subscriber_factory()
