@@ -8,6 +8,7 @@ out and a person reading the answer knows why.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -20,6 +21,8 @@ from service.http import JSONResponse
 #: A worker that has not claimed for this long (and is not saturated) is stuck. It claims at
 #: least every 100 ms when idle and waits 1 s after a store failure.
 CLAIM_STALE_SECONDS = 10.0
+#: How long /readyz waits for the store (a PostgreSQL pool waits 5 s for a connection).
+STORE_PING_SECONDS = 2.0
 
 
 async def healthz(_request: Request) -> Response:
@@ -46,11 +49,16 @@ async def readyz(request: Request) -> Response:
     checks: dict[str, str] = {}
     problems: list[str] = []
     try:
-        await relay.store.ping()
+        # Shielded: a ping that outlives the answer finishes (or fails) on its own, so a slow
+        # store is reported in time for a probe and nothing half-done is left in the store.
+        await asyncio.wait_for(asyncio.shield(relay.store.ping()), STORE_PING_SECONDS)
         checks["store"] = "ok"
     except StorageUnavailable as exc:
         checks["store"] = exc.message
         problems.append(f"store: {exc.message}")
+    except TimeoutError:
+        checks["store"] = f"no answer within {STORE_PING_SECONDS:g} s"
+        problems.append(f"store: {checks['store']}")
     if worker is None:
         checks["worker"] = "not run by this process"
     else:
