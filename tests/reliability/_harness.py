@@ -276,13 +276,26 @@ class Delivered:
         )
 
 
-def settle(relay: RelayProcess, acked: set[str], sink: SubscriberServer, timeout: float) -> float:
-    """Wait until every acked event reached ``sink`` and ``relay``'s store has nothing pending
-    (every delivery succeeded or used up its retries); the seconds it took."""
+def settle(
+    relay: RelayProcess, acked: set[str], sink: SubscriberServer, timeout: float
+) -> tuple[float, int]:
+    """Wait until ``relay``'s store has nothing pending; then, as the person on call would,
+    replay what failed (a delivery that used up its retries on the subscriber's errors) until
+    every acked event reached ``sink`` or nothing failed is left. (seconds, replayed)."""
     begun = time.monotonic()
+    deadline = begun + timeout
+    replayed = 0
 
-    def done() -> bool:
-        return acked <= set(accepted(sink)) and not relay.all_deliveries("pending")
+    def quiet() -> bool:
+        return not relay.all_deliveries("pending")
 
-    wait_until(done, timeout, every=0.3)
-    return time.monotonic() - begun
+    while True:
+        wait_until(quiet, max(0.0, deadline - time.monotonic()), every=0.3)
+        failed = relay.all_deliveries("failed")
+        if acked <= set(accepted(sink)) or not failed or time.monotonic() > deadline:
+            return time.monotonic() - begun, replayed
+        answer = httpx.post(
+            f"{relay.base}/v1/deliveries/replay", json={}, headers=relay.admin, timeout=30
+        )
+        answer.raise_for_status()
+        replayed += len(failed)
