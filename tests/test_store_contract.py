@@ -1394,6 +1394,12 @@ async def test_prune_removes_old_finished_events_only(store: Store) -> None:
         assert await store.get_event(ids_by_name[name]) is not None, name
     assert await store.get_event(recent.event_id) is not None
     assert await store.get_delivery(delivered_id) is None
+    # A pruned task is forgotten with its terminal event (the tasks table stays bounded);
+    # a task whose terminal event is kept still supersedes what comes after it.
+    late = await store.ingest(incoming("t-delivered", "processing", progress=50))
+    assert late.outcome == "accepted"
+    kept = await store.ingest(incoming("t-failed_recently", "processing", progress=50))
+    assert kept.outcome == "superseded"
 
 
 async def test_prune_removes_expired_callback_urls(store: Store) -> None:

@@ -897,6 +897,12 @@ class PostgresStore(Store):
                     (event_ids,),
                 )
                 await conn.execute("DELETE FROM deliveries WHERE event_id = ANY(%s)", (event_ids,))
+                # A task leaves with its terminal event (see the SQLite store).
+                await conn.execute(
+                    "DELETE FROM tasks t USING events e WHERE e.id = ANY(%s)"
+                    " AND t.provider = e.provider AND t.task_id = e.task_id AND t.event_id = e.id",
+                    (event_ids,),
+                )
                 await conn.execute("DELETE FROM events WHERE id = ANY(%s)", (event_ids,))
             await conn.execute("DELETE FROM callback_urls WHERE expires_at < %s", (before,))
         return len(event_ids)

@@ -444,6 +444,13 @@ def prune(conn: sqlite3.Connection, before: float, limit: int) -> int:
             seqs,
         )
         conn.execute(f"DELETE FROM deliveries WHERE event_id IN ({chosen})", seqs)
+        # A task leaves with its terminal event: the relay forgets it as it forgets its
+        # dedup keys, and the table stays as small as the history kept.
+        conn.execute(
+            "DELETE FROM tasks WHERE (provider, task_id, event_id) IN"
+            f" (SELECT provider, task_id, id FROM events WHERE seq IN ({marks}))",
+            seqs,
+        )
         conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", seqs)
     conn.execute("DELETE FROM callback_urls WHERE expires_at < ?", (before,))
     return len(seqs)
