@@ -124,7 +124,6 @@ class Deliverer:
         self.transport = DeliveryTransport(
             lambda: guarded_session(policy, limit=max_connections, limit_per_host=0), timeout
         )
-        self._timeouts = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
 
     async def aclose(self) -> None:
         await self.transport.aclose()
@@ -154,7 +153,6 @@ class Deliverer:
                 _parsed_url(claim.url),
                 stream=InMemoryBody(body),
                 headers=self.headers(claim, int(started_at), body),
-                extensions={"timeout": self._timeouts},
             )
             # The guarded session checks the address of every connection it opens.
             async with asyncio.timeout(self.timeout):

@@ -129,7 +129,9 @@ class DeliveryWorker:
         if surplus:
             with contextlib.suppress(StorageUnavailable):  # else their leases lapse
                 await self.store.release_leases(surplus)
-        return len(claims)
+        # Started, not fetched: a batch given back entirely must not make run() claim again
+        # at once (the subscribers it was for are saturated until an attempt ends).
+        return len(claims) - len(surplus)
 
     def _slot(self, subscriber_id: str) -> asyncio.Semaphore:
         slot = self._slots.get(subscriber_id)
