@@ -242,12 +242,12 @@ def test_stalled_subscribers_leave_slots_for_a_healthy_one(
         time.sleep(0.05)
     # Without fair shares the stalled six fill all 8 slots for 1.5 s at a time.
     assert max(late) < 1.0, late
-    leased = relay.sql(
+    pending = relay.sql(
         lambda conn: conn.execute(
             "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'"
         ).fetchone()[0]
     )
-    assert leased > 0  # the stalled subscribers' deliveries are still being retried
+    assert pending > 0  # the stalled subscribers' deliveries are still being retried
     # Each stalled server waits for its sleeping requests when it stops: all at once.
     stopping = [threading.Thread(target=sink.stop) for sink in stalled]
     for thread in stopping:

@@ -48,7 +48,6 @@ def test_an_endless_header_is_refused_with_431_and_the_connection_closed(
         except (BrokenPipeError, ConnectionResetError):
             pass  # closed by the relay, as it should
         status, headers, body = _split(_read_answers(sock))
-    assert sent < 50 * MAX_HEAD_BYTES or status == 431
     assert status == 431
     assert headers["content-type"] == "application/json" and headers["connection"] == "close"
     assert json.loads(body)["error"]["code"] == "header_too_large"

@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
-import re
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jsonschema import Draft202012Validator, FormatChecker
 from starlette.datastructures import Secret
 
 from service.errors import InvalidPayload
@@ -29,31 +24,8 @@ from service.providers import PROVIDERS
 from service.providers.apiframe import Apiframe, InvalidSignature
 from service.settings import Settings
 from service.tokens import CallbackTokens, InvalidToken, TokenExpired
+from tests.test_providers import VALIDATOR  # the published schema, date-times checked strictly
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "service/schemas/generation-event.schema.json"
-RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
-
-
-def _format_checker() -> FormatChecker:
-    """Format checker with ``date-time`` enforced even without ``rfc3339-validator``."""
-    checker = FormatChecker()
-    if "date-time" not in checker.checkers:
-
-        @checker.checks("date-time", raises=ValueError)
-        def _date_time(value: object) -> bool:
-            if not isinstance(value, str):
-                return True
-            if not RFC3339.match(value):
-                return False
-            datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
-            return True
-
-    return checker
-
-
-VALIDATOR = Draft202012Validator(
-    json.loads(SCHEMA_PATH.read_text()), format_checker=_format_checker()
-)
 #: Examples per property; the reliability suite runs more (``RELAY_PROPERTY_EXAMPLES``).
 PROPERTY = settings(
     max_examples=int(os.environ.get("RELAY_PROPERTY_EXAMPLES", "400")), deadline=None
