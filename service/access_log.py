@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -11,6 +12,15 @@ from service import ids, metrics
 from service.logs import mask_callback_path
 
 log = structlog.get_logger("service.access")
+
+#: The scope key where an endpoint leaves what its request's line should also say (the
+#: callback endpoint: ``provider``, ``task_id``, ``event_id``, ``outcome`` or ``error_code``).
+ACCESS_FIELDS = "relay.access_fields"
+
+
+def add_access_fields(scope: Scope, **fields: Any) -> None:
+    """Have this request's access line carry ``fields`` too."""
+    scope.setdefault(ACCESS_FIELDS, {}).update(fields)
 
 
 class AccessLogMiddleware:
@@ -37,25 +47,28 @@ class AccessLogMiddleware:
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
             await send(message)
 
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            try:
-                await self.app(scope, receive, send_wrapper)
-            finally:
-                path = scope["path"]
-                if path.startswith("/callbacks/"):
-                    _count_callback(path, status)
-                log.info(
-                    "request",
-                    method=scope["method"],
-                    path=mask_callback_path(path),
-                    status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                )
+        bound = structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            structlog.contextvars.reset_contextvars(**bound)
+            path = scope["path"]
+            fields = scope.get(ACCESS_FIELDS) or {}
+            if path.startswith("/callbacks/"):
+                _count_callback(path, status, fields)
+            log.info(
+                "request",
+                method=scope["method"],
+                path=mask_callback_path(path),
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                request_id=request_id,
+                **fields,
+            )
 
 
-def _count_callback(path: str, status: int) -> None:
-    """Count a callback in the metrics from what the receiver bound for this access line, so
-    the metrics and the log always agree."""
-    context = structlog.contextvars.get_contextvars()
-    provider = context.get("provider") or path.split("/", 3)[2]
-    metrics.count_callback(str(provider), metrics.callback_outcome(status, context))
+def _count_callback(path: str, status: int, fields: dict[str, Any]) -> None:
+    """Count a callback in the metrics from the facts of its access line, so the metrics and
+    the log always agree."""
+    provider = fields.get("provider") or path.split("/", 3)[2]
+    metrics.count_callback(str(provider), metrics.callback_outcome(status, fields))

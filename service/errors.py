@@ -85,3 +85,10 @@ class StorageUnavailable(RelayError):
 
     status_code = 503
     code = "storage_unavailable"
+
+
+class InternalError(RelayError):
+    """The relay failed; nothing was accepted."""
+
+    status_code = 500
+    code = "internal_error"

@@ -11,8 +11,9 @@ from typing import Any
 
 import orjson
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive
 
 from service.errors import InvalidInput, PayloadTooLarge, RelayError, Unauthorized
 from service.settings import IPNetwork
@@ -53,30 +54,38 @@ async def http_error_handler(_request: Request, exc: Exception) -> Response:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing (without reading on) anything over ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
+    return await receive_body(request.receive, request.headers.get("content-length"), limit)
+
+
+async def receive_body(receive: Receive, content_length: str | None, limit: int) -> bytes:
+    """The whole body from ASGI ``receive``, refusing anything over ``limit`` bytes: at once
+    when ``content_length`` (the header's value) says so, else as soon as it is read."""
+    if content_length is not None:
         try:
-            if int(declared) > limit:
-                raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
+            declared = int(content_length)
         except ValueError:
             raise InvalidInput("Content-Length is not a number.") from None
+        if declared > limit:
+            raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
     chunks = []
     size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        # The caller left mid-body (a Content-Length longer than what it sent, a cut chunked
-        # body): nobody is there to answer, and nothing failed here, so this is a 4xx in the
-        # log and metrics, not a 500 with a traceback that any client could trigger at will.
-        raise InvalidInput(
-            "The client closed the connection before sending the whole body.",
-            code="incomplete_body",
-        ) from None
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            # The caller left mid-body (a Content-Length longer than what it sent, a cut
+            # chunked body): nobody is there to answer, and nothing failed here, so this is a
+            # 4xx in the log and metrics, not a 500 with a traceback any client could trigger.
+            raise InvalidInput(
+                "The client closed the connection before sending the whole body.",
+                code="incomplete_body",
+            )
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _refuse_constant(name: str) -> None:
@@ -107,13 +116,20 @@ async def read_json_object(request: Request, limit: int = 65_536) -> dict[str, A
 def client_ip(request: Request, trusted_proxies: Sequence[IPNetwork]) -> str | None:
     """The caller's address; ``X-Forwarded-For`` counts only when the peer is a trusted proxy."""
     peer = request.client.host if request.client else None
+    return forwarded_client(peer, request.headers.get("x-forwarded-for"), trusted_proxies)
+
+
+def forwarded_client(
+    peer: str | None, forwarded: str | None, trusted_proxies: Sequence[IPNetwork]
+) -> str | None:
+    """The client behind ``peer``: ``forwarded`` (an ``X-Forwarded-For`` value) is read, from
+    the nearest hop back, only while the hops are trusted proxies."""
     if peer is None or not trusted_proxies:
         return peer
     try:
         address = ipaddress.ip_address(peer)
     except ValueError:
         return peer
-    forwarded = request.headers.get("x-forwarded-for")
     if forwarded is None or not any(address in net for net in trusted_proxies):
         return peer
     # Walk from the nearest hop back; the first address that is not a trusted proxy is the client.

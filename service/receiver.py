@@ -8,20 +8,27 @@ emitted: it is answered 2xx once the hold is committed.
 Order of checks, cheapest first and nothing parsed before it is authenticated: provider,
 source address, URL token, body size, the provider's signature over the raw body, JSON,
 payload shape. The answer is 2xx only once the update is committed to the store.
+
+This is the relay's hot path, so the endpoint is a plain ASGI app that answers every outcome
+itself, errors included: ``service.app`` runs it behind the access log alone, without
+Starlette's generic request, response and exception layers (see ``RelayApp``).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
 import structlog
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.datastructures import Headers
+from starlette.types import Receive, Scope, Send
 
-from service.errors import Forbidden, InvalidInput, RelayError
-from service.http import JSONResponse, client_ip, error_response, read_body
+from service.access_log import add_access_fields
+from service.errors import Forbidden, InternalError, InvalidInput, RelayError
+from service.http import forwarded_client, receive_body
 from service.providers import Provider, get_provider
 from service.relay import Relay
 from service.watches import hold_callback, needs_confirmation
@@ -35,11 +42,12 @@ class SourceNotAllowed(Forbidden):
     code = "source_not_allowed"
 
 
-def _check_source(relay: Relay, provider: str, request: Request) -> None:
+def _check_source(relay: Relay, provider: str, scope: Scope, headers: Headers) -> None:
     allowed = relay.settings.allowed_ips.get(provider)
     if not allowed:
         return
-    address = client_ip(request, relay.settings.trusted_proxies)
+    peer = scope["client"][0] if scope.get("client") else None
+    address = forwarded_client(peer, headers.get("x-forwarded-for"), relay.settings.trusted_proxies)
     try:
         ip = ipaddress.ip_address(address or "")
     except ValueError:
@@ -48,80 +56,63 @@ def _check_source(relay: Relay, provider: str, request: Request) -> None:
         raise SourceNotAllowed()
 
 
-def _url_id(relay: Relay, provider: Provider, request: Request) -> str | None:
+def _url_id(relay: Relay, provider: Provider, token: str | None) -> str | None:
     """The URL token's ``url_id``; None at ``/callbacks/<provider>`` (no token) for a provider
     whose signature then authenticates the callback (checked next, on the raw body)."""
-    token = request.path_params.get("token")
     if token is None and provider.accepts_tokenless(relay.settings):
         return None
     return relay.tokens.verify(provider.name, token or "", time.time())
 
 
-async def receive_callback(request: Request) -> Response:
-    relay: Relay = request.app.state.relay
-    provider_name = request.path_params["provider"]
+async def _receive(
+    relay: Relay, provider_name: str, token: str | None, scope: Scope, receive: Receive
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check, parse, normalize and commit one callback: (the 2xx answer, its log fields).
+
+    Raises ``RelayError`` for every refusal, before anything is stored.
+    """
+    provider = get_provider(provider_name)
+    headers = Headers(scope=scope)
+    _check_source(relay, provider_name, scope, headers)
+    url_id = _url_id(relay, provider, token)
+    body = await receive_body(receive, headers.get("content-length"), relay.settings.max_body_bytes)
+    provider.verify(headers, body, relay.settings)
     try:
-        provider = get_provider(provider_name)
-        _check_source(relay, provider_name, request)
-        url_id = _url_id(relay, provider, request)
-        body = await read_body(request, relay.settings.max_body_bytes)
-        provider.verify(request.headers, body, relay.settings)
-        try:
-            # orjson is strict: no NaN or Infinity, valid UTF-8 only, nesting depth bounded.
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise InvalidInput(
-                "The callback body is not valid JSON.", code="invalid_json"
-            ) from None
-        normalized = provider.normalize(payload)
-        if normalized.unknown_status:
-            log.warning(
-                "unknown_status",
-                provider=provider_name,
-                task_id=normalized.task_id,
-                raw_status=normalized.raw_status,
-            )
-        # A terminal callback that must be confirmed is held (committed) instead of emitted.
-        held = (
-            await hold_callback(relay, provider_name, normalized, body, url_id)
-            if needs_confirmation(relay.settings, provider_name, normalized)
-            else None
-        )
-        if held is None:
-            result = await relay.accept(
-                provider_name,
-                normalized,
-                raw=payload,
-                raw_body=body,
-                url_id=url_id,
-                raw_is_body=True,
-            )
-    except RelayError as exc:
-        # The access log line of this request carries these (one line per callback).
-        structlog.contextvars.bind_contextvars(provider=provider_name, error_code=exc.code)
-        return error_response(exc)
-    if held is not None:
-        structlog.contextvars.bind_contextvars(
+        # orjson is strict: no NaN or Infinity, valid UTF-8 only, nesting depth bounded.
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidInput("The callback body is not valid JSON.", code="invalid_json") from None
+    normalized = provider.normalize(payload)
+    if normalized.unknown_status:
+        log.warning(
+            "unknown_status",
             provider=provider_name,
             task_id=normalized.task_id,
-            outcome="held",
-            generation_status=normalized.status,
+            raw_status=normalized.raw_status,
         )
-        return JSONResponse(
-            {
-                "received": True,
-                "event_id": None,
-                "duplicate": False,
-                "held": True,
-                "watch_id": held.id,
-            }
-        )
-    structlog.contextvars.bind_contextvars(
-        provider=provider_name,
-        task_id=normalized.task_id,
-        event_id=result.event_id,
-        outcome=result.outcome,
-        generation_status=normalized.status,
+    fields: dict[str, Any] = {"task_id": normalized.task_id}
+    # A terminal callback that must be confirmed is held (committed) instead of emitted,
+    # unless the task already has its terminal event (then it is ingested as usual).
+    held = (
+        await hold_callback(relay, provider_name, normalized, body, url_id)
+        if needs_confirmation(relay.settings, provider_name, normalized)
+        else None
+    )
+    if held is not None:
+        fields.update(outcome="held", generation_status=normalized.status)
+        answer = {
+            "received": True,
+            "event_id": None,
+            "duplicate": False,
+            "held": True,
+            "watch_id": held.id,
+        }
+        return answer, fields
+    result = await relay.accept(
+        provider_name, normalized, raw=payload, raw_body=body, url_id=url_id, raw_is_body=True
+    )
+    fields.update(
+        event_id=result.event_id, outcome=result.outcome, generation_status=normalized.status
     )
     answer = {
         "received": True,
@@ -130,4 +121,41 @@ async def receive_callback(request: Request) -> Response:
     }
     if result.outcome == "superseded":
         answer["superseded"] = True
-    return JSONResponse(answer)
+    return answer, fields
+
+
+class CallbackEndpoint:
+    """The ASGI endpoint of both callback routes (``scope["path_params"]``: provider, token).
+
+    A class rather than a function so that Starlette's ``Route`` takes it as an ASGI app, not
+    as a request handler to wrap.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await receive_callback(scope, receive, send)
+
+
+async def receive_callback(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer one callback request, every outcome included (errors too)."""
+    relay: Relay = scope["app"].state.relay
+    params: Mapping[str, str] = scope["path_params"]
+    provider_name = params["provider"]
+    status = 200
+    try:
+        answer, fields = await _receive(relay, provider_name, params.get("token"), scope, receive)
+    except RelayError as exc:
+        status, answer, fields = exc.status_code, exc.as_json(), {"error_code": exc.code}
+    except Exception:
+        # Nothing was accepted (the store answers only after its commit), so the provider may
+        # retry; the traceback goes to the log, never to the caller.
+        log.exception("unhandled_error")
+        failure = InternalError()
+        status, answer, fields = 500, failure.as_json(), {"error_code": failure.code}
+    # The access log line of this request carries these (one line per callback).
+    add_access_fields(scope, provider=provider_name, **fields)
+    body = orjson.dumps(answer)
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -368,3 +368,33 @@ def test_trailing_slash_is_a_404_not_a_redirect(
 ) -> None:
     """A stray trailing slash answers like any unknown path: 404 JSON, never an empty 307."""
     assert_error(relay_server.client.request(method, path), 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "/callbacks/evolink/some-token", 405, "method_not_allowed"),
+        ("PUT", "/callbacks/evolink", 405, "method_not_allowed"),
+        ("POST", "/callbacks/evolink/some-token/more", 404, "not_found"),
+        ("POST", "/callbacks//some-token", 404, "not_found"),
+        ("POST", "/callbacks/", 404, "not_found"),
+    ],
+)
+def test_callback_paths_of_another_shape_or_method_answer_as_routed(
+    relay_server: RelayServer, method: str, path: str, status: int, code: str
+) -> None:
+    """Callbacks skip Starlette's layers (``RelayApp``), but only those of the routes' shape
+    and method: anything else gets the routing table's 404 or 405, as JSON, and is logged."""
+    answer = relay_server.client.request(method, path, content=b"{}")
+    assert_error(answer, status, code)
+    assert answer.headers["x-request-id"].startswith("req_")
+    if status == 405:
+        assert answer.headers["allow"] == "POST"
+
+
+def test_a_callback_answer_carries_its_request_id(relay_server: RelayServer) -> None:
+    answer = relay_server.client.post(relay_server.mint(), json=EVOLINK_COMPLETED)
+    assert answer.status_code == 200 and answer.json()["received"] is True
+    assert answer.headers["x-request-id"].startswith("req_")
+    assert answer.headers["content-type"] == "application/json"
+    assert int(answer.headers["content-length"]) == len(answer.content)
