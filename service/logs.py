@@ -7,10 +7,13 @@ switched off by the app: ``service.access_log`` writes one with callback tokens 
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import re
 import sys
-from typing import Any
+import threading
+from typing import IO, Any
 
 import orjson
 import structlog
@@ -19,21 +22,27 @@ import structlog
 _SECRET_KEYS = frozenset(
     {"token", "secret", "admin_token", "authorization", "secret_key", "api_key"}
 )
-_CALLBACK_PATH = re.compile(r"(/callbacks/[^/\s?]+/)[^/\s?\"']+")
+# A callback URL's token, wherever it appears; one already masked (``***``) is left alone.
+# (A token ends where a URL or a quoted string would: ``/``, ``?``, quotes, white space, or
+# a terminal's colour code.)
+_CALLBACK_PATH = re.compile(r"(/callbacks/[^/\s?]+/)(?!\*\*\*(?![^/\s?\"'\x1b]))[^/\s?\"'\x1b]+")
 
 
 def mask_callback_path(path: str) -> str:
     """``/callbacks/evolink/<token>`` -> ``/callbacks/evolink/***``."""
-    return _CALLBACK_PATH.sub(r"\1***", path)
+    return _CALLBACK_PATH.sub(r"\1***", path) if "/callbacks/" in path else path
 
 
-def _redact(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _redact_secrets(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     for key in event_dict.keys() & _SECRET_KEYS:
         event_dict[key] = "***"
-    for key, value in event_dict.items():
-        if isinstance(value, str) and "/callbacks/" in value:
-            event_dict[key] = mask_callback_path(value)
     return event_dict
+
+
+def _mask_callback_tokens(_logger: Any, _method: str, line: str) -> str:
+    # On the rendered line, after every value (exception text included) has been written into
+    # it: one search per line instead of a look at every value of every line.
+    return mask_callback_path(line)
 
 
 def _orjson_text(value: Any, **_kwargs: Any) -> str:
@@ -42,13 +51,51 @@ def _orjson_text(value: Any, **_kwargs: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
+class LineWriter:
+    """structlog's logger: writes each rendered line to ``file``, once per loop iteration.
+
+    On the event loop, lines are gathered and written together when the loop iteration ends
+    (one write call for every line the iteration produced, instead of a write and a flush per
+    line: at a few thousand callbacks per second, the writes alone cost more than rendering).
+    Elsewhere (the CLI, other threads) a line is written at once. Lines still gathered when
+    the process exits are written on the way out; a killed process loses at most one loop
+    iteration's lines.
+    """
+
+    def __init__(self, file: IO[str]) -> None:
+        self._file = file
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        atexit.register(self.flush)
+
+    def msg(self, message: str) -> None:
+        loop = asyncio._get_running_loop()
+        if loop is None:
+            with self._lock:
+                self._file.write(message + "\n")
+                self._file.flush()
+            return
+        self._lines.append(message)
+        if len(self._lines) == 1:
+            loop.call_soon(self.flush)
+
+    log = debug = info = warn = warning = error = err = critical = exception = fatal = msg
+
+    def flush(self) -> None:
+        lines, self._lines = self._lines, []
+        if lines:
+            with self._lock:
+                self._file.write("\n".join(lines) + "\n")
+                self._file.flush()
+
+
 def configure_logging(log_format: str = "json", level: str = "info") -> None:
     """Configure structlog and the standard library's root logger once per process."""
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _redact,
+        _redact_secrets,
     ]
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
@@ -61,15 +108,19 @@ def configure_logging(log_format: str = "json", level: str = "info") -> None:
     # The relay's own lines skip the standard library (a LogRecord per line cost about half
     # of each line's time); only foreign loggers (uvicorn) go through the handler below.
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        processors=[*shared, structlog.processors.format_exc_info, renderer, _mask_callback_tokens],
+        logger_factory=_line_writer_factory(sys.stderr),
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                renderer,
+                _mask_callback_tokens,
+            ],
             foreign_pre_chain=shared,
         )
     )
@@ -79,3 +130,8 @@ def configure_logging(log_format: str = "json", level: str = "info") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+
+
+def _line_writer_factory(file: IO[str]) -> Any:
+    writer = LineWriter(file)
+    return lambda *_args: writer
