@@ -7,6 +7,7 @@ tables grow, and sorts ids roughly by creation time.
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 # Crockford's base32, lower case (no i, l, o, u): ids sort in the order they were made.
@@ -16,6 +17,31 @@ _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 _PAIRS = tuple(a + b for a in _ALPHABET for b in _ALPHABET)
 _SHIFTS = tuple(range(120, -1, -10))
 
+# Random bits come from the OS in blocks of 4,000 bytes (400 ids), not 10 bytes an id: one
+# getrandom call per id cost more than the rest of the id under load.
+_BLOCK = 4000
+_random = b""
+_offset = _BLOCK
+_random_lock = threading.Lock()
+
+
+def _random_80_bits() -> int:
+    global _random, _offset
+    with _random_lock:  # ids are made on several threads (CLI, executors); no block is reused
+        if _offset >= _BLOCK:
+            _random, _offset = os.urandom(_BLOCK), 0
+        start = _offset
+        _offset += 10
+        return int.from_bytes(_random[start : start + 10], "big")
+
+
+def _forget_random_block() -> None:
+    global _offset
+    _offset = _BLOCK  # a forked child must not spell its parent's next ids
+
+
+os.register_at_fork(after_in_child=_forget_random_block)
+
 
 def new_id(prefix: str) -> str:
     """``<prefix>_`` + 26 chars: 48 bits of milliseconds, then 80 bits of randomness.
@@ -23,5 +49,5 @@ def new_id(prefix: str) -> str:
     The 128 bits are spelled big-endian, 5 bits a character, with two zero bits after the
     last (as RFC 4648 base32 of the 16 bytes spells them).
     """
-    bits = ((time.time_ns() // 1_000_000) << 82) | (int.from_bytes(os.urandom(10), "big") << 2)
+    bits = ((time.time_ns() // 1_000_000) << 82) | (_random_80_bits() << 2)
     return f"{prefix}_{''.join([_PAIRS[(bits >> shift) & 1023] for shift in _SHIFTS])}"
