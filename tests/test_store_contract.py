@@ -298,6 +298,35 @@ async def test_accepted_event_is_stored_and_fanned_out(store: Store) -> None:
     assert delivery["id"].startswith("dlv_")
 
 
+async def test_an_operation_failing_alone_leaves_the_others_of_its_batch_committed(
+    store: Store,
+) -> None:
+    """Issued together (one SQLite batch, one transaction), a failing operation raises its own
+    error and undoes its own writes; the others commit whole, fan-out included."""
+    taken = subscriber()
+    await store.create_subscriber(taken)
+    first, second = incoming("task-a"), incoming("task-b")
+    results = await asyncio.gather(
+        store.ingest(first),
+        store.create_subscriber(subscriber(taken.id)),  # the id is taken: this one fails
+        store.ingest(second),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], Exception) and not isinstance(results[1], StorageUnavailable)
+    for result, event in ((results[0], first), (results[2], second)):
+        assert not isinstance(result, BaseException), result
+        assert (result.outcome, result.event_id, result.deliveries) == (
+            "accepted",
+            event.event_id,
+            1,
+        )
+        assert await store.get_event(event.event_id) is not None
+    assert sorted(d["event_id"] for d in await deliveries(store)) == sorted(
+        [first.event_id, second.event_id]
+    )
+    assert len((await store.list_subscribers(None, 100)).items) == 1
+
+
 async def test_duplicate_writes_nothing(store: Store) -> None:
     await store.create_subscriber(subscriber())
     first = incoming(key="evolink:task-1:completed")
