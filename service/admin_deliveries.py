@@ -10,6 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service import subscribers
+from service.clock import rfc3339
 from service.errors import InvalidInput, NotFound
 from service.http import JSONResponse, parse_limit, parse_time, read_json_object, require_admin
 from service.relay import Relay
@@ -89,7 +90,7 @@ async def rotate_secret(request: Request) -> Response:
     relay = _relay(request)
     subscriber = await subscribers.rotate(relay.store, request.path_params["subscriber_id"])
     answer = subscribers.subscriber_json(subscriber, with_secret=True)
-    answer["previous_secret_valid_until"] = subscribers.rfc3339(
+    answer["previous_secret_valid_until"] = rfc3339(
         time.time() + subscribers.ROTATION_OVERLAP_SECONDS
     )
     return JSONResponse(answer)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from service import subscribers
-from service.events import rfc3339
+from service.clock import rfc3339
 from service.http import parse_time
 from service.relay import Relay
 from service.store.base import DeliveryFilter

@@ -7,13 +7,12 @@ against is ``service/schemas/generation-event.schema.json``.
 
 from __future__ import annotations
 
-import functools
-import math
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
+from service.clock import rfc3339
 
 STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
@@ -61,22 +60,6 @@ class Normalized:
         """Same provider, task, status and progress: the same update (providers retry)."""
         progress = "" if self.progress is None else str(self.progress)
         return f"{provider}\x1f{self.task_id}\x1f{self.status}\x1f{progress}"
-
-
-def rfc3339(timestamp: float) -> str:
-    """``2026-01-01T00:00:00.000Z``: UTC, milliseconds (as ``datetime.isoformat`` spells it)."""
-    # Rounded to microseconds first, as datetime.fromtimestamp does; the date and time to the
-    # second is formatted once per second (events arriving together share it).
-    seconds = math.floor(timestamp)
-    micros = round((timestamp - seconds) * 1e6)
-    if micros >= 1_000_000:
-        seconds, micros = seconds + 1, micros - 1_000_000
-    return f"{_utc_second(seconds)}.{micros // 1000:03d}Z"
-
-
-@functools.lru_cache(maxsize=8)
-def _utc_second(seconds: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 def build_cloudevent(

@@ -17,8 +17,9 @@ import structlog
 from starlette.datastructures import Secret
 
 from service import ids, metrics
+from service.clock import rfc3339
 from service.errors import InvalidInput
-from service.events import Normalized, build_cloudevent, cloudevent_json, dumps, rfc3339
+from service.events import Normalized, build_cloudevent, cloudevent_json, dumps
 from service.providers import get_provider
 from service.settings import Settings
 from service.store import open_store

@@ -25,8 +25,8 @@ from typing import Any, TextIO
 import httpx
 
 from service import __version__
+from service.clock import rfc3339
 from service.errors import InvalidInput
-from service.events import rfc3339
 from service.logs import mask_callback_path
 from service.providers import get_provider
 from service.providers.apiframe import apiframe_signature

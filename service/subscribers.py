@@ -6,8 +6,9 @@ import time
 from typing import Any
 
 from service import ids
+from service.clock import rfc3339
 from service.errors import Conflict, InvalidInput, NotFound
-from service.events import EVENT_TYPES, rfc3339
+from service.events import EVENT_TYPES
 from service.providers import PROVIDERS
 from service.signing import new_secret
 from service.store.base import Store, Subscriber

@@ -31,8 +31,9 @@ from typing import Any
 import structlog
 
 from service import ids
+from service.clock import rfc3339
 from service.errors import Conflict, InvalidInput, InvalidPayload, NotFound
-from service.events import Normalized, dumps, rfc3339
+from service.events import Normalized, dumps
 from service.provider_api import StatusAnswer, StatusClients, polling_configured
 from service.providers import get_provider
 from service.relay import Relay

@@ -26,8 +26,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from service import ids
+from service.clock import rfc3339
 from service.errors import InvalidInput, StorageUnavailable
-from service.events import rfc3339
 from service.settings import ConfigError
 from service.store import open_store
 from service.store.base import (

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from service.events import rfc3339
+from service.clock import rfc3339
 from service.providers.apiframe import apiframe_signature
 from tests.conftest import ADMIN_TOKEN, RelayServer
 from tests.provider_emulators import Fault, ProviderEmulator

@@ -11,7 +11,7 @@ import sqlite3
 from typing import Any
 
 from service import ids
-from service.events import rfc3339
+from service.clock import rfc3339
 from service.store.base import (
     AttemptRecord,
     Claim,

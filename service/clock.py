@@ -1,0 +1,33 @@
+"""Times as text: RFC 3339 in UTC, for events (milliseconds) and log lines (microseconds).
+
+Both are written for every callback, so the date and time to the second is formatted once a
+second and shared; the fraction is added each time.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+
+
+def rfc3339(timestamp: float) -> str:
+    """``2026-01-01T00:00:00.000Z``: UTC, milliseconds (as ``datetime.isoformat`` spells it)."""
+    # Rounded to microseconds first, as datetime.fromtimestamp does.
+    seconds = math.floor(timestamp)
+    micros = round((timestamp - seconds) * 1e6)
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, micros - 1_000_000
+    return f"{utc_second(seconds)}.{micros // 1000:03d}Z"
+
+
+def rfc3339_micro(timestamp: float) -> str:
+    """``2026-01-01T00:00:00.000000Z``: UTC, microseconds (truncated), for log lines."""
+    seconds = math.floor(timestamp)
+    return f"{utc_second(seconds)}.{int((timestamp - seconds) * 1e6):06d}Z"
+
+
+@functools.lru_cache(maxsize=8)
+def utc_second(seconds: int) -> str:
+    """``2026-01-01T00:00:00`` for Unix ``seconds``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
