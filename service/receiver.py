@@ -132,30 +132,27 @@ class CallbackEndpoint:
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await receive_callback(scope, receive, send)
-
-
-async def receive_callback(scope: Scope, receive: Receive, send: Send) -> None:
-    """Answer one callback request, every outcome included (errors too)."""
-    relay: Relay = scope["app"].state.relay
-    params: Mapping[str, str] = scope["path_params"]
-    provider_name = params["provider"]
-    status = 200
-    try:
-        answer, fields = await _receive(relay, provider_name, params.get("token"), scope, receive)
-    except RelayError as exc:
-        status, answer, fields = exc.status_code, exc.as_json(), {"error_code": exc.code}
-    except Exception:
-        # Nothing was accepted (the store answers only after its commit), so the provider may
-        # retry; the traceback goes to the log, never to the caller.
-        log.exception("unhandled_error")
-        failure = InternalError()
-        status, answer, fields = 500, failure.as_json(), {"error_code": failure.code}
-    # The access log line of this request carries these (one line per callback).
-    add_access_fields(scope, provider=provider_name, **fields)
-    body = orjson.dumps(answer)
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    if status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+        """Answer one callback request, every outcome included (errors too)."""
+        relay: Relay = scope["app"].state.relay
+        params: Mapping[str, str] = scope["path_params"]
+        provider_name = params["provider"]
+        status = 200
+        try:
+            token = params.get("token")
+            answer, fields = await _receive(relay, provider_name, token, scope, receive)
+        except RelayError as exc:
+            status, answer, fields = exc.status_code, exc.as_json(), {"error_code": exc.code}
+        except Exception:
+            # Nothing was accepted (the store answers only after its commit), so the provider may
+            # retry; the traceback goes to the log, never to the caller.
+            log.exception("unhandled_error")
+            failure = InternalError()
+            status, answer, fields = 500, failure.as_json(), {"error_code": failure.code}
+        # The access log line of this request carries these (one line per callback).
+        add_access_fields(scope, provider=provider_name, **fields)
+        body = orjson.dumps(answer)
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        if status == 401:
+            headers.append((b"www-authenticate", b"Bearer"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
