@@ -215,8 +215,12 @@ def claim_due(
 ) -> list[Claim]:
     excluded = ",".join("?" * len(exclude))
     exclusion = f"AND d.subscriber_id NOT IN ({excluded})" if exclude else ""
+    # INDEXED BY: left to itself, the planner picks deliveries_status (an equality on status)
+    # and sorts every pending delivery for each claim: 21 ms per claim with 20,000 pending,
+    # against 1 ms walking deliveries_due in the claim's own order and stopping at the limit.
     rows = conn.execute(
-        "SELECT d.seq FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id"
+        "SELECT d.seq FROM deliveries d INDEXED BY deliveries_due"
+        " JOIN subscribers s ON s.id = d.subscriber_id"
         " WHERE d.status = 'pending' AND d.next_attempt_at <= ?"
         " AND (d.lease_until IS NULL OR d.lease_until <= ?) AND s.enabled = 1"
         f" {exclusion}"
