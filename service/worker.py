@@ -63,6 +63,8 @@ class DeliveryWorker:
         self._per_subscriber: dict[str, int] = defaultdict(int)
         self._slots: dict[str, asyncio.Semaphore] = {}
         self.last_claim_at = 0.0
+        # (subscribers left out, when) of the last claim that found nothing: see ``_claim``.
+        self._found_nothing: tuple[frozenset[str], float] | None = None
         #: True while ``run()`` claims (``/readyz`` reports a worker that stopped or died).
         self.running = False
 
@@ -73,6 +75,7 @@ class DeliveryWorker:
 
     def wake(self) -> None:
         """New deliveries are due: claim without waiting for the next poll."""
+        self._found_nothing = None
         self._wakeup.set()
 
     async def run(self) -> None:
@@ -106,6 +109,16 @@ class DeliveryWorker:
         limit = self.limit(len(self._per_subscriber))
         saturated = frozenset(sub for sub, count in self._per_subscriber.items() if count >= limit)
         now = time.time()
+        if self._found_nothing is not None:
+            # Every attempt that ends wakes the worker, but while the same subscribers are
+            # saturated a claim leaving them out finds what the last one found: nothing, after
+            # walking past all their pending deliveries (5 ms with 20,000 pending). New
+            # deliveries (``wake``), a subscriber leaving the saturated set, or the next poll
+            # make it worth asking again.
+            left_out, at = self._found_nothing
+            if saturated >= left_out and now - at < IDLE_POLL_SECONDS:
+                return 0
+            self._found_nothing = None
         try:
             claims = await self.store.claim_due(
                 now, min(free, self.claim_batch), self.lease_seconds, saturated
@@ -115,6 +128,8 @@ class DeliveryWorker:
             await asyncio.sleep(1)
             return 0
         self.last_claim_at = now
+        if not claims and saturated:
+            self._found_nothing = (saturated, now)
         surplus: list[str] = []
         for claim in claims:
             sub = claim.subscriber_id
