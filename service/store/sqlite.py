@@ -460,7 +460,11 @@ class SQLiteStore(Store):
         )
 
     async def record_attempt(self, record: AttemptRecord) -> None:
-        await self._run(self._changing_subscribers(lambda conn: q.record_attempt(conn, record)))
+        def op(conn: sqlite3.Connection) -> None:
+            q.record_attempt(conn, record)
+
+        # Only an attempt that disables its subscriber changes who gets the next fan-out.
+        await self._run(self._changing_subscribers(op) if record.disable_subscriber else op)
 
     async def release_leases(self, delivery_ids: list[str] | None = None) -> int:
         return await self._run(lambda conn: q.release_leases(conn, delivery_ids))
