@@ -187,6 +187,10 @@ class SQLiteStore(Store):
             self._fail(conn, batch, exc)
         elif exc is not None:  # not SQLite's: a bug; fail the batch loudly, keep serving
             self._fail(conn, batch, sqlite3.Error(repr(exc)))
+        # The next batch first: its statements run and its commit starts before this batch's
+        # callers are answered, so the next fsync overlaps with sending their answers (answering
+        # first left the disk idle for as long as that took, and the loop idle behind it).
+        self._flush()
         self._settle(batch)
 
     def _settle(self, batch: list[_Op]) -> None:
