@@ -38,7 +38,7 @@ class AccessLogMiddleware:
             return
         started = time.perf_counter()
         status = 500
-        request_id = ids.new_id("req")
+        request_id = ids.new_request_id()
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status

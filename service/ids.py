@@ -6,6 +6,7 @@ tables grow, and sorts ids roughly by creation time.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -35,12 +36,28 @@ def _random_80_bits() -> int:
         return int.from_bytes(_random[start : start + 10], "big")
 
 
-def _forget_random_block() -> None:
-    global _offset
+def _process_prefix() -> str:
+    return "".join(_ALPHABET[b % 32] for b in os.urandom(16))
+
+
+_request_prefix = _process_prefix()
+_request_count = itertools.count()
+
+
+def new_request_id() -> str:
+    """``req_`` + 26 chars: 16 random characters (80 bits) drawn once per process, then a
+    counter. Unique across processes and restarts like ``new_id``, at a fifth of its cost (one
+    is made for every request); a process's request ids sort in the order they came."""
+    return f"req_{_request_prefix}{next(_request_count):010x}"
+
+
+def _after_fork() -> None:
+    global _offset, _request_prefix
     _offset = _BLOCK  # a forked child must not spell its parent's next ids
+    _request_prefix = _process_prefix()
 
 
-os.register_at_fork(after_in_child=_forget_random_block)
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def new_id(prefix: str) -> str:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import base64
+import os
+import re
+import subprocess
+import sys
 import time
 
-from service.ids import new_id
+from service.ids import new_id, new_request_id
 
 _FROM_CROCKFORD = bytes.maketrans(
     b"0123456789abcdefghjkmnpqrstvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
@@ -46,3 +50,30 @@ def test_ids_made_later_sort_later() -> None:
     time.sleep(0.003)
     second = new_id("dlv")
     assert first < second
+
+
+def test_request_ids_are_unique_across_processes_and_forks() -> None:
+    """A request id is a per-process random prefix and a counter: two processes, or a parent
+    and the child it forks, never spell the same ids."""
+    script = "from service.ids import new_request_id as n; print(' '.join(n() for _ in range(3)))"
+    runs = [
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+        for _ in range(2)
+    ]
+    first, second = (run.stdout.split() for run in runs)
+    assert len(set(first) | set(second)) == 6
+    for identifier in first:
+        assert re.fullmatch(r"req_[0-9a-hjkmnp-tv-z]{16}[0-9a-f]{10}", identifier)
+    assert first == sorted(first)  # one process's ids sort in the order they were made
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id and leave without running anything else
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 100).decode()
+    os.close(read)
+    parent = new_request_id()
+    assert child[:20] != parent[:20]  # the child drew its own prefix
