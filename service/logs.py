@@ -95,16 +95,18 @@ class LineWriter:
                 self._file.write(message + "\n")
                 self._file.flush()
             return
-        self._lines.append(message)
-        if len(self._lines) == 1:
+        with self._lock:  # (tests run loops on several threads)
+            self._lines.append(message)
+            first = len(self._lines) == 1
+        if first:
             loop.call_soon(self.flush)
 
     log = debug = info = warn = warning = error = err = critical = exception = fatal = msg
 
     def flush(self) -> None:
-        lines, self._lines = self._lines, []
-        if lines:
-            with self._lock:
+        with self._lock:
+            lines, self._lines = self._lines, []
+            if lines:
                 self._file.write("\n".join(lines) + "\n")
                 self._file.flush()
 

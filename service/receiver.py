@@ -28,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 
 from service.access_log import add_access_fields
 from service.errors import Forbidden, InternalError, InvalidInput, RelayError
-from service.http import forwarded_client, receive_body
+from service.http import error_response, forwarded_client, receive_body
 from service.providers import Provider, get_provider
 from service.relay import Relay
 from service.watches import hold_callback, needs_confirmation
@@ -136,23 +136,26 @@ class CallbackEndpoint:
         relay: Relay = scope["app"].state.relay
         params: Mapping[str, str] = scope["path_params"]
         provider_name = params["provider"]
-        status = 200
         try:
             token = params.get("token")
             answer, fields = await _receive(relay, provider_name, token, scope, receive)
         except RelayError as exc:
-            status, answer, fields = exc.status_code, exc.as_json(), {"error_code": exc.code}
+            failed, fields = exc, {"error_code": exc.code}
         except Exception:
             # Nothing was accepted (the store answers only after its commit), so the provider may
             # retry; the traceback goes to the log, never to the caller.
             log.exception("unhandled_error")
-            failure = InternalError()
-            status, answer, fields = 500, failure.as_json(), {"error_code": failure.code}
+            failed = InternalError()
+            fields = {"error_code": failed.code}
+        else:
+            failed = None
         # The access log line of this request carries these (one line per callback).
         add_access_fields(scope, provider=provider_name, **fields)
+        if failed is not None:
+            await error_response(failed)(scope, receive, send)
+            return
+        # The 2xx, the common case, is sent as it is, without a Response object.
         body = orjson.dumps(answer)
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        if status == 401:
-            headers.append((b"www-authenticate", b"Bearer"))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -201,49 +201,35 @@ class SQLiteStore(Store):
             asyncio.get_running_loop().call_soon(self._flush, context=contextvars.Context())
 
     @staticmethod
-    def _run_batch(conn: sqlite3.Connection, batch: list[_Op]) -> bool:
+    def _run_batch(conn: sqlite3.Connection, batch: list[_Op], *, isolated: bool = False) -> bool:
         """Execute a batch inside one transaction; one operation's failure undoes only its own
         writes.
 
         The operations first run back to back. Should one fail on its own (a constraint, a
-        bug: not SQLite itself), the transaction is rolled back and the batch runs again with
-        each operation in its own savepoint. Operations are functions of the connection alone,
-        so running them again does the same. (A savepoint around every operation, failing or
-        not, cost two more statements per callback.)
+        bug: not SQLite itself), the transaction is rolled back and the batch runs again
+        ``isolated``, each operation in its own savepoint. Operations are functions of the
+        connection alone, so running them again does the same. (A savepoint around every
+        operation, failing or not, cost two more statements per callback.)
 
         Returns False (every op failed with ``StorageUnavailable``) when SQLite itself failed.
         """
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op in batch:
+                if isolated:
+                    conn.execute("SAVEPOINT op")
                 try:
                     op.result = op.fn(conn)
                 except sqlite3.OperationalError:
                     raise  # disk full, read-only, I/O: the whole transaction is lost
-                except Exception:
-                    conn.execute("ROLLBACK")
-                    return SQLiteStore._run_batch_isolated(conn, batch)
-        except sqlite3.Error as exc:
-            SQLiteStore._fail(conn, batch, exc)
-            return False
-        return True
-
-    @staticmethod
-    def _run_batch_isolated(conn: sqlite3.Connection, batch: list[_Op]) -> bool:
-        """``_run_batch`` with each operation in its own savepoint."""
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for op in batch:
-                op.result, op.error = None, None
-                conn.execute("SAVEPOINT op")
-                try:
-                    op.result = op.fn(conn)
-                except sqlite3.OperationalError:
-                    raise
-                except Exception as exc:  # this operation's own failure: undo only its writes
-                    conn.execute("ROLLBACK TO op")
-                    op.error = exc
-                conn.execute("RELEASE op")
+                except Exception as exc:  # this operation's own failure
+                    if not isolated:
+                        conn.execute("ROLLBACK")
+                        return SQLiteStore._run_batch(conn, batch, isolated=True)
+                    conn.execute("ROLLBACK TO op")  # undo only its writes
+                    op.result, op.error = None, exc
+                if isolated:
+                    conn.execute("RELEASE op")
         except sqlite3.Error as exc:
             SQLiteStore._fail(conn, batch, exc)
             return False
