@@ -9,7 +9,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import ids, metrics
-from service.logs import mask_callback_path
+from service.logs import info_line, mask_callback_path
 
 log = structlog.get_logger("service.access")
 
@@ -56,14 +56,17 @@ class AccessLogMiddleware:
             fields = scope.get(ACCESS_FIELDS) or {}
             if path.startswith("/callbacks/"):
                 _count_callback(path, status, fields)
-            log.info(
+            info_line(
+                log,
                 "request",
-                method=scope["method"],
-                path=mask_callback_path(path),
-                status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                request_id=request_id,
-                **fields,
+                {
+                    "method": scope["method"],
+                    "path": mask_callback_path(path),
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "request_id": request_id,
+                    **fields,
+                },
             )
 
 

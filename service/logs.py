@@ -14,6 +14,7 @@ import re
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import IO, Any
 
 import orjson
@@ -32,12 +33,23 @@ _CALLBACK_PATH = re.compile(r"(/callbacks/[^/\s?]+/)(?!\*\*\*(?![^/\s?\"'\x1b]))
 
 
 def mask_callback_path(path: str) -> str:
-    """``/callbacks/evolink/<token>`` -> ``/callbacks/evolink/***``."""
-    # Searched first: most lines (every callback's access line) hold only masked paths, and a
-    # search that finds nothing costs a quarter of a substitution that changes nothing.
-    if "/callbacks/" not in path or _CALLBACK_PATH.search(path) is None:
+    """``/callbacks/evolink/<token>`` -> ``/callbacks/evolink/***``, every occurrence."""
+    if "/callbacks/" not in path:
         return path
-    return _CALLBACK_PATH.sub(r"\1***", path)
+    # What ``_CALLBACK_PATH.sub(r"\1***", path)`` does, spliced by hand: the template
+    # expansion of ``sub`` runs in Python and cost ten times the search (every callback's
+    # access line masks its path).
+    found = _CALLBACK_PATH.search(path)
+    if found is None:
+        return path
+    parts = []
+    start = 0
+    while found is not None:
+        parts += (path[start : found.end(1)], "***")
+        start = found.end()
+        found = _CALLBACK_PATH.search(path, start)
+    parts.append(path[start:])
+    return "".join(parts)
 
 
 _LEVELS = {"warn": "warning", "exception": "error"}
@@ -124,12 +136,17 @@ def configure_logging(log_format: str = "json", level: str = "info") -> None:
         numeric = logging.INFO
     # The relay's own lines skip the standard library (a LogRecord per line cost about half
     # of each line's time); only foreign loggers (uvicorn) go through the handler below.
+    processors = [*shared, renderer, _mask_callback_tokens]
+    writer = LineWriter(sys.stderr)
+    logger_factory = _line_writer_factory(writer)
     structlog.configure(
-        processors=[*shared, renderer, _mask_callback_tokens],
-        logger_factory=_line_writer_factory(sys.stderr),
+        processors=processors,
+        logger_factory=logger_factory,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
     )
+    global _direct
+    _direct = _DirectJson(processors, tuple(processors), logger_factory, writer, numeric)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
@@ -149,6 +166,51 @@ def configure_logging(log_format: str = "json", level: str = "info") -> None:
         logging.getLogger(name).propagate = True
 
 
-def _line_writer_factory(file: IO[str]) -> Any:
-    writer = LineWriter(file)
+def _line_writer_factory(writer: LineWriter) -> Any:
     return lambda *_args: writer
+
+
+@dataclass(frozen=True, slots=True)
+class _DirectJson:
+    """What ``info_line`` needs to write a line itself, and what shows it is still in force."""
+
+    processors: list[Any]  # the list handed to structlog (``capture_logs`` edits it in place)
+    as_configured: tuple[Any, ...]
+    logger_factory: Any
+    writer: LineWriter
+    min_level: int
+
+
+#: What ``configure_logging`` configured; None before (every line then goes via structlog).
+_direct: _DirectJson | None = None
+
+
+def info_line(log: Any, event: str, fields: dict[str, Any]) -> None:
+    """``log.info(event, **fields)``: the same line, for less than half the cost.
+
+    For the line every request writes (``service.access_log``). structlog's bound logger
+    spends more of a line's time in its generic layers (the lazy proxy, the method lookup,
+    the context copy) than in the processors. While the configuration ``configure_logging``
+    made is in force, the line is made here by that configuration's own processors, in order,
+    and handed to its writer. Anything else (the console format, ``capture_logs`` in tests, a
+    reconfiguration) goes through ``log.info``.
+    """
+    direct = _direct
+    config = structlog.get_config()
+    if (
+        direct is None
+        or config["processors"] is not direct.processors
+        or config["logger_factory"] is not direct.logger_factory
+        or tuple(direct.processors) != direct.as_configured
+    ):
+        log.info(event, **fields)
+        return
+    if direct.min_level > logging.INFO:
+        return
+    line: Any = {**fields, "event": event}
+    try:
+        for processor in direct.as_configured:
+            line = processor(direct.writer, "info", line)
+    except structlog.DropEvent:
+        return
+    direct.writer.msg(line)

@@ -22,8 +22,11 @@ from typing import Any
 
 import httpx
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from service.logs import _CALLBACK_PATH, mask_callback_path
 from tests.conftest import EVOLINK_COMPLETED, RelayServer, bound_socket
 from tests.subscriber_server import SubscriberServer
 
@@ -183,3 +186,77 @@ def test_console_format_is_readable_and_redacted(tmp_path: Path) -> None:
     assert "delivery_attempt" in lines[0] and "delivery_id=dlv_1" in lines[0]
     assert "whsec_hidden" not in result.stderr and "secret=***" in lines[0]
     assert "/callbacks/evolink/***" in lines[1] and "abc.def.ghi" not in result.stderr
+
+
+def test_info_line_writes_the_line_log_info_writes() -> None:
+    """The access line's shortcut: the same JSON as ``log.info``, the same level filter, and
+    structlog itself once the configuration is another (console, or captured in tests)."""
+    script = textwrap.dedent(
+        """
+        import structlog
+        from structlog.testing import capture_logs
+        from service.logs import configure_logging, info_line
+        configure_logging("json", "info")
+        log = structlog.get_logger("demo")
+        structlog.contextvars.bind_contextvars(request_id="req_1", provider="bound")
+        fields = {"path": "/callbacks/evolink/tok.en", "status": 200, "secret": "s3", "n": 1.5}
+        log.info("request", **fields)
+        info_line(log, "request", fields)
+        with capture_logs() as captured:
+            info_line(log, "request", fields)
+        print(captured)
+        configure_logging("json", "warning")
+        info_line(log, "request", fields)
+        configure_logging("console", "info")
+        info_line(log, "request", fields)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = result.stderr.splitlines()
+    assert len(lines) == 3, lines
+    via_structlog, direct = json.loads(lines[0]), json.loads(lines[1])
+    assert via_structlog.pop("timestamp") and direct.pop("timestamp")
+    assert (
+        direct
+        == via_structlog
+        == {
+            "path": "/callbacks/evolink/***",
+            "status": 200,
+            "secret": "***",
+            "n": 1.5,
+            "event": "request",
+            "request_id": "req_1",
+            "provider": "bound",
+            "level": "info",
+        }
+    )
+    assert list(direct) == list(via_structlog)
+    assert "'event': 'request'" in result.stdout  # captured, not written
+    assert not lines[2].startswith("{") and "request" in lines[2]  # the console format
+    assert "tok.en" not in result.stderr and "s3" not in result.stderr
+
+
+# Text built from the pieces that matter to the mask: the prefix, separators, quotes, an
+# escape character, white space, already-masked tokens and ordinary token characters.
+_MASK_PIECES = st.lists(
+    st.sampled_from(
+        ["/callbacks/", "/", "?", '"', "'", "\x1b", " ", "\n", "***", "evolink", "abc.DEF-1_", "é"]
+    ),
+    max_size=12,
+).map("".join)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(text=_MASK_PIECES | st.text(max_size=40))
+def test_mask_callback_path_masks_as_the_pattern_substitution_does(text: str) -> None:
+    """The hand-spliced mask gives exactly what the pattern's own substitution gives."""
+    assert mask_callback_path(text) == _CALLBACK_PATH.sub(r"\1***", text)
+
+
+def test_mask_callback_path_masks_every_token() -> None:
+    line = 'url="/callbacks/evolink/abc.def" again /callbacks/apiframe/x1?y=2 done /callbacks/a/***'
+    assert mask_callback_path(line) == (
+        'url="/callbacks/evolink/***" again /callbacks/apiframe/***?y=2 done /callbacks/a/***'
+    )
