@@ -1,9 +1,10 @@
 """Prometheus metrics: counted on the hot paths, the rest read from the store at scrape time.
 
-Counters and the latency histogram are incremented where things happen (one dict look-up and
-an ``inc()``: the callback path stays cheap). Gauges about the backlog (pending and failed
-deliveries, the oldest pending one) are not kept in memory at all: ``GET /metrics`` asks the
-store (``Store.delivery_counts``) when it is scraped, so every replica reports the truth.
+Counters and the latency histogram are incremented where things happen; on the callback path
+a count is one increment in a dict, added to its counter once per event-loop iteration.
+Gauges about the backlog (pending and failed deliveries, the oldest pending one) are not kept
+in memory at all: ``GET /metrics`` asks the store (``Store.delivery_counts``) when it is
+scraped, so every replica reports the truth.
 
 Several uvicorn workers: set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory before the
 processes start (``prometheus_client`` reads it at import). Each process then writes its
@@ -24,7 +25,10 @@ counters to files there and a scrape, answered by any one of them, adds up all o
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import os
+import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Mapping
@@ -94,8 +98,7 @@ _KNOWN_TYPES = frozenset(EVENT_TYPES)
 
 # Label children, cached: ``labels()`` costs more than the increment itself. Keys are built
 # from bounded values only (known providers, error codes, event types), never raw input.
-_callback_children: dict[tuple[str, str], Any] = {}
-_event_children: dict[tuple[str, str], Any] = {}
+_children: dict[tuple[str, str, str], Any] = {}
 _attempt_children = {
     outcome: ATTEMPTS.labels(outcome) for outcome in sorted(set(_ATTEMPT_OUTCOMES.values()))
 }
@@ -113,14 +116,14 @@ class RecentTally:
         self.started_at = time.time()
         self._buckets: dict[int, Tally[str]] = {}
 
-    def add(self, key: str, now: float | None = None) -> None:
+    def add(self, key: str, now: float | None = None, count: int = 1) -> None:
         minute = int((time.time() if now is None else now) // 60)
         bucket = self._buckets.get(minute)
         if bucket is None:
             bucket = self._buckets[minute] = Tally()
             for old in [m for m in self._buckets if m <= minute - self.minutes]:
                 del self._buckets[old]
-        bucket[key] += 1
+        bucket[key] += count
 
     def totals(self, now: float | None = None) -> dict[str, int]:
         """Counts of the last ``minutes`` minutes (the current one included)."""
@@ -134,6 +137,12 @@ class RecentTally:
 
 #: Callback outcomes of the last hour in this process (``provider:outcome`` -> count).
 RECENT_CALLBACKS = RecentTally()
+
+
+def recent_callbacks() -> dict[str, int]:
+    """``RECENT_CALLBACKS.totals()``, every count taken so far included."""
+    fold()
+    return RECENT_CALLBACKS.totals()
 
 
 def callback_outcome(status: int, context: Mapping[str, Any]) -> str:
@@ -150,12 +159,7 @@ def count_callback(provider: str, outcome: str) -> None:
     ``unknown`` so that nobody can create series by posting to made-up paths."""
     if provider not in PROVIDERS:
         provider = "unknown"
-    key = (provider, outcome)
-    child = _callback_children.get(key)
-    if child is None:
-        child = _callback_children[key] = CALLBACKS.labels(provider, outcome)
-    child.inc()
-    RECENT_CALLBACKS.add(f"{provider}:{outcome}")
+    _count(("callbacks", provider, outcome))
 
 
 def count_event(event_type: str, outcome: str) -> None:
@@ -163,12 +167,53 @@ def count_event(event_type: str, outcome: str) -> None:
     ``superseded`` kept but never delivered; a duplicate is no new event."""
     if outcome not in ("accepted", "superseded") or event_type not in _KNOWN_TYPES:
         return
-    state = "emitted" if outcome == "accepted" else "superseded"
-    key = (event_type, state)
-    child = _event_children.get(key)
-    if child is None:
-        child = _event_children[key] = EVENTS.labels(event_type, state)
-    child.inc()
+    _count(("events", event_type, "emitted" if outcome == "accepted" else "superseded"))
+
+
+# Callbacks and events are counted on the hot path: there a count is one increment in a dict,
+# and the counts are added to their Prometheus counters (and the ops console's tally) once per
+# event-loop iteration, by ``fold``. (Each ``inc()`` of prometheus_client takes a lock and
+# three Python calls; with the tally, counting cost a callback more than its log line's JSON.)
+# Whatever reads the counters folds first, so a scrape never misses a count.
+_unfolded: dict[tuple[str, str, str], int] = {}
+_unfolded_lock = threading.Lock()  # (tests run relays on several threads of one process)
+_fold_scheduled = False
+
+
+def _count(key: tuple[str, str, str]) -> None:
+    global _fold_scheduled
+    with _unfolded_lock:
+        _unfolded[key] = _unfolded.get(key, 0) + 1
+        if _fold_scheduled:
+            return
+        _fold_scheduled = True
+    loop = asyncio._get_running_loop()
+    if loop is None:
+        fold()
+    else:
+        loop.call_soon(fold)
+
+
+def fold() -> None:
+    """Add the counts taken since the last fold to the Prometheus counters and the tally."""
+    global _fold_scheduled
+    with _unfolded_lock:
+        counts = _unfolded.copy()
+        _unfolded.clear()
+        _fold_scheduled = False
+    now = time.time()
+    for key, count in counts.items():
+        kind, first, second = key
+        child = _children.get(key)
+        if child is None:
+            family = CALLBACKS if kind == "callbacks" else EVENTS
+            child = _children[key] = family.labels(first, second)
+        child.inc(count)
+        if kind == "callbacks":
+            RECENT_CALLBACKS.add(f"{first}:{second}", now, count)
+
+
+atexit.register(fold)  # (with PROMETHEUS_MULTIPROC_DIR, the files outlive the process)
 
 
 def count_attempt(delivery_status: str, latency_ms: float) -> None:
@@ -240,6 +285,7 @@ async def scrape_gauges(relay: Relay) -> list[GaugeMetricFamily]:
 
 def exposition(gauges: list[GaugeMetricFamily]) -> bytes:
     """The text format: this process's (or every process's) counters, then ``gauges``."""
+    fold()
     if MULTIPROCESS:
         counters = CollectorRegistry()
         MultiProcessCollector(counters)

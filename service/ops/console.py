@@ -31,7 +31,7 @@ from service import subscribers as subscriber_rules
 from service.errors import RelayError
 from service.events import EVENT_TYPES, STATUSES
 from service.http import client_ip, parse_time, read_body
-from service.metrics import RECENT_CALLBACKS
+from service.metrics import RECENT_CALLBACKS, recent_callbacks
 from service.ops import session as sessions
 from service.providers import PROVIDERS
 from service.relay import Relay
@@ -357,7 +357,7 @@ async def _sign_out(request: Request, _session: sessions.Session, _form: Any) ->
 
 async def _overview(request: Request, session: sessions.Session) -> Response:
     relay = _relay(request)
-    summary = await overview_module.build(relay.store, RECENT_CALLBACKS.totals())
+    summary = await overview_module.build(relay.store, recent_callbacks())
     return render(
         request,
         "overview.html",
