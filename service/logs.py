@@ -89,7 +89,8 @@ class LineWriter:
     On the event loop, lines are gathered and written together when the loop iteration ends
     (one write call for every line the iteration produced, instead of a write and a flush per
     line: at a few thousand callbacks per second, the writes alone cost more than rendering).
-    Elsewhere (the CLI, other threads) a line is written at once. Lines still gathered when
+    Elsewhere (the CLI, other threads) a line is written at once, or with the lines a loop has
+    gathered when it comes while they wait for their iteration's end. Lines still gathered when
     the process exits are written on the way out; a killed process loses at most one loop
     iteration's lines.
     """
@@ -101,16 +102,16 @@ class LineWriter:
         atexit.register(self.flush)
 
     def msg(self, message: str) -> None:
-        loop = asyncio._get_running_loop()
-        if loop is None:
-            with self._lock:
-                self._file.write(message + "\n")
-                self._file.flush()
-            return
         with self._lock:  # (tests run loops on several threads)
             self._lines.append(message)
-            first = len(self._lines) == 1
-        if first:
+            if len(self._lines) > 1:
+                return  # a flush is due already
+        # The first line since the last flush: on a loop, flush when this iteration ends; off a
+        # loop, now. (Only the first line asks: on Python 3.11 asking costs a getpid call.)
+        loop = asyncio._get_running_loop()
+        if loop is None:
+            self.flush()
+        else:
             loop.call_soon(self.flush)
 
     log = debug = info = warn = warning = error = err = critical = exception = fatal = msg

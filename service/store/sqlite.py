@@ -98,6 +98,9 @@ class SQLiteStore(Store):
         self._committing = False
         self._committer = concurrent.futures.ThreadPoolExecutor(1, "relay-sqlite-commit")
         self._conn: sqlite3.Connection | None = None
+        # The loop that opened the store: its operations run on it. (Asked of asyncio on every
+        # operation instead, it cost a getpid system call each on Python 3.11.)
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._subscribers = q.SubscriberCache()
 
     def _connect(self) -> sqlite3.Connection:
@@ -147,7 +150,7 @@ class SQLiteStore(Store):
         """Queue ``fn(conn)`` for the next batch; the future resolves after its commit."""
         if self._conn is None:
             raise StorageUnavailable("The store is not open.")
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         op = _Op(fn, loop.create_future())
         self._pending.append(op)
         if not self._flush_scheduled:
@@ -171,7 +174,7 @@ class SQLiteStore(Store):
         # fsync takes the GIL-free part of a commit: while it runs the loop serves requests,
         # and what they queue becomes the next batch. One thread hand-off per batch.
         self._committing = True
-        done = asyncio.get_running_loop().run_in_executor(self._committer, self._commit, conn)
+        done = self._loop.run_in_executor(self._committer, self._commit, conn)
         done.add_done_callback(lambda result: self._committed(conn, batch, result))
 
     @staticmethod
@@ -198,7 +201,7 @@ class SQLiteStore(Store):
             op.settle()
         if self._pending and not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush, context=contextvars.Context())
+            self._loop.call_soon(self._flush, context=contextvars.Context())
 
     @staticmethod
     def _run_batch(conn: sqlite3.Connection, batch: list[_Op], *, isolated: bool = False) -> bool:
@@ -254,6 +257,7 @@ class SQLiteStore(Store):
         # that wait lasts up to the switch interval (5 ms by default), and the next batch waits
         # behind it. 1 ms bounds that at a negligible cost (only one other thread ever asks).
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
+        self._loop = asyncio.get_running_loop()
         try:
             self._conn = self._connect()
         except sqlite3.Error as exc:
