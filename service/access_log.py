@@ -61,13 +61,22 @@ class AccessLogMiddleware:
                 "request",
                 {
                     "method": scope["method"],
-                    "path": mask_callback_path(path),
+                    "path": _logged_path(scope, path),
                     "status": status,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2),
                     "request_id": request_id,
                     **fields,
                 },
             )
+
+
+def _logged_path(scope: Scope, path: str) -> str:
+    """The path as the line shows it: a callback URL's token segment is ``***`` whole (the
+    route's parameters say where it is: no pattern to run), any other path masked by pattern."""
+    params = scope.get("path_params")
+    if params is not None and "token" in params and path.startswith("/callbacks/"):
+        return f"/callbacks/{params['provider']}/***"
+    return mask_callback_path(path)
 
 
 def _count_callback(path: str, status: int, fields: dict[str, Any]) -> None:
