@@ -76,10 +76,14 @@ def callback_path_params(path: str) -> dict[str, str] | None:
     routes below would match them; None for any other path."""
     if not path.startswith("/callbacks/"):
         return None
-    parts = path[len("/callbacks/") :].split("/")
-    if len(parts) > 2 or not all(parts):
+    provider, slash, token = path[len("/callbacks/") :].partition("/")
+    if not provider:
         return None
-    return dict(zip(("provider", "token"), parts, strict=False))
+    if not slash:
+        return {"provider": provider}
+    if not token or "/" in token:
+        return None
+    return {"provider": provider, "token": token}
 
 
 def create_app(settings: Settings, *, run_worker: bool = True) -> RelayApp:

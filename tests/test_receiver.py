@@ -15,6 +15,7 @@ import jsonschema
 import pytest
 from starlette.datastructures import Secret
 
+from service.app import callback_path_params
 from service.providers.apiframe import apiframe_signature
 from tests.conftest import EVOLINK_COMPLETED, RelayServer
 
@@ -398,3 +399,23 @@ def test_a_callback_answer_carries_its_request_id(relay_server: RelayServer) -> 
     assert answer.headers["x-request-id"].startswith("req_")
     assert answer.headers["content-type"] == "application/json"
     assert int(answer.headers["content-length"]) == len(answer.content)
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/callbacks/evolink/tok.en", {"provider": "evolink", "token": "tok.en"}),
+        ("/callbacks/rivya", {"provider": "rivya"}),
+        ("/callbacks/evolink/tok/extra", None),
+        ("/callbacks/evolink/", None),
+        ("/callbacks//tok", None),
+        ("/callbacks/", None),
+        ("/callbacks", None),
+        ("/v1/events", None),
+    ],
+)
+def test_callback_path_params_match_what_the_callback_routes_match(
+    path: str, params: dict[str, str] | None
+) -> None:
+    """The shortcut to the callback endpoint takes exactly the paths its two routes take."""
+    assert callback_path_params(path) == params
