@@ -19,7 +19,7 @@ from starlette.datastructures import Secret
 from service import ids, metrics
 from service.clock import rfc3339
 from service.errors import InvalidInput
-from service.events import Normalized, build_cloudevent, cloudevent_json, dumps
+from service.events import Normalized, build_cloudevent, dumps, verbatim_json
 from service.providers import get_provider
 from service.settings import Settings
 from service.store import open_store
@@ -142,7 +142,7 @@ class Relay:
             normalized=normalized,
             received_at=now,
             metadata=metadata,
-            raw=raw,
+            raw=verbatim_json(raw_body) if raw_is_body else raw,
         )
         result = await self.store.ingest(
             IncomingEvent(
@@ -156,7 +156,7 @@ class Relay:
                 dedup_key=normalized.dedup_key(provider),
                 received_at=now,
                 url_id=url_id,
-                body=cloudevent_json(cloudevent, raw_body if raw_is_body else None),
+                body=dumps(cloudevent),
                 raw_body=raw_body,
             )
         )
