@@ -136,6 +136,11 @@ def test_subprocess_lines_are_json_with_ids_and_no_secrets(tmp_path: Path) -> No
     assert attempts[0]["status_code"] == 503
     signed_in = [r for r in records if r["event"] in ("ops_signed_in", "ops_sign_in_failed")]
     assert len(signed_in) == 2 and all("token" not in r for r in signed_in)
+    # Logged while a request ran: its request_id is bound, and it is that request's.
+    sign_in_requests = {
+        r["request_id"] for r in records if r["event"] == "request" and r["path"] == "/ops/sign-in"
+    }
+    assert all(r["request_id"] in sign_in_requests for r in signed_in)
 
 
 def test_worker_lines_carry_the_delivery_context(
