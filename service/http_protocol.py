@@ -6,12 +6,12 @@ no limit of its own, so a client sending an endless header could make the proces
 without bound. Here a head (request line and headers) over ``MAX_HEAD_BYTES`` is answered
 ``431 header_too_large`` and the connection closed; a request httptools cannot parse is
 ``400 malformed_request``. Both bodies are the relay's usual ``{"error": {code, message}}``.
+Selected through ``UVICORN_OPTIONS`` (``http=``), so the CLI, tests and benchmarks all use it.
 
 A response that declares its length leaves in one write (``_OneWriteResponse``): uvicorn
 writes the head when the app starts the response and the body when it comes, two ``send``
 system calls, each running the TCP stack and waking the client, where one does. Measured under
 load: 4-5 us less kernel time per callback, about 5 % of its whole cost.
-Selected through ``UVICORN_OPTIONS`` (``http=``), so the CLI, tests and benchmarks all use it.
 """
 
 from __future__ import annotations
@@ -43,19 +43,17 @@ class _OneWriteResponse:
     at once (measured: more CPU than the saved system call).
     """
 
-    __slots__ = ("_cycle", "_head", "_transport", "_waiting_for_head")
+    __slots__ = ("_cycle", "_head", "_transport")
 
     def __init__(self, transport: Any, cycle: Any) -> None:
         self._transport = transport
-        self._cycle = cycle
+        self._cycle = cycle  # until the head is seen
         self._head: bytes | None = None
-        self._waiting_for_head = True
 
     def write(self, data: bytes) -> None:
         if self._head is not None:
             data, self._head = self._head + data, None
-        elif self._waiting_for_head and self._cycle.response_started:
-            self._waiting_for_head = False
+        elif self._cycle is not None and self._cycle.response_started:
             cycle, self._cycle = self._cycle, None
             if (
                 cycle.chunked_encoding is False

@@ -47,7 +47,7 @@ def _spell_millisecond(ms: int) -> tuple[int, str, int]:
 
 
 def _process_prefix() -> str:
-    return "".join(_ALPHABET[b % 32] for b in os.urandom(16))
+    return os.urandom(16).translate(_SPELL).decode()
 
 
 _request_prefix = _process_prefix()

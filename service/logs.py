@@ -90,9 +90,10 @@ class LineWriter:
     (one write call for every line the iteration produced, instead of a write and a flush per
     line: at a few thousand callbacks per second, the writes alone cost more than rendering).
     Elsewhere (the CLI, other threads) a line is written at once, or with the lines a loop has
-    gathered when it comes while they wait for their iteration's end. Lines still gathered when
-    the process exits are written on the way out; a killed process loses at most one loop
-    iteration's lines.
+    gathered when it comes while they wait for their iteration's end. Lines still gathered at a
+    normal exit are written on the way out (``relay serve`` never gets there: uvicorn ends it
+    with the signal that stopped it, after its last iteration has flushed); a killed process
+    loses at most one loop iteration's lines.
     """
 
     def __init__(self, file: IO[str]) -> None:

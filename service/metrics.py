@@ -146,8 +146,8 @@ def recent_callbacks() -> dict[str, int]:
 
 
 def callback_outcome(status: int, context: Mapping[str, Any]) -> str:
-    """The ``outcome`` label of a callback request from what the receiver bound to its log
-    context (``outcome`` or ``error_code``), else from the HTTP status."""
+    """The ``outcome`` label of a callback request from the fields of its access line
+    (``outcome`` or ``error_code``), else from the HTTP status."""
     outcome = context.get("outcome") or context.get("error_code")
     if isinstance(outcome, str):
         return outcome

@@ -132,9 +132,7 @@ class Relay:
         """
         now = time.time()
         event_id = ids.new_id("evt")
-        url_metadata = self._metadata.get(url_id) if url_id else {}
-        if url_metadata is None:  # not cached yet
-            url_metadata = await self.metadata_for(url_id)  # type: ignore[arg-type]
+        url_metadata = await self.metadata_for(url_id) if url_id else {}
         metadata = {**url_metadata, **metadata} if metadata else url_metadata
         cloudevent = build_cloudevent(
             event_id=event_id,

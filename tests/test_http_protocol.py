@@ -6,15 +6,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import logging
 import socket
 from typing import Any
 from urllib.parse import urlsplit
 
-from uvicorn.protocols.http.flow_control import FlowControl
-from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+from uvicorn.config import Config
+from uvicorn.server import ServerState
 
-from service.http_protocol import MAX_HEAD_BYTES, _OneWriteResponse
+from service.http_protocol import MAX_HEAD_BYTES, BoundedHttpToolsProtocol
 from tests.conftest import EVOLINK_COMPLETED, RelayServer
 
 
@@ -117,72 +116,75 @@ class _RecordingTransport:
     def is_closing(self) -> bool:
         return self.closed
 
-    def get_extra_info(self, _name: str) -> None:
-        return None
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 5555)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
 
 
-def _cycle(method: str = "POST") -> tuple[RequestResponseCycle, _RecordingTransport]:
-    """uvicorn's own request cycle, writing through the relay's one-write transport."""
+def _serve(request: bytes, *messages: dict[str, Any]) -> tuple[list[int], list[bytes]]:
+    """The relay's HTTP protocol on a recording transport answers ``request`` with an app
+    that sends ``messages``: (socket writes made when the response had started, every write,
+    one entry per ``send`` system call)."""
     transport = _RecordingTransport()
-    scope = {"type": "http", "method": method, "path": "/", "http_version": "1.1"}
-    cycle = RequestResponseCycle(
-        scope=scope,  # type: ignore[arg-type]
-        transport=transport,  # type: ignore[arg-type]
-        flow=FlowControl(transport),  # type: ignore[arg-type]
-        logger=logging.getLogger("test"),
-        access_logger=logging.getLogger("test.access"),
-        access_log=False,
-        default_headers=[],
-        message_event=asyncio.Event(),
-        expect_100_continue=False,
-        keep_alive=True,
-        on_response=lambda: None,
-    )
-    cycle.transport = _OneWriteResponse(transport, cycle)  # as on_headers_complete does
-    return cycle, transport
+    at_start: list[int] = []
+
+    async def app(_scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        for message in messages:
+            await send(message)
+            if message["type"] == "http.response.start":
+                at_start.append(len(transport.writes))
+
+    async def serve() -> None:
+        config = Config(app, log_config=None)
+        config.load()
+        protocol = BoundedHttpToolsProtocol(config=config, server_state=ServerState(), app_state={})
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(request)
+        for _ in range(100):
+            await asyncio.sleep(0.001)
+            if protocol.cycle is not None and protocol.cycle.response_complete:
+                return
+
+    asyncio.run(serve())
+    return at_start, transport.writes
+
+
+_POST = b"POST / HTTP/1.1\r\nhost: relay\r\ncontent-length: 2\r\n\r\nhi"
 
 
 def _start(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
     return {"type": "http.response.start", "status": 200, "headers": headers}
 
 
-def test_a_response_with_its_length_leaves_in_one_write() -> None:
-    async def scenario() -> list[bytes]:
-        cycle, transport = _cycle()
-        await cycle.send(_start([(b"content-length", b"11")]))
-        assert transport.writes == []  # the head waits for its body
-        await cycle.send({"type": "http.response.body", "body": b"hello world"})
-        return transport.writes
+def _body(body: bytes, more: bool = False) -> dict[str, Any]:
+    return {"type": "http.response.body", "body": body, "more_body": more}
 
-    writes = asyncio.run(scenario())
+
+def test_a_response_with_its_length_leaves_in_one_write() -> None:
+    at_start, writes = _serve(_POST, _start([(b"content-length", b"11")]), _body(b"hello world"))
+    assert at_start == [0]  # the head waited for its body
     assert len(writes) == 1
-    assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and writes[0].endswith(
-        b"\r\n\r\nhello world"
-    )
+    assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert writes[0].endswith(b"\r\n\r\nhello world")
 
 
 def test_streams_head_requests_and_empty_bodies_show_their_head_at_once() -> None:
-    async def scenario() -> list[list[bytes]]:
-        seen = []
-        stream, transport = _cycle()  # no length: chunked, the head must not wait for data
-        await stream.send(_start([]))
-        seen.append(list(transport.writes))
-        await stream.send({"type": "http.response.body", "body": b"a", "more_body": True})
-        await stream.send({"type": "http.response.body", "body": b"b", "more_body": False})
-        seen.append(transport.writes)
-        head, transport = _cycle("HEAD")
-        await head.send(_start([(b"content-length", b"5")]))
-        seen.append(list(transport.writes))
-        empty, transport = _cycle()
-        await empty.send(_start([(b"content-length", b"0")]))
-        seen.append(list(transport.writes))
-        return seen
+    at_start, writes = _serve(_POST, _start([]), _body(b"a", more=True), _body(b"b"))
+    assert at_start == [1] and b"transfer-encoding: chunked" in writes[0]  # no length: chunked
+    assert writes[1:] == [b"1\r\na\r\n", b"1\r\nb\r\n0\r\n\r\n"]
 
-    stream_head, stream_all, head, empty = asyncio.run(scenario())
-    assert len(stream_head) == 1 and b"transfer-encoding: chunked" in stream_head[0]
-    assert stream_all[1:] == [b"1\r\na\r\n", b"1\r\nb\r\n0\r\n\r\n"]
-    assert len(head) == 1 and head[0].startswith(b"HTTP/1.1 200 OK")
-    assert len(empty) == 1 and empty[0].endswith(b"\r\n\r\n")
+    head = b"HEAD / HTTP/1.1\r\nhost: relay\r\n\r\n"
+    at_start, writes = _serve(head, _start([(b"content-length", b"5")]), _body(b""))
+    assert at_start == [1] and len(writes) == 1 and writes[0].startswith(b"HTTP/1.1 200 OK")
+
+    at_start, writes = _serve(_POST, _start([(b"content-length", b"0")]), _body(b""))
+    assert at_start == [1] and writes[0].endswith(b"\r\n\r\n")
 
 
 def test_expect_100_continue_is_answered_before_the_body_is_sent(
