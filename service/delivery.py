@@ -38,6 +38,18 @@ _USER_AGENT = USER_AGENT.encode()
 
 
 @functools.lru_cache(maxsize=4096)
+def storable_text(raw: bytes | str, limit: int = EXCERPT_BYTES) -> str | None:
+    """What a subscriber sent, as text any store keeps as it is: ``None`` when empty.
+
+    A subscriber's answer is arbitrary bytes. Bytes that are not UTF-8 and NUL characters
+    (PostgreSQL's text cannot hold NUL; SQLite's can) become U+FFFD, so both stores keep the
+    very same text and recording an attempt never fails on what the subscriber answered.
+    Nothing is decompressed: the excerpt is the first ``limit`` bytes as they came.
+    """
+    text = raw[:limit].decode("utf-8", "replace") if isinstance(raw, bytes) else raw[:limit]
+    return text.replace("\x00", "\ufffd") or None
+
+
 def _parsed_url(url: str) -> httpx.URL:
     return httpx.URL(url)
 
@@ -170,17 +182,18 @@ class Deliverer:
         except TimeoutError:
             error = f"timed out after {self.timeout:g} s"
         except (TargetNotAllowed, httpx.InvalidURL) as exc:
-            error = f"target not allowed: {exc}"[:500]
+            error = storable_text(f"target not allowed: {exc}", 500)
         except httpx.HTTPError as exc:
             if is_target_blocked(exc):
-                error = f"target not allowed: {exc}"[:500]
+                error = storable_text(f"target not allowed: {exc}", 500)
             elif status is None:
-                error = f"{type(exc).__name__}: {exc}"[:500]
+                # The message may quote what the subscriber sent (a malformed status line).
+                error = storable_text(f"{type(exc).__name__}: {exc}", 500)
             # An error while reading the body after the status arrived: the status stands.
         return Attempt(
             started_at=started_at,
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
             status_code=status,
             error=error,
-            response_excerpt=bytes(excerpt[:EXCERPT_BYTES]).decode("utf-8", "replace") or None,
+            response_excerpt=storable_text(bytes(excerpt)),
         )

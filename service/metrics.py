@@ -17,6 +17,8 @@ counters to files there and a scrape, answered by any one of them, adds up all o
     relay_delivery_attempts_total{outcome}        succeeded, retry (another attempt is
                                                   scheduled) or failed (waits for an operator)
     relay_delivery_attempt_duration_seconds       latency of each attempt (histogram)
+    relay_attempt_record_errors_total             attempts whose record the store refused
+                                                  (not an outage: logged with a traceback)
     relay_deliveries_pending / _failed            at scrape time, from the store
     relay_oldest_pending_delivery_age_seconds     at scrape time (0 when nothing is pending)
     relay_watches_active{provider}                at scrape time, from the store
@@ -77,6 +79,12 @@ ATTEMPTS = Counter(
     "Delivery attempts by outcome: succeeded, retry (another attempt is scheduled) or failed "
     "(no more attempts: it waits for an operator).",
     ["outcome"],
+    registry=REGISTRY,
+)
+ATTEMPT_RECORD_ERRORS = Counter(
+    "relay_attempt_record_errors_total",
+    "Delivery attempts whose record the store refused for a reason other than being "
+    "unavailable (a bug or data the store cannot hold); each is logged with its traceback.",
     registry=REGISTRY,
 )
 ATTEMPT_SECONDS = Histogram(

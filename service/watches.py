@@ -36,6 +36,7 @@ from service.errors import Conflict, InvalidInput, InvalidPayload, NotFound
 from service.events import Normalized, dumps
 from service.provider_api import StatusAnswer, StatusClients, polling_configured
 from service.providers import get_provider
+from service.providers.base import MAX_TASK_ID_LENGTH, task_id_problem
 from service.relay import Relay
 from service.settings import Settings
 from service.store.base import Store
@@ -46,7 +47,6 @@ log = structlog.get_logger("service.watches")
 #: Consecutive "no such task" answers after which a watch ends as rejected.
 NOT_FOUND_LIMIT = 3
 MAX_DEADLINE_SECONDS = 30 * 86_400
-MAX_TASK_ID_LENGTH = 512
 MAX_METADATA_BYTES = 16_384
 WATCH_FIELDS = frozenset(
     {"provider", "task_id", "metadata", "deadline_seconds", "poll_after_seconds"}
@@ -134,9 +134,11 @@ def new_watch(settings: Settings, body: dict[str, Any], now: float) -> Watch:
     task_id = body.get("task_id")
     if isinstance(task_id, int) and not isinstance(task_id, bool):
         task_id = str(task_id)
-    if not isinstance(task_id, str) or not task_id.strip() or len(task_id) > MAX_TASK_ID_LENGTH:
+    problem = task_id_problem(task_id.strip()) if isinstance(task_id, str) else "is not a string"
+    if problem is not None:
         raise InvalidInput(
-            f"task_id must be the provider's task id (1 to {MAX_TASK_ID_LENGTH} characters).",
+            f"task_id must be the provider's task id (1 to {MAX_TASK_ID_LENGTH} characters,"
+            f" no control characters, not only dots); it {problem}.",
             code="invalid_task_id",
         )
     metadata = body.get("metadata")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -33,6 +34,9 @@ from service.store.base import AttemptRecord, Claim, Store
 from service.targets import TargetPolicy
 
 log = structlog.get_logger("service.worker")
+
+#: The error an attempt is recorded with when the store refused its first record.
+_UNRECORDABLE = "the store refused this attempt's record (see the relay's log)"
 
 #: How often an idle worker looks for due retries when nothing wakes it.
 IDLE_POLL_SECONDS = 0.1
@@ -168,6 +172,10 @@ class DeliveryWorker:
             async with self._slot(claim.subscriber_id):
                 attempt = await self.deliverer.attempt(claim)
             await self._record(claim, attempt)
+        except Exception:
+            # A bug, said with its traceback rather than left in a task nobody awaits; the
+            # lease lapses and the delivery is attempted again.
+            log.exception("delivery_error")
         finally:
             del self._tasks[claim.delivery_id]
             self._per_subscriber[claim.subscriber_id] -= 1
@@ -222,6 +230,16 @@ class DeliveryWorker:
             except StorageUnavailable as exc:
                 log.warning("record_attempt_failed", error=exc.message, **fields)
                 await asyncio.sleep(wait)
+            except Exception:
+                # Not an outage: the store refused this one record (a bug, or text it cannot
+                # hold). Said loudly, counted, and confined to this delivery: the record is
+                # stored once more without the subscriber's text, so the delivery still moves
+                # on instead of being re-sent at every lease expiry.
+                log.exception("record_attempt_error", **fields)
+                metrics.ATTEMPT_RECORD_ERRORS.inc()
+                if record.response_excerpt is None and record.error == _UNRECORDABLE:
+                    return
+                record = dataclasses.replace(record, response_excerpt=None, error=_UNRECORDABLE)
         # The lease will lapse and the delivery be attempted again: at least once, never lost.
 
     async def stop(self, grace: float | None = None) -> None:

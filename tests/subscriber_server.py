@@ -57,6 +57,8 @@ class SubscriberServer:
     lock: threading.Lock = field(default_factory=threading.Lock)
     thread: ServerThread | None = None
     host: str = "127.0.0.1"
+    #: The body of every answer but 204s (default: ``answer <n>``).
+    answer_body: bytes | None = None
 
     @property
     def url(self) -> str:
@@ -89,7 +91,8 @@ class SubscriberServer:
             await asyncio.sleep(delay)
         with self.lock:
             self.receipts.append(Receipt(time.time(), headers, body, event, verified, status))
-        return Response(None if status == 204 else f"answer {number}", status_code=status)
+        answer = self.answer_body if self.answer_body is not None else f"answer {number}".encode()
+        return Response(None if status == 204 else answer, status_code=status)
 
     def start(self) -> SubscriberServer:
         app = Starlette(routes=[Route("/hook", self.handle, methods=["POST"])])

@@ -11,7 +11,9 @@ Without a reachable PostgreSQL the postgres cases are skipped, or fail when ``CI
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import dataclasses
 import json
 import os
 import threading
@@ -325,6 +327,64 @@ async def test_an_operation_failing_alone_leaves_the_others_of_its_batch_committ
         [first.event_id, second.event_id]
     )
     assert len((await store.list_subscribers(None, 100)).items) == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    "poison",
+    [
+        pytest.param("x\x00", id="nul-refused-by-the-driver"),
+        pytest.param(
+            base64.b64encode(os.urandom(9_000)).decode(), id="over-long-refused-by-the-server"
+        ),
+    ],
+)
+async def test_a_statement_postgresql_refuses_fails_alone_in_its_batch(
+    pg_url: str, poison: str
+) -> None:
+    """Ingests sent in one PostgreSQL pipeline: the one PostgreSQL cannot store (a NUL the
+    driver refuses, an index row the server refuses) fails on its own; every other one is
+    answered as committed and is committed, fan-out included. (Intake refuses such task ids
+    before the store; the store must still not let one caller's error reach the others.)"""
+    async with opened(store := postgres_store(pg_url)):
+        await store.create_subscriber(subscriber())
+        await store.ingest(incoming("warm-up"))  # the subscriber list is cached: one batch
+        normal = [incoming(f"task-{n}") for n in range(40)]
+        bad = incoming(poison, key=f"evolink:{poison}:completed:None")
+        batch = [*normal[:20], bad, *normal[20:]]
+        results = await asyncio.gather(*(store.ingest(e) for e in batch), return_exceptions=True)
+        assert isinstance(results[20], Exception)
+        for result, event in zip(results[:20] + results[21:], normal, strict=True):
+            assert not isinstance(result, BaseException), result
+            assert (result.outcome, result.event_id) == ("accepted", event.event_id)
+            assert await store.get_event(event.event_id) is not None
+        assert len(await deliveries(store)) == 41
+        assert await store.get_event(bad.event_id) is None
+
+
+async def test_an_attempt_record_the_store_cannot_hold_fails_alone(store: Store) -> None:
+    """Attempt records sent together: one whose excerpt holds a NUL is stored by SQLite and
+    refused by PostgreSQL (its text cannot hold NUL; the worker never sends one, see
+    ``storable_text``), and then alone: the others of its batch are recorded."""
+    await store.create_subscriber(subscriber())
+    for n in range(12):
+        await store.ingest(incoming(f"task-{n}"))
+    claims = await claim_all(store, time.time() + 1)
+    assert len(claims) == 12
+    poisoned = dataclasses.replace(attempt(claims[5], "succeeded"), response_excerpt="ok\x00")
+    records = [attempt(c, "succeeded") for c in claims]
+    records[5] = poisoned
+    results = await asyncio.gather(
+        *(store.record_attempt(r) for r in records), return_exceptions=True
+    )
+    assert [r for n, r in enumerate(results) if n != 5] == [None] * 11
+    succeeded = {d["id"] for d in await deliveries(store, status="succeeded")}
+    if isinstance(store, PostgresStore):
+        assert isinstance(results[5], psycopg.DataError)
+        assert succeeded == {c.delivery_id for n, c in enumerate(claims) if n != 5}
+    else:
+        assert results[5] is None
+        assert succeeded == {c.delivery_id for c in claims}
 
 
 async def test_duplicate_writes_nothing(store: Store) -> None:

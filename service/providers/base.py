@@ -8,6 +8,7 @@ parsed payload into a ``Normalized`` update, and, where the provider signs its c
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -65,13 +66,50 @@ def require_object(payload: Any) -> dict[str, Any]:
     return payload
 
 
+#: The longest task id the relay takes. The providers' ids are a few dozen characters; the bound
+#: keeps every id storable in both stores' indexes and usable as one segment of a status URL.
+MAX_TASK_ID_LENGTH = 256
+
+
+def task_id_problem(task_id: str) -> str | None:
+    """Why ``task_id`` (already stripped) cannot be a task id, or None if it can.
+
+    The rule is the same for callbacks and for watches, on both stores: 1 to 256 characters,
+    no control characters (PostgreSQL cannot store NUL in text, and none belongs in an id), and
+    not only dots (``.`` and ``..`` would vanish from a status URL's path, sending the API key to
+    another endpoint of the provider).
+    """
+    if not task_id:
+        return "is empty"
+    if len(task_id) > MAX_TASK_ID_LENGTH:
+        return f"is longer than {MAX_TASK_ID_LENGTH} characters"
+    if _CONTROL.search(task_id):
+        return "contains a control character"
+    if not task_id.strip("."):
+        return "is only dots"
+    return None
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def task_id_from(payload: Mapping[str, Any], *keys: str) -> str:
+    """The first of ``keys`` that holds a task id (a non-empty string or an integer).
+
+    Raises:
+        InvalidPayload: no key holds one (``invalid_payload``), or the id it holds breaks the
+            rule of ``task_id_problem`` (``invalid_task_id``).
+    """
     for key in keys:
         value = payload.get(key)
-        if isinstance(value, str) and value.strip():
-            return value.strip()
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)
+        if isinstance(value, str) and value.strip():
+            task_id = value.strip()
+            problem = task_id_problem(task_id)
+            if problem is not None:
+                raise InvalidPayload(f"The task id in {key!r} {problem}.", code="invalid_task_id")
+            return task_id
     raise InvalidPayload(f"The callback body has no task id (looked for {', '.join(keys)}).")
 
 
