@@ -62,8 +62,19 @@ async def get_event(request: Request) -> Response:
     return JSONResponse(event)
 
 
+async def get_event_raw(request: Request) -> Response:
+    """The body an event was made from, byte for byte (``data.raw`` may leave it out)."""
+    relay = _relay(request)
+    event_id = request.path_params["event_id"]
+    raw = None if "\x00" in event_id else await relay.store.get_event_raw(event_id)
+    if raw is None:
+        raise NotFound("No event with this id.")
+    return Response(raw, media_type="application/json")
+
+
 routes = [
     Route("/v1/callback-urls", create_callback_url, methods=["POST"]),
     Route("/v1/events", list_events, methods=["GET"]),
     Route("/v1/events/{event_id}", get_event, methods=["GET"]),
+    Route("/v1/events/{event_id}/raw", get_event_raw, methods=["GET"]),
 ]

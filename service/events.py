@@ -72,9 +72,13 @@ def build_cloudevent(
     received_at: float,
     metadata: dict[str, Any],
     raw: Any,
+    raw_omitted: str | None = None,
 ) -> dict[str, Any]:
-    """The CloudEvent (structured mode) subscribers receive for one update."""
-    return {
+    """The CloudEvent (structured mode) subscribers receive for one update.
+
+    ``raw_omitted``: why ``raw`` is left out (``service.forwarding``), when it is.
+    """
+    event = {
         "specversion": "1.0",
         "id": event_id,
         "source": f"/providers/{provider}",
@@ -95,6 +99,9 @@ def build_cloudevent(
             "raw": raw,
         },
     }
+    if raw_omitted is not None:
+        event["data"]["raw_omitted"] = raw_omitted
+    return event
 
 
 def dumps(value: Any) -> str:

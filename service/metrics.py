@@ -17,6 +17,8 @@ counters to files there and a scrape, answered by any one of them, adds up all o
     relay_delivery_attempts_total{outcome}        succeeded, retry (another attempt is
                                                   scheduled) or failed (waits for an operator)
     relay_delivery_attempt_duration_seconds       latency of each attempt (histogram)
+    relay_outputs_dropped_total{reason}           output URLs left out of events (scheme,
+                                                  private_address, too_long, over_limit...)
     relay_attempt_record_errors_total             attempts whose record the store refused
                                                   (not an outage: logged with a traceback)
     relay_deliveries_pending / _failed            at scrape time, from the store
@@ -85,6 +87,13 @@ ATTEMPT_RECORD_ERRORS = Counter(
     "relay_attempt_record_errors_total",
     "Delivery attempts whose record the store refused for a reason other than being "
     "unavailable (a bug or data the store cannot hold); each is logged with its traceback.",
+    registry=REGISTRY,
+)
+OUTPUTS_DROPPED = Counter(
+    "relay_outputs_dropped_total",
+    "Output URLs left out of events, by reason: scheme (not http/https), private_address, "
+    "too_long, malformed, over_limit (service.forwarding).",
+    ["reason"],
     registry=REGISTRY,
 )
 ATTEMPT_SECONDS = Histogram(
@@ -222,6 +231,12 @@ def fold() -> None:
 
 
 atexit.register(fold)  # (with PROMETHEUS_MULTIPROC_DIR, the files outlive the process)
+
+
+def count_dropped_outputs(dropped: Mapping[str, int]) -> None:
+    """Output URLs left out of one event, by reason (bounded: ``service.forwarding``'s)."""
+    for reason, count in dropped.items():
+        OUTPUTS_DROPPED.labels(reason).inc(count)
 
 
 def count_attempt(delivery_status: str, latency_ms: float) -> None:

@@ -538,6 +538,21 @@ def _paths() -> dict[str, Any]:
                 parameters=[event_id],
             )
         },
+        "/v1/events/{event_id}/raw": {
+            "get": _admin(
+                "The body an event was made from, byte for byte",
+                {
+                    "200": _json(
+                        {},
+                        "The callback body (or poll answer) exactly as received; the event's"
+                        " data.raw may leave it out (raw_omitted).",
+                    ),
+                    "404": not_found,
+                },
+                tag="events",
+                parameters=[event_id],
+            )
+        },
         "/v1/events/{event_id}/redeliver": {
             "post": _admin(
                 "Deliver an event again (to one subscriber, or every enabled one that wants it)",

@@ -31,7 +31,7 @@ from service.errors import Forbidden, InternalError, InvalidInput, RelayError
 from service.http import error_response, forwarded_client, receive_body
 from service.providers import Provider, get_provider
 from service.relay import Relay
-from service.watches import hold_callback, needs_confirmation
+from service.watches import confirms, hold_callback, needs_confirmation
 
 log = structlog.get_logger("service.receiver")
 
@@ -90,6 +90,11 @@ async def _receive(
             task_id=normalized.task_id,
             raw_status=normalized.raw_status,
         )
+    if normalized.outputs and not normalized.terminal and confirms(relay.settings, provider_name):
+        # Unconfirmed progress is forwarded at once, but what subscribers would fetch is not:
+        # only the confirmed terminal event carries outputs (anyone holding a URL could forge
+        # a "processing" with links of their choosing).
+        normalized.outputs = ()
     fields: dict[str, Any] = {"task_id": normalized.task_id}
     # A terminal callback that must be confirmed is held (committed) instead of emitted,
     # unless the task already has its terminal event (then it is ingested as usual).

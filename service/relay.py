@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from collections import OrderedDict
@@ -20,6 +21,7 @@ from service import ids, metrics
 from service.clock import rfc3339
 from service.errors import InvalidInput
 from service.events import Normalized, build_cloudevent, dumps, verbatim_json
+from service.forwarding import MAX_RAW_DEPTH, forwardable_outputs, raw_too_deep
 from service.providers import get_provider
 from service.settings import Settings
 from service.store import open_store
@@ -134,13 +136,32 @@ class Relay:
         event_id = ids.new_id("evt")
         url_metadata = await self.metadata_for(url_id) if url_id else {}
         metadata = {**url_metadata, **metadata} if metadata else url_metadata
+        outputs, dropped = forwardable_outputs(normalized.outputs)
+        if dropped:
+            log.warning(
+                "outputs_dropped",
+                provider=provider,
+                task_id=normalized.task_id,
+                event_id=event_id,
+                dropped=dict(dropped),
+            )
+            metrics.count_dropped_outputs(dropped)
+            normalized = dataclasses.replace(normalized, outputs=outputs)
+        raw_omitted = None
+        if raw_too_deep(raw, raw_body if raw_is_body else None):
+            raw_omitted = (
+                f"the provider's payload nests deeper than {MAX_RAW_DEPTH} levels:"
+                f" GET /v1/events/{event_id}/raw returns it"
+            )
+            log.warning("raw_omitted", provider=provider, task_id=normalized.task_id)
         cloudevent = build_cloudevent(
             event_id=event_id,
             provider=provider,
             normalized=normalized,
             received_at=now,
             metadata=metadata,
-            raw=verbatim_json(raw_body) if raw_is_body else raw,
+            raw=None if raw_omitted else verbatim_json(raw_body) if raw_is_body else raw,
+            raw_omitted=raw_omitted,
         )
         result = await self.store.ingest(
             IncomingEvent(

@@ -204,10 +204,15 @@ async def cancel_watch(relay: Relay, watch_id: str) -> Watch:
     return watch
 
 
+def confirms(settings: Settings, provider: str) -> bool:
+    """Whether this provider's callbacks are confirmed with its API (terminal ones held)."""
+    check = CONFIRMED_PROVIDERS.get(provider)
+    return check is not None and check(settings)
+
+
 def needs_confirmation(settings: Settings, provider: str, normalized: Normalized) -> bool:
     """Whether this callback must be confirmed with the provider's API before it is emitted."""
-    check = CONFIRMED_PROVIDERS.get(provider)
-    return normalized.terminal and check is not None and check(settings)
+    return normalized.terminal and confirms(settings, provider)
 
 
 async def hold_callback(

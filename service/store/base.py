@@ -306,6 +306,11 @@ class Store(ABC):
         """The stored CloudEvent with ``relay: {"state": "emitted" | "superseded"}``, or None."""
 
     @abstractmethod
+    async def get_event_raw(self, event_id: str) -> bytes | None:
+        """The body the event was made from, exactly as received (a callback's body, or the
+        answer of the poll that saw it), or None when there is no such event."""
+
+    @abstractmethod
     async def list_events(self, filters: EventFilter, cursor: str | None, limit: int) -> Page:
         """Emitted and superseded events, newest first; items are CloudEvent JSON strings."""
 

@@ -614,6 +614,12 @@ class PostgresStore(Store):
         event["relay"] = {"state": row[1]}
         return event
 
+    async def get_event_raw(self, event_id: str) -> bytes | None:
+        async with self._connection() as conn:
+            cursor = await conn.execute("SELECT raw_body FROM events WHERE id = %s", (event_id,))
+            row = await cursor.fetchone()
+        return None if row is None else bytes(row[0])
+
     async def list_events(self, filters: EventFilter, cursor: str | None, limit: int) -> Page:
         clauses, params = event_clauses(filters, decode_cursor(cursor), "%s")
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""

@@ -380,6 +380,13 @@ class SQLiteStore(Store):
         event["relay"] = {"state": row[1]}
         return event
 
+    async def get_event_raw(self, event_id: str) -> bytes | None:
+        def op(conn: sqlite3.Connection) -> tuple[bytes] | None:
+            return conn.execute("SELECT raw_body FROM events WHERE id = ?", (event_id,)).fetchone()
+
+        row = await self._run(op)
+        return None if row is None else bytes(row[0])
+
     async def list_events(self, filters: EventFilter, cursor: str | None, limit: int) -> Page:
         clauses, params = event_clauses(filters, decode_cursor(cursor), "?")
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""

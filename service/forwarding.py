@@ -1,0 +1,100 @@
+"""What an event may carry to subscribers: outputs that are plain web links, a bounded payload.
+
+A provider's payload is forwarded, but it comes from outside (a forged callback, a compromised
+or buggy API), and subscribers act on it: they fetch output URLs, render them, parse ``raw``
+with whatever JSON parser they have. So before an event is built:
+
+- an output must be an absolute ``http``/``https`` URL with a host, at most
+  ``MAX_OUTPUT_URL_LENGTH`` characters, whose host is not a private, loopback or link-local
+  address literal (``javascript:``, ``file:``, ``data:``, ``gopher:`` and
+  ``http://169.254.169.254/`` are dropped); at most ``MAX_OUTPUTS`` are kept, duplicates once;
+- ``raw`` is forwarded only when it nests at most ``MAX_RAW_DEPTH`` levels deep (Python's
+  standard ``json`` fails near 1,000, other parsers sooner). A deeper payload is left out of
+  the event (``raw: null`` and ``raw_omitted`` says why); the store keeps it whole and
+  ``GET /v1/events/{id}/raw`` returns it.
+
+What is dropped is logged and counted (``relay_outputs_dropped_total{reason}``), never silent.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+from service.events import Output
+
+MAX_OUTPUTS = 100
+MAX_OUTPUT_URL_LENGTH = 4096
+MAX_RAW_DEPTH = 64
+
+
+def output_problem(url: str) -> str | None:
+    """Why ``url`` may not be forwarded as an output (a short reason), or None."""
+    if len(url) > MAX_OUTPUT_URL_LENGTH:
+        return "too_long"
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return "malformed"
+    if parts.scheme.lower() not in ("http", "https") or not host:
+        return "scheme"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None  # a name: resolved by whoever fetches it, never by the relay
+    return None if address.is_global else "private_address"
+
+
+def forwardable_outputs(outputs: Iterable[Output]) -> tuple[tuple[Output, ...], Counter[str]]:
+    """(the outputs to forward, how many were dropped by reason)."""
+    kept: dict[str, Output] = {}
+    dropped: Counter[str] = Counter()
+    for output in outputs:
+        problem = output_problem(output.url)
+        if problem is not None:
+            dropped[problem] += 1
+        elif output.url in kept:
+            continue
+        elif len(kept) >= MAX_OUTPUTS:
+            dropped["over_limit"] += 1
+        else:
+            kept[output.url] = output
+    return tuple(kept.values()), dropped
+
+
+def json_depth(value: Any, limit: int = MAX_RAW_DEPTH) -> int:
+    """How deep ``value`` nests (a scalar is 0), counted up to ``limit + 1`` at most.
+
+    Iterative, so that a payload nested a thousand levels deep cannot exhaust the stack.
+    """
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        stack.extend((child, depth) for child in children)
+    return deepest
+
+
+def raw_too_deep(raw: Any, body: bytes | None = None) -> bool:
+    """Whether ``raw`` (parsed from ``body`` when given) nests deeper than ``MAX_RAW_DEPTH``.
+
+    A body with fewer brackets than the limit cannot nest deeper than it: that count, done in
+    C, spares almost every callback the walk through the parsed payload.
+    """
+    if body is not None and body.count(b"{") + body.count(b"[") <= MAX_RAW_DEPTH:
+        return False
+    return json_depth(raw) > MAX_RAW_DEPTH
