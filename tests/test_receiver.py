@@ -84,6 +84,16 @@ def test_callback_regression_is_superseded(relay_server: RelayServer) -> None:
     for response in (late, other_terminal):
         assert response.status_code == 200
         assert response.json()["superseded"] is True
+    # The provider's retry of a superseded update is a duplicate, and still says superseded.
+    retried = relay_server.post_callback(url, evolink("t-1", "processing", 80)).json()
+    assert retried == {
+        "received": True,
+        "event_id": late.json()["event_id"],
+        "duplicate": True,
+        "superseded": True,
+    }
+    again = relay_server.post_callback(url, evolink("t-1", "completed", 100)).json()
+    assert again["duplicate"] is True and "superseded" not in again
     states = relay_server.sql(
         lambda conn: [r[0] for r in conn.execute("SELECT state FROM events WHERE task_id = 't-1'")]
     )
