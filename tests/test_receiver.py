@@ -270,7 +270,7 @@ def test_apiframe_v1_webhook_secret(relay_factory: Callable[..., RelayServer]) -
 
 def test_storage_unavailable_gives_503_then_recovers(relay_server: RelayServer) -> None:
     """When SQLite cannot write (disk full), callbacks get 503, and the relay recovers by itself."""
-    url = relay_server.mint()
+    url = relay_server.mint(reusable=True)
 
     def limit_pages(conn: object) -> None:
         (pages,) = conn.execute("PRAGMA page_count").fetchone()  # type: ignore[attr-defined]
@@ -298,7 +298,7 @@ def test_storage_unavailable_gives_503_then_recovers(relay_server: RelayServer) 
 
 def test_events_list_filters_and_pagination(relay_server: RelayServer) -> None:
     """GET /v1/events filters by provider, task and status and pages with a cursor."""
-    url = relay_server.mint()
+    url = relay_server.mint(reusable=True)
     for n in range(7):
         relay_server.post_callback(url, evolink(f"t-page-{n}", "processing", 10))
     relay_server.post_callback(url, evolink("t-page-0", "completed", 100))
