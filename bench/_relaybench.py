@@ -434,7 +434,9 @@ class RelayConfig:
         return answer
 
     def mint_url(self) -> str:
-        url: str = self.admin("POST", "/v1/callback-urls", {"provider": "evolink"})["url"]
+        url: str = self.admin(
+            "POST", "/v1/callback-urls", {"provider": "evolink", "reusable": True}
+        )["url"]
         if not url.startswith(f"{self.base}/callbacks/evolink/"):
             raise RuntimeError(f"unexpected callback URL {url!r}")
         return url

@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import ids, metrics
 from service.logs import info_line, mask_callback_path
+from service.providers import PROVIDERS
 
 log = structlog.get_logger("service.access")
 
@@ -83,13 +84,23 @@ class AccessLogMiddleware:
             )
 
 
+_CALLBACKS = "/callbacks/"
+
+
 def _logged_path(scope: Scope, path: str) -> str:
     """The path as the line shows it: a callback URL's token segment is ``***`` whole (the
-    route's parameters say where it is: no pattern to run), any other path masked by pattern."""
+    route's parameters say where it is: no pattern to run); on any other path, every segment
+    after ``/callbacks/`` that is not a provider's name is ``***``, since a token may sit
+    anywhere in a misrouted path (``/callbacks/<token>``, ``/callbacks/evolink/x/<token>``)."""
     params = scope.get("path_params")
-    if params is not None and "token" in params and path.startswith("/callbacks/"):
+    if params is not None and "token" in params and path.startswith(_CALLBACKS):
         return f"/callbacks/{params['provider']}/***"
-    return mask_callback_path(path)
+    start = path.find(_CALLBACKS)
+    if start < 0:
+        return mask_callback_path(path)
+    head = path[: start + len(_CALLBACKS)]
+    segments = path[len(head) :].split("/")
+    return head + "/".join(s if not s or s in PROVIDERS else "***" for s in segments)
 
 
 def _count_callback(path: str, status: int, fields: dict[str, Any]) -> None:

@@ -31,7 +31,9 @@ async def create_callback_url(request: Request) -> Response:
     provider = body.get("provider")
     if not isinstance(provider, str):
         raise InvalidInput('provider is required (e.g. "evolink").', code="invalid_provider")
-    minted = await relay.mint_callback_url(provider, body.get("metadata"), body.get("ttl_seconds"))
+    minted = await relay.mint_callback_url(
+        provider, body.get("metadata"), body.get("ttl_seconds"), body.get("reusable", False)
+    )
     return JSONResponse(minted, status_code=201)
 
 

@@ -5,6 +5,7 @@ POST   /v1/watches       {"provider", "task_id", "metadata"?, "deadline_seconds"
 GET    /v1/watches       ?state=&provider=&task_id=&cursor=&limit= -> {"items", "next_cursor"}
 GET    /v1/watches/{id}                                            -> the watch
 DELETE /v1/watches/{id}                                            -> the canceled watch
+POST   /v1/watches/{id}/resolve {"url_id": "..." | null}            -> the resolved watch
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ async def list_watches(request: Request) -> Response:
         parse_limit(query.get("limit")),
     )
     return JSONResponse(
-        {"items": [watches.watch_json(w) for w in page.items], "next_cursor": page.next_cursor}
+        {
+            "items": [await watches.watch_view(relay, w) for w in page.items],
+            "next_cursor": page.next_cursor,
+        }
     )
 
 
@@ -52,7 +56,7 @@ async def get_watch(request: Request) -> Response:
     watch = await relay.store.get_watch(request.path_params["watch_id"])
     if watch is None:
         raise NotFound("No watch with this id.")
-    return JSONResponse(watches.watch_json(watch))
+    return JSONResponse(await watches.watch_view(relay, watch))
 
 
 async def cancel_watch(request: Request) -> Response:
@@ -61,9 +65,17 @@ async def cancel_watch(request: Request) -> Response:
     return JSONResponse(watches.watch_json(watch))
 
 
+async def resolve_conflict(request: Request) -> Response:
+    relay = _relay(request)
+    body = await read_json_object(request)
+    watch = await watches.resolve_conflict(relay, request.path_params["watch_id"], body)
+    return JSONResponse(await watches.watch_view(relay, watch))
+
+
 routes = [
     Route("/v1/watches", create_watch, methods=["POST"]),
     Route("/v1/watches", list_watches, methods=["GET"]),
     Route("/v1/watches/{watch_id}", get_watch, methods=["GET"]),
     Route("/v1/watches/{watch_id}", cancel_watch, methods=["DELETE"]),
+    Route("/v1/watches/{watch_id}/resolve", resolve_conflict, methods=["POST"]),
 ]

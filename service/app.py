@@ -86,6 +86,20 @@ def callback_path_params(path: str) -> dict[str, str] | None:
     return {"provider": provider, "token": token}
 
 
+def _announce_admin_token(token: str) -> None:
+    """Say that an admin token was generated; show it only to a person at a terminal.
+
+    Logs (stderr, JSON) end up in container and log collectors, so the log line says where to
+    get the token, never the token: ``relay admin-token`` prints it from the store.
+    """
+    log.warning(
+        "admin_token_generated",
+        hint="print it with `relay admin-token` (it is kept in the store)",
+    )
+    if sys.stderr.isatty():
+        print(f"Admin token (generated, kept in the store): {token}", file=sys.stderr, flush=True)
+
+
 def create_app(settings: Settings, *, run_worker: bool = True) -> RelayApp:
     """The relay as an ASGI app; the store and the delivery worker live with its lifespan."""
 
@@ -94,12 +108,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> RelayApp:
         relay = await Relay.start(settings)
         app.state.relay = relay
         if relay.generated_admin_token:
-            # Shown once, on the terminal, never in a log line; `relay admin-token` shows it again.
-            print(
-                f"Admin token (generated, kept in the store): {relay.generated_admin_token}",
-                file=sys.stderr,
-                flush=True,
-            )
+            _announce_admin_token(relay.generated_admin_token)
         background = BackgroundWork(relay) if run_worker else None
         if background is not None:
             await background.start()

@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="metadata attached to every event from this URL (repeatable)",
     )
+    mint.add_argument(
+        "--reusable",
+        action="store_true",
+        help="let callbacks of any task come through this URL (default: the first task's only)",
+    )
     cli_ops.add_parsers(commands)
     cli_watch.add_parsers(commands, parse_duration, _meta)
     cli_status.add_parser(commands)
@@ -251,7 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             minted = asyncio.run(
                 _with_relay(
                     settings,
-                    lambda r: r.mint_callback_url(args.provider, dict(args.meta), args.ttl),
+                    lambda r: r.mint_callback_url(
+                        args.provider, dict(args.meta), args.ttl, args.reusable
+                    ),
                 )
             )
             print(json.dumps(minted, indent=2))

@@ -151,9 +151,18 @@ def require_admin(request: Request) -> None:
     if (
         expected is None
         or scheme.lower() != "bearer"
-        or not hmac.compare_digest(presented.strip().encode(), str(expected).encode())
+        or not hmac.compare_digest(presented.encode(), str(expected).encode())
     ):
         raise Unauthorized("A valid admin bearer token is required.", code="unauthorized")
+    refuse_nul(request)
+
+
+def refuse_nul(request: Request) -> None:
+    """Refuse (400) a NUL character in the path or query parameters: no id or filter holds
+    one, and PostgreSQL cannot even compare text with it."""
+    values = (*request.path_params.values(), *request.query_params.values())
+    if any("\x00" in str(value) for value in values):
+        raise InvalidInput("Parameters must not contain NUL characters.", code="invalid_query")
 
 
 def parse_time(value: str | None, name: str) -> float | None:

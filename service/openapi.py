@@ -272,6 +272,31 @@ def _schemas() -> dict[str, Any]:
             "last_error": STRING_OR_NULL,
             "held_status": STRING_OR_NULL,
             "event_id": STRING_OR_NULL,
+            "conflict": {
+                "description": "Callbacks for this task came through several callback URLs: "
+                "the watch waits, unpolled, until POST /v1/watches/{id}/resolve names whose "
+                "the result is.",
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["urls"],
+                        "properties": {
+                            "urls": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["url_id", "metadata"],
+                                    "properties": {
+                                        "url_id": {"type": "string"},
+                                        "metadata": {"type": "object"},
+                                    },
+                                },
+                            }
+                        },
+                    },
+                ],
+            },
         },
     }
     return {
@@ -302,11 +327,12 @@ def _schemas() -> dict[str, Any]:
         },
         "CallbackUrl": {
             "type": "object",
-            "required": ["url", "provider", "metadata", "expires_at"],
+            "required": ["url", "provider", "metadata", "reusable", "expires_at"],
             "properties": {
                 "url": {"type": "string"},
                 "provider": {"type": "string"},
                 "metadata": {"type": "object"},
+                "reusable": {"type": "boolean"},
                 "expires_at": TIME,
             },
         },
@@ -368,6 +394,10 @@ def _callback_operation(with_token: bool) -> dict[str, Any]:
             ),
             "403": _error("`source_not_allowed`: outside RELAY_<PROVIDER>_ALLOWED_IPS."),
             "404": _error("`unknown_provider`."),
+            "409": _error(
+                "`url_bound_to_other_task`: the URL serves another task (mint one per job, or "
+                'with "reusable": true).'
+            ),
             "413": _error("`payload_too_large`: over RELAY_MAX_BODY_BYTES."),
             "422": _error("`invalid_payload`: not an object, or no task id."),
             "503": _error("`storage_unavailable`: nothing was accepted; the provider retries."),
@@ -484,7 +514,8 @@ def _paths() -> dict[str, Any]:
                     "201": _json(_ref("CallbackUrl"), "Minted."),
                     "400": _error(
                         f"{BAD_JSON}; `invalid_provider`, `invalid_ttl`, `invalid_metadata`, "
-                        "`no_callbacks` (the provider sends none: use a watch)."
+                        "`invalid_reusable`, `no_callbacks` (the provider sends none: use a "
+                        "watch)."
                     ),
                     "404": _error("`unknown_provider`."),
                     "413": _error("`payload_too_large`."),
@@ -505,6 +536,11 @@ def _paths() -> dict[str, Any]:
                                 "type": "integer",
                                 "minimum": 1,
                                 "maximum": MAX_TTL_SECONDS,
+                            },
+                            "reusable": {
+                                "type": "boolean",
+                                "description": "false (the default): the URL serves the first "
+                                "task a callback names; true: any task's.",
                             },
                         },
                     },
@@ -779,6 +815,33 @@ def _paths() -> dict[str, Any]:
                 tag="watches",
                 parameters=[watch_id],
             ),
+        },
+        "/v1/watches/{watch_id}/resolve": {
+            "post": _admin(
+                "Resolve an attribution conflict: whose callback URL the result is for",
+                {
+                    "200": _json(_ref("Watch"), "Resolved: the watch polls at once."),
+                    "400": _error(f"{BAD_JSON}; `invalid_url_id`."),
+                    "404": not_found,
+                    "409": _error("`no_conflict`: the watch is not waiting for this."),
+                },
+                tag="watches",
+                parameters=[watch_id],
+                body=_body(
+                    {
+                        "type": "object",
+                        "required": ["url_id"],
+                        "properties": {
+                            "url_id": {
+                                "type": ["string", "null"],
+                                "description": "One of conflict.urls[].url_id; null: the "
+                                "events carry no callback URL's metadata.",
+                            }
+                        },
+                    },
+                    required=True,
+                ),
+            )
         },
         "/ops": {"get": _console("Overview: the last hour, and what waits now")},
         "/ops/sign-in": {

@@ -47,7 +47,12 @@ class StatusApi:
     api_key: Secret | None
     auth: Callable[[str], dict[str, str]]
 
-    def url(self, task_id: str) -> str:
+    def url(self, task_id: str) -> str | None:
+        """The task's status URL, the id percent-encoded as one path segment; None for an id
+        that cannot be one (empty or only dots: ``..`` would climb out of the path, and the
+        relay would send its key to whatever the base URL's parent answers)."""
+        if not task_id.strip("."):
+            return None
         return self.base_url + self.path.format(id=quote(task_id, safe=""))
 
 
@@ -149,14 +154,15 @@ class StatusClients:
             return StatusAnswer(
                 "retry", error=f"no API key: set RELAY_{_env_name(provider)}_API_KEY"
             )
+        url = api.url(task_id)
+        if url is None:
+            return StatusAnswer("not_found", error="the task id cannot be a path segment")
         started = time.monotonic()
         try:
             # One bound for the whole request: a provider trickling bytes cannot hold a poll.
             async with (
                 asyncio.timeout(self.timeout),
-                self._client.stream(
-                    "GET", api.url(task_id), headers=api.auth(str(api.api_key))
-                ) as response,
+                self._client.stream("GET", url, headers=api.auth(str(api.api_key))) as response,
             ):
                 body = bytearray()
                 async for chunk in response.aiter_bytes():

@@ -29,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 from service.access_log import add_access_fields
 from service.errors import Forbidden, InternalError, InvalidInput, RelayError
 from service.http import error_response, forwarded_client, receive_body
-from service.providers import Provider, get_provider
+from service.providers import PROVIDERS, Provider, get_provider
 from service.relay import Relay
 from service.watches import confirms, hold_callback, needs_confirmation
 
@@ -96,6 +96,8 @@ async def _receive(
         # a "processing" with links of their choosing).
         normalized.outputs = ()
     fields: dict[str, Any] = {"task_id": normalized.task_id}
+    if url_id is not None:
+        await relay.bind_url(url_id, normalized.task_id)
     # A terminal callback that must be confirmed is held (committed) instead of emitted,
     # unless the task already has its terminal event (then it is ingested as usual).
     held = (
@@ -124,7 +126,10 @@ async def _receive(
         "event_id": result.event_id,
         "duplicate": result.outcome == "duplicate",
     }
-    if result.outcome == "superseded":
+    if result.outcome == "superseded" or (
+        # A retry of an update that was stored as superseded is still one (a rare read).
+        result.outcome == "duplicate" and await relay.is_superseded(result.event_id)
+    ):
         answer["superseded"] = True
     return answer, fields
 
@@ -154,8 +159,10 @@ class CallbackEndpoint:
             fields = {"error_code": failed.code}
         else:
             failed = None
-        # The access log line of this request carries these (one line per callback).
-        add_access_fields(scope, provider=provider_name, **fields)
+        # The access log line of this request carries these (one line per callback). A name
+        # that is no provider's may be a misplaced token (``/callbacks/<token>``): not shown.
+        shown = provider_name if provider_name in PROVIDERS else "unknown"
+        add_access_fields(scope, provider=shown, **fields)
         if failed is not None:
             await error_response(failed)(scope, receive, send)
             return

@@ -19,7 +19,7 @@ from starlette.datastructures import Secret
 
 from service import ids, metrics
 from service.clock import rfc3339
-from service.errors import InvalidInput
+from service.errors import Conflict, InvalidInput
 from service.events import Normalized, build_cloudevent, dumps, verbatim_json
 from service.forwarding import MAX_RAW_DEPTH, forwardable_outputs, raw_too_deep
 from service.providers import get_provider
@@ -30,8 +30,15 @@ from service.tokens import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, CallbackTokens
 
 log = structlog.get_logger("service.relay")
 
-#: How many callback URLs' metadata stay in memory (metadata never changes once minted).
+#: How many callback URLs' metadata (and bindings) stay in memory: neither changes once set.
 METADATA_CACHE_SIZE = 10_000
+
+
+class UrlBoundToOtherTask(Conflict):
+    """This callback URL was used for another task; a URL serves one task unless minted
+    with "reusable": true."""
+
+    code = "url_bound_to_other_task"
 
 
 @dataclass
@@ -46,6 +53,8 @@ class Relay:
     #: Called after a watch became due now (wakes the watch worker; see ``service.watches``).
     on_watch_due: Callable[[], None] = lambda: None
     _metadata: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
+    #: url_id -> the task it is bound to, or None for a reusable (never bound) URL.
+    _bindings: OrderedDict[str, str | None] = field(default_factory=OrderedDict)
 
     @classmethod
     async def start(cls, settings: Settings, store: Store | None = None) -> Relay:
@@ -73,9 +82,17 @@ class Relay:
     # -- callback URLs --------------------------------------------------------------------------
 
     async def mint_callback_url(
-        self, provider: str, metadata: dict[str, Any] | None = None, ttl_seconds: int | None = None
+        self,
+        provider: str,
+        metadata: dict[str, Any] | None = None,
+        ttl_seconds: int | None = None,
+        reusable: bool = False,
     ) -> dict[str, Any]:
-        """Mint ``<public_url>/callbacks/<provider>/<token>``; its metadata is kept in the store."""
+        """Mint ``<public_url>/callbacks/<provider>/<token>``; its metadata is kept in the store.
+
+        The URL serves the first task a callback through it names (``bind_url``), unless
+        ``reusable``: then any task's callbacks may come through it.
+        """
         if not get_provider(provider).sends_callbacks:
             raise InvalidInput(
                 f"{provider} sends no callbacks; register a watch (POST /v1/watches) instead.",
@@ -86,6 +103,8 @@ class Relay:
             raise InvalidInput(
                 f"ttl_seconds must be an integer from 1 to {MAX_TTL_SECONDS}.", code="invalid_ttl"
             )
+        if not isinstance(reusable, bool):
+            raise InvalidInput("reusable must be true or false.", code="invalid_reusable")
         metadata = metadata or {}
         if not isinstance(metadata, dict):
             raise InvalidInput("metadata must be a JSON object.", code="invalid_metadata")
@@ -94,14 +113,35 @@ class Relay:
         now = time.time()
         expires_at = int(now) + ttl
         url_id = self.tokens.new_url_id()
-        await self.store.create_callback_url(url_id, provider, metadata, now, expires_at)
+        await self.store.create_callback_url(
+            url_id, provider, metadata, now, expires_at, reusable=reusable
+        )
         token = self.tokens.mint(provider, url_id, expires_at)
         return {
             "url": f"{self.settings.public_url}/callbacks/{provider}/{token}",
             "provider": provider,
             "metadata": metadata,
+            "reusable": reusable,
             "expires_at": rfc3339(expires_at),
         }
+
+    async def bind_url(self, url_id: str, task_id: str) -> None:
+        """Check that a callback through ``url_id`` may name ``task_id``, binding the URL to it
+        on first use; raises ``UrlBoundToOtherTask``.
+
+        Why: a URL's metadata says whose the results are, so a URL handed out for one job must
+        not carry another job's results. A binding never changes, so it is remembered here and
+        the store is asked once per URL (the store binds atomically, replicas racing included).
+        """
+        if url_id in self._bindings:
+            bound = self._bindings[url_id]
+        else:
+            bound = await self.store.bind_callback_url(url_id, task_id)
+            self._bindings[url_id] = bound
+            if len(self._bindings) > METADATA_CACHE_SIZE:
+                self._bindings.popitem(last=False)
+        if bound is not None and bound != task_id:
+            raise UrlBoundToOtherTask()
 
     async def metadata_for(self, url_id: str) -> dict[str, Any]:
         cached = self._metadata.get(url_id)
@@ -114,6 +154,11 @@ class Relay:
         return metadata
 
     # -- intake ---------------------------------------------------------------------------------
+
+    async def is_superseded(self, event_id: str) -> bool:
+        """Whether a stored event was kept as superseded (never emitted)."""
+        event = await self.store.get_event(event_id)
+        return event is not None and event.get("relay", {}).get("state") == "superseded"
 
     async def accept(
         self,

@@ -14,7 +14,8 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from itsdangerous import BadSignature, Signer
+from itsdangerous import BadData, Signer
+from itsdangerous.encoding import base64_decode, base64_encode
 
 from service.errors import Unauthorized
 
@@ -85,10 +86,16 @@ class CallbackTokens:
         cached = self._verified.get((provider, token))
         if cached is None:
             try:
+                # base64 lets the last character of a signature carry unused bits, so several
+                # spellings decode to the same bytes: only the one the relay minted is accepted
+                # (each other spelling would be a way around the cache, and a second URL).
+                signature = token.rpartition(".")[2]
+                if base64_encode(base64_decode(signature)).decode() != signature:
+                    raise InvalidToken()
                 value = self._signer(provider).unsign(token).decode()
                 url_id, expiry = value.rsplit(".", 1)
                 cached = (url_id, int(expiry, 16))
-            except (BadSignature, ValueError, UnicodeError):
+            except (BadData, ValueError, UnicodeError):
                 raise InvalidToken() from None
             self._verified[(provider, token)] = cached
             if len(self._verified) > VERIFIED_CACHE_SIZE:

@@ -83,9 +83,22 @@ def backoff_delay(backoff: tuple[float, float], step: int) -> float:
     return float(min(cap, first * 2 ** min(step, 40)))
 
 
-def watch_json(watch: Watch) -> dict[str, Any]:
-    """A watch as the admin API shows it."""
+def watch_json(
+    watch: Watch, url_metadata: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """A watch as the admin API shows it (``url_metadata``: the metadata of the callback URLs
+    of its conflict, by url id)."""
     active = watch.state == "active"
+    conflict = None
+    if watch.conflict_url_ids:
+        known = url_metadata or {}
+        conflict = {
+            "urls": [
+                {"url_id": url_id, "metadata": known.get(url_id, {})}
+                for url_id in (watch.url_id, *watch.conflict_url_ids)
+                if url_id is not None
+            ]
+        }
     return {
         "id": watch.id,
         "provider": watch.provider,
@@ -103,7 +116,15 @@ def watch_json(watch: Watch) -> dict[str, Any]:
         "last_error": watch.last_error,
         "held_status": watch.held_status,
         "event_id": watch.event_id,
+        "conflict": conflict,
     }
+
+
+async def watch_view(relay: Relay, watch: Watch) -> dict[str, Any]:
+    """``watch_json``, with the metadata of its conflict's callback URLs looked up."""
+    urls = (watch.url_id, *watch.conflict_url_ids) if watch.conflict_url_ids else ()
+    metadata = {url_id: await relay.metadata_for(url_id) for url_id in urls if url_id}
+    return watch_json(watch, metadata)
 
 
 def _seconds_field(body: dict[str, Any], name: str, low: int, high: int) -> int | None:
@@ -249,8 +270,53 @@ async def hold_callback(
             watch_id=held.id,
             callback_status=normalized.status,
         )
-        relay.on_watch_due()
+        if held.conflict_url_ids:
+            log.warning(
+                "attribution_conflict",
+                provider=provider,
+                task_id=normalized.task_id,
+                watch_id=held.id,
+                reason="callbacks came through several callback URLs; an operator resolves it",
+            )
+        else:
+            relay.on_watch_due()
     return held
+
+
+class NoConflict(Conflict):
+    """The watch is not waiting for an operator to resolve an attribution conflict."""
+
+    code = "no_conflict"
+
+
+async def resolve_conflict(relay: Relay, watch_id: str, body: dict[str, Any]) -> Watch:
+    """An operator names whose callback URL a conflicted task's result is for (``url_id``, or
+    None for none); the watch then polls at once. Raises ``NotFound``, ``NoConflict``,
+    ``InvalidInput``."""
+    watch = await relay.store.get_watch(watch_id)
+    if watch is None:
+        raise NotFound("No watch with this id.")
+    if watch.state != "active" or not watch.conflict_url_ids:
+        raise NoConflict()
+    url_id = body.get("url_id")
+    candidates = (watch.url_id, *watch.conflict_url_ids)
+    if set(body) != {"url_id"} or (url_id is not None and url_id not in candidates):
+        raise InvalidInput(
+            'Send {"url_id": ...}: one of the conflict\'s url ids, or null for none.',
+            code="invalid_url_id",
+        )
+    resolved = await relay.store.resolve_conflict(watch.id, url_id, time.time())
+    if resolved is None or resolved.conflict_url_ids or resolved.state != "active":
+        raise NoConflict()
+    log.info(
+        "attribution_resolved",
+        watch_id=watch.id,
+        provider=watch.provider,
+        task_id=watch.task_id,
+        url_id=url_id,
+    )
+    relay.on_watch_due()
+    return resolved
 
 
 class WatchService:
@@ -275,7 +341,7 @@ class WatchService:
         now = time.time()
         fields = {"watch_id": watch.id, "provider": watch.provider, "task_id": watch.task_id}
         status: str | None = None
-        judged = False
+        judged = forget_url = False
         error = answer.error
         not_found = watch.not_found
         if answer.outcome == "ok":
@@ -283,16 +349,20 @@ class WatchService:
             if normalized is not None:
                 not_found = 0
                 status = normalized.status
+                # A callback the API contradicts names nobody: its URL's metadata is not
+                # attached (a forger's URL must not win the task's result).
+                forget_url = not self._judge_held(watch, normalized) and watch.url_id is not None
+                if normalized.terminal and await self._conflicted(watch):
+                    return await self._record(watch, now, "active", status=status)
                 result = await self.relay.accept(
                     watch.provider,
                     normalized,
                     raw=answer.payload,
                     raw_body=answer.body,
                     raw_is_body=True,  # strict JSON (StatusClients): spliced verbatim
-                    url_id=watch.url_id,
+                    url_id=None if forget_url else watch.url_id,
                     metadata=watch.metadata,
                 )
-                self._judge_held(watch, normalized)
                 # A new state is news; an unchanged one (most polls) is for debugging.
                 (log.info if result.outcome == "accepted" else log.debug)(
                     "watch_polled",
@@ -337,7 +407,25 @@ class WatchService:
             backoff_step=watch.backoff_step + 1,
             not_found=not_found,
             judged=judged,
+            forget_url=forget_url,
         )
+
+    async def _conflicted(self, watch: Watch) -> bool:
+        """Whether a callback through another URL was held for the task since this poll's
+        claim: the result then waits for an operator instead of being attributed."""
+        if watch.url_id is None:
+            return False
+        current = await self.store.get_watch(watch.id)
+        if current is None or not current.conflict_url_ids:
+            return False
+        log.warning(
+            "attribution_conflict",
+            watch_id=watch.id,
+            provider=watch.provider,
+            task_id=watch.task_id,
+            reason="callbacks came through several callback URLs; an operator resolves it",
+        )
+        return True
 
     def _normalize(
         self, watch: Watch, answer: StatusAnswer
@@ -357,10 +445,13 @@ class WatchService:
             )
         return normalized, None
 
-    def _judge_held(self, watch: Watch, confirmed: Normalized) -> None:
-        """Compare a held callback with what the API says; log it as suspect if they differ."""
+    def _judge_held(self, watch: Watch, confirmed: Normalized) -> bool:
+        """Compare a held callback with what the API says; log it as suspect if they differ.
+
+        Returns False for a suspect callback, True when it agrees (or none is held).
+        """
         if watch.held_status is None:
-            return
+            return True
         claimed_urls: set[str] = set()
         try:
             held = get_provider(watch.provider).normalize(json.loads(watch.held_body or b""))
@@ -382,8 +473,9 @@ class WatchService:
                 outputs_match=claimed_urls == confirmed_urls,
                 **fields,
             )
-        else:
-            log.info("callback_confirmed", **fields)
+            return False
+        log.info("callback_confirmed", **fields)
+        return True
 
     async def _reject(self, watch: Watch, now: float, answer: StatusAnswer) -> PollRecord:
         fields = {"watch_id": watch.id, "provider": watch.provider, "task_id": watch.task_id}
@@ -464,6 +556,7 @@ class WatchService:
         not_found: int | None = None,
         event_id: str | None = None,
         judged: bool = False,
+        forget_url: bool = False,
     ) -> PollRecord:
         assert state in WATCH_STATES
         record = PollRecord(
@@ -478,6 +571,7 @@ class WatchService:
             holds_seen=watch.holds,
             event_id=event_id,
             judged=judged,
+            forget_url=forget_url,
         )
         await self.store.record_poll(record)
         return record

@@ -1,18 +1,24 @@
 """The admin API's guard and the CLI, each through the real thing."""
 
+# ruff: noqa: F811 (the database fixture is imported, used as a parameter)
 from __future__ import annotations
 
+import base64
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import EVOLINK_COMPLETED, RelayServer, bound_socket
+from tests.test_attribution import database  # noqa: F401 (fixture)
 
 ADMIN_ROUTES = [
     ("POST", "/v1/callback-urls"),
@@ -33,6 +39,27 @@ def test_admin_routes_refuse_without_token(
     response = relay_server.client.request(method, path, headers=headers, json={})
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "unauthorized"
+
+
+def test_admin_token_is_compared_exactly(relay_server: RelayServer) -> None:
+    """Spaces around or inside the token are part of what is compared: only the exact
+    ``Bearer <token>`` is accepted."""
+    for header in ("Bearer  test-admin-token", "Bearer \ttest-admin-token"):
+        response = relay_server.client.get("/v1/events", headers={"authorization": header})
+        assert response.status_code == 401, repr(header)
+    # httpx refuses to send a value ending in a space: written on the socket by hand.
+    host, port = relay_server.base_url.removeprefix("http://").split(":")
+    for value, status in (
+        (b"Bearer test-admin-token ", b"401"),
+        (b"Bearer test-admin-token  ", b"401"),
+        (b"Bearer test-admin-token", b"200"),
+    ):
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(
+                b"GET /v1/events HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n"
+                b"Authorization: " + value + b"\r\n\r\n"
+            )
+            assert sock.makefile("rb").readline().split(b" ")[1] == status, value
 
 
 def test_mint_url_validation(relay_server: RelayServer) -> None:
@@ -129,6 +156,9 @@ def test_cli_serve_generates_secrets_and_never_logs_tokens(tmp_path: Path) -> No
         minted = _relay("mint-url", "evolink", "--ttl", "2h", "--meta", "user=u1", env=env)
         assert minted.returncode == 0, minted.stderr
         url = json.loads(minted.stdout)["url"]
+        assert json.loads(minted.stdout)["reusable"] is False
+        shared = _relay("mint-url", "evolink", "--reusable", env=env)
+        assert json.loads(shared.stdout)["reusable"] is True
         accepted = httpx.post(url, json=EVOLINK_COMPLETED)
         assert accepted.status_code == 200
         httpx.post(url + "tampered", json=EVOLINK_COMPLETED)
@@ -141,9 +171,11 @@ def test_cli_serve_generates_secrets_and_never_logs_tokens(tmp_path: Path) -> No
     lines = [line for line in stderr.splitlines() if line.startswith("{")]
     assert any('"/callbacks/evolink/***"' in line for line in lines)
     assert url_token not in stderr
-    # The generated admin token is shown once on the terminal, in no JSON log line.
-    assert stderr.count(token) == 1
-    assert not any(token in line for line in lines)
+    # The generated admin token is shown only on a terminal (stderr here is a pipe): the log
+    # line says where to get it.
+    assert token not in stderr
+    (announced,) = [json.loads(line) for line in lines if "admin_token_generated" in line]
+    assert "relay admin-token" in announced["hint"]
     # A second start reuses the persisted secrets: the old URL still verifies.
     assert _relay("admin-token", env=env).stdout.strip() == token
 
@@ -154,3 +186,33 @@ def test_cli_mint_url_refuses_unknown_provider(tmp_path: Path) -> None:
     result = _relay("mint-url", "acme", env=env)
     assert result.returncode == 1
     assert "unknown_provider" in result.stderr
+
+
+def test_forged_cursors_and_nul_characters_are_400(
+    relay_factory: Callable[..., RelayServer], database: dict[str, Any]
+) -> None:
+    """A cursor over 64 bits and a NUL in a filter or an id are 400 ``invalid_*``, never 500,
+    on both stores."""
+    relay = relay_factory(**database)
+    try:
+        assert relay.post_callback(relay.mint(), EVOLINK_COMPLETED).status_code == 200
+        for position in (2**63, 2**64 + 1, -1):
+            cursor = base64.urlsafe_b64encode(json.dumps([position]).encode()).decode()
+            for path in ("/v1/events", "/v1/deliveries", "/v1/watches"):
+                answer = relay.client.get(path, params={"cursor": cursor}, headers=relay.admin)
+                assert answer.status_code == 400, (path, position, answer.text)
+                assert answer.json()["error"]["code"] == "invalid_cursor"
+        for path, params in (
+            ("/v1/events", {"task_id": "t\x00"}),
+            ("/v1/events", {"provider": "evolink\x00"}),
+            ("/v1/deliveries", {"event_id": "evt\x00"}),
+            ("/v1/watches", {"task_id": "t\x00"}),
+            ("/v1/events/evt_1%00", {}),
+            ("/v1/deliveries/dlv_1%00", {}),
+            ("/v1/watches/wch_1%00", {}),
+        ):
+            answer = relay.client.get(path, params=params, headers=relay.admin)
+            assert answer.status_code == 400, (path, params, answer.text)
+            assert answer.json()["error"]["code"] == "invalid_query"
+    finally:
+        relay.stop()

@@ -68,7 +68,8 @@ def test_forged_completed_is_refused_and_the_real_result_follows(
     sink: SubscriberServer,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    """A forged "completed" is held; the API says running: that is emitted, never the forgery."""
+    """A forged "completed" is held; the API says running: that is emitted, never the forgery,
+    and without the URL's metadata (a contradicted callback names nobody)."""
     relay = relay_factory(**emulator.relay_settings(**FAST))
     subscribe(relay, sink)
     task_id = emulator.add_task("evolink", timeline=((0.0, "running"), (1.0, "succeeded")))
@@ -88,7 +89,7 @@ def test_forged_completed_is_refused_and_the_real_result_follows(
     assert types(receipts) == ["generation.running", "generation.succeeded"]
     for receipt in receipts:
         assert evil not in receipt.body.decode()
-        assert receipt.data["metadata"] == {"user_id": "u-42"}  # the callback URL's
+        assert receipt.data["metadata"] == {}  # not the forger's URL's
     assert receipts[-1].data["outputs"][0]["url"] == f"https://cdn.evolink.example/{task_id}.png"
     assert receipts[-1].data["raw"]["id"] == task_id and "evil" not in json.dumps(
         receipts[-1].data["raw"]

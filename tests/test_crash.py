@@ -58,7 +58,9 @@ def test_sigkill_during_delivery_loses_nothing_acknowledged(relay_process: Relay
         sub = httpx.post(f"{relay.base}/v1/subscribers", json={"url": sink.url}, headers=headers)
         sink.secrets.append(sub.json()["secret"])
         url = httpx.post(
-            f"{relay.base}/v1/callback-urls", json={"provider": "evolink"}, headers=headers
+            f"{relay.base}/v1/callback-urls",
+            json={"provider": "evolink", "reusable": True},
+            headers=headers,
         ).json()["url"]
         acked: set[str] = set()
         with httpx.Client(timeout=5) as client:
@@ -101,7 +103,7 @@ def test_cli_failed_deliveries_and_replay(relay_process: RelayProcess) -> None:
         sink.secrets.append(added.stdout.split("secret:")[1].split()[0])
         sub_id = added.stdout.split("id:")[1].split()[0]
         assert sub_id in relay.cli("subscribers", "list").stdout
-        minted = relay.cli("mint-url", "evolink")
+        minted = relay.cli("mint-url", "evolink", "--reusable")
         url = minted.stdout.split('"url": "')[1].split('"')[0]
         for n in range(3):
             assert httpx.post(url, json=_payload(n)).status_code == 200
@@ -134,7 +136,9 @@ def test_sigterm_finishes_attempts_in_flight(relay_process: RelayProcess) -> Non
         sub = httpx.post(f"{relay.base}/v1/subscribers", json={"url": sink.url}, headers=headers)
         sink.secrets.append(sub.json()["secret"])
         url = httpx.post(
-            f"{relay.base}/v1/callback-urls", json={"provider": "evolink"}, headers=headers
+            f"{relay.base}/v1/callback-urls",
+            json={"provider": "evolink", "reusable": True},
+            headers=headers,
         ).json()["url"]
         for n in range(5):
             assert httpx.post(url, json=_payload(n)).status_code == 200

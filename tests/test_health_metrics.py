@@ -270,7 +270,9 @@ def test_relay_serve_workers_sum_their_metrics(tmp_path: Path) -> None:
         try:
             admin = {"authorization": f"Bearer {ADMIN}"}
             minted = httpx.post(
-                f"{relay.base}/v1/callback-urls", json={"provider": "evolink"}, headers=admin
+                f"{relay.base}/v1/callback-urls",
+                json={"provider": "evolink", "reusable": True},
+                headers=admin,
             ).json()["url"]
             with httpx.Client() as client:  # new connections: both processes get some
                 for n in range(40):

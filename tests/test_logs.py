@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -265,3 +266,27 @@ def test_mask_callback_path_masks_every_token() -> None:
     assert mask_callback_path(line) == (
         'url="/callbacks/evolink/***" again /callbacks/apiframe/***?y=2 done /callbacks/a/***'
     )
+
+
+def test_access_line_masks_tokens_in_misrouted_callback_paths(
+    relay_server: RelayServer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A token in a path no route takes is masked too: every segment under ``/callbacks/``
+    that is not a provider's name is ``***``."""
+    token = relay_server.mint().rsplit("/", 1)[1]
+    paths = {
+        f"/callbacks/{token}": "/callbacks/***",
+        f"/callbacks//evolink/{token}": "/callbacks//evolink/***",
+        f"/callbacks/evolink/x/{token}": "/callbacks/evolink/***/***",
+        f"/callbacks/%2e%2e/evolink/{token}": "/callbacks/***/evolink/***",
+        f"/callbacks/evolink/{token}/": "/callbacks/evolink/***/",
+    }
+    capfd.readouterr()
+    for path in paths:
+        answer = relay_server.client.post(path, json=EVOLINK_COMPLETED)
+        assert 400 <= answer.status_code < 500
+    logged = capfd.readouterr().out
+    leaked = [line for line in logged.splitlines() if token.split(".")[0] in line]
+    assert leaked == []
+    for shown in paths.values():
+        assert f"path={shown} " in logged, shown

@@ -814,6 +814,26 @@ def test_tokens_refuse_other_provider() -> None:
     assert caught.value.status_code == 401
 
 
+def test_tokens_accept_only_the_canonical_signature() -> None:
+    """Other base64 spellings of the same signature bytes (unused bits of the last character
+    set, padding added) are refused, and take no place in the verified cache."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    tokens = CallbackTokens(["key"])
+    checked = 0
+    for n in range(8):
+        token = tokens.mint("evolink", f"u{n}", EXPIRES)
+        assert tokens.verify("evolink", token, NOW) == f"u{n}"
+        head, signature = token[:-1], token[-1]
+        # 32 bytes are 43 characters: the last one carries 4 bits and 2 unused ones.
+        spellings = {alphabet[alphabet.index(signature) ^ bits] for bits in (1, 2, 3)}
+        for variant in [head + other for other in spellings] + [token + "="]:
+            with pytest.raises(InvalidToken):
+                tokens.verify("evolink", variant, NOW)
+            checked += 1
+    assert checked == 32
+    assert len(tokens._verified) == 8
+
+
 def test_tokens_refuse_tampering() -> None:
     """Any change to the url_id, the expiry or the signature is InvalidToken."""
     tokens = CallbackTokens(["key"])

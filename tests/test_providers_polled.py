@@ -291,6 +291,27 @@ def test_rivya_signature_refusals(change: dict[str, str], error: type[Exception]
         RivyaSignature(SECRET).verify(headers, BODY, time.time())
 
 
+def test_rivya_timestamp_is_digits_only() -> None:
+    """Other spellings of the signed timestamp (leading zero, sign, underscores, spaces) are
+    refused, though ``int()`` reads each as the same number the signature covers."""
+    verifier = RivyaSignature(SECRET)
+    now = time.time()
+    genuine = rivya_headers(at=now)
+    verifier.verify(genuine, BODY, now)
+    stamp = genuine["webhook-timestamp"]
+    for spelling in (
+        f"0{stamp}",
+        f"+{stamp}",
+        f"{stamp[:2]}_{stamp[2:]}",
+        f" {stamp}",
+        f"{stamp} ",
+        f"{stamp}\n",
+        "".join(chr(ord(c) + 0x660 - 0x30) for c in stamp),  # Arabic-Indic digits
+    ):
+        with pytest.raises(StaleTimestamp):
+            verifier.verify({**genuine, "webhook-timestamp": spelling}, BODY, now)
+
+
 def test_rivya_signature_refuses_another_body_secret_or_missing_headers() -> None:
     verifier = RivyaSignature(SECRET)
     with pytest.raises(InvalidSignature):
@@ -343,6 +364,34 @@ def test_status_api_urls_and_auth() -> None:
         api = apis[name]
         assert api.url("t/1") == url  # a task id never escapes its path segment
         assert api.auth(str(api.api_key)) == headers
+
+
+def test_status_requests_never_leave_the_task_path() -> None:
+    """Every character of an id is encoded into one path segment, and an id of only dots
+    (which would climb out of it) is never requested: the relay's key goes nowhere else."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200, json={"id": "t", "status": "pending"})
+
+    async def run() -> list[str]:
+        clients = _clients(handler)
+        outcomes = []
+        for task_id in ("..", ".", "...", "", "a/../b", "..%2f", "?x=1#", ".a."):
+            answer = await clients.fetch("evolink", task_id)
+            outcomes.append(answer.outcome)
+        await clients.aclose()
+        return outcomes
+
+    outcomes = asyncio.run(run())
+    assert outcomes[:4] == ["not_found"] * 4
+    assert seen == [
+        "https://api.evolink.ai/v1/tasks/a%2F..%2Fb",
+        "https://api.evolink.ai/v1/tasks/..%252f",
+        "https://api.evolink.ai/v1/tasks/%3Fx%3D1%23",
+        "https://api.evolink.ai/v1/tasks/.a.",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -84,6 +84,16 @@ def test_callback_regression_is_superseded(relay_server: RelayServer) -> None:
     for response in (late, other_terminal):
         assert response.status_code == 200
         assert response.json()["superseded"] is True
+    # The provider's retry of a superseded update is a duplicate, and still says superseded.
+    retried = relay_server.post_callback(url, evolink("t-1", "processing", 80)).json()
+    assert retried == {
+        "received": True,
+        "event_id": late.json()["event_id"],
+        "duplicate": True,
+        "superseded": True,
+    }
+    again = relay_server.post_callback(url, evolink("t-1", "completed", 100)).json()
+    assert again["duplicate"] is True and "superseded" not in again
     states = relay_server.sql(
         lambda conn: [r[0] for r in conn.execute("SELECT state FROM events WHERE task_id = 't-1'")]
     )
@@ -260,7 +270,7 @@ def test_apiframe_v1_webhook_secret(relay_factory: Callable[..., RelayServer]) -
 
 def test_storage_unavailable_gives_503_then_recovers(relay_server: RelayServer) -> None:
     """When SQLite cannot write (disk full), callbacks get 503, and the relay recovers by itself."""
-    url = relay_server.mint()
+    url = relay_server.mint(reusable=True)
 
     def limit_pages(conn: object) -> None:
         (pages,) = conn.execute("PRAGMA page_count").fetchone()  # type: ignore[attr-defined]
@@ -288,7 +298,7 @@ def test_storage_unavailable_gives_503_then_recovers(relay_server: RelayServer) 
 
 def test_events_list_filters_and_pagination(relay_server: RelayServer) -> None:
     """GET /v1/events filters by provider, task and status and pages with a cursor."""
-    url = relay_server.mint()
+    url = relay_server.mint(reusable=True)
     for n in range(7):
         relay_server.post_callback(url, evolink(f"t-page-{n}", "processing", 10))
     relay_server.post_callback(url, evolink("t-page-0", "completed", 100))

@@ -101,7 +101,9 @@ def test_two_replicas_deliver_2000_callbacks_exactly_once(
         ).json()
         sink.secrets.append(answer["secret"])
         url = httpx.post(
-            f"{first.base}/v1/callback-urls", json={"provider": "evolink"}, headers=first.admin
+            f"{first.base}/v1/callback-urls",
+            json={"provider": "evolink", "reusable": True},
+            headers=first.admin,
         ).json()["url"]
         path = url[len(first.base) :]
         acked = asyncio.run(_post_all([first.base + path, second.base + path], 2000))
@@ -132,7 +134,9 @@ def test_killed_replica_leases_expire_and_the_other_delivers(
         ).json()
         sink.secrets.append(answer["secret"])
         url = httpx.post(
-            f"{doomed.base}/v1/callback-urls", json={"provider": "evolink"}, headers=doomed.admin
+            f"{doomed.base}/v1/callback-urls",
+            json={"provider": "evolink", "reusable": True},
+            headers=doomed.admin,
         ).json()["url"]
         acked = asyncio.run(_post_all([url], 300, concurrency=16))
         assert len(acked) == 300
@@ -164,7 +168,9 @@ def test_api_and_worker_roles_split(replicas: Callable[..., RelayProcess]) -> No
         ).json()
         sink.secrets.append(answer["secret"])
         url = httpx.post(
-            f"{api.base}/v1/callback-urls", json={"provider": "evolink"}, headers=api.admin
+            f"{api.base}/v1/callback-urls",
+            json={"provider": "evolink", "reusable": True},
+            headers=api.admin,
         ).json()["url"]
         acked = asyncio.run(_post_all([url], 20, concurrency=4))
         time.sleep(0.5)
@@ -194,7 +200,7 @@ def test_postgres_outage_gives_503_and_recovers(
     proxy = ThreadedProxy(pg_url)
     try:
         relay = relay_factory(database_url=proxy.url)
-        url = relay.mint()
+        url = relay.mint(reusable=True)
         assert relay.post_callback(url, _payload(1)).status_code == 200
         proxy.cut()
         refused = relay.post_callback(url, _payload(2))

@@ -1420,7 +1420,7 @@ def test_two_relays_share_one_database(
     try:
         answer = first.add_subscriber(sink.url)
         sink.secrets.append(str(answer["secret"]))
-        url = first.mint()
+        url = first.mint(reusable=True)
         path = url[len(first.base_url) :]
         expected: dict[str, list[str]] = {}
         for n in range(6):

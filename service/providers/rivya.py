@@ -12,6 +12,7 @@ The body is "the same public generation serializer as the status endpoint"
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -30,6 +31,9 @@ from service.providers.base import (
 )
 from service.settings import Settings
 from service.signing import matches, secret_key
+
+#: A ``webhook-timestamp`` value: Unix seconds in plain digits, no sign, no leading zero.
+_UNIX_SECONDS = re.compile(r"[1-9][0-9]{0,11}")
 
 
 class StaleTimestamp(Unauthorized):
@@ -62,10 +66,14 @@ class RivyaSignature:
             raise InvalidSignature(
                 f"The {self.id_header} and {self.signature_header} headers are required."
             )
-        try:
-            timestamp = int(headers.get(self.timestamp_header, "").strip())
-        except ValueError:
-            raise StaleTimestamp(f"The {self.timestamp_header} header is missing.") from None
+        raw = headers.get(self.timestamp_header, "")
+        # Digits only, as the sender wrote them: int() would also take "+", "_", spaces and
+        # leading zeros, each another spelling of a timestamp that the signature covers once.
+        if not _UNIX_SECONDS.fullmatch(raw):
+            raise StaleTimestamp(
+                f"The {self.timestamp_header} header is missing or not Unix seconds."
+            )
+        timestamp = int(raw)
         if abs(now - timestamp) > self.tolerance:
             raise StaleTimestamp()
         if not matches(signature, self.key, msg_id, timestamp, body):

@@ -165,7 +165,8 @@ def decode_cursor(cursor: str | None) -> int | None:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         (position,) = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if isinstance(position, int) and not isinstance(position, bool):
+        # Positions are 64-bit row numbers: a larger integer is forged (and overflows SQLite).
+        if isinstance(position, int) and not isinstance(position, bool) and 0 <= position < 2**63:
             return position
     except (ValueError, TypeError, UnicodeError):
         pass
@@ -211,12 +212,24 @@ class Store(ABC):
         metadata: dict[str, Any],
         created_at: float,
         expires_at: float,
+        reusable: bool = False,
     ) -> None:
-        """Remember the metadata of a minted callback URL."""
+        """Remember the metadata of a minted callback URL, unbound (``reusable``: for ever)."""
 
     @abstractmethod
     async def get_callback_metadata(self, url_id: str) -> dict[str, Any] | None:
         """The metadata of a minted callback URL, or None if unknown."""
+
+    @abstractmethod
+    async def bind_callback_url(self, url_id: str, task_id: str) -> str | None:
+        """Bind a callback URL to the first task a callback through it names.
+
+        Returns the task the URL is bound to: ``task_id`` when this call bound it (or it
+        already was), another task's id when an earlier call bound it to that one. None for a
+        reusable URL or an unknown one (neither is ever bound). Atomic: of several callers
+        racing to bind one URL (replicas included), exactly one binds it and every caller gets
+        that caller's task id.
+        """
 
     # -- watches (service.watches): tasks the relay polls at their provider's status API -----
 
@@ -237,9 +250,18 @@ class Store(ABC):
           ingested as usual, as a duplicate or superseded).
         - The task's active watch, if it has one: due at ``watch.next_poll_at`` at the
           latest, its held callback replaced, ``holds`` + 1, back-off restarted
-          (``backoff_step`` and ``not_found`` 0), its ``url_id`` kept if it had one.
+          (``backoff_step`` and ``not_found`` 0), its ``url_id`` kept if it had one. A
+          ``watch.url_id`` other than the active watch's (both set) is appended, once, to its
+          ``conflict_url_ids``.
         - Otherwise ``watch`` itself (``origin`` "callback"), stored.
         """
+
+    @abstractmethod
+    async def resolve_conflict(self, watch_id: str, url_id: str | None, now: float) -> Watch | None:
+        """An operator's answer to an attribution conflict: an active watch with
+        ``conflict_url_ids`` gets ``url_id`` (None: no callback URL's metadata), no conflict,
+        no held callback, and is due at ``now`` with its back-off restarted. Any other watch is
+        left as it is. Returns the watch, or None if unknown."""
 
     @abstractmethod
     async def get_watch(self, watch_id: str) -> Watch | None:
@@ -258,7 +280,8 @@ class Store(ABC):
     async def claim_due_watches(self, now: float, limit: int, lease_seconds: float) -> list[Watch]:
         """Lease up to ``limit`` active watches that are due, earliest due first.
 
-        Due: ``next_poll_at <= now`` and no lease, or a lapsed one. A due watch whose task
+        Due: ``next_poll_at <= now``, no lease (or a lapsed one), and no ``conflict_url_ids``
+        (a watch in conflict waits for ``resolve_conflict``). A due watch whose task
         already has a terminal event is not returned: it becomes ``completed`` (with that
         event's id) without a poll. Several processes claiming at once never share a watch.
         """
@@ -268,7 +291,9 @@ class Store(ABC):
         """Apply a poll's outcome to a watch that is still active and free its lease.
 
         ``polls`` + 1; ``state``, ``next_poll_at`` (kept when None), ``backoff_step``,
-        ``not_found``, ``last_error`` as recorded; ``last_status`` and ``event_id`` when given.
+        ``not_found``, ``last_error`` as recorded; ``last_status`` and ``event_id`` when given;
+        ``url_id`` cleared when the record says ``forget_url`` and no other callback was held
+        while the poll ran.
         The held callback is cleared when the watch ends, or when the poll ``judged`` it and no
         other was held while the poll ran. One held meanwhile (``holds`` moved past
         ``holds_seen``) on a watch that stays active keeps its immediate poll (``next_poll_at``

@@ -63,7 +63,12 @@ from service.store.watch_model import PollRecord, Watch, WatchFilter
 log = structlog.get_logger("service.store")
 
 #: Applied in order; a file's position (from 1) is its version in ``schema_migrations``.
-MIGRATIONS = ("postgres_001_initial.sql", "postgres_002_watches.sql", "postgres_003_ingest.sql")
+MIGRATIONS = (
+    "postgres_001_initial.sql",
+    "postgres_002_watches.sql",
+    "postgres_003_ingest.sql",
+    "postgres_006_attribution.sql",
+)
 
 # Advisory lock keys. Arbitrary constants, chosen not to collide with other applications that
 # may share the database. The one-key form (migrations) and the two-key form (the rest) are
@@ -491,14 +496,28 @@ class PostgresStore(Store):
         metadata: dict[str, Any],
         created_at: float,
         expires_at: float,
+        reusable: bool = False,
     ) -> None:
         text = json.dumps(metadata, separators=(",", ":"))
         async with self._connection() as conn:
             await conn.execute(
-                "INSERT INTO callback_urls (id, provider, metadata, created_at, expires_at)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                (url_id, provider, text, created_at, expires_at),
+                "INSERT INTO callback_urls"
+                " (id, provider, metadata, created_at, expires_at, reusable)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                (url_id, provider, text, created_at, expires_at, reusable),
             )
+
+    async def bind_callback_url(self, url_id: str, task_id: str) -> str | None:
+        async with self._connection() as conn:
+            # One statement: a racing replica's UPDATE waits for this row lock, then finds
+            # task_id set (READ COMMITTED re-reads the row) and keeps the first binding.
+            cursor = await conn.execute(
+                "UPDATE callback_urls SET task_id = coalesce(task_id, %s)"
+                " WHERE id = %s AND NOT reusable RETURNING task_id",
+                (task_id, url_id),
+            )
+            row = await cursor.fetchone()
+        return None if row is None else str(row[0])
 
     async def get_callback_metadata(self, url_id: str) -> dict[str, Any] | None:
         async with self._connection() as conn:
@@ -517,6 +536,10 @@ class PostgresStore(Store):
     async def hold_for_confirmation(self, watch: Watch) -> Watch | None:
         async with self._transaction() as conn:
             return await pw.hold_for_confirmation(conn, watch)
+
+    async def resolve_conflict(self, watch_id: str, url_id: str | None, now: float) -> Watch | None:
+        async with self._connection() as conn:
+            return await pw.resolve_conflict(conn, watch_id, url_id, now)
 
     async def get_watch(self, watch_id: str) -> Watch | None:
         async with self._connection() as conn:

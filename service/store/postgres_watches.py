@@ -15,6 +15,7 @@ from psycopg import AsyncConnection
 from service.errors import StorageUnavailable
 from service.store.base import Page, decode_cursor, encode_cursor
 from service.store.watch_model import (
+    WATCH_COLUMN_COUNT,
     WATCH_COLUMNS,
     PollRecord,
     Watch,
@@ -25,8 +26,9 @@ from service.store.watch_model import (
 
 Conn = AsyncConnection[Any]
 
+_MARKS = ", ".join(["%s"] * WATCH_COLUMN_COUNT)
 _INSERT = (
-    f"INSERT INTO watches ({WATCH_COLUMNS}) VALUES ({', '.join(['%s'] * 21)})"
+    f"INSERT INTO watches ({WATCH_COLUMNS}) VALUES ({_MARKS})"
     " ON CONFLICT (provider, task_id) WHERE state = 'active' DO NOTHING"
     f" RETURNING {WATCH_COLUMNS}"
 )
@@ -69,15 +71,34 @@ async def hold_for_confirmation(conn: Conn, watch: Watch) -> Watch | None:
         return None
     return await _one(
         conn,
-        f"INSERT INTO watches ({WATCH_COLUMNS}) VALUES ({', '.join(['%s'] * 21)})"
+        f"INSERT INTO watches ({WATCH_COLUMNS}) VALUES ({_MARKS})"
         " ON CONFLICT (provider, task_id) WHERE state = 'active' DO UPDATE SET"
         " next_poll_at = LEAST(watches.next_poll_at, excluded.next_poll_at),"
         " held_status = excluded.held_status, held_body = excluded.held_body,"
         " url_id = coalesce(watches.url_id, excluded.url_id), holds = watches.holds + 1,"
-        " backoff_step = 0, not_found = 0, updated_at = excluded.updated_at"
+        " backoff_step = 0, not_found = 0, updated_at = excluded.updated_at,"
+        # A callback through another URL than the one the watch has: a conflict to resolve.
+        " conflict_url_ids = CASE WHEN watches.url_id IS NULL OR excluded.url_id IS NULL"
+        "  OR excluded.url_id = watches.url_id"
+        "  OR coalesce(watches.conflict_url_ids, '[]')::jsonb ? excluded.url_id"
+        "  THEN watches.conflict_url_ids"
+        "  ELSE (coalesce(watches.conflict_url_ids, '[]')::jsonb"
+        "   || to_jsonb(excluded.url_id))::text END"
         f" RETURNING {WATCH_COLUMNS}",
         watch_values(watch),
     )
+
+
+async def resolve_conflict(
+    conn: Conn, watch_id: str, url_id: str | None, now: float
+) -> Watch | None:
+    await conn.execute(
+        "UPDATE watches SET url_id = %s, conflict_url_ids = NULL, held_status = NULL,"
+        " held_body = NULL, next_poll_at = %s, backoff_step = 0, updated_at = %s"
+        " WHERE id = %s AND state = 'active' AND conflict_url_ids IS NOT NULL",
+        (url_id, now, now, watch_id),
+    )
+    return await get_watch(conn, watch_id)
 
 
 async def list_watches(conn: Conn, filters: WatchFilter, cursor: str | None, limit: int) -> Page:
@@ -136,6 +157,8 @@ async def claim_due_watches(conn: Conn, now: float, limit: int, lease_until: flo
         "WITH due AS ("
         "  SELECT seq FROM watches WHERE state = 'active' AND next_poll_at <= %(now)s"
         "  AND (lease_until IS NULL OR lease_until <= %(now)s)"
+        # A watch in conflict waits for its operator (resolve_conflict), unpolled.
+        "  AND conflict_url_ids IS NULL"
         "  ORDER BY next_poll_at, seq LIMIT %(limit)s"
         "  FOR UPDATE SKIP LOCKED"
         ")"
@@ -163,12 +186,14 @@ async def record_poll(conn: Conn, record: PollRecord) -> None:
         "  THEN NULL ELSE held_status END,"
         " held_body = CASE WHEN (holds = %(seen)s AND %(judged)s) OR %(state)s <> 'active'"
         "  THEN NULL ELSE held_body END,"
+        " url_id = CASE WHEN holds = %(seen)s AND %(forget)s THEN NULL ELSE url_id END,"
         " event_id = coalesce(%(event_id)s::text, event_id), updated_at = %(at)s"
         " WHERE id = %(id)s AND state = 'active'",
         {
             "state": record.state,
             "seen": record.holds_seen,
             "judged": record.judged,
+            "forget": record.forget_url,
             "next": record.next_poll_at,
             "step": record.backoff_step,
             "not_found": record.not_found,

@@ -52,7 +52,7 @@ from service.store.watch_model import PollRecord, Watch, WatchFilter
 T = TypeVar("T")
 log = structlog.get_logger("service.store")
 
-MIGRATIONS = ("sqlite_001_initial.sql", "sqlite_002_watches.sql")
+MIGRATIONS = ("sqlite_001_initial.sql", "sqlite_002_watches.sql", "sqlite_005_attribution.sql")
 #: Most operations folded into one transaction; bounds the latency a batch adds.
 MAX_BATCH = 512
 #: How long a write waits for another process (the CLI) to finish its transaction.
@@ -309,17 +309,34 @@ class SQLiteStore(Store):
         metadata: dict[str, Any],
         created_at: float,
         expires_at: float,
+        reusable: bool = False,
     ) -> None:
         text = json.dumps(metadata, separators=(",", ":"))
 
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO callback_urls (id, provider, metadata, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (url_id, provider, text, created_at, expires_at),
+                "INSERT INTO callback_urls"
+                " (id, provider, metadata, created_at, expires_at, reusable)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (url_id, provider, text, created_at, expires_at, int(reusable)),
             )
 
         await self._run(op)
+
+    async def bind_callback_url(self, url_id: str, task_id: str) -> str | None:
+        def op(conn: sqlite3.Connection) -> str | None:
+            # One writer at a time (the store's single connection): update, then read back.
+            conn.execute(
+                "UPDATE callback_urls SET task_id = ?"
+                " WHERE id = ? AND NOT reusable AND task_id IS NULL",
+                (task_id, url_id),
+            )
+            row = conn.execute(
+                "SELECT task_id FROM callback_urls WHERE id = ? AND NOT reusable", (url_id,)
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._run(op)
 
     async def get_callback_metadata(self, url_id: str) -> dict[str, Any] | None:
         def op(conn: sqlite3.Connection) -> str | None:
@@ -338,6 +355,9 @@ class SQLiteStore(Store):
 
     async def hold_for_confirmation(self, watch: Watch) -> Watch | None:
         return await self._run(lambda conn: w.hold_for_confirmation(conn, watch))
+
+    async def resolve_conflict(self, watch_id: str, url_id: str | None, now: float) -> Watch | None:
+        return await self._run(lambda conn: w.resolve_conflict(conn, watch_id, url_id, now))
 
     async def get_watch(self, watch_id: str) -> Watch | None:
         return await self._run(lambda conn: w.get_watch(conn, watch_id))

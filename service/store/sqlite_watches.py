@@ -6,10 +6,12 @@ commit. The contract is in ``service.store.base.Store`` (the watch methods).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 from service.store.base import Page, decode_cursor, encode_cursor
 from service.store.watch_model import (
+    WATCH_COLUMN_COUNT,
     WATCH_COLUMNS,
     PollRecord,
     Watch,
@@ -18,8 +20,9 @@ from service.store.watch_model import (
     watch_values,
 )
 
+_MARKS = ", ".join("?" * WATCH_COLUMN_COUNT)
 _INSERT = (
-    f"INSERT INTO watches ({WATCH_COLUMNS}) VALUES ({', '.join('?' * 21)})"
+    f"INSERT INTO watches ({WATCH_COLUMNS}) VALUES ({_MARKS})"
     " ON CONFLICT (provider, task_id) WHERE state = 'active' DO NOTHING"
 )
 
@@ -53,22 +56,43 @@ def hold_for_confirmation(conn: sqlite3.Connection, watch: Watch) -> Watch | Non
         return None
     if conn.execute(_INSERT, watch_values(watch)).rowcount:
         return watch
+    active = _active(conn, watch.provider, watch.task_id)
+    assert active is not None  # the conflict was with it, in this same transaction
+    conflicts = active.conflict_url_ids
+    if (
+        watch.url_id is not None
+        and active.url_id is not None
+        and watch.url_id != active.url_id
+        and watch.url_id not in conflicts
+    ):
+        conflicts = (*conflicts, watch.url_id)
     conn.execute(
         "UPDATE watches SET next_poll_at = min(next_poll_at, ?), held_status = ?,"
         " held_body = ?, url_id = coalesce(url_id, ?), holds = holds + 1, backoff_step = 0,"
-        " not_found = 0, updated_at = ?"
-        " WHERE provider = ? AND task_id = ? AND state = 'active'",
+        " not_found = 0, conflict_url_ids = ?, updated_at = ? WHERE id = ?",
         (
             watch.next_poll_at,
             watch.held_status,
             watch.held_body,
             watch.url_id,
+            json.dumps(list(conflicts)) if conflicts else None,
             watch.updated_at,
-            watch.provider,
-            watch.task_id,
+            active.id,
         ),
     )
-    return _active(conn, watch.provider, watch.task_id)
+    return get_watch(conn, active.id)
+
+
+def resolve_conflict(
+    conn: sqlite3.Connection, watch_id: str, url_id: str | None, now: float
+) -> Watch | None:
+    conn.execute(
+        "UPDATE watches SET url_id = ?, conflict_url_ids = NULL, held_status = NULL,"
+        " held_body = NULL, next_poll_at = ?, backoff_step = 0, updated_at = ?"
+        " WHERE id = ? AND state = 'active' AND conflict_url_ids IS NOT NULL",
+        (url_id, now, now, watch_id),
+    )
+    return get_watch(conn, watch_id)
 
 
 def list_watches(
@@ -124,7 +148,9 @@ def claim_due_watches(
     )
     rows = conn.execute(
         f"SELECT seq, {WATCH_COLUMNS} FROM watches WHERE state = 'active' AND next_poll_at <= ?"
-        " AND (lease_until IS NULL OR lease_until <= ?) ORDER BY next_poll_at, seq LIMIT ?",
+        " AND (lease_until IS NULL OR lease_until <= ?)"
+        # A watch in conflict waits for its operator (resolve_conflict), unpolled.
+        " AND conflict_url_ids IS NULL ORDER BY next_poll_at, seq LIMIT ?",
         (now, now, limit),
     ).fetchall()
     if rows:
@@ -149,6 +175,7 @@ def record_poll(conn: sqlite3.Connection, record: PollRecord) -> None:
         " held_status = CASE WHEN (holds = ? AND ?) OR ? <> 'active' THEN NULL"
         "  ELSE held_status END,"
         " held_body = CASE WHEN (holds = ? AND ?) OR ? <> 'active' THEN NULL ELSE held_body END,"
+        " url_id = CASE WHEN holds = ? AND ? THEN NULL ELSE url_id END,"
         " event_id = coalesce(?, event_id), updated_at = ?"
         " WHERE id = ? AND state = 'active'",
         (
@@ -169,6 +196,8 @@ def record_poll(conn: sqlite3.Connection, record: PollRecord) -> None:
             record.holds_seen,
             record.judged,
             record.state,
+            record.holds_seen,
+            record.forget_url,
             record.event_id,
             record.polled_at,
             record.watch_id,

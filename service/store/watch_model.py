@@ -47,6 +47,10 @@ class Watch:
     holds: int = 0
     #: The event that ended the watch (terminal, deadline or not-found).
     event_id: str | None = None
+    #: Callback URLs other than ``url_id`` through which callbacks for this task were held.
+    #: While there are any, the watch is neither polled nor emits: an operator picks whose
+    #: the result is (``service.watches.resolve_conflict``).
+    conflict_url_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,13 +78,18 @@ class PollRecord:
     event_id: str | None = None
     #: The provider answered, so the held callback was compared with its answer.
     judged: bool = False
+    #: The API contradicted the held callback: its URL (``url_id``) names nobody and is
+    #: forgotten, unless another callback was held meanwhile.
+    forget_url: bool = False
 
 
 WATCH_COLUMNS = (
     "id, provider, task_id, origin, state, metadata, created_at, updated_at, deadline_at,"
     " next_poll_at, url_id, polls, backoff_step, not_found, last_polled_at, last_status,"
-    " last_error, held_status, held_body, holds, event_id"
+    " last_error, held_status, held_body, holds, event_id, conflict_url_ids"
 )
+#: How many columns ``WATCH_COLUMNS`` names (the INSERTs' parameter count).
+WATCH_COLUMN_COUNT = WATCH_COLUMNS.count(",") + 1
 
 
 def watch_from_row(row: tuple[Any, ...]) -> Watch:
@@ -106,6 +115,7 @@ def watch_from_row(row: tuple[Any, ...]) -> Watch:
         held_body=None if row[18] is None else bytes(row[18]),
         holds=row[19],
         event_id=row[20],
+        conflict_url_ids=tuple(json.loads(row[21])) if row[21] else (),
     )
 
 
@@ -133,4 +143,5 @@ def watch_values(watch: Watch) -> tuple[Any, ...]:
         watch.held_body,
         watch.holds,
         watch.event_id,
+        json.dumps(list(watch.conflict_url_ids)) if watch.conflict_url_ids else None,
     )

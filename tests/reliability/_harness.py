@@ -74,7 +74,7 @@ def mint_paths(relay: RelayProcess) -> dict[str, str]:
     for provider in ("evolink", "apiframe"):
         answer = httpx.post(
             f"{relay.base}/v1/callback-urls",
-            json={"provider": provider, "metadata": {"suite": "reliability"}},
+            json={"provider": provider, "metadata": {"suite": "reliability"}, "reusable": True},
             headers=relay.admin,
             timeout=10,
         )

@@ -32,7 +32,9 @@ JSON = {"content-type": "application/json"}
 
 def _mint(client: httpx.Client, relay: RelayProcess, provider: str, **body: Any) -> str:
     answer = client.post(
-        "/v1/callback-urls", json={"provider": provider, **body}, headers=relay.admin
+        "/v1/callback-urls",
+        json={"provider": provider, "reusable": True, **body},
+        headers=relay.admin,
     )
     answer.raise_for_status()
     return httpx.URL(answer.json()["url"]).raw_path.decode()

@@ -708,7 +708,7 @@ def generated_requests(ctx: Context) -> list[Row]:
         for provider in ("evolink", "apiframe"):
             minted = httpx.post(
                 f"{relay.base}/v1/callback-urls",
-                json={"provider": provider},
+                json={"provider": provider, "reusable": True},
                 headers=relay.admin,
                 timeout=10,
             )

@@ -101,7 +101,9 @@ class Admin:
         return answer
 
     def mint(self) -> str:
-        response = self.client.post("/v1/callback-urls", json={"provider": "evolink"})
+        response = self.client.post(
+            "/v1/callback-urls", json={"provider": "evolink", "reusable": True}
+        )
         response.raise_for_status()
         return str(response.json()["url"])
 
