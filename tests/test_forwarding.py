@@ -101,7 +101,7 @@ def test_unsafe_outputs_are_dropped_counted_and_kept_in_raw(
     many = [f"https://cdn.example.com/{n}.png" for n in range(20_000)]
     flood = {**copy.deepcopy(EVOLINK_COMPLETED), "id": "task-flood", "results": many}
     before = (_dropped("scheme"), _dropped("private_address"), _dropped("over_limit"))
-    url = relay_server.mint()
+    url = relay_server.mint(reusable=True)
     assert relay_server.post_callback(url, payload).status_code == 200
     assert relay_server.post_callback(url, flood).status_code == 200
     (one,) = wait_task_events(sink, "task-unsafe", 1)

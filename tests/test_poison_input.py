@@ -101,7 +101,7 @@ def test_a_poison_callback_sent_with_40_others_harms_none_of_them(
 ) -> None:
     """Every answer matches what was committed: the 40 are 200 and stored, the poison 422."""
     relay = start_relay()
-    url = relay.mint()
+    url = relay.mint(reusable=True)
     normal = [completed(f"task-batch-{n}") for n in range(40)]
     bad = completed(POISON_TASK_IDS[poison])
     for _ in range(3):  # three bursts: a batch has every chance to hold the poison
@@ -123,7 +123,7 @@ def test_a_subscriber_answer_with_nul_bytes_is_recorded_once(
         relay = start_relay()
         hostile_id = relay.add_subscriber(hostile.url)["id"]
         relay.add_subscriber(healthy.url)
-        url = relay.mint()
+        url = relay.mint(reusable=True)
         for n in range(30):
             assert relay.post_callback(url, completed(f"task-nul-{n}")).status_code == 200
         done = relay.wait_deliveries(60, "succeeded")

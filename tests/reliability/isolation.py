@@ -66,7 +66,7 @@ def _completed(task_id: str) -> dict[str, Any]:
 def _mint(relay: RelayProcess) -> str:
     answer = httpx.post(
         f"{relay.base}/v1/callback-urls",
-        json={"provider": "evolink"},
+        json={"provider": "evolink", "reusable": True},
         headers=relay.admin,
         timeout=10,
     )
