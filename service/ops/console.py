@@ -27,6 +27,7 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from service import overview as overview_module
+from service import replays
 from service import subscribers as subscriber_rules
 from service.errors import RelayError
 from service.events import EVENT_TYPES, STATUSES
@@ -429,10 +430,22 @@ async def _delivery(request: Request, session: sessions.Session) -> Response:
     if delivery is None:
         return _not_found(request, session, "No delivery with this id.")
     subscriber = await relay.store.get_subscriber(delivery["subscriber_id"])
+    newer = None
+    if delivery["status"] == "failed":  # would a replay be held back? (see service.replays)
+        line = await relay.store.delivery_details(
+            DeliveryFilter(
+                event_id=delivery["event_id"],
+                subscriber_id=delivery["subscriber_id"],
+                status="failed",
+            ),
+            None,
+            PAGE_ROWS,
+        )
+        newer = next((d["newer_delivery_id"] for d in line if d["id"] == delivery["id"]), None)
     return render(
         request,
         "delivery.html",
-        {"d": delivery, "subscriber": subscriber, "back": request.url.path},
+        {"d": delivery, "subscriber": subscriber, "newer": newer, "back": request.url.path},
         session=session,
     )
 
@@ -443,14 +456,15 @@ async def _replay_one(
     relay = _relay(request)
     delivery_id = request.path_params["delivery_id"]
     back = _first(form, "back", f"/ops/deliveries/{delivery_id}")
-    delivery = await relay.store.get_delivery(delivery_id)
-    if delivery is None:
-        return redirect_back(request, back, f"No delivery {delivery_id}.", "error")
-    await subscriber_rules.require_enabled(relay.store, delivery["subscriber_id"])
-    count = await relay.store.replay(DeliveryFilter(), [delivery_id], time.time())
+    force = _first(form, "force") == "1"
+    delivery, count = await replays.replay_one(relay, delivery_id, force=force)
     if count:
-        relay.on_deliveries()
-        log.info("ops_replay", delivery_id=delivery_id, subscriber_id=delivery["subscriber_id"])
+        log.info(
+            "ops_replay",
+            delivery_id=delivery_id,
+            subscriber_id=delivery["subscriber_id"],
+            forced=force,
+        )
         return redirect_back(request, back, f"Replaying {delivery_id}: a fresh retry cycle.")
     return redirect_back(
         request, back, f"{delivery_id} is {delivery['status']}, not failed: nothing to replay."
@@ -465,12 +479,18 @@ async def _replay_shown(
     back = _first(form, "back", "/ops/deliveries")
     if not ids:
         return redirect_back(request, back, "Nothing shown, nothing replayed.")
-    count = await relay.store.replay(DeliveryFilter(), ids, time.time())
-    if count:
-        relay.on_deliveries()
-    log.info("ops_replay_shown", shown=len(ids), replayed=count)
-    skipped = len(ids) - count
+    # Never forced: rows held back by a newer delivery are not in the form, and one that
+    # became so since the page was shown is skipped here and named in the notice.
+    result = await replays.replay_many(relay, DeliveryFilter(), ids, force=False)
+    count = result.count
+    log.info("ops_replay_shown", shown=len(ids), replayed=count, held=len(result.newer))
+    skipped = len(ids) - count - len(result.newer)
     note = f"; {skipped} skipped (no longer failed, or subscriber disabled)" if skipped else ""
+    if result.newer:
+        note += (
+            f"; {len(result.newer)} held back, a later event of their task already delivered:"
+            f" {', '.join(result.newer)}"
+        )
     return redirect_back(request, back, f"Replayed {count} of {len(ids)} shown{note}.")
 
 

@@ -41,6 +41,7 @@ from service.store.base import (
     IncomingEvent,
     IngestResult,
     Page,
+    ReplayResult,
     Store,
     Subscriber,
     decode_cursor,
@@ -472,12 +473,19 @@ class SQLiteStore(Store):
         return await self._run(lambda conn: q.get_delivery(conn, delivery_id))
 
     async def replay(
-        self, filters: DeliveryFilter, delivery_ids: list[str] | None, now: float
-    ) -> int:
-        return await self._run(lambda conn: q.replay(conn, filters, delivery_ids, now))
+        self,
+        filters: DeliveryFilter,
+        delivery_ids: list[str] | None,
+        now: float,
+        *,
+        force: bool = False,
+    ) -> ReplayResult:
+        return await self._run(lambda conn: q.replay(conn, filters, delivery_ids, now, force))
 
-    async def redeliver(self, event_id: str, subscriber_ids: list[str], now: float) -> int:
-        return await self._run(lambda conn: q.redeliver(conn, event_id, subscriber_ids, now))
+    async def redeliver(
+        self, event_id: str, subscriber_ids: list[str], now: float, *, force: bool = False
+    ) -> ReplayResult:
+        return await self._run(lambda conn: q.redeliver(conn, event_id, subscriber_ids, now, force))
 
     async def prune(self, before: float, limit: int) -> int:
         return await self._run(lambda conn: q.prune(conn, before, limit))
