@@ -1035,6 +1035,25 @@ async def _events_of(store: Store, task: str) -> list[dict[str, Any]]:
     return [json.loads(item) for item in page.items]
 
 
+async def test_ops_sessions_live_until_revoked_or_expired(store: Store) -> None:
+    """A console session is live until revoked (sign-out) or past its expiry; a new one
+    clears those long expired."""
+    now = time.time()
+    await store.create_ops_session("ses_a", now, now + 3600)
+    await store.create_ops_session("ses_b", now, now + 60)
+    assert await store.ops_session_live("ses_a", now + 1)
+    assert not await store.ops_session_live("ses_unknown", now + 1)
+    assert not await store.ops_session_live("ses_b", now + 61)  # expired
+    await store.revoke_ops_session("ses_a", now + 2)
+    assert not await store.ops_session_live("ses_a", now + 3)
+    await store.revoke_ops_session("ses_a", now + 4)  # twice: no harm
+    await store.revoke_ops_session("ses_unknown", now + 4)
+    assert await store.ops_session_live("ses_b", now + 5)
+    await store.create_ops_session("ses_c", now + 120, now + 3720)  # ses_b is gone now
+    assert await store.ops_session_live("ses_c", now + 121)
+    assert not await store.ops_session_live("ses_b", now + 5)
+
+
 async def test_delivery_counts(store: Store) -> None:
     assert await store.delivery_counts() == {
         "pending": 0,

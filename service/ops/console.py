@@ -215,7 +215,11 @@ def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     """A GET page for signed-in operators; others are sent to sign in."""
 
     async def endpoint(request: Request) -> Response:
-        session = sessions.load(request, _relay(request).settings)
+        relay = _relay(request)
+        try:
+            session = await sessions.verify(request, relay.settings, relay.store)
+        except RelayError as exc:  # the store cannot say whether the session is live
+            return _unavailable(request, exc)
         if session is None or not session.signed_in:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse(
@@ -237,12 +241,24 @@ def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     return endpoint
 
 
+def _unavailable(request: Request, exc: RelayError) -> Response:
+    return render(
+        request,
+        "message.html",
+        {"title": "Not available", "message": exc.message},
+        status_code=exc.status_code,
+    )
+
+
 def action(handler: Callable[..., Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
     """A POST from a console form: a signed-in session and its CSRF token are required."""
 
     async def endpoint(request: Request) -> Response:
         relay = _relay(request)
-        session = sessions.load(request, relay.settings)
+        try:
+            session = await sessions.verify(request, relay.settings, relay.store)
+        except RelayError as exc:
+            return _unavailable(request, exc)
         form = await read_form(request)
         if session is None or not session.signed_in:
             return render(
@@ -294,7 +310,10 @@ throttle = sessions.SignInThrottle()
 
 async def sign_in_page(request: Request) -> Response:
     relay = _relay(request)
-    session = sessions.load(request, relay.settings)
+    try:
+        session = await sessions.verify(request, relay.settings, relay.store)
+    except RelayError as exc:
+        return _unavailable(request, exc)
     next_path = _safe_back(request.query_params.get("next"))
     if session is not None and session.signed_in:
         return RedirectResponse(next_path, status_code=303, headers=SECURITY_HEADERS)
@@ -308,6 +327,7 @@ async def sign_in(request: Request) -> Response:
     relay = _relay(request)
     settings = relay.settings
     form = await read_form(request)
+    # The signature is enough here: the form's CSRF token is all that is checked.
     session = sessions.load(request, settings)
     next_path = _safe_back(_first(form, "next"))
     address = client_ip(request, settings.trusted_proxies) or "unknown"
@@ -343,13 +363,16 @@ async def sign_in(request: Request) -> Response:
     log.info("ops_signed_in", client=address)
     response = RedirectResponse(next_path, status_code=303, headers=SECURITY_HEADERS)
     # A new session (and CSRF token) at sign-in: nothing from before carries over.
-    sessions.store(response, sessions.Session.fresh(signed_in=True), settings)
+    sessions.store(response, await sessions.start(relay.store), settings)
     return response
 
 
-async def _sign_out(request: Request, _session: sessions.Session, _form: Any) -> Response:
+async def _sign_out(request: Request, session: sessions.Session, _form: Any) -> Response:
+    relay = _relay(request)
+    await sessions.end(relay.store, session)  # the cookie, wherever a copy is, opens nothing now
+    log.info("ops_signed_out")
     response = RedirectResponse("/ops/sign-in", status_code=303, headers=SECURITY_HEADERS)
-    sessions.clear(response, _relay(request).settings)
+    sessions.clear(response, relay.settings)
     return response
 
 

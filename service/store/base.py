@@ -232,6 +232,24 @@ class Store(ABC):
     async def get_callback_metadata(self, url_id: str) -> dict[str, Any] | None:
         """The metadata of a minted callback URL, or None if unknown."""
 
+    # -- ops console sessions (service.ops.session) -----------------------------------------
+
+    @abstractmethod
+    async def create_ops_session(
+        self, session_id: str, created_at: float, expires_at: float
+    ) -> None:
+        """Remember a signed-in console session, live until ``expires_at``. Sessions that
+        expired before ``created_at`` are deleted on the way (revoked ones included)."""
+
+    @abstractmethod
+    async def ops_session_live(self, session_id: str, now: float) -> bool:
+        """Whether the session exists, is not revoked and has not expired at ``now``. Reads
+        what every process committed: a sign-out anywhere counts at once."""
+
+    @abstractmethod
+    async def revoke_ops_session(self, session_id: str, now: float) -> None:
+        """End a session (sign-out): ``ops_session_live`` is False from now on."""
+
     # -- watches (service.watches): tasks the relay polls at their provider's status API -----
 
     @abstractmethod

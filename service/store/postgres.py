@@ -64,7 +64,12 @@ from service.store.watch_model import PollRecord, Watch, WatchFilter
 log = structlog.get_logger("service.store")
 
 #: Applied in order; a file's position (from 1) is its version in ``schema_migrations``.
-MIGRATIONS = ("postgres_001_initial.sql", "postgres_002_watches.sql", "postgres_003_ingest.sql")
+MIGRATIONS = (
+    "postgres_001_initial.sql",
+    "postgres_002_watches.sql",
+    "postgres_003_ingest.sql",
+    "postgres_004_ops_sessions.sql",
+)
 
 # Advisory lock keys. Arbitrary constants, chosen not to collide with other applications that
 # may share the database. The one-key form (migrations) and the two-key form (the rest) are
@@ -695,6 +700,34 @@ class PostgresStore(Store):
             if row is not None:
                 await _bump_subscribers_version(conn)
         return None if row is None else _subscriber_from_row(row, now)
+
+    # -- ops console sessions ------------------------------------------------------------------
+
+    async def create_ops_session(
+        self, session_id: str, created_at: float, expires_at: float
+    ) -> None:
+        async with self._transaction() as conn:
+            await conn.execute("DELETE FROM ops_sessions WHERE expires_at < %s", (created_at,))
+            await conn.execute(
+                "INSERT INTO ops_sessions (id, created_at, expires_at) VALUES (%s, %s, %s)",
+                (session_id, created_at, expires_at),
+            )
+
+    async def ops_session_live(self, session_id: str, now: float) -> bool:
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                "SELECT 1 FROM ops_sessions WHERE id = %s AND revoked_at IS NULL"
+                " AND expires_at > %s",
+                (session_id, now),
+            )
+            return await cursor.fetchone() is not None
+
+    async def revoke_ops_session(self, session_id: str, now: float) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "UPDATE ops_sessions SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL",
+                (now, session_id),
+            )
 
     # -- deliveries -----------------------------------------------------------------------------
 

@@ -53,7 +53,11 @@ from service.store.watch_model import PollRecord, Watch, WatchFilter
 T = TypeVar("T")
 log = structlog.get_logger("service.store")
 
-MIGRATIONS = ("sqlite_001_initial.sql", "sqlite_002_watches.sql")
+MIGRATIONS = (
+    "sqlite_001_initial.sql",
+    "sqlite_002_watches.sql",
+    "sqlite_003_ops_sessions.sql",
+)
 #: Most operations folded into one transaction; bounds the latency a batch adds.
 MAX_BATCH = 512
 #: How long a write waits for another process (the CLI) to finish its transaction.
@@ -442,6 +446,37 @@ class SQLiteStore(Store):
                 lambda conn: q.rotate_secret(
                     conn, subscriber_id, new_secret, previous_valid_until, now
                 )
+            )
+        )
+
+    # -- ops console sessions ------------------------------------------------------------------
+
+    async def create_ops_session(
+        self, session_id: str, created_at: float, expires_at: float
+    ) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM ops_sessions WHERE expires_at < ?", (created_at,))
+            conn.execute(
+                "INSERT INTO ops_sessions (id, created_at, expires_at) VALUES (?, ?, ?)",
+                (session_id, created_at, expires_at),
+            )
+
+        await self._run(op)
+
+    async def ops_session_live(self, session_id: str, now: float) -> bool:
+        row = await self._run(
+            lambda conn: conn.execute(
+                "SELECT 1 FROM ops_sessions WHERE id = ? AND revoked_at IS NULL AND expires_at > ?",
+                (session_id, now),
+            ).fetchone()
+        )
+        return row is not None
+
+    async def revoke_ops_session(self, session_id: str, now: float) -> None:
+        await self._run(
+            lambda conn: conn.execute(
+                "UPDATE ops_sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (now, session_id),
             )
         )
 
