@@ -1214,6 +1214,44 @@ async def opened(*stores: PostgresStore) -> AsyncIterator[None]:
 
 
 @pytest.mark.postgres
+async def test_replay_is_not_overtaken_by_a_claim_of_the_later_delivery(pg_url: str) -> None:
+    """A worker leasing ``completed`` while ``processing`` is replayed: the replay waits for
+    that claim to commit, then sees it in flight and leaves ``processing`` failed."""
+    store = postgres_store(pg_url)
+    async with opened(store):
+        await store.create_subscriber(subscriber("sub_a"))
+        now = time.time()
+        await store.ingest(incoming("t", "processing", at=now - 10, progress=50))
+        (running,) = await claim_all(store, now - 9)
+        await store.record_attempt(attempt(running, "failed", at=now - 9))
+        await store.ingest(incoming("t", "completed", at=now - 8))
+        (done,) = await deliveries(store, status="pending")
+        async with await psycopg.AsyncConnection.connect(pg_url) as worker:
+            async with worker.transaction():  # a claim, between its row lock and its commit
+                await worker.execute(
+                    "SELECT 1 FROM deliveries WHERE id = %s FOR UPDATE", (done["id"],)
+                )
+                replay = asyncio.create_task(
+                    store.replay(DeliveryFilter(), [running.delivery_id], now)
+                )
+                deadline = time.monotonic() + 10
+                while not replay.done() and time.monotonic() < deadline:
+                    cursor = await worker.execute(  # is a session waiting for this one?
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
+                    )
+                    if (await cursor.fetchone())[0]:  # type: ignore[index]
+                        break
+                    await asyncio.sleep(0.02)
+                await worker.execute(
+                    "UPDATE deliveries SET lease_until = %s WHERE id = %s", (now + 30, done["id"])
+                )
+            result = await replay
+        assert (result.count, result.newer) == (0, {running.delivery_id: done["id"]})
+        assert (await store.get_delivery(running.delivery_id))["status"] == "failed"  # type: ignore[index]
+
+
+@pytest.mark.postgres
 async def test_concurrent_claims_never_share_a_delivery(pg_url: str) -> None:
     """Workers of two replicas claim at once: each delivery once, and only line heads."""
     first, second = postgres_store(pg_url), postgres_store(pg_url)
