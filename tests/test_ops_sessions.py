@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from service.ops import session as sessions
-from tests.conftest import RelayServer
+from tests.conftest import ADMIN_TOKEN, RelayServer
 from tests.test_ops_console import csrf_of, sign_in
 from tests.test_store_contract import fresh_schema
 
@@ -94,3 +94,16 @@ def test_sign_out_on_one_replica_ends_the_session_on_the_other(
     client.close()
     assert_refused(second, cookie, csrf)
     assert_refused(first, cookie, csrf)
+
+
+def test_no_session_without_its_record(relay_server: RelayServer) -> None:
+    """A sign-in the store cannot record is refused (503, said in the page), not half-made."""
+    with httpx.Client(base_url=relay_server.base_url, timeout=10) as client:
+        page = client.get("/ops/sign-in")
+        relay_server.in_loop(relay_server.relay.store.close())
+        answer = client.post(
+            "/ops/sign-in", data={"csrf": csrf_of(page.text), "token": ADMIN_TOKEN, "next": "/ops"}
+        )
+        assert answer.status_code == 503
+        assert "The store is not open." in answer.text
+        assert answer.headers["content-type"].startswith("text/html")

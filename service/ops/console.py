@@ -360,10 +360,14 @@ async def sign_in(request: Request) -> Response:
         log.warning("ops_sign_in_failed", client=address)
         return again("That is not the admin token.", 401)
     throttle.succeeded(address)
+    try:
+        # A new session (and CSRF token) at sign-in: nothing from before carries over.
+        fresh = await sessions.start(relay.store)
+    except RelayError as exc:  # the store cannot record it: no session without its record
+        return again(exc.message, exc.status_code)
     log.info("ops_signed_in", client=address)
     response = RedirectResponse(next_path, status_code=303, headers=SECURITY_HEADERS)
-    # A new session (and CSRF token) at sign-in: nothing from before carries over.
-    sessions.store(response, await sessions.start(relay.store), settings)
+    sessions.store(response, fresh, settings)
     return response
 
 
