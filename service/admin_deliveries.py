@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import subscribers
+from service import replays, subscribers
 from service.clock import rfc3339
 from service.errors import InvalidInput, NotFound
 from service.http import JSONResponse, parse_limit, parse_time, read_json_object, require_admin
@@ -137,38 +137,47 @@ async def get_delivery(request: Request) -> Response:
     return JSONResponse(delivery)
 
 
+def _force(request: Request, body: dict[str, Any]) -> bool:
+    """``force``: ``true`` in the JSON body (a boolean) or in the query (``?force=true``)."""
+    query = request.query_params.getlist("force")
+    value = body.get("force", False)
+    if not isinstance(value, bool) or any(v not in ("true", "false") for v in query):
+        raise InvalidInput("force must be true or false.", code="invalid_request")
+    return value or "true" in query
+
+
 async def replay_delivery(request: Request) -> Response:
     relay = _relay(request)
-    delivery_id = request.path_params["delivery_id"]
-    delivery = await relay.store.get_delivery(delivery_id)
-    if delivery is None:
-        raise NotFound("No delivery with this id.")
-    await subscribers.require_enabled(relay.store, delivery["subscriber_id"])
-    count = await relay.store.replay(DeliveryFilter(), [delivery_id], time.time())
-    if count:
-        relay.on_deliveries()
+    body = await read_json_object(request)
+    unknown = set(body) - {"force"}
+    if unknown:
+        raise InvalidInput(f"Unknown field(s): {', '.join(sorted(unknown))}.", code="invalid_query")
+    delivery, count = await replays.replay_one(
+        relay, request.path_params["delivery_id"], force=_force(request, body)
+    )
     return JSONResponse({"replayed": count, "status": delivery["status"]}, status_code=202)
 
 
 async def replay_deliveries(request: Request) -> Response:
     relay = _relay(request)
     body = await read_json_object(request)
-    unknown = set(body) - {"subscriber_id", "since", "until"}
+    unknown = set(body) - {"subscriber_id", "since", "until", "force"}
     if unknown:
         raise InvalidInput(f"Unknown field(s): {', '.join(sorted(unknown))}.", code="invalid_query")
     filters = _delivery_filter(body, status="failed")
     if filters.subscriber_id is not None:
         await subscribers.require_enabled(relay.store, filters.subscriber_id)
-    count = await relay.store.replay(filters, None, time.time())
-    if count:
-        relay.on_deliveries()
-    return JSONResponse({"replayed": count}, status_code=202)
+    result = await replays.replay_many(relay, filters, None, force=_force(request, body))
+    return JSONResponse(
+        {"replayed": result.count, "skipped": replays.skipped(result.newer)}, status_code=202
+    )
 
 
 async def redeliver_event(request: Request) -> Response:
     relay = _relay(request)
     event_id = request.path_params["event_id"]
     body = await read_json_object(request)
+    force = _force(request, body)
     event = await relay.store.get_event(event_id)
     if event is None:
         raise NotFound("No event with this id.")
@@ -184,10 +193,22 @@ async def redeliver_event(request: Request) -> Response:
         targets = [
             s for s in page.items if s.enabled and s.wants(event["data"]["provider"], event["type"])
         ]
-    count = await relay.store.redeliver(event_id, [s.id for s in targets], time.time())
-    if count:
+    result = await relay.store.redeliver(
+        event_id, [s.id for s in targets], time.time(), force=force
+    )
+    if subscriber_id is not None and subscriber_id in result.newer:
+        raise replays.NewerEventDelivered(
+            replays.redelivery_refusal(subscriber_id, result.newer[subscriber_id])
+        )
+    if result.count:
         relay.on_deliveries()
-    return JSONResponse({"deliveries": count}, status_code=202)
+    return JSONResponse(
+        {
+            "deliveries": result.count,
+            "skipped": replays.skipped(result.newer, key="subscriber_id"),
+        },
+        status_code=202,
+    )
 
 
 routes = [

@@ -12,7 +12,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from service import subscribers
+from service import replays, subscribers
 from service.clock import rfc3339
 from service.http import parse_time
 from service.relay import Relay
@@ -80,6 +80,12 @@ def add_parsers(commands: Any) -> None:
         "--failed",
         action="store_true",
         help="replay every failed delivery in the window instead of IDs",
+    )
+    replay.add_argument(
+        "--force",
+        action="store_true",
+        help="replay even a delivery whose subscriber already received a later event of the"
+        " same task (it then gets the older status last) [default: skip those]",
     )
     _window(replay)
 
@@ -227,14 +233,26 @@ async def _replay(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
         )
         return 2
     replayed = 0
+    held: dict[str, str] = {}
     _progress(0, len(ids), out)
     for start in range(0, len(ids), REPLAY_BATCH):
         batch = ids[start : start + REPLAY_BATCH]
-        replayed += await store.replay(DeliveryFilter(), batch, now)
+        result = await replays.replay_many(relay, DeliveryFilter(), batch, force=args.force)
+        replayed += result.count
+        held.update(result.newer)
         _progress(min(start + len(batch), len(ids)), len(ids), out)
-    skipped = len(ids) - replayed
-    note = f", {skipped} skipped (not failed, or subscriber disabled)" if skipped else ""
+    for delivery_id, newer_id in held.items():
+        print(
+            f"skipped {delivery_id}: {newer_id}, of a later event of its task, already reached"
+            " this subscriber or is on its way",
+            file=out,
+        )
+    skipped = len(ids) - replayed - len(held)
+    notes = [f"{skipped} skipped (not failed, or subscriber disabled)"] if skipped else []
+    if held:
+        notes.append(f"{len(held)} skipped (a later event delivered; --force replays them)")
     stamp = datetime.fromtimestamp(now, UTC).strftime("%H:%M:%SZ")
+    note = "".join(f", {text}" for text in notes)
     print(f"replayed {replayed} of {len(ids)} deliveries at {stamp}{note}", file=out)
     print(f"follow with: relay deliveries list --status failed --since {rfc3339(now)}", file=out)
     return 0 if replayed or not ids else 1

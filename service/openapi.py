@@ -453,6 +453,29 @@ def _paths() -> dict[str, Any]:
     watch_id = _path("watch_id", "A watch id.")
     not_found = _error("`not_found`.")
     disabled = _error("`subscriber_disabled`: enable the subscriber first.")
+    held = _error(
+        "`subscriber_disabled`: enable the subscriber first; `newer_event_delivered`: the"
+        " subscriber already has a later event of the same task (the message names that"
+        " delivery); `force` sends it anyway."
+    )
+    force_query = _query(
+        "force",
+        "Replay even behind a newer delivery of the same task (the JSON body's `force` too).",
+        {"enum": ["true", "false"]},
+    )
+    force_field = {"type": "boolean", "description": "Send it even after a newer status."}
+
+    def skipped_list(key: str) -> dict[str, Any]:
+        return {
+            "type": "array",
+            "description": "Left alone: a later event of the task already reached the subscriber.",
+            "items": {
+                "type": "object",
+                "required": [key, "newer_delivery_id"],
+                "properties": {key: {"type": "string"}, "newer_delivery_id": {"type": "string"}},
+            },
+        }
+
     invalid = "`invalid_query`, `invalid_cursor`"
     return {
         "/callbacks/{provider}/{token}": {"post": _callback_operation(True)},
@@ -596,8 +619,11 @@ def _paths() -> dict[str, Any]:
                     "202": _json(
                         {
                             "type": "object",
-                            "required": ["deliveries"],
-                            "properties": {"deliveries": {"type": "integer", "minimum": 0}},
+                            "required": ["deliveries", "skipped"],
+                            "properties": {
+                                "deliveries": {"type": "integer", "minimum": 0},
+                                "skipped": skipped_list("subscriber_id"),
+                            },
                         },
                         "Deliveries created.",
                     ),
@@ -605,12 +631,17 @@ def _paths() -> dict[str, Any]:
                         f"{BAD_JSON}; `invalid_request`, `event_superseded` (never delivered)."
                     ),
                     "404": not_found,
-                    "409": disabled,
+                    "409": held,
                     "413": _error("`payload_too_large`."),
                 },
                 tag="events",
-                parameters=[event_id],
-                body=_body({"type": "object", "properties": {"subscriber_id": {"type": "string"}}}),
+                parameters=[event_id, force_query],
+                body=_body(
+                    {
+                        "type": "object",
+                        "properties": {"subscriber_id": {"type": "string"}, "force": force_field},
+                    }
+                ),
             )
         },
         "/v1/subscribers": {
@@ -696,17 +727,21 @@ def _paths() -> dict[str, Any]:
                     "202": _json(
                         {
                             "type": "object",
-                            "required": ["replayed"],
-                            "properties": {"replayed": {"type": "integer", "minimum": 0}},
+                            "required": ["replayed", "skipped"],
+                            "properties": {
+                                "replayed": {"type": "integer", "minimum": 0},
+                                "skipped": skipped_list("id"),
+                            },
                         },
-                        "How many were replayed.",
+                        "How many were replayed, and which were left alone.",
                     ),
-                    "400": _error(f"{BAD_JSON}; `invalid_query`."),
+                    "400": _error(f"{BAD_JSON}; `invalid_query`, `invalid_request`."),
                     "404": not_found,
                     "409": disabled,
                     "413": _error("`payload_too_large`."),
                 },
                 tag="deliveries",
+                parameters=[force_query],
                 body=_body(
                     {
                         "type": "object",
@@ -715,6 +750,7 @@ def _paths() -> dict[str, Any]:
                             "subscriber_id": {"type": ["string", "null"]},
                             "since": {"type": ["string", "number", "null"], "description": WHEN},
                             "until": {"type": ["string", "number", "null"], "description": WHEN},
+                            "force": force_field,
                         },
                     }
                 ),
@@ -743,11 +779,20 @@ def _paths() -> dict[str, Any]:
                         },
                         "Replayed (1), or not failed (0).",
                     ),
+                    "400": _error(f"{BAD_JSON}; `invalid_query`, `invalid_request`."),
                     "404": not_found,
-                    "409": disabled,
+                    "409": held,
+                    "413": _error("`payload_too_large`."),
                 },
                 tag="deliveries",
-                parameters=[delivery_id],
+                parameters=[delivery_id, force_query],
+                body=_body(
+                    {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {"force": force_field},
+                    }
+                ),
             )
         },
         "/v1/watches": {

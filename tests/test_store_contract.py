@@ -951,7 +951,9 @@ async def test_replay_by_ids_starts_a_fresh_cycle(store: Store) -> None:
     await store.ingest(incoming("t2", at=now - 1))
     (pending,) = await deliveries(store, status="pending")
     later = now + 60
-    assert await store.replay(DeliveryFilter(), [failed, pending["id"], "dlv_unknown"], later) == 1
+    assert (
+        await store.replay(DeliveryFilter(), [failed, pending["id"], "dlv_unknown"], later)
+    ).count == 1
     delivery = await store.get_delivery(failed)
     assert delivery is not None
     assert (delivery["status"], delivery["attempt_count"], delivery["last_error"]) == (
@@ -961,13 +963,13 @@ async def test_replay_by_ids_starts_a_fresh_cycle(store: Store) -> None:
     )
     assert delivery["next_attempt_at"] == rfc3339(later)
     assert delivery["updated_at"] == rfc3339(later)
-    assert await store.replay(DeliveryFilter(), [failed], later) == 0  # no longer failed
+    assert (await store.replay(DeliveryFilter(), [failed], later)).count == 0  # no longer failed
     claims = await claim_all(store, later)
     (replayed,) = [c for c in claims if c.delivery_id == failed]
     assert (replayed.cycle_attempts, replayed.trigger) == (0, "replay")
     await store.record_attempt(attempt(replayed, "succeeded", at=later))
     assert (await store.get_delivery(failed))["attempts"][-1]["trigger"] == "replay"  # type: ignore[index]
-    assert await store.replay(DeliveryFilter(), [], later) == 0
+    assert (await store.replay(DeliveryFilter(), [], later)).count == 0
 
 
 async def test_replay_by_filter_only_failed_of_enabled_subscribers(store: Store) -> None:
@@ -981,12 +983,14 @@ async def test_replay_by_filter_only_failed_of_enabled_subscribers(store: Store)
     await store.ingest(incoming("t2", at=base + 3))  # pending ones: never replayed
     await store.update_subscriber("sub_off", {"enabled": False})
 
-    assert await store.replay(DeliveryFilter(subscriber_id="sub_a"), None, base + 10) == 1
+    assert (await store.replay(DeliveryFilter(subscriber_id="sub_a"), None, base + 10)).count == 1
     # since/until select on the last change; the replayed one changed at base + 10.
-    assert await store.replay(DeliveryFilter(until=base + 2), None, base + 20) == 0
-    assert await store.replay(DeliveryFilter(since=base + 2, until=base + 3), None, base + 20) == 1
+    assert (await store.replay(DeliveryFilter(until=base + 2), None, base + 20)).count == 0
+    assert (
+        await store.replay(DeliveryFilter(since=base + 2, until=base + 3), None, base + 20)
+    ).count == 1
     assert {d["subscriber_id"] for d in await deliveries(store, status="failed")} == {"sub_off"}
-    assert await store.replay(DeliveryFilter(), None, base + 30) == 0
+    assert (await store.replay(DeliveryFilter(), None, base + 30)).count == 0
     counts = await store.delivery_counts()
     assert (counts["pending"], counts["failed"]) == (5, 1)
 
@@ -999,10 +1003,10 @@ async def test_redeliver_emitted_events_only(store: Store) -> None:
     late = incoming("t1", "processing", progress=99)
     await store.ingest(late)
     now = time.time() + 1
-    assert await store.redeliver(done.event_id, ["sub_a", "sub_b"], now) == 2
-    assert await store.redeliver(late.event_id, ["sub_a"], now) == 0
-    assert await store.redeliver("evt_unknown", ["sub_a"], now) == 0
-    assert await store.redeliver(done.event_id, [], now) == 0
+    assert (await store.redeliver(done.event_id, ["sub_a", "sub_b"], now)).count == 2
+    assert (await store.redeliver(late.event_id, ["sub_a"], now)).count == 0
+    assert (await store.redeliver("evt_unknown", ["sub_a"], now)).count == 0
+    assert (await store.redeliver(done.event_id, [], now)).count == 0
     fresh = [
         d
         for d in await deliveries(store, event_id=done.event_id)
@@ -1018,6 +1022,96 @@ async def test_redeliver_emitted_events_only(store: Store) -> None:
     claims = await claim_all(store, now + 2)
     assert {c.delivery_id for c in claims} == {d["id"] for d in fresh}
     assert {c.trigger for c in claims} == {"scheduled"}
+
+
+async def _line(store: Store, now: float) -> tuple[str, str]:
+    """sub_a's line for task t: ``processing`` failed, then ``completed`` delivered."""
+    await store.ingest(incoming("t", "processing", at=now - 10, progress=50))
+    (running,) = await claim_all(store, now - 9)
+    await store.record_attempt(attempt(running, "failed", at=now - 9))
+    await store.ingest(incoming("t", "completed", at=now - 8))
+    (done,) = await claim_all(store, now - 7)
+    await store.record_attempt(attempt(done, "succeeded", at=now - 7))
+    return running.delivery_id, done.delivery_id
+
+
+async def test_replay_never_sends_an_older_status_after_a_newer_one(store: Store) -> None:
+    """A failed ``processing`` is not replayed once ``completed`` reached the subscriber, by
+    id or by filter; ``force`` replays it all the same."""
+    await store.create_subscriber(subscriber("sub_a"))
+    now = time.time()
+    running, done = await _line(store, now)
+    other = await _failed_delivery(store, "sub_a", "t-other", now)
+
+    result = await store.replay(DeliveryFilter(), [running, other], now)
+    assert (result.count, result.newer) == (1, {running: done})
+    assert (await store.get_delivery(running))["status"] == "failed"  # type: ignore[index]
+    result = await store.replay(DeliveryFilter(subscriber_id="sub_a"), None, now)
+    assert (result.count, result.newer) == (0, {running: done})
+
+    result = await store.replay(DeliveryFilter(), [running], now, force=True)
+    assert (result.count, result.newer) == (1, {})
+    assert (await store.get_delivery(running))["status"] == "pending"  # type: ignore[index]
+
+
+async def test_replay_waits_for_no_later_event_still_pending(store: Store) -> None:
+    """A later delivery that failed, or waits without being in flight, does not hold a replay
+    back: the replayed one keeps its place and goes first. One in flight does."""
+    await store.create_subscriber(subscriber("sub_a"))
+    now = time.time()
+    await store.ingest(incoming("t", "processing", at=now - 10, progress=50))
+    (running,) = await claim_all(store, now - 9)
+    await store.record_attempt(attempt(running, "failed", at=now - 9))
+    await store.ingest(incoming("t", "completed", at=now - 8))
+    (done,) = await claim_all(store, now - 7)  # in flight: leased until now - 7 + LEASE
+    result = await store.replay(DeliveryFilter(), [running.delivery_id], now)
+    assert (result.count, result.newer) == (0, {running.delivery_id: done.delivery_id})
+    await store.release_leases([done.delivery_id])  # waiting, no longer in flight
+    result = await store.replay(DeliveryFilter(), [running.delivery_id], now)
+    assert (result.count, result.newer) == (1, {})
+    # The replayed one goes first; the later one waits behind it.
+    claims = await claim_all(store, now)
+    assert [c.delivery_id for c in claims] == [running.delivery_id]
+
+
+async def test_redeliver_never_queues_an_older_event_behind_a_newer_one(store: Store) -> None:
+    """Redelivering ``processing`` to a subscriber that has a delivery of ``completed`` (in
+    any status) is refused for that subscriber unless forced; others get it."""
+    await store.create_subscriber(subscriber("sub_a"))
+    now = time.time()
+    _, done = await _line(store, now)
+    await store.create_subscriber(subscriber("sub_new"))  # added after both events
+    (processing,) = [e for e in await _events_of(store, "t") if e["type"] != "generation.succeeded"]
+
+    result = await store.redeliver(processing["id"], ["sub_a", "sub_new"], now)
+    assert (result.count, result.newer) == (1, {"sub_a": done})
+    assert [d["subscriber_id"] for d in await deliveries(store, status="pending")] == ["sub_new"]
+    result = await store.redeliver(processing["id"], ["sub_a"], now, force=True)
+    assert (result.count, result.newer) == (1, {})
+
+
+async def _events_of(store: Store, task: str) -> list[dict[str, Any]]:
+    page = await store.list_events(EventFilter(task_id=task), None, 100)
+    return [json.loads(item) for item in page.items]
+
+
+async def test_ops_sessions_live_until_revoked_or_expired(store: Store) -> None:
+    """A console session is live until revoked (sign-out) or past its expiry; a new one
+    clears those long expired."""
+    now = time.time()
+    await store.create_ops_session("ses_a", now, now + 3600)
+    await store.create_ops_session("ses_b", now, now + 60)
+    assert await store.ops_session_live("ses_a", now + 1)
+    assert not await store.ops_session_live("ses_unknown", now + 1)
+    assert not await store.ops_session_live("ses_b", now + 61)  # expired
+    await store.revoke_ops_session("ses_a", now + 2)
+    assert not await store.ops_session_live("ses_a", now + 3)
+    await store.revoke_ops_session("ses_a", now + 4)  # twice: no harm
+    await store.revoke_ops_session("ses_unknown", now + 4)
+    assert await store.ops_session_live("ses_b", now + 5)
+    await store.create_ops_session("ses_c", now + 120, now + 3720)  # ses_b is gone now
+    assert await store.ops_session_live("ses_c", now + 121)
+    assert not await store.ops_session_live("ses_b", now + 5)
 
 
 async def test_delivery_counts(store: Store) -> None:
@@ -1177,6 +1271,44 @@ async def opened(*stores: PostgresStore) -> AsyncIterator[None]:
     finally:
         for s in stores:
             await s.close()
+
+
+@pytest.mark.postgres
+async def test_replay_is_not_overtaken_by_a_claim_of_the_later_delivery(pg_url: str) -> None:
+    """A worker leasing ``completed`` while ``processing`` is replayed: the replay waits for
+    that claim to commit, then sees it in flight and leaves ``processing`` failed."""
+    store = postgres_store(pg_url)
+    async with opened(store):
+        await store.create_subscriber(subscriber("sub_a"))
+        now = time.time()
+        await store.ingest(incoming("t", "processing", at=now - 10, progress=50))
+        (running,) = await claim_all(store, now - 9)
+        await store.record_attempt(attempt(running, "failed", at=now - 9))
+        await store.ingest(incoming("t", "completed", at=now - 8))
+        (done,) = await deliveries(store, status="pending")
+        async with await psycopg.AsyncConnection.connect(pg_url) as worker:
+            async with worker.transaction():  # a claim, between its row lock and its commit
+                await worker.execute(
+                    "SELECT 1 FROM deliveries WHERE id = %s FOR UPDATE", (done["id"],)
+                )
+                replay = asyncio.create_task(
+                    store.replay(DeliveryFilter(), [running.delivery_id], now)
+                )
+                deadline = time.monotonic() + 10
+                while not replay.done() and time.monotonic() < deadline:
+                    cursor = await worker.execute(  # is a session waiting for this one?
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
+                    )
+                    if (await cursor.fetchone())[0]:  # type: ignore[index]
+                        break
+                    await asyncio.sleep(0.02)
+                await worker.execute(
+                    "UPDATE deliveries SET lease_until = %s WHERE id = %s", (now + 30, done["id"])
+                )
+            result = await replay
+        assert (result.count, result.newer) == (0, {running.delivery_id: done["id"]})
+        assert (await store.get_delivery(running.delivery_id))["status"] == "failed"  # type: ignore[index]
 
 
 @pytest.mark.postgres

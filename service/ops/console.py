@@ -27,6 +27,7 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from service import overview as overview_module
+from service import replays
 from service import subscribers as subscriber_rules
 from service.errors import RelayError
 from service.events import EVENT_TYPES, STATUSES
@@ -214,7 +215,11 @@ def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     """A GET page for signed-in operators; others are sent to sign in."""
 
     async def endpoint(request: Request) -> Response:
-        session = sessions.load(request, _relay(request).settings)
+        relay = _relay(request)
+        try:
+            session = await sessions.verify(request, relay.settings, relay.store)
+        except RelayError as exc:  # the store cannot say whether the session is live
+            return _unavailable(request, exc)
         if session is None or not session.signed_in:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse(
@@ -236,12 +241,24 @@ def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     return endpoint
 
 
+def _unavailable(request: Request, exc: RelayError) -> Response:
+    return render(
+        request,
+        "message.html",
+        {"title": "Not available", "message": exc.message},
+        status_code=exc.status_code,
+    )
+
+
 def action(handler: Callable[..., Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
     """A POST from a console form: a signed-in session and its CSRF token are required."""
 
     async def endpoint(request: Request) -> Response:
         relay = _relay(request)
-        session = sessions.load(request, relay.settings)
+        try:
+            session = await sessions.verify(request, relay.settings, relay.store)
+        except RelayError as exc:
+            return _unavailable(request, exc)
         form = await read_form(request)
         if session is None or not session.signed_in:
             return render(
@@ -293,7 +310,10 @@ throttle = sessions.SignInThrottle()
 
 async def sign_in_page(request: Request) -> Response:
     relay = _relay(request)
-    session = sessions.load(request, relay.settings)
+    try:
+        session = await sessions.verify(request, relay.settings, relay.store)
+    except RelayError as exc:
+        return _unavailable(request, exc)
     next_path = _safe_back(request.query_params.get("next"))
     if session is not None and session.signed_in:
         return RedirectResponse(next_path, status_code=303, headers=SECURITY_HEADERS)
@@ -307,6 +327,7 @@ async def sign_in(request: Request) -> Response:
     relay = _relay(request)
     settings = relay.settings
     form = await read_form(request)
+    # The signature is enough here: the form's CSRF token is all that is checked.
     session = sessions.load(request, settings)
     next_path = _safe_back(_first(form, "next"))
     address = client_ip(request, settings.trusted_proxies) or "unknown"
@@ -339,16 +360,23 @@ async def sign_in(request: Request) -> Response:
         log.warning("ops_sign_in_failed", client=address)
         return again("That is not the admin token.", 401)
     throttle.succeeded(address)
+    try:
+        # A new session (and CSRF token) at sign-in: nothing from before carries over.
+        fresh = await sessions.start(relay.store)
+    except RelayError as exc:  # the store cannot record it: no session without its record
+        return again(exc.message, exc.status_code)
     log.info("ops_signed_in", client=address)
     response = RedirectResponse(next_path, status_code=303, headers=SECURITY_HEADERS)
-    # A new session (and CSRF token) at sign-in: nothing from before carries over.
-    sessions.store(response, sessions.Session.fresh(signed_in=True), settings)
+    sessions.store(response, fresh, settings)
     return response
 
 
-async def _sign_out(request: Request, _session: sessions.Session, _form: Any) -> Response:
+async def _sign_out(request: Request, session: sessions.Session, _form: Any) -> Response:
+    relay = _relay(request)
+    await sessions.end(relay.store, session)  # the cookie, wherever a copy is, opens nothing now
+    log.info("ops_signed_out")
     response = RedirectResponse("/ops/sign-in", status_code=303, headers=SECURITY_HEADERS)
-    sessions.clear(response, _relay(request).settings)
+    sessions.clear(response, relay.settings)
     return response
 
 
@@ -429,10 +457,22 @@ async def _delivery(request: Request, session: sessions.Session) -> Response:
     if delivery is None:
         return _not_found(request, session, "No delivery with this id.")
     subscriber = await relay.store.get_subscriber(delivery["subscriber_id"])
+    newer = None
+    if delivery["status"] == "failed":  # would a replay be held back? (see service.replays)
+        line = await relay.store.delivery_details(
+            DeliveryFilter(
+                event_id=delivery["event_id"],
+                subscriber_id=delivery["subscriber_id"],
+                status="failed",
+            ),
+            None,
+            PAGE_ROWS,
+        )
+        newer = next((d["newer_delivery_id"] for d in line if d["id"] == delivery["id"]), None)
     return render(
         request,
         "delivery.html",
-        {"d": delivery, "subscriber": subscriber, "back": request.url.path},
+        {"d": delivery, "subscriber": subscriber, "newer": newer, "back": request.url.path},
         session=session,
     )
 
@@ -443,14 +483,15 @@ async def _replay_one(
     relay = _relay(request)
     delivery_id = request.path_params["delivery_id"]
     back = _first(form, "back", f"/ops/deliveries/{delivery_id}")
-    delivery = await relay.store.get_delivery(delivery_id)
-    if delivery is None:
-        return redirect_back(request, back, f"No delivery {delivery_id}.", "error")
-    await subscriber_rules.require_enabled(relay.store, delivery["subscriber_id"])
-    count = await relay.store.replay(DeliveryFilter(), [delivery_id], time.time())
+    force = _first(form, "force") == "1"
+    delivery, count = await replays.replay_one(relay, delivery_id, force=force)
     if count:
-        relay.on_deliveries()
-        log.info("ops_replay", delivery_id=delivery_id, subscriber_id=delivery["subscriber_id"])
+        log.info(
+            "ops_replay",
+            delivery_id=delivery_id,
+            subscriber_id=delivery["subscriber_id"],
+            forced=force,
+        )
         return redirect_back(request, back, f"Replaying {delivery_id}: a fresh retry cycle.")
     return redirect_back(
         request, back, f"{delivery_id} is {delivery['status']}, not failed: nothing to replay."
@@ -465,12 +506,18 @@ async def _replay_shown(
     back = _first(form, "back", "/ops/deliveries")
     if not ids:
         return redirect_back(request, back, "Nothing shown, nothing replayed.")
-    count = await relay.store.replay(DeliveryFilter(), ids, time.time())
-    if count:
-        relay.on_deliveries()
-    log.info("ops_replay_shown", shown=len(ids), replayed=count)
-    skipped = len(ids) - count
+    # Never forced: rows held back by a newer delivery are not in the form, and one that
+    # became so since the page was shown is skipped here and named in the notice.
+    result = await replays.replay_many(relay, DeliveryFilter(), ids, force=False)
+    count = result.count
+    log.info("ops_replay_shown", shown=len(ids), replayed=count, held=len(result.newer))
+    skipped = len(ids) - count - len(result.newer)
     note = f"; {skipped} skipped (no longer failed, or subscriber disabled)" if skipped else ""
+    if result.newer:
+        note += (
+            f"; {len(result.newer)} held back, a later event of their task already delivered:"
+            f" {', '.join(result.newer)}"
+        )
     return redirect_back(request, back, f"Replayed {count} of {len(ids)} shown{note}.")
 
 

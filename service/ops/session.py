@@ -1,11 +1,15 @@
 """The ops console's session: a signed cookie, CSRF tokens, and slowed-down failed sign-ins.
 
-The cookie never holds the admin token. It holds a random CSRF token and whether the holder
-signed in, signed (itsdangerous, HMAC-SHA256, timestamped) with a key derived from the
+The cookie never holds the admin token. It holds a random CSRF token and, once signed in, a
+random session id, signed (itsdangerous, HMAC-SHA256, timestamped) with a key derived from the
 relay's signing key *and* the admin token: changing either signs everyone out. It is
 HttpOnly, SameSite=Strict, scoped to ``/ops``, and Secure when the relay's public URL is
 https. Every form carries the session's CSRF token; a POST also has to come from the
 console's own origin when the browser says where it comes from.
+
+A signed cookie alone cannot be taken back, so the session id names a row in the store
+(``ops_sessions``), read on every console request (``verify``): signing out revokes it, and
+from that moment the old cookie opens nothing, on any replica.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -22,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.settings import Settings
+from service.store.base import Store
 
 COOKIE = "relay_ops"
 COOKIE_PATH = "/ops"
@@ -34,10 +39,13 @@ class Session:
     csrf: str
     signed_in: bool
     issued_at: float
+    #: The store's ``ops_sessions`` id of a signed-in session (None before sign-in).
+    sid: str | None = None
 
     @classmethod
     def fresh(cls, *, signed_in: bool) -> Session:
-        return cls(secrets.token_urlsafe(24), signed_in, time.time())
+        sid = secrets.token_urlsafe(24) if signed_in else None
+        return cls(secrets.token_urlsafe(24), signed_in, time.time(), sid)
 
 
 def _serializer(settings: Settings) -> URLSafeTimedSerializer:
@@ -58,12 +66,41 @@ def load(request: Request, settings: Settings) -> Session | None:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("csrf"), str):
         return None
-    return Session(data["csrf"], data.get("in") is True, float(data.get("at", 0)))
+    sid = data.get("sid") if isinstance(data.get("sid"), str) else None
+    return Session(data["csrf"], data.get("in") is True, float(data.get("at", 0)), sid)
+
+
+async def verify(request: Request, settings: Settings, store: Store) -> Session | None:
+    """``load``, then a signed-in session counts only while its store record is live: after
+    sign-out (or a cookie from before session records) it is a signed-out one, keeping its
+    CSRF token for the sign-in form. Raises ``StorageUnavailable`` if the store cannot say."""
+    session = load(request, settings)
+    if session is None or not session.signed_in:
+        return session
+    if session.sid is not None and await store.ops_session_live(session.sid, time.time()):
+        return session
+    return replace(session, signed_in=False, sid=None)
+
+
+async def start(store: Store) -> Session:
+    """A new signed-in session, recorded in the store (call it at sign-in)."""
+    session = Session.fresh(signed_in=True)
+    assert session.sid is not None
+    await store.create_ops_session(
+        session.sid, session.issued_at, session.issued_at + SESSION_SECONDS
+    )
+    return session
+
+
+async def end(store: Store, session: Session) -> None:
+    """Sign-out: the session's record is revoked, so its cookie opens nothing any more."""
+    if session.sid is not None:
+        await store.revoke_ops_session(session.sid, time.time())
 
 
 def store(response: Response, session: Session, settings: Settings) -> None:
     value = _serializer(settings).dumps(
-        {"csrf": session.csrf, "in": session.signed_in, "at": session.issued_at}
+        {"csrf": session.csrf, "in": session.signed_in, "at": session.issued_at, "sid": session.sid}
     )
     response.set_cookie(
         COOKIE,

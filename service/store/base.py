@@ -149,6 +149,20 @@ class AttemptRecord:
 
 
 @dataclass(frozen=True)
+class ReplayResult:
+    """What ``replay`` or ``redeliver`` did.
+
+    ``count``: deliveries replayed (``replay``) or created (``redeliver``). ``newer``: what was
+    left alone because the subscriber already has a delivery of a later event of the same task
+    (see ``Store.replay``): delivery id (``replay``) or subscriber id (``redeliver``) -> that
+    newer delivery's id. Empty when ``force`` was given.
+    """
+
+    count: int
+    newer: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Page:
     items: list[Any]
     next_cursor: str | None
@@ -230,6 +244,23 @@ class Store(ABC):
         racing to bind one URL (replicas included), exactly one binds it and every caller gets
         that caller's task id.
         """
+    # -- ops console sessions (service.ops.session) -----------------------------------------
+
+    @abstractmethod
+    async def create_ops_session(
+        self, session_id: str, created_at: float, expires_at: float
+    ) -> None:
+        """Remember a signed-in console session, live until ``expires_at``. Sessions that
+        expired before ``created_at`` are deleted on the way (revoked ones included)."""
+
+    @abstractmethod
+    async def ops_session_live(self, session_id: str, now: float) -> bool:
+        """Whether the session exists, is not revoked and has not expired at ``now``. Reads
+        what every process committed: a sign-out anywhere counts at once."""
+
+    @abstractmethod
+    async def revoke_ops_session(self, session_id: str, now: float) -> None:
+        """End a session (sign-out): ``ops_session_live`` is False from now on."""
 
     # -- watches (service.watches): tasks the relay polls at their provider's status API -----
 
@@ -405,18 +436,40 @@ class Store(ABC):
 
     @abstractmethod
     async def replay(
-        self, filters: DeliveryFilter, delivery_ids: list[str] | None, now: float
-    ) -> int:
+        self,
+        filters: DeliveryFilter,
+        delivery_ids: list[str] | None,
+        now: float,
+        *,
+        force: bool = False,
+    ) -> ReplayResult:
         """Start a fresh retry cycle, due now, for failed deliveries of enabled subscribers.
 
         ``delivery_ids`` selects deliveries by id; otherwise ``filters`` (status is forced to
-        failed) selects them. Returns how many were replayed.
+        failed) selects them.
+
+        A replay never sends an older status after a newer one: unless ``force``, a delivery
+        is left failed (and reported in ``newer``) when its subscriber has a delivery of a
+        later event of the same task (higher event ``seq``) that succeeded or is in flight
+        (pending and leased), since the replayed one would reach the subscriber after it. A
+        later delivery that is pending but not in flight is no obstacle: the replayed one
+        keeps its place in the task's line and goes first. The check and the update are one
+        transaction, and no worker can start the later delivery before it commits.
         """
 
     @abstractmethod
-    async def redeliver(self, event_id: str, subscriber_ids: list[str], now: float) -> int:
+    async def redeliver(
+        self, event_id: str, subscriber_ids: list[str], now: float, *, force: bool = False
+    ) -> ReplayResult:
         """Create a new pending delivery of an emitted event to each given subscriber that
-        exists; returns how many were created."""
+        exists; ``count`` is how many were created.
+
+        A new delivery joins the end of the subscriber's line for the task, behind every
+        delivery made before it. So, unless ``force``, a subscriber that has any delivery of a
+        later event of the same task (whatever its status: a failed one may be replayed) gets
+        none, and is reported in ``newer``. The check and the insert are one transaction,
+        serialized with the task's intake.
+        """
 
     @abstractmethod
     async def prune(self, before: float, limit: int) -> int:

@@ -52,3 +52,23 @@ def delivery_clauses(
         ],
         mark,
     )
+
+
+def newer_delivery(mark: str, table: str = "deliveries") -> str:
+    """A scalar subquery: the id of the delivery that keeps a failed delivery (the outer row,
+    ``table``) from being replayed, or NULL. One parameter: the replay's time.
+
+    That is a delivery to the same subscriber of a later event (higher ``seq``) of the same
+    task which succeeded or is in flight (pending, leased past the replay's time); the newest
+    one if several (see ``Store.replay``). It walks the task's events (index ``events_task``),
+    then their deliveries (``deliveries_event``).
+    """
+    return (
+        "(SELECT ld.id FROM events te"
+        " JOIN events le ON le.provider = te.provider AND le.task_id = te.task_id"
+        " AND le.seq > te.seq"
+        f" JOIN deliveries ld ON ld.event_id = le.id AND ld.subscriber_id = {table}.subscriber_id"
+        f" WHERE te.id = {table}.event_id AND (ld.status = 'succeeded'"
+        f" OR (ld.status = 'pending' AND ld.lease_until > {mark}))"
+        " ORDER BY le.seq DESC, ld.seq DESC LIMIT 1)"
+    )

@@ -49,12 +49,13 @@ from service.store.base import (
     IncomingEvent,
     IngestResult,
     Page,
+    ReplayResult,
     Store,
     Subscriber,
     decode_cursor,
     encode_cursor,
 )
-from service.store.filters import delivery_clauses, event_clauses
+from service.store.filters import delivery_clauses, event_clauses, newer_delivery
 
 # Shared with SQLite so that both stores answer the admin API with the very same JSON.
 from service.store.sqlite_deliveries import DELIVERY_COLUMNS, attempt_json, delivery_json
@@ -67,6 +68,7 @@ MIGRATIONS = (
     "postgres_001_initial.sql",
     "postgres_002_watches.sql",
     "postgres_003_ingest.sql",
+    "postgres_004_ops_sessions.sql",
     "postgres_006_attribution.sql",
 )
 
@@ -766,6 +768,34 @@ class PostgresStore(Store):
                 await _bump_subscribers_version(conn)
         return None if row is None else _subscriber_from_row(row, now)
 
+    # -- ops console sessions ------------------------------------------------------------------
+
+    async def create_ops_session(
+        self, session_id: str, created_at: float, expires_at: float
+    ) -> None:
+        async with self._transaction() as conn:
+            await conn.execute("DELETE FROM ops_sessions WHERE expires_at < %s", (created_at,))
+            await conn.execute(
+                "INSERT INTO ops_sessions (id, created_at, expires_at) VALUES (%s, %s, %s)",
+                (session_id, created_at, expires_at),
+            )
+
+    async def ops_session_live(self, session_id: str, now: float) -> bool:
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                "SELECT 1 FROM ops_sessions WHERE id = %s AND revoked_at IS NULL"
+                " AND expires_at > %s",
+                (session_id, now),
+            )
+            return await cursor.fetchone() is not None
+
+    async def revoke_ops_session(self, session_id: str, now: float) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "UPDATE ops_sessions SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL",
+                (now, session_id),
+            )
+
     # -- deliveries -----------------------------------------------------------------------------
 
     async def claim_due(
@@ -900,35 +930,86 @@ class PostgresStore(Store):
         return delivery
 
     async def replay(
-        self, filters: DeliveryFilter, delivery_ids: list[str] | None, now: float
-    ) -> int:
+        self,
+        filters: DeliveryFilter,
+        delivery_ids: list[str] | None,
+        now: float,
+        *,
+        force: bool = False,
+    ) -> ReplayResult:
+        # Qualified: the lock statement below joins other tables with the same columns.
         if delivery_ids is not None:
-            selection, params = "id = ANY(%s::text[])", [list(delivery_ids)]
+            selection, params = "deliveries.id = ANY(%s::text[])", [list(delivery_ids)]
         else:
-            clauses, params = delivery_clauses(filters, "%s")
+            clauses, params = delivery_clauses(filters, "%s", table="deliveries")
             selection = " AND ".join(clauses) if clauses else "true"
+        chosen = (
+            f"deliveries.status = 'failed' AND {selection} AND deliveries.subscriber_id IN"
+            " (SELECT id FROM subscribers WHERE enabled)"
+        )
+        newer: dict[str, str] = {}
         async with self._transaction() as conn:
             # Shared: a subscriber deleted or disabled meanwhile gets no revived delivery.
             await _lock_subscribers(conn, exclusive=False)
+            if not force:
+                # Lock the pending deliveries of later events in the chosen ones' lines: a
+                # worker's claim (SKIP LOCKED) cannot start one of them between the check and
+                # the commit. One it started first is waited for and then seen in flight.
+                await conn.execute(
+                    "SELECT n.id FROM deliveries JOIN events e ON e.id = deliveries.event_id"
+                    " JOIN events ne ON ne.provider = e.provider AND ne.task_id = e.task_id"
+                    " AND ne.seq > e.seq JOIN deliveries n ON n.event_id = ne.id"
+                    " AND n.subscriber_id = deliveries.subscriber_id"
+                    f" WHERE {chosen} AND n.status = 'pending'"
+                    " ORDER BY n.seq FOR SHARE OF n",
+                    params,
+                )
+                cursor = await conn.execute(
+                    f"SELECT id, newer FROM (SELECT id, {newer_delivery('%s')} AS newer"
+                    f" FROM deliveries WHERE {chosen}) c WHERE newer IS NOT NULL",
+                    (now, *params),
+                )
+                newer = {row[0]: row[1] for row in await cursor.fetchall()}
+            held = f" AND {newer_delivery('%s')} IS NULL" if not force else ""
             cursor = await conn.execute(
                 "UPDATE deliveries SET status = 'pending', cycle_attempts = 0,"
                 " next_attempt_at = %s, lease_until = NULL, updated_at = %s"
-                f" WHERE status = 'failed' AND {selection}"
-                " AND subscriber_id IN (SELECT id FROM subscribers WHERE enabled)",
-                (now, now, *params),
+                f" WHERE {chosen}{held}",
+                (now, now, *params, *([now] if not force else [])),
             )
-            return cursor.rowcount
+            return ReplayResult(cursor.rowcount, newer)
 
-    async def redeliver(self, event_id: str, subscriber_ids: list[str], now: float) -> int:
+    async def redeliver(
+        self, event_id: str, subscriber_ids: list[str], now: float, *, force: bool = False
+    ) -> ReplayResult:
         async with self._transaction() as conn:
             await _lock_subscribers(conn, exclusive=False)
             cursor = await conn.execute(
-                "SELECT provider, task_id FROM events WHERE id = %s AND state = 'emitted'",
+                "SELECT provider, task_id, seq FROM events WHERE id = %s AND state = 'emitted'",
                 (event_id,),
             )
             row = await cursor.fetchone()
             if row is None or not subscriber_ids:
-                return 0
+                return ReplayResult(0)
+            provider, task_id, seq = row
+            task_key = f"{provider}/{task_id}"
+            # The task's intake lock: a later event's fan-out either committed before (and is
+            # seen below) or comes after, behind the deliveries made here.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(%s::int, hashtext(%s))", (LOCK_TASKS, task_key)
+            )
+            newer: dict[str, str] = {}
+            if not force:
+                cursor = await conn.execute(
+                    "SELECT DISTINCT ON (n.subscriber_id) n.subscriber_id, n.id"
+                    " FROM events ne JOIN deliveries n ON n.event_id = ne.id"
+                    " WHERE ne.provider = %s AND ne.task_id = %s AND ne.seq > %s"
+                    " AND n.subscriber_id = ANY(%s::text[])"
+                    " ORDER BY n.subscriber_id, ne.seq DESC, n.seq DESC",
+                    (provider, task_id, seq, list(subscriber_ids)),
+                )
+                newer = {row[0]: row[1] for row in await cursor.fetchall()}
+            targets = [sub_id for sub_id in subscriber_ids if sub_id not in newer]
             # Only to subscribers that exist: a delivery to a deleted one could never be
             # claimed and would stay pending for ever.
             cursor = await conn.execute(
@@ -941,15 +1022,15 @@ class PostgresStore(Store):
                 " ORDER BY u.n",
                 (
                     event_id,
-                    f"{row[0]}/{row[1]}",
+                    task_key,
                     now,
                     now,
                     now,
-                    [ids.new_id("dlv") for _ in subscriber_ids],
-                    list(subscriber_ids),
+                    [ids.new_id("dlv") for _ in targets],
+                    targets,
                 ),
             )
-            return cursor.rowcount
+            return ReplayResult(cursor.rowcount, newer)
 
     async def prune(self, before: float, limit: int) -> int:
         async with self._transaction() as conn:

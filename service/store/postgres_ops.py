@@ -5,6 +5,7 @@ Each runs in one transaction on a pooled connection, so a page shows one snapsho
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -12,7 +13,7 @@ from psycopg import AsyncConnection
 from service.store.base import DeliveryFilter
 from service.store.filters import delivery_clauses
 from service.store.sqlite_deliveries import DELIVERY_COLUMNS, attempt_json, delivery_json
-from service.store.sqlite_ops import detail_json
+from service.store.sqlite_ops import detail_json, newer_column
 
 _D_COLUMNS = ", ".join(f"d.{column.strip()}" for column in DELIVERY_COLUMNS.split(","))
 
@@ -52,9 +53,10 @@ async def delivery_details(
     clauses, params = delivery_clauses(filters, "%s", table="d", provider=provider)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     cursor = await conn.execute(
-        f"SELECT {_D_COLUMNS}, e.provider, e.task_id, e.status FROM deliveries d"
-        f" LEFT JOIN events e ON e.id = d.event_id {where} ORDER BY d.seq DESC LIMIT %s",
-        (*params, limit),
+        f"SELECT {_D_COLUMNS}, e.provider, e.task_id, e.status, {newer_column('%s')}"
+        f" FROM deliveries d LEFT JOIN events e ON e.id = d.event_id {where}"
+        " ORDER BY d.seq DESC LIMIT %s",
+        (time.time(), *params, limit),
     )
     rows = await cursor.fetchall()
     attempts: dict[str, list[dict[str, Any]]] = {row[1]: [] for row in rows}

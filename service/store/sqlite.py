@@ -41,6 +41,7 @@ from service.store.base import (
     IncomingEvent,
     IngestResult,
     Page,
+    ReplayResult,
     Store,
     Subscriber,
     decode_cursor,
@@ -52,7 +53,12 @@ from service.store.watch_model import PollRecord, Watch, WatchFilter
 T = TypeVar("T")
 log = structlog.get_logger("service.store")
 
-MIGRATIONS = ("sqlite_001_initial.sql", "sqlite_002_watches.sql", "sqlite_005_attribution.sql")
+MIGRATIONS = (
+    "sqlite_001_initial.sql",
+    "sqlite_002_watches.sql",
+    "sqlite_003_ops_sessions.sql",
+    "sqlite_005_attribution.sql",
+)
 #: Most operations folded into one transaction; bounds the latency a batch adds.
 MAX_BATCH = 512
 #: How long a write waits for another process (the CLI) to finish its transaction.
@@ -471,6 +477,37 @@ class SQLiteStore(Store):
             )
         )
 
+    # -- ops console sessions ------------------------------------------------------------------
+
+    async def create_ops_session(
+        self, session_id: str, created_at: float, expires_at: float
+    ) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM ops_sessions WHERE expires_at < ?", (created_at,))
+            conn.execute(
+                "INSERT INTO ops_sessions (id, created_at, expires_at) VALUES (?, ?, ?)",
+                (session_id, created_at, expires_at),
+            )
+
+        await self._run(op)
+
+    async def ops_session_live(self, session_id: str, now: float) -> bool:
+        row = await self._run(
+            lambda conn: conn.execute(
+                "SELECT 1 FROM ops_sessions WHERE id = ? AND revoked_at IS NULL AND expires_at > ?",
+                (session_id, now),
+            ).fetchone()
+        )
+        return row is not None
+
+    async def revoke_ops_session(self, session_id: str, now: float) -> None:
+        await self._run(
+            lambda conn: conn.execute(
+                "UPDATE ops_sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (now, session_id),
+            )
+        )
+
     # -- deliveries -----------------------------------------------------------------------------
 
     async def claim_due(
@@ -499,12 +536,19 @@ class SQLiteStore(Store):
         return await self._run(lambda conn: q.get_delivery(conn, delivery_id))
 
     async def replay(
-        self, filters: DeliveryFilter, delivery_ids: list[str] | None, now: float
-    ) -> int:
-        return await self._run(lambda conn: q.replay(conn, filters, delivery_ids, now))
+        self,
+        filters: DeliveryFilter,
+        delivery_ids: list[str] | None,
+        now: float,
+        *,
+        force: bool = False,
+    ) -> ReplayResult:
+        return await self._run(lambda conn: q.replay(conn, filters, delivery_ids, now, force))
 
-    async def redeliver(self, event_id: str, subscriber_ids: list[str], now: float) -> int:
-        return await self._run(lambda conn: q.redeliver(conn, event_id, subscriber_ids, now))
+    async def redeliver(
+        self, event_id: str, subscriber_ids: list[str], now: float, *, force: bool = False
+    ) -> ReplayResult:
+        return await self._run(lambda conn: q.redeliver(conn, event_id, subscriber_ids, now, force))
 
     async def prune(self, before: float, limit: int) -> int:
         return await self._run(lambda conn: q.prune(conn, before, limit))

@@ -18,11 +18,12 @@ from service.store.base import (
     DeliveryFilter,
     IncomingEvent,
     Page,
+    ReplayResult,
     Subscriber,
     decode_cursor,
     encode_cursor,
 )
-from service.store.filters import delivery_clauses
+from service.store.filters import delivery_clauses, newer_delivery
 
 SUBSCRIBER_COLUMNS = (
     "id, url, description, providers, event_types, enabled, disabled_reason, secret,"
@@ -370,45 +371,78 @@ def get_delivery(conn: sqlite3.Connection, delivery_id: str) -> dict[str, Any] |
 
 
 def replay(
-    conn: sqlite3.Connection, filters: DeliveryFilter, delivery_ids: list[str] | None, now: float
-) -> int:
+    conn: sqlite3.Connection,
+    filters: DeliveryFilter,
+    delivery_ids: list[str] | None,
+    now: float,
+    force: bool,
+) -> ReplayResult:
     if delivery_ids is not None:
         marks = ",".join("?" * len(delivery_ids))
         selection, params = f"id IN ({marks})", list(delivery_ids)
     else:
         clauses, params = delivery_clauses(filters, "?")
         selection = " AND ".join(clauses) if clauses else "1 = 1"
-    return conn.execute(
+    chosen = (
+        f"status = 'failed' AND {selection}"
+        " AND subscriber_id IN (SELECT id FROM subscribers WHERE enabled = 1)"
+    )
+    newer: dict[str, str] = {}
+    if not force:
+        # The same transaction as the update below (the batch is BEGIN IMMEDIATE, and claims
+        # run in it too): what is read here is what the update sees.
+        newer = dict(
+            conn.execute(
+                f"SELECT id, newer FROM (SELECT id, {newer_delivery('?')} AS newer"
+                f" FROM deliveries WHERE {chosen}) WHERE newer IS NOT NULL",
+                (now, *params),
+            ).fetchall()
+        )
+    held = f" AND {newer_delivery('?')} IS NULL" if not force else ""
+    count = conn.execute(
         "UPDATE deliveries SET status = 'pending', cycle_attempts = 0, next_attempt_at = ?,"
-        " lease_until = NULL, updated_at = ?"
-        f" WHERE status = 'failed' AND {selection}"
-        " AND subscriber_id IN (SELECT id FROM subscribers WHERE enabled = 1)",
-        (now, now, *params),
+        f" lease_until = NULL, updated_at = ? WHERE {chosen}{held}",
+        (now, now, *params, *([now] if not force else [])),
     ).rowcount
+    return ReplayResult(count, newer)
 
 
 def redeliver(
-    conn: sqlite3.Connection, event_id: str, subscriber_ids: list[str], now: float
-) -> int:
+    conn: sqlite3.Connection, event_id: str, subscriber_ids: list[str], now: float, force: bool
+) -> ReplayResult:
     row = conn.execute(
-        "SELECT provider, task_id FROM events WHERE id = ? AND state = 'emitted'", (event_id,)
+        "SELECT provider, task_id, seq FROM events WHERE id = ? AND state = 'emitted'",
+        (event_id,),
     ).fetchone()
     if row is None:
-        return 0
+        return ReplayResult(0)
+    provider, task_id, seq = row
     known = [
         sub_id
         for sub_id in subscriber_ids
         if conn.execute("SELECT 1 FROM subscribers WHERE id = ?", (sub_id,)).fetchone()
     ]
+    newer: dict[str, str] = {}
+    if not force:
+        for sub_id in known:
+            later = conn.execute(
+                "SELECT n.id FROM events ne JOIN deliveries n ON n.event_id = ne.id"
+                " WHERE ne.provider = ? AND ne.task_id = ? AND ne.seq > ?"
+                " AND n.subscriber_id = ? ORDER BY ne.seq DESC, n.seq DESC LIMIT 1",
+                (provider, task_id, seq, sub_id),
+            ).fetchone()
+            if later is not None:
+                newer[sub_id] = later[0]
+    targets = [sub_id for sub_id in known if sub_id not in newer]
     conn.executemany(
         "INSERT INTO deliveries (id, event_id, subscriber_id, task_key, status,"
         " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)",
         [
-            (ids.new_id("dlv"), event_id, sub_id, f"{row[0]}/{row[1]}", now, now, now)
-            for sub_id in known
+            (ids.new_id("dlv"), event_id, sub_id, f"{provider}/{task_id}", now, now, now)
+            for sub_id in targets
         ],
     )
-    return len(known)
+    return ReplayResult(len(targets), newer)
 
 
 def delivery_counts(conn: sqlite3.Connection, now: float) -> dict[str, Any]:

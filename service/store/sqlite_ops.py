@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from service.errors import StorageUnavailable
 from service.store.base import DeliveryFilter
-from service.store.filters import delivery_clauses
+from service.store.filters import delivery_clauses, newer_delivery
 from service.store.sqlite_deliveries import DELIVERY_COLUMNS, attempt_json, delivery_json
 
 if TYPE_CHECKING:
@@ -77,16 +78,24 @@ def activity(conn: sqlite3.Connection, since: float) -> dict[str, Any]:
 
 
 def detail_json(row: tuple[Any, ...], attempts: list[dict[str, Any]]) -> dict[str, Any]:
-    """A ``DELIVERY_COLUMNS`` row followed by provider, task_id and status of its event."""
+    """A ``DELIVERY_COLUMNS`` row followed by provider, task_id and status of its event, and
+    (``NEWER``) the delivery that keeps a failed one from being replayed."""
     delivery = delivery_json(row)
-    provider, task_id, status = row[-3:]
+    provider, task_id, status, newer = row[-4:]
     delivery.update(
         provider=provider,
         task_id=task_id,
         event_type=None if status is None else f"generation.{status}",
+        newer_delivery_id=newer,
         attempts=attempts,
     )
     return delivery
+
+
+def newer_column(mark: str) -> str:
+    """``delivery_details``' last column: for a failed delivery, the one that holds back its
+    replay (``Store.replay``), else NULL. One parameter: now."""
+    return f"CASE WHEN d.status = 'failed' THEN {newer_delivery(mark, table='d')} END"
 
 
 def delivery_details(
@@ -95,9 +104,10 @@ def delivery_details(
     clauses, params = delivery_clauses(filters, "?", table="d", provider=provider)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     rows = conn.execute(
-        f"SELECT {_D_COLUMNS}, e.provider, e.task_id, e.status FROM deliveries d"
-        f" LEFT JOIN events e ON e.id = d.event_id {where} ORDER BY d.seq DESC LIMIT ?",
-        (*params, limit),
+        f"SELECT {_D_COLUMNS}, e.provider, e.task_id, e.status, {newer_column('?')}"
+        f" FROM deliveries d LEFT JOIN events e ON e.id = d.event_id {where}"
+        " ORDER BY d.seq DESC LIMIT ?",
+        (time.time(), *params, limit),
     ).fetchall()
     attempts: dict[str, list[dict[str, Any]]] = {row[1]: [] for row in rows}
     if attempts:

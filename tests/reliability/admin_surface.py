@@ -1,5 +1,6 @@
 """Admin surface: every /v1 and /ops route refuses callers without the admin token (compared in
-constant time), failed console sign-ins are slowed down, and console forms check CSRF.
+constant time), failed console sign-ins are slowed down, console forms check CSRF, and a
+signed-out console cookie opens nothing on any replica.
 """
 
 from __future__ import annotations
@@ -261,4 +262,65 @@ def csrf(ctx: Context) -> list[Row]:
     return [row]
 
 
-SCENARIOS = [routes_refuse, sign_in_throttle, csrf]
+CONSOLE_PAGES = ["/ops", "/ops/deliveries", "/ops/events", "/ops/subscribers"]
+CONSOLE_FORMS = [
+    "/ops/deliveries/replay",
+    "/ops/deliveries/dlv_x/replay",
+    "/ops/subscribers",
+    "/ops/subscribers/sub_x",
+    "/ops/subscribers/sub_x/rotate-secret",
+    "/ops/sign-out",
+]
+
+
+def signed_out_cookie(ctx: Context) -> list[Row]:
+    with ctx.postgres() as url:
+        first = RelayProcess(ctx.scratch("signout-1"), free_port(), RELAY_DATABASE_URL=url)
+        second = RelayProcess(ctx.scratch("signout-2"), free_port(), RELAY_DATABASE_URL=url)
+        pages: collections.Counter[int] = collections.Counter()
+        forms: collections.Counter[int] = collections.Counter()
+        try:
+            first.start()
+            second.start()
+            with httpx.Client(base_url=first.base, timeout=10, follow_redirects=False) as client:
+                assert sign_in(client, token=ADMIN).status_code == 303
+                token = csrf_of(client.get("/ops/deliveries").text)
+                cookie = {sessions.COOKIE: client.cookies[sessions.COOKIE]}
+                with httpx.Client(base_url=second.base, timeout=10, cookies=cookie) as copy:
+                    before = copy.get("/ops/deliveries").status_code
+                signed_out = client.post("/ops/sign-out", data={"csrf": token}).status_code
+            for relay in (first, second):
+                with httpx.Client(base_url=relay.base, timeout=10, cookies=cookie) as copy:
+                    for path in CONSOLE_PAGES:
+                        pages[copy.get(path).status_code] += 1
+                    for path in CONSOLE_FORMS:
+                        data = {"csrf": token, "ids": "dlv_x", "url": "http://127.0.0.1:9/x"}
+                        forms[copy.post(path, data={**data, "action": "disable"}).status_code] += 1
+        finally:
+            first.stop()
+            second.stop()
+    row = Row(
+        SECTION,
+        "Console cookie copied before sign-out, used after it, two replicas",
+        {
+            "copy on the other replica before sign-out": before,
+            "sign-out": signed_out,
+            "pages asked after (both replicas)": sum(pages.values()),
+            "pages answered": ", ".join(f"{k} x{v}" for k, v in sorted(pages.items())),
+            "forms posted after, with its CSRF token": sum(forms.values()),
+            "forms answered": ", ".join(f"{k} x{v}" for k, v in sorted(forms.items())),
+        },
+        "Two `relay serve` processes on one PostgreSQL schema; a console session signs in on "
+        "the first, its cookie is copied and opens a page on the second, then it signs out on "
+        "the first; the copy then asks every console page and posts every console form (with "
+        "the session's CSRF token) on both: pages must send it to sign in (303), forms refuse "
+        "(403).",
+    )
+    row.expect(before == 200, f"the copy did not work before sign-out: {before}")
+    row.expect(signed_out == 303, f"sign-out answered {signed_out}")
+    row.expect(set(pages) == {303}, f"pages answered {dict(pages)}")
+    row.expect(set(forms) == {403}, f"forms answered {dict(forms)}")
+    return [row]
+
+
+SCENARIOS = [routes_refuse, sign_in_throttle, csrf, signed_out_cookie]
