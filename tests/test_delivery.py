@@ -73,7 +73,7 @@ def test_retry_schedule_then_failed_then_replay(
     healthy = {"value": False}
     sink = subscriber_factory(script=lambda n: (204, 0.0) if healthy["value"] else (503, 0.0))
     register(relay_server, sink)
-    url = relay_server.mint()
+    url = relay_server.mint(reusable=True)
     event_id = relay_server.post_callback(url, EVOLINK_COMPLETED).json()["event_id"]
     receipts = sink.wait_for(4, timeout=15)
     (failed,) = relay_server.wait_deliveries(1, "failed", timeout=5)
@@ -106,7 +106,7 @@ def test_gone_disables_subscriber(
     """410 Gone fails the delivery at once and disables the subscriber; replay then gets 409."""
     sink = subscriber_factory(script=lambda n: (410, 0.0))
     subscriber = register(relay_server, sink)
-    url = relay_server.mint()
+    url = relay_server.mint(reusable=True)
     relay_server.post_callback(url, evolink("t-gone-1"))
     (failed,) = relay_server.wait_deliveries(1, "failed")
     assert failed["attempt_count"] == 1
@@ -143,7 +143,7 @@ def test_subscriber_filters(
     register(relay_server, succeeded_only, event_types=["generation.succeeded"])
     register(relay_server, apiframe_only, providers=["apiframe"])
     register(relay_server, wildcard, providers=["evolink"], event_types=["generation.*"])
-    url = relay_server.mint()
+    url = relay_server.mint(reusable=True)
     relay_server.post_callback(url, evolink("t-f", "processing", 50))
     relay_server.post_callback(url, evolink("t-f", "completed", 100))
     everything.wait_for(2)
@@ -174,7 +174,7 @@ def test_secret_rotation_signs_with_both(
     new_secret = rotated.json()["secret"]
     assert new_secret != subscriber["secret"]
     sink.secrets.append(new_secret)
-    relay_server.post_callback(relay_server.mint(), EVOLINK_COMPLETED)
+    relay_server.post_callback(relay_server.mint(reusable=True), EVOLINK_COMPLETED)
     (receipt,) = sink.wait_for(1)
     assert sorted(receipt.verified_with) == sorted([subscriber["secret"], new_secret])
     assert len(receipt.headers["webhook-signature"].split()) == 2
@@ -186,7 +186,7 @@ def test_per_task_order_held_while_retrying(
     """A later event of a task waits while an earlier one retries; other tasks do not wait."""
     sink = subscriber_factory(script=lambda n: (500, 0.0) if n == 0 else (204, 0.0))
     register(relay_server, sink)
-    url = relay_server.mint()
+    url = relay_server.mint(reusable=True)
     relay_server.post_callback(url, evolink("t-order", "pending", 0))
     sink.wait_for(1)
     relay_server.post_callback(url, evolink("t-order", "processing", 50))
@@ -212,7 +212,7 @@ def test_slow_subscriber_does_not_delay_others(
     fast = subscriber_factory()
     register(relay_server, slow)
     register(relay_server, fast)
-    url = relay_server.mint()
+    url = relay_server.mint(reusable=True)
     started = time.time()
     for n in range(30):
         relay_server.post_callback(url, evolink(f"t-slow-{n}"))
@@ -232,7 +232,7 @@ def test_stalled_subscribers_leave_slots_for_a_healthy_one(
     healthy = subscriber_factory()
     for sink in [*stalled, healthy]:
         register(relay, sink)
-    url = relay.mint()
+    url = relay.mint(reusable=True)
     late = []
     for n in range(20):
         sent = time.time()
@@ -266,7 +266,7 @@ def test_bulk_replay_by_subscriber(
     second = subscriber_factory(script=lambda n: (204, 0.0) if state["up"] else (500, 0.0))
     sub_one = register(relay, first)
     register(relay, second)
-    url = relay.mint()
+    url = relay.mint(reusable=True)
     for n in range(3):
         relay.post_callback(url, evolink(f"t-bulk-{n}"))
     relay.wait_deliveries(6, "failed", timeout=20)
@@ -287,7 +287,7 @@ def test_redeliver_to_a_later_subscriber(
     relay_server: RelayServer, subscriber_factory: Callable[..., SubscriberServer]
 ) -> None:
     """A subscriber added later receives an older event only when asked."""
-    url = relay_server.mint()
+    url = relay_server.mint(reusable=True)
     event_id = relay_server.post_callback(url, EVOLINK_COMPLETED).json()["event_id"]
     late = subscriber_factory()
     subscriber = register(relay_server, late)
@@ -330,7 +330,7 @@ def test_private_target_refused_again_at_delivery(
     register(open_relay, sink)
     open_relay.stop()
     closed = relay_factory(allow_private_targets=False, retry_delays=())
-    closed.post_callback(closed.mint(), EVOLINK_COMPLETED)
+    closed.post_callback(closed.mint(reusable=True), EVOLINK_COMPLETED)
     (failed,) = closed.wait_deliveries(1, "failed")
     assert "not allowed" in failed["last_error"]
     assert sink.requests == 0
@@ -343,7 +343,7 @@ def test_connection_errors_are_retried(relay_factory: Callable[..., RelayServer]
     port = closed.getsockname()[1]
     try:
         relay.add_subscriber(f"http://127.0.0.1:{port}/hook")
-        relay.post_callback(relay.mint(), EVOLINK_COMPLETED)
+        relay.post_callback(relay.mint(reusable=True), EVOLINK_COMPLETED)
         (failed,) = relay.wait_deliveries(1, "failed")
         assert failed["attempt_count"] == 3
         detail = relay.delivery(failed["id"])
