@@ -533,7 +533,7 @@ async def test_update_subscriber(store: Store) -> None:
     assert await store.update_subscriber("sub_unknown", {"enabled": False}) is None
 
 
-async def test_delete_subscriber_fails_its_pending_deliveries(store: Store) -> None:
+async def test_delete_subscriber_cancels_its_pending_deliveries(store: Store) -> None:
     a, b = subscriber("sub_a"), subscriber("sub_b")
     await store.create_subscriber(a)
     await store.create_subscriber(b)
@@ -549,16 +549,40 @@ async def test_delete_subscriber_fails_its_pending_deliveries(store: Store) -> N
     assert await store.delete_subscriber("sub_a", now + 2) is False
     by_id = {d["id"]: d for d in await deliveries(store, subscriber_id="sub_a")}
     assert by_id[done.delivery_id]["status"] == "succeeded"
-    (failed,) = [d for d in by_id.values() if d["id"] != done.delivery_id]
-    assert failed["status"] == "failed"
-    assert failed["last_error"] == "subscriber deleted"
-    assert failed["next_attempt_at"] is None
-    assert failed["updated_at"] == rfc3339(now + 1)
+    (canceled,) = [d for d in by_id.values() if d["id"] != done.delivery_id]
+    assert canceled["status"] == "canceled"
+    assert canceled["last_error"] == "subscriber deleted"
+    assert canceled["next_attempt_at"] is None
+    assert canceled["updated_at"] == rfc3339(now + 1)
+    assert await deliveries(store, status="canceled") == [canceled]
     assert {d["status"] for d in await deliveries(store, subscriber_id="sub_b")} == {"pending"}
     assert [s.id for s in (await store.list_subscribers(None, 10)).items] == ["sub_b"]
     # Nothing of the deleted subscriber is pending or claimable any more.
     counts = await store.delivery_counts()
-    assert (counts["pending"], counts["failed"]) == (2, 1)
+    assert (counts["pending"], counts["failed"]) == (2, 0)
+    # Canceled is final: a replay does not bring it back.
+    assert await store.replay(DeliveryFilter(), [canceled["id"]], now + 3) == 0
+
+
+async def test_no_delivery_for_a_subscriber_another_process_deleted(
+    store: Store, make_store: Callable[[], Store]
+) -> None:
+    """An ingest whose cached subscriber list predates a removal made by another process (the
+    CLI) creates no delivery for the removed subscriber: it could never be claimed."""
+    await store.create_subscriber(subscriber("sub_a"))
+    await store.create_subscriber(subscriber("sub_b"))
+    assert (await store.ingest(incoming("t1"))).deliveries == 2  # the list is cached now
+    other = make_store()
+    await other.open()
+    try:
+        assert await other.delete_subscriber("sub_a", time.time()) is True
+        assert await other.update_subscriber("sub_b", {"enabled": False}) is not None
+    finally:
+        await other.close()
+    assert (await store.ingest(incoming("t2"))).deliveries == 0
+    assert [d["event_id"] for d in await deliveries(store, status="pending")] != []
+    assert {d["subscriber_id"] for d in await deliveries(store, status="pending")} == {"sub_b"}
+    assert len(await deliveries(store, status="canceled")) == 1
 
 
 async def test_rotate_secret_keeps_previous_until_expiry(store: Store) -> None:
@@ -786,7 +810,7 @@ async def test_gone_disables_the_subscriber(store: Store) -> None:
 
 
 async def test_record_attempt_does_not_revive_a_deleted_subscribers_delivery(store: Store) -> None:
-    """An attempt in flight while its subscriber is deleted leaves the delivery failed."""
+    """An attempt in flight while its subscriber is deleted leaves the delivery canceled."""
     await store.create_subscriber(subscriber("sub_a"))
     await store.ingest(incoming())
     now = time.time() + 1
@@ -796,7 +820,7 @@ async def test_record_attempt_does_not_revive_a_deleted_subscribers_delivery(sto
     delivery = await store.get_delivery(claim.delivery_id)
     assert delivery is not None
     assert len(delivery["attempts"]) == 1
-    assert (delivery["status"], delivery["last_error"]) == ("failed", "subscriber deleted")
+    assert (delivery["status"], delivery["last_error"]) == ("canceled", "subscriber deleted")
     assert (await store.delivery_counts())["pending"] == 0
 
 

@@ -83,7 +83,8 @@ class Subscriber:
         return False
 
 
-DeliveryStatus = Literal["pending", "succeeded", "failed"]
+#: ``canceled``: its subscriber was deleted before it succeeded (terminal, like the others).
+DeliveryStatus = Literal["pending", "succeeded", "failed", "canceled"]
 
 
 @dataclass(frozen=True)
@@ -331,7 +332,9 @@ class Store(ABC):
 
     @abstractmethod
     async def delete_subscriber(self, subscriber_id: str, now: float) -> bool:
-        """Remove a subscriber; its pending deliveries become failed. False if unknown."""
+        """Remove a subscriber; its pending deliveries become ``canceled`` in the same
+        transaction, and none is created for it afterwards, even by an ingest that read the
+        subscriber list before the removal (another process's cache). False if unknown."""
 
     @abstractmethod
     async def rotate_secret(
@@ -355,8 +358,8 @@ class Store(ABC):
     async def record_attempt(self, record: AttemptRecord) -> None:
         """Append the attempt, move a pending delivery to its outcome and free its lease.
 
-        A delivery that stopped being pending meanwhile (its subscriber was deleted) keeps its
-        status; the attempt is still recorded.
+        A delivery that stopped being pending meanwhile (canceled: its subscriber was deleted)
+        keeps its status; the attempt is still recorded.
         """
 
     @abstractmethod

@@ -63,7 +63,12 @@ from service.store.watch_model import PollRecord, Watch, WatchFilter
 log = structlog.get_logger("service.store")
 
 #: Applied in order; a file's position (from 1) is its version in ``schema_migrations``.
-MIGRATIONS = ("postgres_001_initial.sql", "postgres_002_watches.sql", "postgres_003_ingest.sql")
+MIGRATIONS = (
+    "postgres_001_initial.sql",
+    "postgres_002_watches.sql",
+    "postgres_003_ingest.sql",
+    "postgres_005_store.sql",
+)
 
 # Advisory lock keys. Arbitrary constants, chosen not to collide with other applications that
 # may share the database. The one-key form (migrations) and the two-key form (the rest) are
@@ -671,7 +676,7 @@ class PostgresStore(Store):
             if await cursor.fetchone() is None:
                 return False
             await conn.execute(
-                "UPDATE deliveries SET status = 'failed', last_error = 'subscriber deleted',"
+                "UPDATE deliveries SET status = 'canceled', last_error = 'subscriber deleted',"
                 " lease_until = NULL, updated_at = %s"
                 " WHERE subscriber_id = %s AND status = 'pending'",
                 (now, subscriber_id),

@@ -93,6 +93,15 @@ class SubscriberCache:
 
 
 def fan_out(conn: sqlite3.Connection, event: IncomingEvent, subscribers: list[Subscriber]) -> int:
+    """One pending delivery per subscriber of ``subscribers`` that wants the event and is still
+    enabled in the database; returns how many were created.
+
+    ``subscribers`` comes from a cache that learns of another process's changes (``relay
+    subscribers remove``) only after a while: a delivery for a subscriber deleted meanwhile
+    could never be claimed and would stay pending for ever, so each insert checks the row it
+    refers to (one primary-key lookup; the write lock makes the check and the insert atomic
+    with respect to the removal's transaction).
+    """
     rows = [
         (
             ids.new_id("dlv"),
@@ -102,17 +111,19 @@ def fan_out(conn: sqlite3.Connection, event: IncomingEvent, subscribers: list[Su
             event.received_at,
             event.received_at,
             event.received_at,
+            sub.id,
         )
         for sub in subscribers
         if sub.wants(event.provider, event.event_type)
     ]
-    if rows:
-        conn.executemany(
-            "INSERT INTO deliveries (id, event_id, subscriber_id, task_key, status,"
-            " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)",
-            rows,
-        )
-    return len(rows)
+    if not rows:
+        return 0
+    return conn.executemany(
+        "INSERT INTO deliveries (id, event_id, subscriber_id, task_key, status,"
+        " next_attempt_at, created_at, updated_at) SELECT ?, ?, ?, ?, 'pending', ?, ?, ?"
+        " WHERE EXISTS (SELECT 1 FROM subscribers WHERE id = ? AND enabled = 1)",
+        rows,
+    ).rowcount
 
 
 def create_subscriber(conn: sqlite3.Connection, sub: Subscriber) -> None:
@@ -188,7 +199,7 @@ def delete_subscriber(conn: sqlite3.Connection, subscriber_id: str, now: float) 
     if conn.execute("DELETE FROM subscribers WHERE id = ?", (subscriber_id,)).rowcount == 0:
         return False
     conn.execute(
-        "UPDATE deliveries SET status = 'failed', last_error = 'subscriber deleted',"
+        "UPDATE deliveries SET status = 'canceled', last_error = 'subscriber deleted',"
         " lease_until = NULL, updated_at = ? WHERE subscriber_id = ? AND status = 'pending'",
         (now, subscriber_id),
     )
