@@ -1412,8 +1412,9 @@ def test_two_relays_share_one_database(
 
 
 async def test_prune_removes_old_finished_events_only(store: Store) -> None:
-    """Old delivered (and long-failed) events go with their attempts; pending and recent
-    failures stay; the limit bounds each batch."""
+    """Old delivered events go with their attempts; pending ones stay, and so do failed ones
+    (they wait for an operator) unless they failed before ``failed_before``; the limit bounds
+    each batch."""
     await store.create_subscriber(subscriber("sub_p"))
     old = time.time() - 40 * 86_400
     cutoff = time.time() - 30 * 86_400
@@ -1437,22 +1438,56 @@ async def test_prune_removes_old_finished_events_only(store: Store) -> None:
                 attempt(claim, "pending", at=old + 1, next_attempt_at=time.time() + 3600)
             )
     delivered_id = claims[ids_by_name["delivered"]].delivery_id
+    failed_id = claims[ids_by_name["failed_long_ago"]].delivery_id
 
-    assert await store.prune(cutoff, 2) == 2
-    assert await store.prune(cutoff, 2) == 1
-    assert await store.prune(cutoff, 2) == 0
-    for name in ("delivered", "delivered_2", "failed_long_ago"):
+    assert await store.prune(cutoff, 1) == 1
+    assert await store.prune(cutoff, 1) == 1
+    assert await store.prune(cutoff, 1) == 0
+    for name in ("delivered", "delivered_2"):
         assert await store.get_event(ids_by_name[name]) is None, name
-    for name in ("pending", "failed_recently"):
+    for name in ("pending", "failed_recently", "failed_long_ago"):
         assert await store.get_event(ids_by_name[name]) is not None, name
     assert await store.get_event(recent.event_id) is not None
     assert await store.get_delivery(delivered_id) is None
-    # A pruned task is forgotten with its terminal event (the tasks table stays bounded);
-    # a task whose terminal event is kept still supersedes what comes after it.
-    late = await store.ingest(incoming("t-delivered", "processing", progress=50))
-    assert late.outcome == "accepted"
-    kept = await store.ingest(incoming("t-failed_recently", "processing", progress=50))
-    assert kept.outcome == "superseded"
+    assert (await store.get_delivery(failed_id))["status"] == "failed"  # type: ignore[index]
+    assert (await store.delivery_counts())["failed"] == 2
+
+    # With a (longer) limit for failures: only what failed before it goes.
+    assert await store.prune(cutoff, 10, old) == 0  # it failed after that
+    assert await store.prune(cutoff, 10, cutoff) == 1
+    assert await store.get_event(ids_by_name["failed_long_ago"]) is None
+    assert await store.get_event(ids_by_name["failed_recently"]) is not None
+    assert (await store.delivery_counts())["failed"] == 1
+
+
+async def test_a_pruned_tasks_late_updates_stay_superseded(store: Store) -> None:
+    """A task's terminal status outlives its pruned events: a late update, or the terminal
+    callback sent again, is stored as superseded and never emitted a second time."""
+    await store.create_subscriber(subscriber("sub_p"))
+    old = time.time() - 40 * 86_400
+    done = await store.ingest(incoming("t-done", at=old))
+    (claim,) = await claim_all(store, time.time() + 1)
+    await store.record_attempt(attempt(claim, "succeeded", at=old + 1))
+    assert await store.prune(time.time() - 30 * 86_400, 10) == 1
+    assert await store.get_event(done.event_id) is None
+
+    late = await store.ingest(incoming("t-done", "processing", progress=50))
+    assert (late.outcome, late.deliveries) == ("superseded", 0)
+    again = await store.ingest(incoming("t-done"))
+    assert (again.outcome, again.deliveries) == ("superseded", 0)
+    assert (await store.delivery_counts())["pending"] == 0
+    other = await store.ingest(incoming("t-other", "processing", progress=50))
+    assert other.outcome == "accepted"
+
+
+async def test_prune_removes_old_canceled_deliveries(store: Store) -> None:
+    """Canceled is finished: an old event whose deliveries were canceled leaves on time."""
+    await store.create_subscriber(subscriber("sub_c"))
+    old = time.time() - 40 * 86_400
+    result = await store.ingest(incoming("t-canceled", at=old))
+    assert await store.delete_subscriber("sub_c", old + 1) is True
+    assert await store.prune(time.time() - 30 * 86_400, 10) == 1
+    assert await store.get_event(result.event_id) is None
 
 
 async def test_prune_removes_expired_callback_urls(store: Store) -> None:

@@ -392,12 +392,13 @@ class Store(ABC):
         exists; returns how many were created."""
 
     @abstractmethod
-    async def prune(self, before: float, limit: int) -> int:
+    async def prune(self, before: float, limit: int, failed_before: float | None = None) -> int:
         """Delete up to ``limit`` events received before ``before``, with their deliveries and
         attempts, and callback URLs that expired before it; returns how many events went.
 
-        An event is kept while any of its deliveries is pending, or failed at or after
-        ``before`` (a failure waits for its operator until it too is past retention).
+        An event is kept while any of its deliveries is pending, or failed (a failure waits
+        for its operator) unless it failed before ``failed_before``. Tasks' terminal statuses
+        are kept: a late update of a pruned task is still superseded.
         """
 
     @abstractmethod

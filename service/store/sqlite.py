@@ -479,8 +479,8 @@ class SQLiteStore(Store):
     async def redeliver(self, event_id: str, subscriber_ids: list[str], now: float) -> int:
         return await self._run(lambda conn: q.redeliver(conn, event_id, subscriber_ids, now))
 
-    async def prune(self, before: float, limit: int) -> int:
-        return await self._run(lambda conn: q.prune(conn, before, limit))
+    async def prune(self, before: float, limit: int, failed_before: float | None = None) -> int:
+        return await self._run(lambda conn: q.prune(conn, before, limit, failed_before))
 
     async def delivery_counts(self) -> dict[str, Any]:
         now = time.time()

@@ -439,15 +439,16 @@ def delivery_counts(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
     }
 
 
-def prune(conn: sqlite3.Connection, before: float, limit: int) -> int:
+def prune(conn: sqlite3.Connection, before: float, limit: int, failed_before: float | None) -> int:
     seqs = [
         row[0]
         for row in conn.execute(
             "SELECT e.seq FROM events e WHERE e.received_at < ? AND NOT EXISTS ("
             " SELECT 1 FROM deliveries d WHERE d.event_id = e.id"
-            " AND (d.status = 'pending' OR (d.status = 'failed' AND d.updated_at >= ?)))"
+            " AND (d.status = 'pending' OR (d.status = 'failed'"
+            "  AND (? IS NULL OR d.updated_at >= ?))))"
             " ORDER BY e.received_at LIMIT ?",
-            (before, before, limit),
+            (before, failed_before, failed_before, limit),
         )
     ]
     if seqs:
@@ -459,13 +460,8 @@ def prune(conn: sqlite3.Connection, before: float, limit: int) -> int:
             seqs,
         )
         conn.execute(f"DELETE FROM deliveries WHERE event_id IN ({chosen})", seqs)
-        # A task leaves with its terminal event: the relay forgets it as it forgets its
-        # dedup keys, and the table stays as small as the history kept.
-        conn.execute(
-            "DELETE FROM tasks WHERE (provider, task_id, event_id) IN"
-            f" (SELECT provider, task_id, id FROM events WHERE seq IN ({marks}))",
-            seqs,
-        )
+        # The task's row (its terminal status) stays: it is what supersedes a late update
+        # once the events and their dedup keys are gone.
         conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", seqs)
     conn.execute("DELETE FROM callback_urls WHERE expires_at < ?", (before,))
     return len(seqs)
