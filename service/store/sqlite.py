@@ -312,8 +312,9 @@ class SQLiteStore(Store):
             self._flush_scheduled = True
             self._loop.call_soon(self._flush, context=contextvars.Context())
 
-    @staticmethod
-    def _run_batch(conn: sqlite3.Connection, batch: list[_Op], *, isolated: bool = False) -> str:
+    def _run_batch(
+        self, conn: sqlite3.Connection, batch: list[_Op], *, isolated: bool = False
+    ) -> str:
         """Execute a batch inside one transaction; one operation's failure undoes only its own
         writes.
 
@@ -335,6 +336,7 @@ class SQLiteStore(Store):
             SQLiteStore._fail(conn, batch, exc)
             return _FAILED
         try:
+            self._subscribers.check(conn)  # another process may have changed them
             for op in batch:
                 if isolated:
                     conn.execute("SAVEPOINT op")
@@ -345,7 +347,7 @@ class SQLiteStore(Store):
                 except Exception as exc:  # this operation's own failure
                     if not isolated:
                         conn.execute("ROLLBACK")
-                        return SQLiteStore._run_batch(conn, batch, isolated=True)
+                        return self._run_batch(conn, batch, isolated=True)
                     conn.execute("ROLLBACK TO op")  # undo only its writes
                     op.result, op.error = None, exc
                 if isolated:

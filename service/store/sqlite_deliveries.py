@@ -62,21 +62,33 @@ def bump_subscribers_version(conn: sqlite3.Connection) -> None:
 class SubscriberCache:
     """Enabled subscribers for fan-out, parsed once per change instead of once per callback.
 
-    Changes made through this store invalidate it at once; changes made by another process
-    (the CLI) are seen within ``max_age`` seconds, when ``subscribers_version`` is read again.
+    Changes made through this store invalidate it at once. Changes made by another process (a
+    ``relay subscribers`` command) are seen by the next batch: each batch, once it holds the
+    write lock, asks SQLite whether another connection committed since the last batch
+    (``PRAGMA data_version``), and if one did, ``subscribers_version`` is read again. Holding
+    the lock, no removal can commit between that check and the fan-out; one that commits
+    later cancels what the batch created. (A cache that looked again only every second
+    created deliveries for a subscriber removed meanwhile, which stayed pending for ever.)
     """
 
-    def __init__(self, max_age: float = 1.0) -> None:
-        self.max_age = max_age
+    def __init__(self) -> None:
         self.version: str | None = None
-        self.checked_at = 0.0
+        self.data_version: int | None = None
+        self.stale = True
         self.subscribers: list[Subscriber] = []
 
     def invalidate(self) -> None:
-        self.checked_at = 0.0
+        self.stale = True
+
+    def check(self, conn: sqlite3.Connection) -> None:
+        """Once per batch, inside its transaction: did another connection commit?"""
+        (data_version,) = conn.execute("PRAGMA data_version").fetchone()
+        if data_version != self.data_version:
+            self.data_version = data_version
+            self.stale = True
 
     def enabled(self, conn: sqlite3.Connection, now: float) -> list[Subscriber]:
-        if now - self.checked_at < self.max_age:
+        if not self.stale:
             return self.subscribers
         row = conn.execute(
             "SELECT value FROM relay_meta WHERE key = 'subscribers_version'"
@@ -88,20 +100,11 @@ class SubscriberCache:
             ).fetchall()
             self.subscribers = [subscriber_from_row(r, now) for r in rows]
             self.version = version
-        self.checked_at = now
+        self.stale = False
         return self.subscribers
 
 
 def fan_out(conn: sqlite3.Connection, event: IncomingEvent, subscribers: list[Subscriber]) -> int:
-    """One pending delivery per subscriber of ``subscribers`` that wants the event and is still
-    enabled in the database; returns how many were created.
-
-    ``subscribers`` comes from a cache that learns of another process's changes (``relay
-    subscribers remove``) only after a while: a delivery for a subscriber deleted meanwhile
-    could never be claimed and would stay pending for ever, so each insert checks the row it
-    refers to (one primary-key lookup; the write lock makes the check and the insert atomic
-    with respect to the removal's transaction).
-    """
     rows = [
         (
             ids.new_id("dlv"),
@@ -111,19 +114,17 @@ def fan_out(conn: sqlite3.Connection, event: IncomingEvent, subscribers: list[Su
             event.received_at,
             event.received_at,
             event.received_at,
-            sub.id,
         )
         for sub in subscribers
         if sub.wants(event.provider, event.event_type)
     ]
-    if not rows:
-        return 0
-    return conn.executemany(
-        "INSERT INTO deliveries (id, event_id, subscriber_id, task_key, status,"
-        " next_attempt_at, created_at, updated_at) SELECT ?, ?, ?, ?, 'pending', ?, ?, ?"
-        " WHERE EXISTS (SELECT 1 FROM subscribers WHERE id = ? AND enabled = 1)",
-        rows,
-    ).rowcount
+    if rows:
+        conn.executemany(
+            "INSERT INTO deliveries (id, event_id, subscriber_id, task_key, status,"
+            " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)",
+            rows,
+        )
+    return len(rows)
 
 
 def create_subscriber(conn: sqlite3.Connection, sub: Subscriber) -> None:
