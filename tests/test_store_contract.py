@@ -580,7 +580,6 @@ async def test_no_delivery_for_a_subscriber_another_process_deleted(
     finally:
         await other.close()
     assert (await store.ingest(incoming("t2"))).deliveries == 0
-    assert [d["event_id"] for d in await deliveries(store, status="pending")] != []
     assert {d["subscriber_id"] for d in await deliveries(store, status="pending")} == {"sub_b"}
     assert len(await deliveries(store, status="canceled")) == 1
 

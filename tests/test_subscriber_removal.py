@@ -2,8 +2,8 @@
 
 A real relay (uvicorn on loopback) receives a steady stream of callbacks for one subscriber that
 answers slowly, so deliveries are pending and in flight when it is removed, through the API or
-with ``relay subscribers remove`` in another process (whose change the relay's cached
-subscriber list learns about only later). Afterwards no delivery of it may be pending: those
+with ``relay subscribers remove`` in another process (a change the relay learns of from the
+database, not through its own API). Afterwards no delivery of it may be pending: those
 pending at the removal are canceled, and none is created for it after.
 """
 
