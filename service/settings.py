@@ -42,7 +42,7 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
     "ALLOW_PRIVATE_TARGETS": ("false", "allow subscriber URLs on private/loopback addresses"),
     "TARGET_ALLOWLIST": ("", "CIDRs subscribers may use even though they are private"),
     "RETENTION_DAYS": ("30", "delivered events and attempts older than this are pruned"),
-    "FAILED_RETENTION_DAYS": ("", "failed deliveries left alone this long are pruned (never)"),
+    "FAILED_RETENTION_DAYS": ("(never)", "failed deliveries (and events) pruned this long after"),
     "RUN_WORKER": ("true", "serve also delivers (false = API only, like --no-worker)"),
     "MIGRATE_ON_START": ("true", "apply schema migrations at start (false = --no-migrate)"),
     "EVOLINK_BASE_URL": ("https://api.evolink.ai", "Evolink status API (GET /v1/tasks/{id})"),
