@@ -17,7 +17,7 @@ from service.relay import Relay
 from service.store.base import DeliveryFilter
 from service.targets import TargetPolicy
 
-DELIVERY_STATUSES = ("pending", "succeeded", "failed")
+DELIVERY_STATUSES = ("pending", "succeeded", "failed", "canceled")
 
 
 def _relay(request: Request) -> Relay:

@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--days",
         type=int,
         default=None,
-        help="retention in days [RELAY_RETENTION_DAYS, default: 30]",
+        help="retention in days [RELAY_RETENTION_DAYS, default: 30]; failed deliveries stay"
+        " unless RELAY_FAILED_RETENTION_DAYS says otherwise",
     )
 
     commands.add_parser("admin-token", help="print the admin API's bearer token")
@@ -211,12 +212,13 @@ async def _migrate(settings: Settings) -> int:
 
 
 async def _prune(relay: Relay, days: int) -> int:
-    from service.retention import BATCH
+    from service.retention import BATCH, Retention
 
-    before = time.time() - days * 86_400
+    retention = Retention(days, relay.settings.failed_retention_days)
+    before, failed_before = retention.cutoffs(time.time())
     total = 0
     while True:
-        removed = await relay.store.prune(before, BATCH)
+        removed = await relay.store.prune(before, BATCH, failed_before)
         total += removed
         print(f"\rpruned {total} events older than {days} days", end="", flush=True)
         if removed < BATCH:

@@ -67,7 +67,7 @@ def add_parsers(commands: Any) -> None:
     listing = delivery_commands.add_parser("list", help="list deliveries, newest first")
     listing.add_argument(
         "--status",
-        choices=("pending", "succeeded", "failed"),
+        choices=("pending", "succeeded", "failed", "canceled"),
         default="failed",
         help="which deliveries [default: failed]",
     )

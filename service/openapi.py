@@ -219,7 +219,7 @@ def _schemas() -> dict[str, Any]:
             "id": {"type": "string"},
             "event_id": {"type": "string"},
             "subscriber_id": {"type": "string"},
-            "status": {"enum": ["pending", "succeeded", "failed"]},
+            "status": {"enum": ["pending", "succeeded", "failed", "canceled"]},
             "attempt_count": {"type": "integer", "minimum": 0},
             "next_attempt_at": NULLABLE_TIME,
             "last_error": STRING_OR_NULL,
@@ -774,7 +774,7 @@ def _paths() -> dict[str, Any]:
                             "required": ["replayed", "status"],
                             "properties": {
                                 "replayed": {"type": "integer", "minimum": 0, "maximum": 1},
-                                "status": {"enum": ["pending", "succeeded", "failed"]},
+                                "status": {"enum": ["pending", "succeeded", "failed", "canceled"]},
                             },
                         },
                         "Replayed (1), or not failed (0).",

@@ -2,12 +2,19 @@
 
 Small batches keep each transaction short, so pruning never holds up callbacks; the cost of a
 callback stays flat as history accumulates because old rows leave.
+
+What is never pruned on that clock: an event with a pending delivery; an event with a failed
+delivery, which waits for its operator (replayed, it is delivered and leaves with the rest)
+unless ``RELAY_FAILED_RETENTION_DAYS`` is set and it failed longer ago than that; and a task's
+terminal status (one small row per task), so that a late update of a task whose history is gone
+is still superseded, never emitted again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 
 import structlog
 
@@ -20,27 +27,49 @@ BATCH = 500
 #: Pause between batches while there is a backlog, and between passes when there is none.
 BATCH_PAUSE_SECONDS = 0.05
 PASS_INTERVAL_SECONDS = 60.0
+DAY = 86_400
 
 
-async def prune_once(store: Store, retention_days: int, *, batch: int = BATCH) -> int:
+@dataclass(frozen=True)
+class Retention:
+    """How long history is kept: ``days`` for all of it, ``failed_days`` (None: for ever) for
+    events with a failed delivery."""
+
+    days: int
+    failed_days: int | None = None
+
+    def cutoffs(self, now: float) -> tuple[float, float | None]:
+        """``(before, failed_before)`` for ``Store.prune``."""
+        failed = None if self.failed_days is None else now - self.failed_days * DAY
+        return now - self.days * DAY, failed
+
+
+async def prune_once(
+    store: Store, retention: Retention, *, batch: int = BATCH, now: float | None = None
+) -> int:
     """Prune everything currently past retention; returns how many events were removed."""
-    before = time.time() - retention_days * 86_400
+    before, failed_before = retention.cutoffs(time.time() if now is None else now)
     total = 0
     while True:
-        removed = await store.prune(before, batch)
+        removed = await store.prune(before, batch, failed_before)
         total += removed
         if removed < batch:
             return total
         await asyncio.sleep(BATCH_PAUSE_SECONDS)
 
 
-async def prune_forever(store: Store, retention_days: int) -> None:
+async def prune_forever(store: Store, retention: Retention) -> None:
     """Run ``prune_once`` every minute until cancelled; storage outages are waited out."""
     while True:
         try:
-            removed = await prune_once(store, retention_days)
+            removed = await prune_once(store, retention)
             if removed:
-                log.info("retention_pruned", events=removed, retention_days=retention_days)
+                log.info(
+                    "retention_pruned",
+                    events=removed,
+                    retention_days=retention.days,
+                    failed_retention_days=retention.failed_days,
+                )
         except StorageUnavailable as exc:
             log.warning("retention_failed", error=exc.message)
         await asyncio.sleep(PASS_INTERVAL_SECONDS)

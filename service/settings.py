@@ -42,6 +42,7 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
     "ALLOW_PRIVATE_TARGETS": ("false", "allow subscriber URLs on private/loopback addresses"),
     "TARGET_ALLOWLIST": ("", "CIDRs subscribers may use even though they are private"),
     "RETENTION_DAYS": ("30", "delivered events and attempts older than this are pruned"),
+    "FAILED_RETENTION_DAYS": ("(never)", "failed deliveries (and events) pruned this long after"),
     "RUN_WORKER": ("true", "serve also delivers (false = API only, like --no-worker)"),
     "MIGRATE_ON_START": ("true", "apply schema migrations at start (false = --no-migrate)"),
     "EVOLINK_BASE_URL": ("https://api.evolink.ai", "Evolink status API (GET /v1/tasks/{id})"),
@@ -102,6 +103,18 @@ def _int(name: str, raw: str) -> int:
     if value <= 0:
         raise ConfigError(f"{PREFIX}{name} must be positive, got {value}")
     return value
+
+
+def _failed_retention_days(raw: str, retention_days: int) -> int | None:
+    if not raw.strip():
+        return None
+    days = _int("FAILED_RETENTION_DAYS", raw.strip())
+    if days < retention_days:
+        raise ConfigError(
+            f"{PREFIX}FAILED_RETENTION_DAYS ({days}) must not be shorter than"
+            f" {PREFIX}RETENTION_DAYS ({retention_days}): failed deliveries wait for an operator"
+        )
+    return days
 
 
 def _delivery_timeout(raw: str) -> float:
@@ -172,6 +185,9 @@ class Settings:
     allow_private_targets: bool = False
     target_allowlist: tuple[IPNetwork, ...] = ()
     retention_days: int = 30
+    #: Failed deliveries wait for an operator; they (and their events) are pruned only once
+    #: failed this long ago. None: never. At least ``retention_days``.
+    failed_retention_days: int | None = None
     #: Apply schema migrations when the store opens (``relay serve --no-migrate`` turns it off).
     migrate_on_start: bool = True
     #: ``relay serve`` runs the delivery worker too (``--no-worker`` turns it off).
@@ -218,6 +234,7 @@ class Settings:
             if key.endswith("_ALLOWED_IPS") and value.strip()
         }
         keys = tuple(Secret(k.strip()) for k in env.get("SECRET_KEY", "").split(",") if k.strip())
+        retention_days = _int("RETENTION_DAYS", env.get("RETENTION_DAYS", "30"))
         return cls(
             database_url=env.get("DATABASE_URL", cls.database_url),
             public_url=env.get("PUBLIC_URL", cls.public_url).rstrip("/"),
@@ -241,7 +258,10 @@ class Settings:
                 "ALLOW_PRIVATE_TARGETS", env.get("ALLOW_PRIVATE_TARGETS", "")
             ),
             target_allowlist=_networks("TARGET_ALLOWLIST", env.get("TARGET_ALLOWLIST", "")),
-            retention_days=_int("RETENTION_DAYS", env.get("RETENTION_DAYS", "30")),
+            retention_days=retention_days,
+            failed_retention_days=_failed_retention_days(
+                env.get("FAILED_RETENTION_DAYS", ""), retention_days
+            ),
             migrate_on_start=_bool("MIGRATE_ON_START", env.get("MIGRATE_ON_START", "true")),
             run_worker=_bool("RUN_WORKER", env.get("RUN_WORKER", "true")),
             metrics_public=_bool("METRICS_PUBLIC", env.get("METRICS_PUBLIC", "")),

@@ -28,7 +28,7 @@ from service import metrics
 from service.delivery import Attempt, Deliverer
 from service.errors import StorageUnavailable
 from service.relay import Relay
-from service.retention import prune_forever
+from service.retention import Retention, prune_forever
 from service.retry import next_delay
 from service.store.base import AttemptRecord, Claim, Store
 from service.targets import TargetPolicy
@@ -288,7 +288,13 @@ class BackgroundWork:
         self._tasks = [
             asyncio.create_task(self.worker.run(), name="delivery-worker"),
             asyncio.create_task(
-                prune_forever(self.relay.store, self.relay.settings.retention_days),
+                prune_forever(
+                    self.relay.store,
+                    Retention(
+                        self.relay.settings.retention_days,
+                        self.relay.settings.failed_retention_days,
+                    ),
+                ),
                 name="retention",
             ),
         ]

@@ -7,6 +7,7 @@ import time
 import pytest
 from standardwebhooks import Webhook
 
+from service.retention import Retention
 from service.retry import next_delay
 from service.settings import ConfigError, Settings
 from service.signing import new_secret, sign
@@ -56,12 +57,25 @@ def test_settings_parse_lists_and_secrets() -> None:
         ("RELAY_DELIVERY_TIMEOUT", "0"),
         ("RELAY_DELIVERY_TIMEOUT", "1,2"),
         ("RELAY_ALLOW_PRIVATE_TARGETS", "maybe"),
+        ("RELAY_FAILED_RETENTION_DAYS", "soon"),
+        ("RELAY_FAILED_RETENTION_DAYS", "7"),  # shorter than the 30 days of history
     ],
 )
 def test_settings_refuse_unusable_values(name: str, value: str) -> None:
     """A bad value is a ConfigError naming the variable, not a crash later."""
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: value})
+
+
+def test_failed_deliveries_are_kept_for_ever_unless_told() -> None:
+    """Failed deliveries wait for an operator: no limit by default, else one no shorter than
+    the history's."""
+    assert Settings.from_env({}).failed_retention_days is None
+    settings = Settings.from_env({"RELAY_FAILED_RETENTION_DAYS": "90"})
+    assert (settings.retention_days, settings.failed_retention_days) == (30, 90)
+    retention = Retention(settings.retention_days, settings.failed_retention_days)
+    assert retention.cutoffs(100 * 86_400) == (70 * 86_400, 10 * 86_400)
+    assert Retention(30).cutoffs(100 * 86_400) == (70 * 86_400, None)
 
 
 def test_retry_policy_is_one_two_four_then_give_up() -> None:

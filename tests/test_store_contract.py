@@ -593,7 +593,7 @@ async def test_update_subscriber(store: Store) -> None:
     assert await store.update_subscriber("sub_unknown", {"enabled": False}) is None
 
 
-async def test_delete_subscriber_fails_its_pending_deliveries(store: Store) -> None:
+async def test_delete_subscriber_cancels_its_pending_deliveries(store: Store) -> None:
     a, b = subscriber("sub_a"), subscriber("sub_b")
     await store.create_subscriber(a)
     await store.create_subscriber(b)
@@ -609,16 +609,39 @@ async def test_delete_subscriber_fails_its_pending_deliveries(store: Store) -> N
     assert await store.delete_subscriber("sub_a", now + 2) is False
     by_id = {d["id"]: d for d in await deliveries(store, subscriber_id="sub_a")}
     assert by_id[done.delivery_id]["status"] == "succeeded"
-    (failed,) = [d for d in by_id.values() if d["id"] != done.delivery_id]
-    assert failed["status"] == "failed"
-    assert failed["last_error"] == "subscriber deleted"
-    assert failed["next_attempt_at"] is None
-    assert failed["updated_at"] == rfc3339(now + 1)
+    (canceled,) = [d for d in by_id.values() if d["id"] != done.delivery_id]
+    assert canceled["status"] == "canceled"
+    assert canceled["last_error"] == "subscriber deleted"
+    assert canceled["next_attempt_at"] is None
+    assert canceled["updated_at"] == rfc3339(now + 1)
+    assert await deliveries(store, status="canceled") == [canceled]
     assert {d["status"] for d in await deliveries(store, subscriber_id="sub_b")} == {"pending"}
     assert [s.id for s in (await store.list_subscribers(None, 10)).items] == ["sub_b"]
     # Nothing of the deleted subscriber is pending or claimable any more.
     counts = await store.delivery_counts()
-    assert (counts["pending"], counts["failed"]) == (2, 1)
+    assert (counts["pending"], counts["failed"]) == (2, 0)
+    # Canceled is final: a replay does not bring it back.
+    assert await store.replay(DeliveryFilter(), [canceled["id"]], now + 3) == 0
+
+
+async def test_no_delivery_for_a_subscriber_another_process_deleted(
+    store: Store, make_store: Callable[[], Store]
+) -> None:
+    """An ingest whose cached subscriber list predates a removal made by another process (the
+    CLI) creates no delivery for the removed subscriber: it could never be claimed."""
+    await store.create_subscriber(subscriber("sub_a"))
+    await store.create_subscriber(subscriber("sub_b"))
+    assert (await store.ingest(incoming("t1"))).deliveries == 2  # the list is cached now
+    other = make_store()
+    await other.open()
+    try:
+        assert await other.delete_subscriber("sub_a", time.time()) is True
+        assert await other.update_subscriber("sub_b", {"enabled": False}) is not None
+    finally:
+        await other.close()
+    assert (await store.ingest(incoming("t2"))).deliveries == 0
+    assert {d["subscriber_id"] for d in await deliveries(store, status="pending")} == {"sub_b"}
+    assert len(await deliveries(store, status="canceled")) == 1
 
 
 async def test_rotate_secret_keeps_previous_until_expiry(store: Store) -> None:
@@ -846,7 +869,7 @@ async def test_gone_disables_the_subscriber(store: Store) -> None:
 
 
 async def test_record_attempt_does_not_revive_a_deleted_subscribers_delivery(store: Store) -> None:
-    """An attempt in flight while its subscriber is deleted leaves the delivery failed."""
+    """An attempt in flight while its subscriber is deleted leaves the delivery canceled."""
     await store.create_subscriber(subscriber("sub_a"))
     await store.ingest(incoming())
     now = time.time() + 1
@@ -856,7 +879,7 @@ async def test_record_attempt_does_not_revive_a_deleted_subscribers_delivery(sto
     delivery = await store.get_delivery(claim.delivery_id)
     assert delivery is not None
     assert len(delivery["attempts"]) == 1
-    assert (delivery["status"], delivery["last_error"]) == ("failed", "subscriber deleted")
+    assert (delivery["status"], delivery["last_error"]) == ("canceled", "subscriber deleted")
     assert (await store.delivery_counts())["pending"] == 0
 
 
@@ -1580,8 +1603,9 @@ def test_two_relays_share_one_database(
 
 
 async def test_prune_removes_old_finished_events_only(store: Store) -> None:
-    """Old delivered (and long-failed) events go with their attempts; pending and recent
-    failures stay; the limit bounds each batch."""
+    """Old delivered events go with their attempts; pending ones stay, and so do failed ones
+    (they wait for an operator) unless they failed before ``failed_before``; the limit bounds
+    each batch."""
     await store.create_subscriber(subscriber("sub_p"))
     old = time.time() - 40 * 86_400
     cutoff = time.time() - 30 * 86_400
@@ -1605,22 +1629,56 @@ async def test_prune_removes_old_finished_events_only(store: Store) -> None:
                 attempt(claim, "pending", at=old + 1, next_attempt_at=time.time() + 3600)
             )
     delivered_id = claims[ids_by_name["delivered"]].delivery_id
+    failed_id = claims[ids_by_name["failed_long_ago"]].delivery_id
 
-    assert await store.prune(cutoff, 2) == 2
-    assert await store.prune(cutoff, 2) == 1
-    assert await store.prune(cutoff, 2) == 0
-    for name in ("delivered", "delivered_2", "failed_long_ago"):
+    assert await store.prune(cutoff, 1) == 1
+    assert await store.prune(cutoff, 1) == 1
+    assert await store.prune(cutoff, 1) == 0
+    for name in ("delivered", "delivered_2"):
         assert await store.get_event(ids_by_name[name]) is None, name
-    for name in ("pending", "failed_recently"):
+    for name in ("pending", "failed_recently", "failed_long_ago"):
         assert await store.get_event(ids_by_name[name]) is not None, name
     assert await store.get_event(recent.event_id) is not None
     assert await store.get_delivery(delivered_id) is None
-    # A pruned task is forgotten with its terminal event (the tasks table stays bounded);
-    # a task whose terminal event is kept still supersedes what comes after it.
-    late = await store.ingest(incoming("t-delivered", "processing", progress=50))
-    assert late.outcome == "accepted"
-    kept = await store.ingest(incoming("t-failed_recently", "processing", progress=50))
-    assert kept.outcome == "superseded"
+    assert (await store.get_delivery(failed_id))["status"] == "failed"  # type: ignore[index]
+    assert (await store.delivery_counts())["failed"] == 2
+
+    # With a (longer) limit for failures: only what failed before it goes.
+    assert await store.prune(cutoff, 10, old) == 0  # it failed after that
+    assert await store.prune(cutoff, 10, cutoff) == 1
+    assert await store.get_event(ids_by_name["failed_long_ago"]) is None
+    assert await store.get_event(ids_by_name["failed_recently"]) is not None
+    assert (await store.delivery_counts())["failed"] == 1
+
+
+async def test_a_pruned_tasks_late_updates_stay_superseded(store: Store) -> None:
+    """A task's terminal status outlives its pruned events: a late update, or the terminal
+    callback sent again, is stored as superseded and never emitted a second time."""
+    await store.create_subscriber(subscriber("sub_p"))
+    old = time.time() - 40 * 86_400
+    done = await store.ingest(incoming("t-done", at=old))
+    (claim,) = await claim_all(store, time.time() + 1)
+    await store.record_attempt(attempt(claim, "succeeded", at=old + 1))
+    assert await store.prune(time.time() - 30 * 86_400, 10) == 1
+    assert await store.get_event(done.event_id) is None
+
+    late = await store.ingest(incoming("t-done", "processing", progress=50))
+    assert (late.outcome, late.deliveries) == ("superseded", 0)
+    again = await store.ingest(incoming("t-done"))
+    assert (again.outcome, again.deliveries) == ("superseded", 0)
+    assert (await store.delivery_counts())["pending"] == 0
+    other = await store.ingest(incoming("t-other", "processing", progress=50))
+    assert other.outcome == "accepted"
+
+
+async def test_prune_removes_old_canceled_deliveries(store: Store) -> None:
+    """Canceled is finished: an old event whose deliveries were canceled leaves on time."""
+    await store.create_subscriber(subscriber("sub_c"))
+    old = time.time() - 40 * 86_400
+    result = await store.ingest(incoming("t-canceled", at=old))
+    assert await store.delete_subscriber("sub_c", old + 1) is True
+    assert await store.prune(time.time() - 30 * 86_400, 10) == 1
+    assert await store.get_event(result.event_id) is None
 
 
 async def test_prune_removes_expired_callback_urls(store: Store) -> None:

@@ -396,7 +396,7 @@ async def _overview(request: Request, session: sessions.Session) -> Response:
 
 # -- deliveries -----------------------------------------------------------------------------
 
-DELIVERY_STATUSES = ("failed", "pending", "succeeded")
+DELIVERY_STATUSES = ("failed", "pending", "succeeded", "canceled")
 
 
 async def _deliveries(request: Request, session: sessions.Session) -> Response:

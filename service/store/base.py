@@ -83,7 +83,8 @@ class Subscriber:
         return False
 
 
-DeliveryStatus = Literal["pending", "succeeded", "failed"]
+#: ``canceled``: its subscriber was deleted before it succeeded (terminal, like the others).
+DeliveryStatus = Literal["pending", "succeeded", "failed", "canceled"]
 
 
 @dataclass(frozen=True)
@@ -392,7 +393,9 @@ class Store(ABC):
 
     @abstractmethod
     async def delete_subscriber(self, subscriber_id: str, now: float) -> bool:
-        """Remove a subscriber; its pending deliveries become failed. False if unknown."""
+        """Remove a subscriber; its pending deliveries become ``canceled`` in the same
+        transaction, and none is created for it afterwards, even by an ingest that read the
+        subscriber list before the removal (another process's cache). False if unknown."""
 
     @abstractmethod
     async def rotate_secret(
@@ -416,8 +419,8 @@ class Store(ABC):
     async def record_attempt(self, record: AttemptRecord) -> None:
         """Append the attempt, move a pending delivery to its outcome and free its lease.
 
-        A delivery that stopped being pending meanwhile (its subscriber was deleted) keeps its
-        status; the attempt is still recorded.
+        A delivery that stopped being pending meanwhile (canceled: its subscriber was deleted)
+        keeps its status; the attempt is still recorded.
         """
 
     @abstractmethod
@@ -472,12 +475,13 @@ class Store(ABC):
         """
 
     @abstractmethod
-    async def prune(self, before: float, limit: int) -> int:
+    async def prune(self, before: float, limit: int, failed_before: float | None = None) -> int:
         """Delete up to ``limit`` events received before ``before``, with their deliveries and
         attempts, and callback URLs that expired before it; returns how many events went.
 
-        An event is kept while any of its deliveries is pending, or failed at or after
-        ``before`` (a failure waits for its operator until it too is past retention).
+        An event is kept while any of its deliveries is pending, or failed (a failure waits
+        for its operator) unless it failed before ``failed_before``. Tasks' terminal statuses
+        are kept: a late update of a pruned task is still superseded.
         """
 
     @abstractmethod

@@ -69,6 +69,7 @@ MIGRATIONS = (
     "postgres_002_watches.sql",
     "postgres_003_ingest.sql",
     "postgres_004_ops_sessions.sql",
+    "postgres_005_store.sql",
     "postgres_006_attribution.sql",
 )
 
@@ -744,7 +745,7 @@ class PostgresStore(Store):
             if await cursor.fetchone() is None:
                 return False
             await conn.execute(
-                "UPDATE deliveries SET status = 'failed', last_error = 'subscriber deleted',"
+                "UPDATE deliveries SET status = 'canceled', last_error = 'subscriber deleted',"
                 " lease_until = NULL, updated_at = %s"
                 " WHERE subscriber_id = %s AND status = 'pending'",
                 (now, subscriber_id),
@@ -1032,14 +1033,15 @@ class PostgresStore(Store):
             )
             return ReplayResult(cursor.rowcount, newer)
 
-    async def prune(self, before: float, limit: int) -> int:
+    async def prune(self, before: float, limit: int, failed_before: float | None = None) -> int:
         async with self._transaction() as conn:
             cursor = await conn.execute(
                 "SELECT e.id FROM events e WHERE e.received_at < %s AND NOT EXISTS ("
                 " SELECT 1 FROM deliveries d WHERE d.event_id = e.id"
-                " AND (d.status = 'pending' OR (d.status = 'failed' AND d.updated_at >= %s)))"
+                " AND (d.status = 'pending' OR (d.status = 'failed'"
+                "  AND (%s::double precision IS NULL OR d.updated_at >= %s))))"
                 " ORDER BY e.received_at LIMIT %s FOR UPDATE SKIP LOCKED",
-                (before, before, limit),
+                (before, failed_before, failed_before, limit),
             )
             event_ids = [row[0] for row in await cursor.fetchall()]
             if event_ids:
@@ -1049,12 +1051,7 @@ class PostgresStore(Store):
                     (event_ids,),
                 )
                 await conn.execute("DELETE FROM deliveries WHERE event_id = ANY(%s)", (event_ids,))
-                # A task leaves with its terminal event (see the SQLite store).
-                await conn.execute(
-                    "DELETE FROM tasks t USING events e WHERE e.id = ANY(%s)"
-                    " AND t.provider = e.provider AND t.task_id = e.task_id AND t.event_id = e.id",
-                    (event_ids,),
-                )
+                # The task's terminal status stays (see the SQLite store).
                 await conn.execute("DELETE FROM events WHERE id = ANY(%s)", (event_ids,))
             await conn.execute("DELETE FROM callback_urls WHERE expires_at < %s", (before,))
         return len(event_ids)

@@ -11,6 +11,15 @@ loop every re-take waits on the GIL switch interval; measured here, that capped 
 1,800 callbacks/s while both the loop and the disk were half idle. SQLite statements on indexed
 rows take microseconds, so running them inline costs the loop less than handing them off; the
 commit waits on the disk, so it alone goes to a thread (one hand-off per batch).
+
+Since statements run on the loop, nothing here may wait on another process's lock: the
+connection's busy timeout is 0, and when another process (a CLI command that writes, a backup)
+holds the write lock, the batch goes back to the queue and is tried again a few milliseconds
+later, while the loop serves on (``/healthz`` answers at once); an operation that could not
+start within ``LOCK_WAIT_SECONDS`` fails with ``StorageUnavailable`` (503: the provider retries).
+
+The file is watched too: should the database be deleted or replaced under the running relay,
+its writes would go to a file no one can open again, so every operation fails from then on.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import json
+import os
 import sqlite3
 import sys
 import time
@@ -57,12 +67,18 @@ MIGRATIONS = (
     "sqlite_001_initial.sql",
     "sqlite_002_watches.sql",
     "sqlite_003_ops_sessions.sql",
-    "sqlite_005_attribution.sql",
+    "sqlite_004_attribution.sql",
 )
 #: Most operations folded into one transaction; bounds the latency a batch adds.
 MAX_BATCH = 512
-#: How long a write waits for another process (the CLI) to finish its transaction.
+#: How long opening the store (migrations, at start) waits for another process's lock.
 BUSY_TIMEOUT_MS = 2000
+#: How long an operation waits for another process (the CLI) to release the write lock, and
+#: how often the lock is tried meanwhile (off the loop's critical path: a timer).
+LOCK_WAIT_SECONDS = 1.0
+LOCK_RETRY_SECONDS = 0.005
+#: How often the write path checks that the database file is still the one it has open.
+FILE_CHECK_SECONDS = 1.0
 
 
 def sqlite_path(url: str) -> str:
@@ -73,11 +89,14 @@ def sqlite_path(url: str) -> str:
 
 
 class _Op:
-    __slots__ = ("error", "fn", "future", "result")
+    __slots__ = ("error", "fn", "future", "queued_at", "result")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]):
+    def __init__(
+        self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any], now: float
+    ):
         self.fn = fn
         self.future = future
+        self.queued_at = now
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -88,6 +107,10 @@ class _Op:
             self.future.set_exception(self.error)
         else:
             self.future.set_result(self.result)
+
+
+#: What ``SQLiteStore._run_batch`` did with a batch.
+_RUN, _BUSY, _FAILED = "run", "busy", "failed"
 
 
 class SQLiteStore(Store):
@@ -108,6 +131,14 @@ class SQLiteStore(Store):
         # operation instead, it cost a getpid system call each on Python 3.11.)
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._subscribers = q.SubscriberCache()
+        # Another process holds the write lock: the timer that tries it again, and since when.
+        self._lock_retry: asyncio.TimerHandle | None = None
+        self._locked_since: float | None = None
+        # The database file this store opened ((st_dev, st_ino)), when it was last checked,
+        # and why the store stopped (the file was removed or replaced), for good.
+        self._file_id: tuple[int, int] | None = None
+        self._file_checked_at = 0.0
+        self._lost: str | None = None
 
     def _connect(self) -> sqlite3.Connection:
         if self.path != ":memory:":
@@ -127,7 +158,40 @@ class SQLiteStore(Store):
                     f"The database is at schema version {version} of {len(MIGRATIONS)};"
                     " run `relay migrate` first."
                 )
+        # From now on statements run on the event loop: never wait there (see the docstring).
+        conn.execute("PRAGMA busy_timeout=0")
         return conn
+
+    # -- the database file ----------------------------------------------------------------------
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the file at ``path`` now; None if there is none."""
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return stat.st_dev, stat.st_ino
+
+    def _check_file(self) -> None:
+        """Stop the store for good if its file was removed or replaced since it was opened.
+
+        SQLite keeps writing to the file it has open, even once unlinked: callbacks would be
+        acknowledged into a file that vanishes at the next restart, with the subscribers and
+        the signing key (every minted URL with it). Only a restart (on a restored file) helps.
+        """
+        if self._file_id is None or self._lost is not None:
+            return
+        self._file_checked_at = time.monotonic()
+        now_there = self._file_identity()
+        if now_there == self._file_id:
+            return
+        what = "removed" if now_there is None else "replaced by another file"
+        self._lost = (
+            f"The database file {self.path!r} was {what} while the relay had it open;"
+            " nothing more is accepted. Restore the file and restart the relay"
+            f" (until it stops, process {os.getpid()} still holds the old file open)."
+        )
+        log.error("database_file_lost", path=self.path, what=what, pid=os.getpid())
 
     @staticmethod
     def _migrate(
@@ -156,8 +220,10 @@ class SQLiteStore(Store):
         """Queue ``fn(conn)`` for the next batch; the future resolves after its commit."""
         if self._conn is None:
             raise StorageUnavailable("The store is not open.")
+        if self._lost is not None:
+            raise StorageUnavailable(self._lost)
         loop = self._loop
-        op = _Op(fn, loop.create_future())
+        op = _Op(fn, loop.create_future(), time.monotonic())
         self._pending.append(op)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -171,10 +237,26 @@ class SQLiteStore(Store):
         """Run the next batch's statements here; hand its COMMIT to the committer thread."""
         self._flush_scheduled = False
         conn = self._conn
-        if self._committing or not self._pending or conn is None:
+        if self._committing or self._lock_retry is not None or not self._pending or conn is None:
             return
+        if time.monotonic() - self._file_checked_at >= FILE_CHECK_SECONDS:
+            self._check_file()
         batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-        if not self._run_batch(conn, batch):
+        if self._lost is not None:
+            for op in batch:
+                op.error = StorageUnavailable(self._lost)
+            self._settle(batch)
+            return
+        outcome = self._run_batch(conn, batch)
+        if outcome == _BUSY:
+            self._pending[:0] = batch
+            self._wait_for_lock()
+            return
+        if self._locked_since is not None:
+            waited = time.monotonic() - self._locked_since
+            log.info("store_lock_released", waited_ms=round(waited * 1000, 1))
+            self._locked_since = None
+        if outcome == _FAILED:
             self._settle(batch)
             return
         # fsync takes the GIL-free part of a commit: while it runs the loop serves requests,
@@ -202,6 +284,33 @@ class SQLiteStore(Store):
         self._flush()
         self._settle(batch)
 
+    def _wait_for_lock(self) -> None:
+        """Another process holds the write lock: answer what waited too long, try again soon."""
+        now = time.monotonic()
+        if self._locked_since is None:
+            self._locked_since = now
+            log.warning("store_locked_by_another_process", waiting=len(self._pending))
+        expired = [op for op in self._pending if now - op.queued_at >= LOCK_WAIT_SECONDS]
+        if expired:
+            self._pending = [op for op in self._pending if now - op.queued_at < LOCK_WAIT_SECONDS]
+            error = (
+                f"The database is locked by another process (waited {LOCK_WAIT_SECONDS:g} s);"
+                " retry."
+            )
+            for op in expired:
+                op.error = StorageUnavailable(error)
+                op.settle()
+        if self._pending:
+            self._lock_retry = self._loop.call_later(
+                LOCK_RETRY_SECONDS, self._retry_lock, context=contextvars.Context()
+            )
+        else:
+            self._locked_since = None
+
+    def _retry_lock(self) -> None:
+        self._lock_retry = None
+        self._flush()
+
     def _settle(self, batch: list[_Op]) -> None:
         for op in batch:
             op.settle()
@@ -209,8 +318,9 @@ class SQLiteStore(Store):
             self._flush_scheduled = True
             self._loop.call_soon(self._flush, context=contextvars.Context())
 
-    @staticmethod
-    def _run_batch(conn: sqlite3.Connection, batch: list[_Op], *, isolated: bool = False) -> bool:
+    def _run_batch(
+        self, conn: sqlite3.Connection, batch: list[_Op], *, isolated: bool = False
+    ) -> str:
         """Execute a batch inside one transaction; one operation's failure undoes only its own
         writes.
 
@@ -220,10 +330,19 @@ class SQLiteStore(Store):
         connection alone, so running them again does the same. (A savepoint around every
         operation, failing or not, cost two more statements per callback.)
 
-        Returns False (every op failed with ``StorageUnavailable``) when SQLite itself failed.
+        Returns ``_RUN`` (ready to commit), ``_BUSY`` (another process holds the write lock:
+        nothing ran, try the batch again later) or ``_FAILED`` (SQLite itself failed: every
+        op failed with ``StorageUnavailable``).
         """
         try:
             conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+                return _BUSY
+            SQLiteStore._fail(conn, batch, exc)
+            return _FAILED
+        try:
+            self._subscribers.check(conn)  # another process may have changed them
             for op in batch:
                 if isolated:
                     conn.execute("SAVEPOINT op")
@@ -234,15 +353,15 @@ class SQLiteStore(Store):
                 except Exception as exc:  # this operation's own failure
                     if not isolated:
                         conn.execute("ROLLBACK")
-                        return SQLiteStore._run_batch(conn, batch, isolated=True)
+                        return self._run_batch(conn, batch, isolated=True)
                     conn.execute("ROLLBACK TO op")  # undo only its writes
                     op.result, op.error = None, exc
                 if isolated:
                     conn.execute("RELEASE op")
         except sqlite3.Error as exc:
             SQLiteStore._fail(conn, batch, exc)
-            return False
-        return True
+            return _FAILED
+        return _RUN
 
     @staticmethod
     def _fail(conn: sqlite3.Connection, batch: list[_Op], exc: BaseException) -> None:
@@ -268,6 +387,8 @@ class SQLiteStore(Store):
             self._conn = self._connect()
         except sqlite3.Error as exc:
             raise StorageUnavailable(f"Cannot open SQLite database {self.path!r}: {exc}") from exc
+        if self.path != ":memory:":
+            self._file_id = self._file_identity()
 
     async def close(self) -> None:
         if self._conn is None:
@@ -286,6 +407,7 @@ class SQLiteStore(Store):
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
             )
 
+        self._check_file()  # readiness looks every time (one stat)
         await self._run(op)
 
     async def get_or_create_meta(self, key: str, value: str) -> str:
@@ -550,8 +672,8 @@ class SQLiteStore(Store):
     ) -> ReplayResult:
         return await self._run(lambda conn: q.redeliver(conn, event_id, subscriber_ids, now, force))
 
-    async def prune(self, before: float, limit: int) -> int:
-        return await self._run(lambda conn: q.prune(conn, before, limit))
+    async def prune(self, before: float, limit: int, failed_before: float | None = None) -> int:
+        return await self._run(lambda conn: q.prune(conn, before, limit, failed_before))
 
     async def delivery_counts(self) -> dict[str, Any]:
         now = time.time()

@@ -63,21 +63,33 @@ def bump_subscribers_version(conn: sqlite3.Connection) -> None:
 class SubscriberCache:
     """Enabled subscribers for fan-out, parsed once per change instead of once per callback.
 
-    Changes made through this store invalidate it at once; changes made by another process
-    (the CLI) are seen within ``max_age`` seconds, when ``subscribers_version`` is read again.
+    Changes made through this store invalidate it at once. Changes made by another process (a
+    ``relay subscribers`` command) are seen by the next batch: each batch, once it holds the
+    write lock, asks SQLite whether another connection committed since the last batch
+    (``PRAGMA data_version``), and if one did, ``subscribers_version`` is read again. Holding
+    the lock, no removal can commit between that check and the fan-out; one that commits
+    later cancels what the batch created. (A cache that looked again only every second
+    created deliveries for a subscriber removed meanwhile, which stayed pending for ever.)
     """
 
-    def __init__(self, max_age: float = 1.0) -> None:
-        self.max_age = max_age
+    def __init__(self) -> None:
         self.version: str | None = None
-        self.checked_at = 0.0
+        self.data_version: int | None = None
+        self.stale = True
         self.subscribers: list[Subscriber] = []
 
     def invalidate(self) -> None:
-        self.checked_at = 0.0
+        self.stale = True
+
+    def check(self, conn: sqlite3.Connection) -> None:
+        """Once per batch, inside its transaction: did another connection commit?"""
+        (data_version,) = conn.execute("PRAGMA data_version").fetchone()
+        if data_version != self.data_version:
+            self.data_version = data_version
+            self.stale = True
 
     def enabled(self, conn: sqlite3.Connection, now: float) -> list[Subscriber]:
-        if now - self.checked_at < self.max_age:
+        if not self.stale:
             return self.subscribers
         row = conn.execute(
             "SELECT value FROM relay_meta WHERE key = 'subscribers_version'"
@@ -89,7 +101,7 @@ class SubscriberCache:
             ).fetchall()
             self.subscribers = [subscriber_from_row(r, now) for r in rows]
             self.version = version
-        self.checked_at = now
+        self.stale = False
         return self.subscribers
 
 
@@ -189,7 +201,7 @@ def delete_subscriber(conn: sqlite3.Connection, subscriber_id: str, now: float) 
     if conn.execute("DELETE FROM subscribers WHERE id = ?", (subscriber_id,)).rowcount == 0:
         return False
     conn.execute(
-        "UPDATE deliveries SET status = 'failed', last_error = 'subscriber deleted',"
+        "UPDATE deliveries SET status = 'canceled', last_error = 'subscriber deleted',"
         " lease_until = NULL, updated_at = ? WHERE subscriber_id = ? AND status = 'pending'",
         (now, subscriber_id),
     )
@@ -462,15 +474,16 @@ def delivery_counts(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
     }
 
 
-def prune(conn: sqlite3.Connection, before: float, limit: int) -> int:
+def prune(conn: sqlite3.Connection, before: float, limit: int, failed_before: float | None) -> int:
     seqs = [
         row[0]
         for row in conn.execute(
             "SELECT e.seq FROM events e WHERE e.received_at < ? AND NOT EXISTS ("
             " SELECT 1 FROM deliveries d WHERE d.event_id = e.id"
-            " AND (d.status = 'pending' OR (d.status = 'failed' AND d.updated_at >= ?)))"
+            " AND (d.status = 'pending' OR (d.status = 'failed'"
+            "  AND (? IS NULL OR d.updated_at >= ?))))"
             " ORDER BY e.received_at LIMIT ?",
-            (before, before, limit),
+            (before, failed_before, failed_before, limit),
         )
     ]
     if seqs:
@@ -482,13 +495,8 @@ def prune(conn: sqlite3.Connection, before: float, limit: int) -> int:
             seqs,
         )
         conn.execute(f"DELETE FROM deliveries WHERE event_id IN ({chosen})", seqs)
-        # A task leaves with its terminal event: the relay forgets it as it forgets its
-        # dedup keys, and the table stays as small as the history kept.
-        conn.execute(
-            "DELETE FROM tasks WHERE (provider, task_id, event_id) IN"
-            f" (SELECT provider, task_id, id FROM events WHERE seq IN ({marks}))",
-            seqs,
-        )
+        # The task's row (its terminal status) stays: it is what supersedes a late update
+        # once the events and their dedup keys are gone.
         conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", seqs)
     conn.execute("DELETE FROM callback_urls WHERE expires_at < ?", (before,))
     return len(seqs)

@@ -32,6 +32,8 @@ async def read(store: SQLiteStore, fn: Callable[[sqlite3.Connection], T]) -> T:
     """``fn(connection)`` on a read-only connection in a thread (in the batch for ``:memory:``)."""
     if store._conn is None:
         raise StorageUnavailable("The store is not open.")
+    if store._lost is not None:  # the file at the path is not the relay's any more
+        raise StorageUnavailable(store._lost)
     if store.path == ":memory:":
         return await store._run(fn)
     return await asyncio.to_thread(_read_once, store.path, fn)

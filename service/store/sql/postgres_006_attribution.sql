@@ -1,5 +1,5 @@
 -- callback-relay schema (PostgreSQL): who a confirmed result is attributed to.
--- The same columns as sqlite_005_attribution.sql. A callback URL is bound on first use to the
+-- The same columns as sqlite_004_attribution.sql. A callback URL is bound on first use to the
 -- task it named (task_id), unless it was minted reusable. URLs minted before this version stay
 -- reusable (DEFAULT true), and the relay passes reusable explicitly for every URL it mints.
 ALTER TABLE callback_urls ADD COLUMN reusable boolean NOT NULL DEFAULT true;
