@@ -75,7 +75,7 @@ def timed_post(url: str, body: dict[str, object], out: list[tuple[int, str, floa
 def test_a_lock_held_by_another_process_never_blocks_the_loop(relay_server: RelayServer) -> None:
     """While another process holds the write lock, /healthz answers at once and a callback
     gets a quick 503; once the lock is released, callbacks are accepted again."""
-    url = relay_server.mint()
+    url = relay_server.mint(reusable=True)
     path = sqlite_path(relay_server.settings.database_url)
     assert relay_server.post_callback(url, payload("task-before")).status_code == 200
     locker = Locker(path)
@@ -106,7 +106,7 @@ def test_a_lock_held_by_another_process_never_blocks_the_loop(relay_server: Rela
 @pytest.mark.slow
 def test_a_callback_waits_for_a_short_lock_then_succeeds(relay_server: RelayServer) -> None:
     """A lock released within the wait lets the waiting callback through: 200, not 503."""
-    url = relay_server.mint()
+    url = relay_server.mint(reusable=True)
     locker = Locker(sqlite_path(relay_server.settings.database_url))
     try:
         answers: list[tuple[int, str, float]] = []
@@ -129,7 +129,7 @@ def test_a_callback_waits_for_a_short_lock_then_succeeds(relay_server: RelayServ
 def test_a_deleted_database_is_noticed(relay_server: RelayServer) -> None:
     """Once the database files are deleted under the relay, callbacks get 503 within a second
     (never 200 again), /readyz says why, and the log says what happened."""
-    url = relay_server.mint()
+    url = relay_server.mint(reusable=True)
     assert relay_server.post_callback(url, payload("task-kept")).status_code == 200
     path = Path(sqlite_path(relay_server.settings.database_url))
     with capture_logs() as logs:
@@ -160,7 +160,7 @@ def test_a_replaced_database_is_noticed_by_readiness(
 ) -> None:
     """A different file moved to the database's path is noticed at the next /readyz."""
     path = Path(sqlite_path(relay_server.settings.database_url))
-    url = relay_server.mint()
+    url = relay_server.mint(reusable=True)
     assert relay_server.client.get("/readyz").status_code == 200
     other = tmp_path / "other.db"
     other.write_bytes(path.read_bytes())

@@ -621,7 +621,7 @@ async def test_delete_subscriber_cancels_its_pending_deliveries(store: Store) ->
     counts = await store.delivery_counts()
     assert (counts["pending"], counts["failed"]) == (2, 0)
     # Canceled is final: a replay does not bring it back.
-    assert await store.replay(DeliveryFilter(), [canceled["id"]], now + 3) == 0
+    assert (await store.replay(DeliveryFilter(), [canceled["id"]], now + 3)).count == 0
 
 
 async def test_no_delivery_for_a_subscriber_another_process_deleted(

@@ -86,7 +86,7 @@ def test_removal_under_a_callback_stream_leaves_nothing_pending(
     sink = SubscriberServer(script=lambda n: (204, 0.3)).start()  # slow: many in flight
     try:
         subscriber_id = str(relay.add_subscriber(sink.url)["id"])
-        url = relay.mint()
+        url = relay.mint(reusable=True)
         stop = threading.Event()
         sent: list[int] = []
 
