@@ -8,8 +8,12 @@ Reve Art's API page (reve-art-api.zh.txt), Apiframe's job object (apiframe-reve-
 from __future__ import annotations
 
 import asyncio
+import gzip
+import inspect
 import json
 import time
+import zlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -365,10 +369,32 @@ def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     assert parse_retry_after(value, now) == expected
 
 
+class _Unread(httpx.AsyncByteStream):
+    """A body not read yet, as a network transport hands it over (``httpx.Response(content=)``
+    reads its body at once, and the raw bytes of a read body cannot be streamed again)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for start in range(0, len(self.data), 65_536):
+            yield self.data[start : start + 65_536]
+
+
 def _clients(handler: Any, **settings: Any) -> StatusClients:
+    async def streamed(request: httpx.Request) -> httpx.Response:
+        answer = handler(request)
+        if inspect.isawaitable(answer):
+            answer = await answer
+        if isinstance(answer.stream, _Unread):
+            return answer
+        return httpx.Response(
+            answer.status_code, headers=answer.headers, stream=_Unread(answer.content)
+        )
+
     return StatusClients(
         Settings(evolink_api_key=Secret("ek"), provider_timeout=0.5, **settings),
-        transport=httpx.MockTransport(handler),
+        transport=httpx.MockTransport(streamed),
     )
 
 
@@ -457,3 +483,118 @@ def test_simulator_says_when_the_real_provider_would_refuse_the_url() -> None:
     assert len(url_notes("rivya", "https://localhost/callbacks/rivya")) == 1
     assert len(url_notes("evolink", "https://relay.example.com/" + "x" * 2048)) == 1
     assert url_notes("apiframe", "http://127.0.0.1/hook") == []  # Apiframe documents no rules
+
+
+# --- what an answer may cost, where a request may go ------------------------------------------
+
+
+def _fetch_with(handler: Any, provider: str = "evolink", task_id: str = "task-unified-1-x") -> Any:
+    async def fetch() -> Any:
+        clients = _clients(handler, apiframe_api_key=Secret("afk_secret"))
+        try:
+            return await clients.fetch(provider, task_id)
+        finally:
+            await clients.aclose()
+
+    return asyncio.run(fetch())
+
+
+def _gzip_bomb(expanded: int) -> bytes:
+    """``expanded`` bytes of zeros, gzip-compressed (about a thousandth of it)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = bytes(1024 * 1024)
+    return b"".join(packer.compress(block) for _ in range(expanded // len(block))) + (
+        packer.flush()
+    )
+
+
+def test_a_gzip_bomb_is_refused_without_expanding_it() -> None:
+    """256 MiB of zeros in 256 KB of gzip: a failed poll, and at most ~the bound in memory."""
+    import tracemalloc
+
+    bomb = _gzip_bomb(256 * 1024 * 1024)
+    asked: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.headers.get("accept-encoding"))
+        return httpx.Response(200, headers={"content-encoding": "gzip"}, stream=_Unread(bomb))
+
+    tracemalloc.start()
+    try:
+        answer = _fetch_with(handler)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # httpx's decoder expanded a whole 64 KiB chunk at once: about 64 MiB for this one.
+    assert peak < 3 * MAX_ANSWER_BYTES + len(bomb), peak
+    assert answer.outcome == "retry"
+    assert answer.error == f"answer larger than {MAX_ANSWER_BYTES} bytes"
+    assert asked == ["identity"]  # the relay asks for an answer it need not decompress
+
+
+@pytest.mark.parametrize(
+    ("encoding", "content", "outcome", "error"),
+    [
+        ("gzip", gzip.compress(b'{"id": "t", "status": "pending"}'), "ok", None),
+        ("deflate", zlib.compress(b'{"id": "t", "status": "pending"}'), "ok", None),
+        ("identity", b'{"id": "t", "status": "pending"}', "ok", None),
+        ("br", b"\x0b\x02\x80{}\x03", "retry", "the answer is 'br'-encoded; the relay asks for"
+         " identity"),
+        ("gzip", b"not gzip at all", "retry", "the answer is not valid gzip"),
+        ("gzip", gzip.compress(b'{"id": "t"}')[:-12], "retry", "the gzip answer is truncated"),
+    ],
+)
+def test_compressed_answers_are_decoded_within_the_bound(
+    encoding: str, content: bytes, outcome: str, error: str | None
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-encoding": encoding}, stream=_Unread(content))
+
+    answer = _fetch_with(handler)
+    assert (answer.outcome, answer.error) == (outcome, error)
+    if outcome == "ok":
+        assert answer.payload == {"id": "t", "status": "pending"}
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+        "https://collector.example/steal?key=1",
+        "/v2/jobs/a1b2c3d4/",  # same origin: the providers document no redirect either
+    ],
+)
+def test_redirects_are_not_followed_and_the_key_stays_home(status: int, location: str) -> None:
+    """Apiframe's X-API-Key (also its webhook HMAC key) goes to its configured origin only."""
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        if request.url.host == "api.apiframe.ai" and request.url.path == "/v2/jobs/a1b2c3d4":
+            return httpx.Response(status, headers={"location": location}, content=b"secret page")
+        return httpx.Response(200, content=b'{"id": "a1b2c3d4", "status": "COMPLETED"}')
+
+    answer = _fetch_with(handler, "apiframe", "a1b2c3d4")
+    assert [str(request.url) for request in sent] == ["https://api.apiframe.ai/v2/jobs/a1b2c3d4"]
+    assert sent[0].headers["x-api-key"] == "afk_secret"
+    assert answer.outcome == "retry" and answer.status_code == status
+    where = "the same origin" if location.startswith("/") else location.split("/")[2]
+    assert answer.error.startswith(f"HTTP {status}: the status API redirects to ")
+    assert where in answer.error
+    # Neither the redirect's path and query nor the answer's body reach last_error and the logs.
+    assert "secret" not in answer.error and "latest" not in answer.error
+    assert "key=1" not in answer.error
+
+
+@pytest.mark.parametrize("task_id", ["\u20ac" * 7300, "t\ud800"])
+def test_a_task_id_that_cannot_form_a_url_is_invalid_without_a_request(task_id: str) -> None:
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(503)
+
+    answer = _fetch_with(handler, "evolink", task_id)
+    assert answer.outcome == "invalid" and sent == []
+    assert answer.error.startswith("the task id cannot form a status URL")
