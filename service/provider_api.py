@@ -10,14 +10,14 @@ One ``StatusApi`` per provider says where its status endpoint is and how it auth
 ``StatusClients.fetch`` never raises for what the provider, the network or the task id does:
 every outcome is a ``StatusAnswer`` -- ``ok`` (a JSON answer for the normalizers), ``retry``
 (429 with its ``Retry-After``, 5xx, 401/403, a redirect, timeouts, refused connections, an
-answer that is not JSON, too large or in an unknown encoding), ``not_found`` (400, 404, 410,
+answer that is not JSON, too large or compressed), ``not_found`` (400, 404, 410,
 422: the provider does not know this task) or ``invalid`` (the task id cannot form a status
 URL: asking again cannot help).
 
 What a provider's answer can cost is bounded: the whole request by ``RELAY_PROVIDER_TIMEOUT``,
-the body by ``MAX_ANSWER_BYTES`` *after* decompression (the relay asks for ``identity``; a
-gzip or deflate answer is still read, decompressed incrementally and never past the bound, so
-a small compressed "bomb" cannot expand in memory), and its parsing by orjson's depth limit.
+the body by ``MAX_ANSWER_BYTES`` as it is read, and its parsing by orjson's depth limit. The
+relay asks for ``Accept-Encoding: identity`` and refuses, unread, an answer in any other
+encoding: nothing is ever decompressed, so a small compressed "bomb" cannot expand.
 
 Redirects are never followed: the providers document none, and following one would hand the
 API key (``X-API-Key`` is not dropped by httpx across origins) to wherever the redirect points,
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -43,7 +42,7 @@ from starlette.datastructures import Secret
 from service import __version__
 from service.settings import Settings
 
-#: Largest status answer read (decompressed); anything longer is a failed poll.
+#: Largest status answer read; anything longer is a failed poll.
 MAX_ANSWER_BYTES = 1024 * 1024
 #: Longest Retry-After honoured: a provider asking for more is asked again after this.
 MAX_RETRY_AFTER = 3600.0
@@ -196,36 +195,21 @@ class StatusClients:
 
 
 async def _read_bounded(response: httpx.Response) -> tuple[bytes, str | None]:
-    """The answer's body, decoded, and None; or what is wrong with it.
+    """The answer's body and None; or no body and what is wrong with it.
 
-    Reads the raw bytes and decompresses them here, at most ``MAX_ANSWER_BYTES + 1`` out at a
-    time (zlib's ``max_length``): httpx's own decoding expands a whole chunk at once, which
-    for a gzip bomb is about a thousand times the chunk.
+    The relay asks for ``identity``, so an answer in any other encoding is refused unread:
+    httpx would expand a whole chunk at once (a 64 KiB chunk of a gzip bomb is about 64 MiB),
+    and even decompressing within the bound cost the event loop ~5 ms a poll, 200 ms stalls
+    at full poll concurrency (docs/reliability.md, "Provider side").
     """
     encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in ("", "identity"):
-        decoder = None
-    elif encoding in ("gzip", "x-gzip"):
-        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    elif encoding == "deflate":
-        decoder = zlib.decompressobj()
-    else:
+    if encoding not in ("", "identity"):
         return b"", f"the answer is {encoding[:40]!r}-encoded; the relay asks for identity"
-    too_large = f"answer larger than {MAX_ANSWER_BYTES} bytes"
     body = bytearray()
     async for chunk in response.aiter_raw():
-        if decoder is not None:
-            try:
-                chunk = decoder.decompress(chunk, MAX_ANSWER_BYTES + 1 - len(body))
-            except zlib.error:
-                return b"", f"the answer is not valid {encoding}"
-            if decoder.unconsumed_tail:  # it holds more than the bound allows
-                return b"", too_large
         body += chunk
         if len(body) > MAX_ANSWER_BYTES:
-            return b"", too_large
-    if decoder is not None and not decoder.eof:
-        return b"", f"the {encoding} answer is truncated"
+            return b"", f"answer larger than {MAX_ANSWER_BYTES} bytes"
     return bytes(body), None
 
 
@@ -243,9 +227,7 @@ def _classify(response: httpx.Response, body: bytes, latency_ms: float) -> Statu
             )
         return StatusAnswer("ok", code, payload, body, latency_ms=latency_ms)
     if 300 <= code < 400:
-        return StatusAnswer(
-            "retry", code, error=_redirect_error(response), latency_ms=latency_ms
-        )
+        return StatusAnswer("retry", code, error=_redirect_error(response), latency_ms=latency_ms)
     excerpt = body[:200].decode("utf-8", "replace").strip()
     detail = f"HTTP {code}" + (f": {excerpt}" if excerpt else "")
     if code in NOT_FOUND_CODES:
