@@ -325,12 +325,14 @@ class WatchService:
                     metadata=watch.metadata,
                 )
                 self._judge_held(watch, normalized)
-                # A new state is news; an unchanged one (most polls) is for debugging.
-                (log.info if result.outcome == "accepted" else log.debug)(
+                # One line per answered poll (httpx's own request line is silenced).
+                log.info(
                     "watch_polled",
                     generation_status=status,
                     outcome=result.outcome,
                     event_id=result.event_id,
+                    status_code=answer.status_code,
+                    latency_ms=answer.latency_ms,
                     **fields,
                 )
                 if normalized.terminal:
@@ -351,7 +353,11 @@ class WatchService:
         elif answer.outcome == "not_found":
             not_found += 1
             log.warning(
-                "watch_task_not_found", status_code=answer.status_code, count=not_found, **fields
+                "watch_task_not_found",
+                status_code=answer.status_code,
+                count=not_found,
+                latency_ms=answer.latency_ms,
+                **fields,
             )
             if not_found >= NOT_FOUND_LIMIT:
                 metrics.count_poll(watch.provider, "not_found")
@@ -374,6 +380,7 @@ class WatchService:
                 status_code=answer.status_code,
                 error=error,
                 retry_after=answer.retry_after,
+                latency_ms=answer.latency_ms,
                 **fields,
             )
         if now >= watch.deadline_at:
