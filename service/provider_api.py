@@ -144,6 +144,10 @@ class StatusClients:
             timeout=httpx.Timeout(self.timeout),
             # Never: a redirect would carry the API key away (see the module docstring).
             follow_redirects=False,
+            # A connection is never reused: bytes a provider sent past a short Content-Length
+            # would be read as the answer to the next poll, about another task. (httpx keeps
+            # such bytes buffered and cannot tell; a poll is seconds apart per task anyway.)
+            limits=httpx.Limits(max_keepalive_connections=0),
             headers={
                 "user-agent": f"callback-relay/{__version__}",
                 "accept": "application/json",

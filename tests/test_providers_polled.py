@@ -600,3 +600,70 @@ def test_a_task_id_that_cannot_form_a_url_is_invalid_without_a_request(task_id: 
     answer = _fetch_with(handler, "evolink", task_id)
     assert answer.outcome == "invalid" and sent == []
     assert answer.error.startswith("the task id cannot form a status URL")
+
+
+def test_a_lying_content_length_cannot_answer_another_poll() -> None:
+    """Bytes past a short Content-Length stay on their connection: the next poll, about
+    another task, gets its own answer (the relay never reuses a status connection)."""
+    import socket
+    import threading
+
+    smuggled = b'{"id": "task-unified-A", "status": "completed"}'
+    own = b'{"id": "task-unified-A", "status": "pending"}'
+    # Content-Length covers the first answer only; a whole second answer follows it.
+    lying = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%sHTTP/1.1 200 OK\r\n" % (
+        len(own),
+        own,
+    ) + b"Content-Length: %d\r\n\r\n%s" % (len(smuggled), smuggled)
+    honest = b'{"id": "task-unified-B", "status": "pending"}'
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            while True:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    head += chunk
+                if b"task-unified-A" in head.split(b"\r\n", 1)[0]:
+                    conn.sendall(lying)
+                else:
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(honest), honest)
+                    )
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+
+    async def both() -> tuple[Any, Any]:
+        clients = StatusClients(
+            Settings(
+                evolink_api_key=Secret("ek"),
+                evolink_base_url=f"http://127.0.0.1:{port}",
+                provider_timeout=2,
+            )
+        )
+        try:
+            first = await clients.fetch("evolink", "task-unified-A")
+            second = await clients.fetch("evolink", "task-unified-B")
+        finally:
+            await clients.aclose()
+        return first, second
+
+    try:
+        first, second = asyncio.run(both())
+    finally:
+        server.close()
+    assert first.outcome == "ok" and first.payload == json.loads(own)
+    # Reusing the connection, the smuggled answer was B's: {"id": "task-unified-A", ...}.
+    assert second.outcome == "ok" and second.payload == json.loads(honest)
