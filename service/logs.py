@@ -166,6 +166,10 @@ def configure_logging(log_format: str = "json", level: str = "info") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # httpx writes an info line per request with the full URL (a provider's task, a
+    # subscriber's path) and no context; the relay's own lines (``watch_polled``,
+    # ``delivery_attempt``) say the same with the watch or delivery it was for.
+    logging.getLogger("httpx").setLevel(max(numeric, logging.WARNING))
 
 
 def _line_writer_factory(writer: LineWriter) -> Any:

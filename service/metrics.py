@@ -23,6 +23,9 @@ counters to files there and a scrape, answered by any one of them, adds up all o
                                                   (not an outage: logged with a traceback)
     relay_deliveries_pending / _failed            at scrape time, from the store
     relay_oldest_pending_delivery_age_seconds     at scrape time (0 when nothing is pending)
+    relay_watch_polls_total{provider, outcome}    polls of provider status APIs: ok, retry,
+                                                  not_found, invalid (the task id cannot form
+                                                  a URL) or error (an unexpected failure)
     relay_watches_active{provider}                at scrape time, from the store
     relay_store_up                                1 when the scrape-time queries answered
 """
@@ -94,6 +97,13 @@ OUTPUTS_DROPPED = Counter(
     "Output URLs left out of events, by reason: scheme (not http/https), private_address, "
     "too_long, malformed, over_limit (service.forwarding).",
     ["reason"],
+    registry=REGISTRY,
+)
+WATCH_POLLS = Counter(
+    "relay_watch_polls_total",
+    "Polls of provider status APIs, by provider and outcome: ok, retry, not_found, invalid "
+    "(the task id cannot form a status URL) or error (an unexpected failure of the poll).",
+    ["provider", "outcome"],
     registry=REGISTRY,
 )
 ATTEMPT_SECONDS = Histogram(
@@ -243,6 +253,11 @@ def count_attempt(delivery_status: str, latency_ms: float) -> None:
     """One delivery attempt recorded; ``delivery_status`` is the delivery's status after it."""
     _attempt_children[_ATTEMPT_OUTCOMES.get(delivery_status, "failed")].inc()
     ATTEMPT_SECONDS.observe(latency_ms / 1000)
+
+
+def count_poll(provider: str, outcome: str) -> None:
+    """One poll of a watch carried out (a few a second at most: counted directly)."""
+    WATCH_POLLS.labels(provider, outcome).inc()
 
 
 # -- scrape time ----------------------------------------------------------------------------

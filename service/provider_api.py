@@ -7,10 +7,22 @@ One ``StatusApi`` per provider says where its status endpoint is and how it auth
     rivya      GET {RELAY_RIVYA_BASE_URL}/api/v1/generations/{id}      Authorization: Bearer
     reve-art   GET {RELAY_REVE_ART_BASE_URL}/v1/reve-image/status/{id} Authorization: Bearer
 
-``StatusClients.fetch`` never raises for what the provider or the network does: every outcome
-is a ``StatusAnswer`` -- ``ok`` (a JSON answer for the normalizers), ``retry`` (429 with its
-``Retry-After``, 5xx, 401/403, timeouts, refused connections, an answer that is not JSON) or
-``not_found`` (400, 404, 410, 422: the provider does not know this task).
+``StatusClients.fetch`` never raises for what the provider, the network or the task id does:
+every outcome is a ``StatusAnswer`` -- ``ok`` (a JSON answer for the normalizers), ``retry``
+(429 with its ``Retry-After``, 5xx, 401/403, a redirect, timeouts, refused connections, an
+answer that is not JSON, too large or compressed), ``not_found`` (400, 404, 410,
+422: the provider does not know this task) or ``invalid`` (the task id cannot form a status
+URL: asking again cannot help).
+
+What a provider's answer can cost is bounded: the whole request by ``RELAY_PROVIDER_TIMEOUT``,
+the body by ``MAX_ANSWER_BYTES`` as it is read, and its parsing by orjson's depth limit. The
+relay asks for ``Accept-Encoding: identity`` and refuses, unread, an answer in any other
+encoding: nothing is ever decompressed, so a small compressed "bomb" cannot expand.
+
+Redirects are never followed: the providers document none, and following one would hand the
+API key (``X-API-Key`` is not dropped by httpx across origins) to wherever the redirect points,
+possibly a private address. The relay connects only to the configured base URLs, the operator's
+choice; a redirect is a failed poll naming where it pointed.
 """
 
 from __future__ import annotations
@@ -21,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 import orjson
@@ -97,7 +109,7 @@ def polling_configured(settings: Settings, provider: str) -> bool:
 
 @dataclass(frozen=True)
 class StatusAnswer:
-    outcome: Literal["ok", "retry", "not_found"]
+    outcome: Literal["ok", "retry", "not_found", "invalid"]
     status_code: int | None = None
     payload: Any = None
     body: bytes = b""
@@ -135,12 +147,18 @@ class StatusClients:
         self.timeout = settings.provider_timeout
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(self.timeout),
-            # Base URLs are the operator's; a provider moving an endpoint (or adding a trailing
-            # slash, as Reve Art's examples do) should not stop polling. httpx drops the
-            # credentials when a redirect leaves the origin.
-            follow_redirects=True,
-            max_redirects=3,
-            headers={"user-agent": f"callback-relay/{__version__}", "accept": "application/json"},
+            # Never: a redirect would carry the API key away (see the module docstring).
+            follow_redirects=False,
+            # A connection is never reused: bytes a provider sent past a short Content-Length
+            # would be read as the answer to the next poll, about another task. (httpx keeps
+            # such bytes buffered and cannot tell; a poll is seconds apart per task anyway.)
+            limits=httpx.Limits(max_keepalive_connections=0),
+            headers={
+                "user-agent": f"callback-relay/{__version__}",
+                "accept": "application/json",
+                # Status answers are a few KB: compression saves nothing worth its risk.
+                "accept-encoding": "identity",
+            },
             transport=transport,
         )
 
@@ -156,24 +174,21 @@ class StatusClients:
             )
         url = api.url(task_id)
         if url is None:
-            return StatusAnswer("not_found", error="the task id cannot be a path segment")
+            return StatusAnswer("invalid", error="the task id cannot be a path segment")
+        try:
+            request = self._client.build_request("GET", url, headers=api.auth(str(api.api_key)))
+        except (httpx.InvalidURL, ValueError) as exc:  # UnicodeError is a ValueError
+            # Too long for a URL (httpx's limit is 64 KiB), a lone surrogate...: for good.
+            return StatusAnswer("invalid", error=f"the task id cannot form a status URL: {exc}")
         started = time.monotonic()
         try:
             # One bound for the whole request: a provider trickling bytes cannot hold a poll.
-            async with (
-                asyncio.timeout(self.timeout),
-                self._client.stream("GET", url, headers=api.auth(str(api.api_key))) as response,
-            ):
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > MAX_ANSWER_BYTES:
-                        return StatusAnswer(
-                            "retry",
-                            response.status_code,
-                            error=f"answer larger than {MAX_ANSWER_BYTES} bytes",
-                            latency_ms=_ms(started),
-                        )
+            async with asyncio.timeout(self.timeout):
+                response = await self._client.send(request, stream=True)
+                try:
+                    body, problem = await _read_bounded(response)
+                finally:
+                    await response.aclose()
         except (httpx.TimeoutException, TimeoutError):
             return StatusAnswer(
                 "retry", error=f"timed out after {self.timeout:g} s", latency_ms=_ms(started)
@@ -182,7 +197,30 @@ class StatusClients:
             return StatusAnswer(
                 "retry", error=f"{type(exc).__name__}: {exc}".strip(), latency_ms=_ms(started)
             )
-        return _classify(response, bytes(body), _ms(started))
+        if problem is not None:
+            return StatusAnswer(
+                "retry", response.status_code, error=problem, latency_ms=_ms(started)
+            )
+        return _classify(response, body, _ms(started))
+
+
+async def _read_bounded(response: httpx.Response) -> tuple[bytes, str | None]:
+    """The answer's body and None; or no body and what is wrong with it.
+
+    The relay asks for ``identity``, so an answer in any other encoding is refused unread:
+    httpx would expand a whole chunk at once (a 64 KiB chunk of a gzip bomb is about 64 MiB),
+    and even inflating only up to the bound cost the event loop about 3 ms a poll, 100 ms for
+    the worker's 32 polls at once (measured with the "Provider side" reliability scenario).
+    """
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        return b"", f"the answer is {encoding[:40]!r}-encoded; the relay asks for identity"
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        body += chunk
+        if len(body) > MAX_ANSWER_BYTES:
+            return b"", f"answer larger than {MAX_ANSWER_BYTES} bytes"
+    return bytes(body), None
 
 
 def _classify(response: httpx.Response, body: bytes, latency_ms: float) -> StatusAnswer:
@@ -198,6 +236,8 @@ def _classify(response: httpx.Response, body: bytes, latency_ms: float) -> Statu
                 "retry", code, error="the answer is not JSON", latency_ms=latency_ms
             )
         return StatusAnswer("ok", code, payload, body, latency_ms=latency_ms)
+    if 300 <= code < 400:
+        return StatusAnswer("retry", code, error=_redirect_error(response), latency_ms=latency_ms)
     excerpt = body[:200].decode("utf-8", "replace").strip()
     detail = f"HTTP {code}" + (f": {excerpt}" if excerpt else "")
     if code in NOT_FOUND_CODES:
@@ -205,6 +245,22 @@ def _classify(response: httpx.Response, body: bytes, latency_ms: float) -> Statu
     if code in (401, 403):
         detail = f"HTTP {code}: the provider refused the API key"
     return StatusAnswer("retry", code, retry_after=retry_after, error=detail, latency_ms=latency_ms)
+
+
+def _redirect_error(response: httpx.Response) -> str:
+    """A redirect, described by where it points: scheme and host only (the path, query or
+    user info of a location may hold secrets)."""
+    try:
+        target = urlsplit(response.headers.get("location", ""))
+    except ValueError:
+        where = "an invalid location"
+    else:
+        host = target.netloc.rpartition("@")[2]
+        where = f"{target.scheme}://{host}" if host else "the same origin"
+    return (
+        f"HTTP {response.status_code}: the status API redirects to {where[:200]};"
+        " redirects are not followed (check the provider's base URL)"
+    )
 
 
 def _ms(started: float) -> float:

@@ -3,8 +3,9 @@
 Like the delivery worker: a watch is leased while it is polled, so replicas sharing PostgreSQL
 never poll the same task at once, and a watch whose process died is polled again once its lease
 lapses. Polls run concurrently (at most ``concurrency``); a failing provider or a store outage
-is logged and retried, never fatal. ``stop()`` stops claiming, lets polls in flight finish
-within the provider timeout, and frees the leases of any that did not.
+is logged and retried, never fatal; every poll moves the watch's next poll forward (see
+``WatchService.poll``), so no watch can make the worker spin. ``stop()`` stops claiming, lets
+polls in flight finish within the provider timeout, and frees the leases of any that did not.
 
 Finished watches are pruned with the rest of the history, past ``RELAY_RETENTION_DAYS``.
 """
@@ -95,9 +96,10 @@ class WatchWorker:
             # then a duplicate, so nothing is emitted twice.
             log.warning("watch_poll_unrecorded", watch_id=watch.id, error=exc.message)
         except Exception:
+            # ``poll`` records every failure of the poll itself; this is a failure to record
+            # one. The lease is kept, not freed: the watch is polled again once it lapses
+            # (``lease_seconds``), never at once, so a watch that always fails cannot spin.
             log.exception("watch_poll_error", watch_id=watch.id, provider=watch.provider)
-            with contextlib.suppress(StorageUnavailable):
-                await self.relay.store.release_watch_leases([watch.id])
         finally:
             del self._tasks[watch.id]
             self._wakeup.set()

@@ -12,7 +12,12 @@ is a duplicate, a new one an event for the subscribers.
 - At the deadline (24 h by default) a last poll is made; if the task is still not terminal, a
   ``generation.failed`` event with error code ``watch_deadline_exceeded`` ends it.
 - A provider that says three times in a row that it has no such task (400/404/410/422) ends the
-  watch as ``rejected`` with a ``generation.failed`` event (``task_not_found``).
+  watch as ``rejected`` with a ``generation.failed`` event (``task_not_found``); a task id that
+  cannot even form a status URL ends it at once (``invalid_task_id``).
+- Any other failure of a poll, foreseen or not (a bug, an answer nobody imagined), is a failed
+  poll like a 503: recorded with the back-off, counted (``relay_watch_polls_total``), and the
+  deadline still applies. A poll never ends without moving ``next_poll_at`` forward, so one
+  watch can never make the worker spin.
 
 **Confirmation of unsigned callbacks.** Evolink signs nothing. When the relay has an Evolink API
 key (and ``RELAY_EVOLINK_CONFIRM`` is not false), a terminal Evolink callback is not emitted as
@@ -23,16 +28,16 @@ and never forwarded; while the API cannot be reached the watch retries with its 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import structlog
 
-from service import ids
+from service import ids, metrics
 from service.clock import rfc3339
-from service.errors import Conflict, InvalidInput, InvalidPayload, NotFound
+from service.errors import Conflict, InvalidInput, InvalidPayload, NotFound, StorageUnavailable
 from service.events import Normalized, dumps
 from service.provider_api import StatusAnswer, StatusClients, polling_configured
 from service.providers import get_provider
@@ -336,7 +341,41 @@ class WatchService:
     # -- polling ---------------------------------------------------------------------------------
 
     async def poll(self, watch: Watch) -> PollRecord:
-        """Ask the provider once, emit what changed, record the outcome; returns the record."""
+        """Ask the provider once, emit what changed, record the outcome; returns the record.
+
+        Raises:
+            StorageUnavailable: the store could not record it (the lease then lapses and the
+                watch is polled again). Any other exception is recorded as a failed poll.
+        """
+        try:
+            return await self._poll(watch)
+        except StorageUnavailable:
+            raise
+        except Exception as exc:
+            return await self._poll_failed(watch, exc)
+
+    async def _poll_failed(self, watch: Watch, exc: Exception) -> PollRecord:
+        """An unexpected failure: a failed poll with the back-off, as a 503 would be."""
+        log.exception(
+            "watch_poll_error", watch_id=watch.id, provider=watch.provider, task_id=watch.task_id
+        )
+        metrics.count_poll(watch.provider, "error")
+        error = f"the poll failed ({type(exc).__name__}); see the relay's log"
+        now = time.time()
+        if now >= watch.deadline_at:
+            return await self._expire(watch, now, None, error)
+        delay = backoff_delay(self.relay.settings.watch_backoff, watch.backoff_step)
+        return await self._record(
+            watch,
+            now,
+            "active",
+            error=error,
+            next_poll_at=min(now + delay, watch.deadline_at),
+            backoff_step=watch.backoff_step + 1,
+            not_found=watch.not_found,
+        )
+
+    async def _poll(self, watch: Watch) -> PollRecord:
         answer = await self.clients.fetch(watch.provider, watch.task_id)
         now = time.time()
         fields = {"watch_id": watch.id, "provider": watch.provider, "task_id": watch.task_id}
@@ -363,32 +402,62 @@ class WatchService:
                     url_id=None if forget_url else watch.url_id,
                     metadata=watch.metadata,
                 )
-                # A new state is news; an unchanged one (most polls) is for debugging.
-                (log.info if result.outcome == "accepted" else log.debug)(
+                # One line per answered poll (httpx's own request line is silenced).
+                log.info(
                     "watch_polled",
                     generation_status=status,
                     outcome=result.outcome,
                     event_id=result.event_id,
+                    status_code=answer.status_code,
+                    latency_ms=answer.latency_ms,
                     **fields,
                 )
                 if normalized.terminal:
+                    metrics.count_poll(watch.provider, "ok")
                     return await self._record(
                         watch, now, "completed", status=status, event_id=result.event_id
                     )
                 judged = True
+        elif answer.outcome == "invalid":
+            metrics.count_poll(watch.provider, "invalid")
+            return await self._reject(
+                watch,
+                now,
+                answer,
+                "invalid_task_id",
+                f"{answer.error}; the relay stopped watching it.",
+            )
         elif answer.outcome == "not_found":
             not_found += 1
             log.warning(
-                "watch_task_not_found", status_code=answer.status_code, count=not_found, **fields
+                "watch_task_not_found",
+                status_code=answer.status_code,
+                count=not_found,
+                latency_ms=answer.latency_ms,
+                **fields,
             )
             if not_found >= NOT_FOUND_LIMIT:
-                return await self._reject(watch, now, answer)
+                metrics.count_poll(watch.provider, "not_found")
+                return await self._reject(
+                    watch,
+                    now,
+                    answer,
+                    "task_not_found",
+                    f"{watch.provider} answered {answer.error or 'not found'}"
+                    f" {NOT_FOUND_LIMIT} times: it does not know this task; the relay stopped"
+                    " watching it.",
+                )
+        if answer.outcome == "not_found":
+            metrics.count_poll(watch.provider, "not_found")
+        else:
+            metrics.count_poll(watch.provider, "ok" if error is None else "retry")
         if error is not None and answer.outcome != "not_found":
             log.warning(
                 "watch_poll_failed",
                 status_code=answer.status_code,
                 error=error,
                 retry_after=answer.retry_after,
+                latency_ms=answer.latency_ms,
                 **fields,
             )
         if now >= watch.deadline_at:
@@ -454,9 +523,10 @@ class WatchService:
             return True
         claimed_urls: set[str] = set()
         try:
-            held = get_provider(watch.provider).normalize(json.loads(watch.held_body or b""))
+            # orjson, as the callback was parsed: depth-bounded, never a RecursionError.
+            held = get_provider(watch.provider).normalize(orjson.loads(watch.held_body or b""))
             claimed_urls = {output.url for output in held.outputs}
-        except (ValueError, InvalidPayload):
+        except (orjson.JSONDecodeError, InvalidPayload):
             pass
         confirmed_urls = {output.url for output in confirmed.outputs}
         fields = {
@@ -477,31 +547,33 @@ class WatchService:
         log.info("callback_confirmed", **fields)
         return True
 
-    async def _reject(self, watch: Watch, now: float, answer: StatusAnswer) -> PollRecord:
+    async def _reject(
+        self, watch: Watch, now: float, answer: StatusAnswer, code: str, message: str
+    ) -> PollRecord:
+        """End the watch as rejected: the provider cannot tell anything about this task."""
         fields = {"watch_id": watch.id, "provider": watch.provider, "task_id": watch.task_id}
         if watch.held_status is not None:
             log.warning(
                 "suspect_callback",
-                reason="the provider's API does not know this task; the callback is dropped",
+                reason=(
+                    "the provider's API does not know this task; the callback is dropped"
+                    if code == "task_not_found"
+                    else f"{answer.error}; the callback is dropped"
+                ),
                 callback_status=watch.held_status,
                 status_code=answer.status_code,
                 **fields,
             )
         event_id = None
         if watch.origin == "api":
-            event_id = await self._emit_failure(
-                watch,
-                "task_not_found",
-                f"{watch.provider} answered {answer.error or 'not found'} {NOT_FOUND_LIMIT}"
-                " times: it does not know this task; the relay stopped watching it.",
-            )
+            event_id = await self._emit_failure(watch, code, message)
         log.warning("watch_rejected", event_id=event_id, **fields)
         return await self._record(
             watch,
             now,
             "rejected",
             error=answer.error,
-            not_found=watch.not_found + 1,
+            not_found=watch.not_found + (answer.outcome == "not_found"),
             event_id=event_id,
         )
 

@@ -8,7 +8,8 @@ One uvicorn server answers all four status endpoints, each in its provider's own
     GET /v1/reve-image/status/{id}   Reve Art (Bearer)     pending, completed (failed: assumed)
 
 A task moves along a timeline (seconds after it was added -> state) as real tasks do; faults
-can be queued per task: 429 with ``Retry-After``, 5xx, or hanging past the relay's timeout.
+can be queued per task: 429 with ``Retry-After``, 5xx, or hanging past the relay's timeout, or
+any answer of one's own (a redirect, a gzip bomb); ``always`` answers every request with one.
 Every request is recorded (when, which task, what was answered). Unknown tasks are 404, and
 Evolink answers 400 to an id that is not ``task-unified-...``, as its API does.
 """
@@ -73,11 +74,14 @@ def _iso(moment: float) -> str:
 
 @dataclass
 class Fault:
-    """One scripted answer: an HTTP status (with ``Retry-After``) or ``hang`` seconds."""
+    """One scripted answer: an HTTP status (with ``Retry-After``) or ``hang`` seconds; with
+    ``content`` or ``headers``, exactly that body and those headers."""
 
     status: int = 503
     retry_after: str | None = None
     hang: float = 0.0
+    content: bytes | None = None
+    headers: dict[str, str] | None = None
 
 
 @dataclass
@@ -91,6 +95,8 @@ class EmulatedTask:
     faults: list[Fault] = field(default_factory=list)
     #: Raw JSON text spliced into every answer as ``"extra": ...`` (hostile-answer tests).
     extra: str | None = None
+    #: The answer to every request once the queued faults are used up.
+    always: Fault | None = None
 
     def state(self, now: float) -> str:
         current = self.timeline[0][1]
@@ -150,6 +156,7 @@ class ProviderEmulator:
         error: dict[str, str] | None = None,
         faults: Sequence[Fault] = (),
         extra: str | None = None,
+        always: Fault | None = None,
     ) -> str:
         if task_id is None:
             stamp = f"{time.time_ns() % 10**12:012d}"
@@ -169,6 +176,7 @@ class ProviderEmulator:
                 error,
                 list(faults),
                 extra,
+                always,
             )
         return task_id
 
@@ -190,11 +198,16 @@ class ProviderEmulator:
         with self.lock:
             task = self.tasks.get((provider, task_id))
             fault = task.faults.pop(0) if task is not None and task.faults else None
+            if fault is None and task is not None:
+                fault = task.always
         if not self._authorized(provider, request):
             return self._hit(provider, task_id, JSONResponse({"error": "unauthorized"}, 401))
         if fault is not None:
             if fault.hang:
                 await asyncio.sleep(fault.hang)
+            if fault.content is not None or fault.headers is not None:
+                answer = Response(fault.content or b"", fault.status, fault.headers)
+                return self._hit(provider, task_id, answer)
             headers = {"retry-after": fault.retry_after} if fault.retry_after else None
             body = {"error": {"code": "rate_limited" if fault.status == 429 else "unavailable"}}
             return self._hit(provider, task_id, JSONResponse(body, fault.status, headers))

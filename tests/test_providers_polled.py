@@ -8,8 +8,12 @@ Reve Art's API page (reve-art-api.zh.txt), Apiframe's job object (apiframe-reve-
 from __future__ import annotations
 
 import asyncio
+import gzip
+import inspect
 import json
 import time
+import zlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -385,7 +389,7 @@ def test_status_requests_never_leave_the_task_path() -> None:
         return outcomes
 
     outcomes = asyncio.run(run())
-    assert outcomes[:4] == ["not_found"] * 4
+    assert outcomes[:4] == ["invalid"] * 4
     assert seen == [
         "https://api.evolink.ai/v1/tasks/a%2F..%2Fb",
         "https://api.evolink.ai/v1/tasks/..%252f",
@@ -414,10 +418,32 @@ def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     assert parse_retry_after(value, now) == expected
 
 
+class _Unread(httpx.AsyncByteStream):
+    """A body not read yet, as a network transport hands it over (``httpx.Response(content=)``
+    reads its body at once, and the raw bytes of a read body cannot be streamed again)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for start in range(0, len(self.data), 65_536):
+            yield self.data[start : start + 65_536]
+
+
 def _clients(handler: Any, **settings: Any) -> StatusClients:
+    async def streamed(request: httpx.Request) -> httpx.Response:
+        answer = handler(request)
+        if inspect.isawaitable(answer):
+            answer = await answer
+        if isinstance(answer.stream, _Unread):
+            return answer
+        return httpx.Response(
+            answer.status_code, headers=answer.headers, stream=_Unread(answer.content)
+        )
+
     return StatusClients(
         Settings(evolink_api_key=Secret("ek"), provider_timeout=0.5, **settings),
-        transport=httpx.MockTransport(handler),
+        transport=httpx.MockTransport(streamed),
     )
 
 
@@ -506,3 +532,187 @@ def test_simulator_says_when_the_real_provider_would_refuse_the_url() -> None:
     assert len(url_notes("rivya", "https://localhost/callbacks/rivya")) == 1
     assert len(url_notes("evolink", "https://relay.example.com/" + "x" * 2048)) == 1
     assert url_notes("apiframe", "http://127.0.0.1/hook") == []  # Apiframe documents no rules
+
+
+# --- what an answer may cost, where a request may go ------------------------------------------
+
+
+def _fetch_with(handler: Any, provider: str = "evolink", task_id: str = "task-unified-1-x") -> Any:
+    async def fetch() -> Any:
+        clients = _clients(handler, apiframe_api_key=Secret("afk_secret"))
+        try:
+            return await clients.fetch(provider, task_id)
+        finally:
+            await clients.aclose()
+
+    return asyncio.run(fetch())
+
+
+def _gzip_bomb(expanded: int) -> bytes:
+    """``expanded`` bytes of zeros, gzip-compressed (about a thousandth of it)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = bytes(1024 * 1024)
+    return b"".join(packer.compress(block) for _ in range(expanded // len(block))) + (
+        packer.flush()
+    )
+
+
+def test_a_gzip_bomb_is_refused_without_expanding_it() -> None:
+    """256 MiB of zeros in 256 KB of gzip: a failed poll, never expanded in memory."""
+    import tracemalloc
+
+    bomb = _gzip_bomb(256 * 1024 * 1024)
+    asked: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.headers.get("accept-encoding"))
+        return httpx.Response(200, headers={"content-encoding": "gzip"}, stream=_Unread(bomb))
+
+    tracemalloc.start()
+    try:
+        answer = _fetch_with(handler)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # httpx's decoder expanded a whole 64 KiB chunk at once: about 64 MiB for this one.
+    assert peak < MAX_ANSWER_BYTES + 2 * len(bomb), peak
+    assert answer.outcome == "retry"
+    assert answer.error == "the answer is 'gzip'-encoded; the relay asks for identity"
+    assert asked == ["identity"]  # the relay asks for an answer it need not decompress
+
+
+@pytest.mark.parametrize(
+    ("encoding", "content", "outcome", "error"),
+    [
+        ("identity", b'{"id": "t", "status": "pending"}', "ok", None),
+        ("gzip", gzip.compress(b'{"id": "t", "status": "pending"}'), "retry", "'gzip'"),
+        ("deflate", zlib.compress(b'{"id": "t", "status": "pending"}'), "retry", "'deflate'"),
+        ("br", b"\x0b\x02\x80{}\x03", "retry", "'br'"),
+        ("gzip, gzip", b"", "retry", "'gzip, gzip'"),
+    ],
+)
+def test_compressed_answers_are_refused_unread(
+    encoding: str, content: bytes, outcome: str, error: str | None
+) -> None:
+    """The relay asks for identity; a provider that compresses anyway gets a failed poll."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-encoding": encoding}, stream=_Unread(content))
+
+    answer = _fetch_with(handler)
+    assert answer.outcome == outcome
+    if outcome == "ok":
+        assert answer.payload == {"id": "t", "status": "pending"} and answer.error is None
+    else:
+        assert answer.error == f"the answer is {error}-encoded; the relay asks for identity"
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+        "https://collector.example/steal?key=1",
+        "/v2/jobs/a1b2c3d4/",  # same origin: the providers document no redirect either
+    ],
+)
+def test_redirects_are_not_followed_and_the_key_stays_home(status: int, location: str) -> None:
+    """Apiframe's X-API-Key (also its webhook HMAC key) goes to its configured origin only."""
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        if request.url.host == "api.apiframe.ai" and request.url.path == "/v2/jobs/a1b2c3d4":
+            return httpx.Response(status, headers={"location": location}, content=b"secret page")
+        return httpx.Response(200, content=b'{"id": "a1b2c3d4", "status": "COMPLETED"}')
+
+    answer = _fetch_with(handler, "apiframe", "a1b2c3d4")
+    assert [str(request.url) for request in sent] == ["https://api.apiframe.ai/v2/jobs/a1b2c3d4"]
+    assert sent[0].headers["x-api-key"] == "afk_secret"
+    assert answer.outcome == "retry" and answer.status_code == status
+    where = "the same origin" if location.startswith("/") else location.split("/")[2]
+    assert answer.error.startswith(f"HTTP {status}: the status API redirects to ")
+    assert where in answer.error
+    # Neither the redirect's path and query nor the answer's body reach last_error and the logs.
+    assert "secret" not in answer.error and "latest" not in answer.error
+    assert "key=1" not in answer.error
+
+
+@pytest.mark.parametrize("task_id", ["\u20ac" * 7300, "t\ud800"])
+def test_a_task_id_that_cannot_form_a_url_is_invalid_without_a_request(task_id: str) -> None:
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(503)
+
+    answer = _fetch_with(handler, "evolink", task_id)
+    assert answer.outcome == "invalid" and sent == []
+    assert answer.error.startswith("the task id cannot form a status URL")
+
+
+def test_a_lying_content_length_cannot_answer_another_poll() -> None:
+    """Bytes past a short Content-Length stay on their connection: the next poll, about
+    another task, gets its own answer (the relay never reuses a status connection)."""
+    import socket
+    import threading
+
+    smuggled = b'{"id": "task-unified-A", "status": "completed"}'
+    own = b'{"id": "task-unified-A", "status": "pending"}'
+    # Content-Length covers the first answer only; a whole second answer follows it.
+    lying = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%sHTTP/1.1 200 OK\r\n" % (
+        len(own),
+        own,
+    ) + b"Content-Length: %d\r\n\r\n%s" % (len(smuggled), smuggled)
+    honest = b'{"id": "task-unified-B", "status": "pending"}'
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            while True:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    head += chunk
+                if b"task-unified-A" in head.split(b"\r\n", 1)[0]:
+                    conn.sendall(lying)
+                else:
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(honest), honest)
+                    )
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+
+    async def both() -> tuple[Any, Any]:
+        clients = StatusClients(
+            Settings(
+                evolink_api_key=Secret("ek"),
+                evolink_base_url=f"http://127.0.0.1:{port}",
+                provider_timeout=2,
+            )
+        )
+        try:
+            first = await clients.fetch("evolink", "task-unified-A")
+            second = await clients.fetch("evolink", "task-unified-B")
+        finally:
+            await clients.aclose()
+        return first, second
+
+    try:
+        first, second = asyncio.run(both())
+    finally:
+        server.close()
+    assert first.outcome == "ok" and first.payload == json.loads(own)
+    # Reusing the connection, the smuggled answer was B's: {"id": "task-unified-A", ...}.
+    assert second.outcome == "ok" and second.payload == json.loads(honest)

@@ -505,3 +505,58 @@ def test_hostile_status_answers_are_kept_verbatim_or_retried(
             watch,
         )
         assert not of_task(sink.receipts, refused[name])
+
+
+def test_each_poll_is_one_relay_line_and_httpx_logs_no_urls(
+    emulator: ProviderEmulator, tmp_path: Path
+) -> None:
+    """A `relay serve` process logs one `watch_polled` line per answered poll (watch, task,
+    outcome, latency); httpx's own line with the full status URL and no watch is gone."""
+    import httpx
+
+    from tests.relay_process import RelayProcess
+    from tests.reliability import free_port
+
+    relay = RelayProcess(
+        tmp_path,
+        free_port(),
+        RELAY_REVE_ART_BASE_URL=emulator.url,
+        RELAY_REVE_ART_API_KEY=emulator.keys["reve-art"],
+        RELAY_WATCH_BACKOFF="0.05,0.2",
+        RELAY_LOG_LEVEL="info",
+        RELAY_LOG_FORMAT="json",
+    )
+    relay.log_path = tmp_path / "relay.log"
+    relay.start()
+    try:
+        task_id = emulator.add_task("reve-art")
+        created = httpx.post(
+            f"{relay.base}/v1/watches",
+            json={"provider": "reve-art", "task_id": task_id},
+            headers=relay.admin,
+            timeout=10,
+        ).json()
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            shown = httpx.get(
+                f"{relay.base}/v1/watches/{created['id']}", headers=relay.admin, timeout=10
+            ).json()
+            if shown["state"] != "active":
+                break
+            time.sleep(0.05)
+        assert shown["state"] == "completed", shown
+    finally:
+        relay.stop()
+    text = relay.log_path.read_text()
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    polled = [line for line in lines if line.get("event") == "watch_polled"]
+    assert len(polled) == shown["polls"] == len(emulator.hits_for(task_id)) >= 2
+    for line in polled:
+        assert (line["watch_id"], line["provider"], line["task_id"]) == (
+            created["id"],
+            "reve-art",
+            task_id,
+        )
+        assert line["status_code"] == 200 and line["latency_ms"] >= 0 and line["outcome"]
+    assert "HTTP Request" not in text
+    assert f"/v1/reve-image/status/{task_id}" not in text

@@ -1,5 +1,6 @@
 """The reliability suite: crashes, storage outages, hostile input, forged callbacks, hostile
-subscribers and the admin surface, each run against real relays.
+subscribers, the provider side (status APIs) and the admin surface, each run against real
+relays.
 
 Every scenario is a function ``run(ctx: Context) -> list[Row]`` in one of this package's
 modules, registered in ``SECTIONS``. The same code serves two callers:

@@ -22,6 +22,7 @@ ORDER = [
     "hostile_input",
     "forged",
     "hostile_subscribers",
+    "provider_side",
     "admin_surface",
 ]
 HELPERS = {"suite"}
