@@ -172,10 +172,10 @@ class StatusClients:
             return StatusAnswer(
                 "retry", error=f"no API key: set RELAY_{_env_name(provider)}_API_KEY"
             )
-        url = api.url(task_id)
-        if url is None:
-            return StatusAnswer("invalid", error="the task id cannot be a path segment")
         try:
+            url = api.url(task_id)
+            if url is None:
+                return StatusAnswer("invalid", error="the task id cannot be a path segment")
             request = self._client.build_request("GET", url, headers=api.auth(str(api.api_key)))
         except (httpx.InvalidURL, ValueError) as exc:  # UnicodeError is a ValueError
             # Too long for a URL (httpx's limit is 64 KiB), a lone surrogate...: for good.

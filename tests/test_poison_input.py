@@ -21,6 +21,7 @@ import pytest
 
 from service import metrics
 from service.delivery import Attempt, storable_text
+from service.providers.base import task_id_problem
 from service.store.base import AttemptRecord, Claim
 from service.worker import DeliveryWorker
 from tests.conftest import EVOLINK_COMPLETED, RelayServer
@@ -199,3 +200,13 @@ def test_a_record_the_store_refuses_is_logged_counted_and_stored_without_the_ans
     (record,) = store.recorded
     assert (record.outcome, record.status_code, record.response_excerpt) == ("succeeded", 200, None)
     assert "refused" in (record.error or "")
+
+
+def test_the_task_id_rule() -> None:
+    assert task_id_problem("task-unified-1756817821-4x3rx6ny") is None
+    assert task_id_problem("t" * 256) is None
+    assert task_id_problem(".a.") is None
+    assert task_id_problem("t\ud800") == "contains a control character or a lone surrogate"
+    assert task_id_problem("t\x85") == "contains a control character or a lone surrogate"
+    assert task_id_problem("...") == "is only dots"
+    assert task_id_problem("t" * 257) == "is longer than 256 characters"

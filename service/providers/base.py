@@ -84,13 +84,14 @@ def task_id_problem(task_id: str) -> str | None:
     if len(task_id) > MAX_TASK_ID_LENGTH:
         return f"is longer than {MAX_TASK_ID_LENGTH} characters"
     if _CONTROL.search(task_id):
-        return "contains a control character"
+        return "contains a control character or a lone surrogate"
     if not task_id.strip("."):
         return "is only dots"
     return None
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: Control characters, and lone surrogates (not text: no store or URL can carry them).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def task_id_from(payload: Mapping[str, Any], *keys: str) -> str:
