@@ -27,7 +27,8 @@ from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
 from service.access_log import add_access_fields
-from service.errors import Forbidden, InternalError, InvalidInput, RelayError
+from service.callback_json import parse_callback
+from service.errors import Forbidden, InternalError, RelayError
 from service.http import error_response, forwarded_client, receive_body
 from service.providers import Provider, get_provider
 from service.relay import Relay
@@ -77,11 +78,7 @@ async def _receive(
     url_id = _url_id(relay, provider, token)
     body = await receive_body(receive, headers.get("content-length"), relay.settings.max_body_bytes)
     provider.verify(headers, body, relay.settings)
-    try:
-        # orjson is strict: no NaN or Infinity, valid UTF-8 only, nesting depth bounded.
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise InvalidInput("The callback body is not valid JSON.", code="invalid_json") from None
+    payload = parse_callback(body)
     normalized = provider.normalize(payload)
     if normalized.unknown_status:
         log.warning(

@@ -408,7 +408,6 @@ def test_normalize_status_words_are_case_insensitive(
     ("provider", "payload"),
     [
         ("evolink", {"id": "t", "status": "exploding"}),
-        ("evolink", {"id": "t", "status": 7}),
         ("evolink", {"id": "t"}),
         ("apiframe", {"jobId": "j", "status": "THROTTLED"}),
         ("apiframe", {"jobId": "j", "event": "started"}),

@@ -23,6 +23,7 @@ from service.providers.base import (
     job_update,
     progress_from,
     require_object,
+    status_from,
     task_id_from,
     text_or_none,
     unique,
@@ -84,7 +85,7 @@ class Apiframe(Provider):
 
     def _normalize_v2(self, body: dict[str, Any]) -> Normalized:
         task_id = task_id_from(body, "jobId", "id")
-        raw_status = body.get("status")
+        raw_status = status_from(body)
         if raw_status is None and isinstance(body.get("event"), str):
             raw_status = {
                 "completed": "COMPLETED",
@@ -113,7 +114,7 @@ class Apiframe(Provider):
         songs = body.get("songs")
         if isinstance(songs, list):
             outputs += urls_to_outputs(songs, "audio")
-        raw_status = body.get("status")
+        raw_status = status_from(body)
         if raw_status is None and outputs:
             status, unknown = "succeeded", False  # v1 results may carry no status at all
         else:

@@ -72,7 +72,22 @@ def task_id_from(payload: Mapping[str, Any], *keys: str) -> str:
             return value.strip()
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)
+        if value is not None and not isinstance(value, str):
+            # A number with a fraction, a boolean, a list or an object: not an id to guess at.
+            raise InvalidPayload(f"The task id in {key!r} must be a string or an integer.")
     raise InvalidPayload(f"The callback body has no task id (looked for {', '.join(keys)}).")
+
+
+def status_from(payload: Mapping[str, Any], key: str = "status") -> str | None:
+    """The provider's status word, or None when there is none (absent or null).
+
+    Raises:
+        InvalidPayload: the field holds something other than a string.
+    """
+    value = payload.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise InvalidPayload(f"The status in {key!r} must be a string.")
 
 
 def progress_from(value: Any) -> int | None:

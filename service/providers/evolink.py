@@ -11,6 +11,7 @@ from service.providers.base import (
     media_type_from,
     progress_from,
     require_object,
+    status_from,
     task_id_from,
     text_or_none,
     unique,
@@ -36,7 +37,7 @@ class Evolink(Provider):
     def normalize(self, payload: Any) -> Normalized:
         body = require_object(payload)
         task_id = task_id_from(body, "id", "task_id")
-        raw_status = body.get("status")
+        raw_status = status_from(body)
         status, unknown = self.map_status(raw_status)
         error = body.get("error")
         if (

@@ -18,6 +18,7 @@ from service.providers.base import (
     guess_media_type,
     progress_from,
     require_object,
+    status_from,
     task_id_from,
     text_or_none,
     unique,
@@ -47,7 +48,7 @@ class ReveArt(Provider):
     def normalize(self, payload: Any) -> Normalized:
         body = require_object(payload)
         task_id = task_id_from(body, "id", "image_id")
-        raw_status = body.get("status")
+        raw_status = status_from(body)
         status, unknown = self.map_status(raw_status)
         outputs: list[Output] = []
         url = text_or_none(body.get("url"))

@@ -24,6 +24,7 @@ from service.providers.base import (
     guess_media_type,
     job_update,
     require_object,
+    status_from,
     task_id_from,
     text_or_none,
     unique,
@@ -103,7 +104,7 @@ class Rivya(Provider):
             event_type = text_or_none(body.get("type"))
             body = body["data"]
         task_id = task_id_from(body, "id", "task_id", "taskId")
-        raw_status = body.get("status")
+        raw_status = status_from(body)
         if raw_status is None and event_type is not None:
             raw_status = event_type.removeprefix("generation.")
         status, unknown = self.map_status(raw_status)
