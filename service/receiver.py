@@ -32,6 +32,7 @@ from service.errors import Forbidden, InternalError, RelayError
 from service.http import error_response, forwarded_client, receive_body
 from service.providers import Provider, get_provider
 from service.relay import Relay
+from service.tokens import InvalidToken
 from service.watches import hold_callback, needs_confirmation
 
 log = structlog.get_logger("service.receiver")
@@ -60,9 +61,11 @@ def _check_source(relay: Relay, provider: str, scope: Scope, headers: Headers) -
 def _url_id(relay: Relay, provider: Provider, token: str | None) -> str | None:
     """The URL token's ``url_id``; None at ``/callbacks/<provider>`` (no token) for a provider
     whose signature then authenticates the callback (checked next, on the raw body)."""
-    if token is None and provider.accepts_tokenless(relay.settings):
-        return None
-    return relay.tokens.verify(provider.name, token or "", time.time())
+    if token is None:
+        if provider.accepts_tokenless(relay.settings):
+            return None
+        raise InvalidToken(provider.tokenless_refusal(relay.settings))
+    return relay.tokens.verify(provider.name, token, time.time())
 
 
 async def _receive(

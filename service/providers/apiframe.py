@@ -5,6 +5,10 @@ The v2 job object of ``GET /v2/jobs/{id}`` (polled by watches) normalizes like a
 v2 signs the raw body: ``X-Webhook-Signature: sha256=<hex>`` (or bare hex) is HMAC-SHA256 keyed
 with the SHA-256 digest of the API key. v1 echoes the per-job ``webhook_secret`` in
 ``x-webhook-secret``. Both payload shapes arrive at the same URL and are told apart by field.
+
+Apiframe's own pages document no signature at all (the HMAC scheme comes from docs-v2 and its
+SDK), so whether one is demanded is a setting of its own, ``RELAY_APIFRAME_SIGNATURE``, apart
+from the API key that watches poll with; see ``Apiframe.verify``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from typing import Any
+
+import orjson
 
 from service.events import Normalized, Output
 from service.providers.base import (
@@ -56,32 +62,52 @@ class Apiframe(Provider):
     }
 
     def verify(self, headers: Mapping[str, str], body: bytes, settings: Settings) -> None:
-        api_key, secret = settings.apiframe_api_key, settings.apiframe_webhook_secret
-        if api_key is None and secret is None:
-            return
+        """Each credential a callback presents must be right; what a callback must present
+        depends on its version (the URL token, checked before, is required of all).
+
+        * ``X-Webhook-Signature`` (v2), when present, must match the body, unless
+          ``RELAY_APIFRAME_SIGNATURE=off`` or no API key is configured (nothing to check with).
+          ``required``: a v2 callback without it is refused.
+        * ``x-webhook-secret`` (v1), when present and ``RELAY_APIFRAME_WEBHOOK_SECRET`` is set,
+          must equal it; a v1 callback without it is then refused. v2 rules never apply to v1.
+        """
+        api_key, mode = settings.apiframe_api_key, settings.apiframe_signature
+        secret = settings.apiframe_webhook_secret
+        signature = headers.get("x-webhook-signature")
         presented_secret = headers.get("x-webhook-secret")
-        # Each configured check guards the callbacks that carry its credential; with both
-        # configured (v1 and v2 jobs side by side) a callback must pass the one it presents.
-        if secret is not None and (api_key is None or presented_secret is not None):
-            if presented_secret is None or not hmac.compare_digest(
-                presented_secret.encode(), str(secret).encode()
-            ):
-                raise InvalidSignature("The x-webhook-secret header is missing or wrong.")
+        signed = False
+        if signature is not None and mode != "off" and api_key is not None:
+            presented = signature.strip().removeprefix("sha256=").lower()
+            expected = apiframe_signature(str(api_key), body)
+            if not hmac.compare_digest(presented.encode(), expected.encode()):
+                raise InvalidSignature("The X-Webhook-Signature header does not match the body.")
+            signed = True
+        if secret is not None and presented_secret is not None:
+            if not hmac.compare_digest(presented_secret.encode(), str(secret).encode()):
+                raise InvalidSignature("The x-webhook-secret header is wrong.")
+        needs_signature = mode == "required" and not signed
+        needs_secret = secret is not None and presented_secret is None
+        if not (needs_signature or needs_secret):
             return
-        assert api_key is not None
-        presented = headers.get("x-webhook-signature", "").strip()
-        presented = presented.removeprefix("sha256=").lower()
-        expected = apiframe_signature(str(api_key), body)
-        if not presented or not hmac.compare_digest(presented.encode(), expected.encode()):
-            raise InvalidSignature()
+        # Which rules apply depends on the version, told by the body's fields (it is read here
+        # only for callbacks that presented too little to pass either way).
+        if _is_v1_body(body):
+            if needs_secret:
+                raise InvalidSignature(
+                    "This Apiframe v1 callback has no x-webhook-secret header "
+                    "(RELAY_APIFRAME_WEBHOOK_SECRET is set)."
+                )
+        elif needs_signature:
+            raise InvalidSignature(
+                "This Apiframe v2 callback has no valid X-Webhook-Signature "
+                "(RELAY_APIFRAME_SIGNATURE=required)."
+            )
 
     def normalize(self, payload: Any) -> Normalized:
         body = require_object(payload)
-        # v2 webhooks carry jobId/event; v2's GET /v2/jobs/{id} answers the job with an "id";
-        # v1 payloads always name their task task_id (or taskId).
-        if "jobId" in body or "event" in body or ("id" in body and not _has_v1_id(body)):
-            return self._normalize_v2(body)
-        return self._normalize_v1(body)
+        if _is_v1(body):
+            return self._normalize_v1(body)
+        return self._normalize_v2(body)
 
     def _normalize_v2(self, body: dict[str, Any]) -> Normalized:
         task_id = task_id_from(body, "jobId", "id")
@@ -135,8 +161,22 @@ class Apiframe(Provider):
         )
 
 
-def _has_v1_id(body: dict[str, Any]) -> bool:
-    return body.get("task_id") is not None or body.get("taskId") is not None
+def _is_v1(body: dict[str, Any]) -> bool:
+    """v1 payloads name their task task_id (or taskId); v2 webhooks carry jobId and event, and
+    v2's ``GET /v2/jobs/{id}`` answers the job with an ``id``."""
+    if "jobId" in body or "event" in body:
+        return False
+    has_v1_id = body.get("task_id") is not None or body.get("taskId") is not None
+    return has_v1_id or "id" not in body
+
+
+def _is_v1_body(body: bytes) -> bool:
+    """Whether a raw callback body is a v1 payload (a body that does not parse is not)."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(payload, dict) and _is_v1(payload)
 
 
 def _v2_outputs(result: Any) -> tuple[Output, ...]:

@@ -38,6 +38,13 @@ class Provider:
         """
         return False
 
+    def tokenless_refusal(self, settings: Settings) -> str:
+        """Why a callback at ``/callbacks/<name>`` without a URL token is refused."""
+        return (
+            f"Callbacks to /callbacks/{self.name} need the token of a callback URL minted by "
+            "this relay (POST /v1/callback-urls)."
+        )
+
     def verify(self, headers: Mapping[str, str], body: bytes, settings: Settings) -> None:
         """Check the provider's own signature over the raw ``body``; raise ``Unauthorized``.
 

@@ -90,6 +90,13 @@ class Rivya(Provider):
     def accepts_tokenless(self, settings: Settings) -> bool:
         return settings.rivya_webhook_secret is not None
 
+    def tokenless_refusal(self, settings: Settings) -> str:
+        return (
+            "Callbacks to /callbacks/rivya without a token are taken only with "
+            "RELAY_RIVYA_WEBHOOK_SECRET set (the whsec_ signing secret Rivya showed when the "
+            "webhook was registered), and it is not set on this relay."
+        )
+
     def verify(self, headers: Mapping[str, str], body: bytes, settings: Settings) -> None:
         secret = settings.rivya_webhook_secret
         if secret is None:

@@ -57,7 +57,11 @@ def forged_and_replayed(ctx: Context) -> list[Row]:
     work = ctx.scratch("forged")
     sink = SubscriberServer().start()
     relay = RelayProcess(
-        work, free_port(), RELAY_SECRET_KEY=OLD_KEY, RELAY_APIFRAME_API_KEY=APIFRAME_KEY
+        work,
+        free_port(),
+        RELAY_SECRET_KEY=OLD_KEY,
+        RELAY_APIFRAME_API_KEY=APIFRAME_KEY,
+        RELAY_APIFRAME_SIGNATURE="required",  # so that an unsigned v2 callback is a forgery
     )
     try:
         relay.start()
@@ -265,8 +269,9 @@ def _run(
             "forged stored as events": len(stored_forged),
             "forged forwarded to the subscriber": from_forged,
         },
-        "A `relay serve` process with RELAY_APIFRAME_API_KEY set and RELAY_SECRET_KEY rotated "
-        "(URLs minted under the old key, then the relay restarted with only the new one); "
+        "A `relay serve` process with RELAY_APIFRAME_API_KEY set, "
+        "RELAY_APIFRAME_SIGNATURE=required and RELAY_SECRET_KEY rotated (URLs minted under "
+        "the old key, then the relay restarted with only the new one); "
         "each forgery posted once with its own task id, then the subscriber's receipts and "
         "GET /v1/events searched for those ids.",
     )
