@@ -159,6 +159,23 @@ class Relay:
             )
         )
         metrics.count_event(normalized.event_type, result.outcome)
+        # Emitted, but an operator should know: the relay did not find the result's files.
+        without_outputs = (
+            normalized.status == "succeeded"
+            and not normalized.outputs
+            and result.outcome == "accepted"
+        )
+        if without_outputs:
+            log.warning(
+                "succeeded_without_outputs",
+                provider=provider,
+                task_id=normalized.task_id,
+                event_id=result.event_id,
+            )
+        if without_outputs or normalized.unknown_status:
+            metrics.count_update_doubts(
+                provider, unknown_status=normalized.unknown_status, without_outputs=without_outputs
+            )
         if result.deliveries:
             self.on_deliveries()
         return result

@@ -7,7 +7,7 @@ Unit tests call the normalizers and checks directly; the rest go through a real 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -17,9 +17,20 @@ from starlette.datastructures import Secret
 from service.errors import InvalidPayload
 from service.providers import PROVIDERS
 from service.providers.apiframe import Apiframe, InvalidSignature, apiframe_signature
+from service.providers.evolink import Evolink
 from service.settings import ConfigError, Settings
 from tests.conftest import EVOLINK_COMPLETED, RelayServer
+from tests.provider_emulators import ProviderEmulator
+from tests.subscriber_server import SubscriberServer
 from tests.test_receiver import assert_error
+from tests.test_watches import (
+    FAST,
+    post_watch,
+    subscribe,
+    types,
+    wait_task_events,
+    wait_watch,
+)
 
 # --- one reading of a callback ---------------------------------------------------------------
 
@@ -212,3 +223,198 @@ def test_rivya_without_its_secret_names_the_setting(relay_server: RelayServer) -
     evolink = relay_server.client.post("/callbacks/evolink", json=EVOLINK_COMPLETED)
     assert_error(evolink, 401, "invalid_token")
     assert "POST /v1/callback-urls" in evolink.json()["error"]["message"]
+
+
+# --- every result shape gives outputs, typed ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("result", "model", "outputs"),
+    [
+        (
+            ["https://c/1.png", "https://c/2.png"],
+            None,
+            [("https://c/1.png", "image"), ("https://c/2.png", "image")],
+        ),
+        ({"url": "https://c/v.mp4"}, None, [("https://c/v.mp4", "video")]),
+        ({"url": "https://c/result"}, "reve-create", [("https://c/result", "image")]),
+        (["https://c/clip"], "kling-2.6-video", [("https://c/clip", "video")]),
+        ("https://c/song", "suno-v5", [("https://c/song", "audio")]),
+        (
+            {"tracks": [{"audioUrl": "https://c/t1"}, {"audio_url": "https://c/t2.mp3"}]},
+            None,
+            [("https://c/t1", "audio"), ("https://c/t2.mp3", "audio")],
+        ),
+        (
+            {"images": [{"url": "https://c/1.png"}], "gridUrl": "https://c/grid.png"},
+            None,
+            [("https://c/1.png", "image")],
+        ),
+        ({"videoUrl": "https://c/v"}, "midjourney", [("https://c/v", "video")]),
+        ({"videos": [{"videoUrl": "https://c/w.webm"}]}, None, [("https://c/w.webm", "video")]),
+    ],
+)
+def test_apiframe_every_result_shape_gives_outputs(
+    result: Any, model: str | None, outputs: list[tuple[str, str]]
+) -> None:
+    """A URL, a list of URLs, {"url"} and each modality's object all give outputs, typed by
+    the URL's extension, else by what the field or the model says."""
+    payload = {"jobId": "j", "status": "COMPLETED", "result": result, "model": model}
+    normalized = Apiframe().normalize(payload)
+    assert [(o.url, o.media_type) for o in normalized.outputs] == outputs
+
+
+@pytest.mark.parametrize(
+    ("fields", "media_type"),
+    [
+        ({"type": "text", "results": ["https://c/a.png"]}, "image"),
+        ({"type": "text", "object": "image.generation.task", "results": ["https://c/a"]}, "image"),
+        ({"type": "text", "object": "audio.generation.task", "results": ["https://c/a"]}, "audio"),
+        ({"type": "video", "results": ["https://c/a"]}, "video"),
+        ({"type": "text", "results": ["https://c/a"]}, None),
+    ],
+)
+def test_evolink_outputs_are_never_text(fields: dict[str, Any], media_type: str | None) -> None:
+    """An output's type comes from its URL, else from the task's object or type, never "text"."""
+    payload = {"id": "task-unified-1-abc", "status": "completed", **fields}
+    (output,) = Evolink().normalize(payload).outputs
+    assert output.media_type == media_type
+
+
+def metric(relay: RelayServer, name: str, provider: str) -> float:
+    """The value of ``name{provider=...}`` in the relay's /metrics (0 before any count)."""
+    text = relay.client.get("/metrics", headers=relay.admin).text
+    prefix = f'{name}{{provider="{provider}"}} '
+    values = [float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix)]
+    return values[0] if values else 0.0
+
+
+def test_succeeded_without_outputs_is_emitted_logged_and_counted(
+    relay_server: RelayServer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A succeeded callback whose result the relay cannot read is still emitted, and an
+    operator sees it: one succeeded_without_outputs line and one count per event."""
+    name = "relay_succeeded_without_outputs_total"
+    before = metric(relay_server, name, "apiframe")
+    url = relay_server.mint("apiframe")
+    odd = {"jobId": "j-odd", "status": "COMPLETED", "result": {"files": [{"href": "https://c/x"}]}}
+    for _ in range(2):  # the provider's retry is a duplicate: counted once
+        assert relay_server.post_callback(url, odd).status_code == 200
+    (event,) = relay_server.events(task_id="j-odd")
+    assert (event["type"], event["data"]["outputs"]) == ("generation.succeeded", [])
+    assert metric(relay_server, name, "apiframe") == before + 1
+    logged = [line for line in capfd.readouterr().out.splitlines() if "succeeded_without" in line]
+    assert len(logged) == 1 and "task_id=j-odd" in logged[0] and "provider=apiframe" in logged[0]
+    good = {"jobId": "j-ok", "status": "COMPLETED", "result": ["https://c/ok.png"]}
+    assert relay_server.post_callback(url, good).status_code == 200
+    assert metric(relay_server, name, "apiframe") == before + 1
+
+
+# --- failures that end ------------------------------------------------------------------------
+
+FAILURE_WORDS = ["failure", "ERROR", "Errored", "timeout", "TIMED-OUT", "expired", " rejected "]
+CANCEL_WORDS = ["cancelled", "CANCELED", "Cancel"]
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+@pytest.mark.parametrize("word", FAILURE_WORDS + CANCEL_WORDS)
+def test_failure_and_cancel_words_end_the_task(provider: str, word: str) -> None:
+    """The common failure and cancel words, in any case, end a task on every provider."""
+    normalized = PROVIDERS[provider].normalize(SHAPES[provider]("t-1", word))
+    expected = "canceled" if word in CANCEL_WORDS else "failed"
+    assert (normalized.status, normalized.unknown_status) == (expected, False)
+    if expected == "failed":
+        assert normalized.error is not None and normalized.error["code"]
+
+
+def test_unknown_status_words_are_counted_by_provider(relay_server: RelayServer) -> None:
+    """Every update with a word the relay does not know is counted under its provider."""
+    name = "relay_unknown_status_total"
+    before = {p: metric(relay_server, name, p) for p in ("evolink", "apiframe")}
+    url = relay_server.mint()
+    for word, progress in (("warming_up", 5), ("warming_up", 5), ("thinking", 9)):
+        payload = EVOLINK_COMPLETED | {"id": "t-odd", "status": word, "progress": progress}
+        assert relay_server.post_callback(url, payload).status_code == 200
+    assert metric(relay_server, name, "evolink") == before["evolink"] + 3
+    assert metric(relay_server, name, "apiframe") == before["apiframe"]
+
+
+# --- through watches, against the emulated status APIs, on both stores ----------------------
+
+
+@pytest.fixture
+def emulator() -> Iterator[ProviderEmulator]:
+    server = ProviderEmulator().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sink() -> Iterator[SubscriberServer]:
+    server = SubscriberServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_settings(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """Relay settings for each store: the default SQLite file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    from tests.test_store_contract import fresh_schema
+
+    with fresh_schema() as url:
+        yield {"database_url": url}
+
+
+def test_watches_end_on_failure_words_and_read_every_result_shape(
+    store_settings: dict[str, Any],
+    emulator: ProviderEmulator,
+    relay_factory: Callable[..., RelayServer],
+    sink: SubscriberServer,
+) -> None:
+    """Polled tasks that end with words the pages do not list end their watch with a failed
+    or canceled event, and an Apiframe job whose result is a list of URLs has its outputs."""
+    relay = relay_factory(**emulator.relay_settings(**FAST, **store_settings))
+    try:
+        subscribe(relay, sink)
+        done = ((0.0, "queued"), (0.3, "failed"))
+        tasks = {
+            emulator.add_task("reve-art", timeline=done, words={"failed": "Rejected"}): (
+                "reve-art",
+                "generation.failed",
+            ),
+            emulator.add_task("apiframe", timeline=done, words={"failed": "TIMED_OUT"}): (
+                "apiframe",
+                "generation.failed",
+            ),
+            emulator.add_task("rivya", timeline=done, words={"failed": "canceled"}): (
+                "rivya",
+                "generation.canceled",
+            ),
+            emulator.add_task(
+                "apiframe",
+                timeline=((0.0, "queued"), (0.3, "succeeded")),
+                result=["https://cdn.apiframe.example/a.png", "https://cdn.apiframe.example/b"],
+            ): ("apiframe", "generation.succeeded"),
+        }
+        watches = {
+            task_id: post_watch(relay, provider=provider, task_id=task_id)["id"]
+            for task_id, (provider, _) in tasks.items()
+        }
+        for task_id, (_, last_type) in tasks.items():
+            receipts = wait_task_events(sink, task_id, 2)
+            assert types(receipts) == ["generation.queued", last_type]
+            wait_watch(relay, watches[task_id], "completed")
+            final = receipts[-1].data
+            if last_type == "generation.succeeded":
+                assert final["outputs"] == [
+                    {"url": "https://cdn.apiframe.example/a.png", "media_type": "image"},
+                    # no extension: the job's model (reve-create) says what it makes
+                    {"url": "https://cdn.apiframe.example/b", "media_type": "image"},
+                ]
+            else:
+                assert final["error"] is None or final["error"]["code"]
+    finally:
+        relay.stop()  # before the schema goes

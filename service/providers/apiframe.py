@@ -25,8 +25,10 @@ from service.providers.base import (
     InvalidSignature,
     Provider,
     error_from,
-    guess_media_type,
     job_update,
+    media_type_of,
+    media_type_of_name,
+    output,
     progress_from,
     require_object,
     status_from,
@@ -126,7 +128,7 @@ class Apiframe(Provider):
             raw_status=raw_status,
             status=status,
             unknown=unknown,
-            outputs=_v2_outputs(body.get("result")),
+            outputs=_v2_outputs(body.get("result"), media_type_of_name(body.get("model"))),
         )
 
     def _normalize_v1(self, body: dict[str, Any]) -> Normalized:
@@ -134,25 +136,24 @@ class Apiframe(Provider):
         outputs = urls_to_outputs(body.get("image_urls"), "image")
         # text_or_none, not isinstance: an empty URL is no output (and no proof of success).
         if not outputs and text_or_none(body.get("original_image_url")):
-            outputs = [Output(body["original_image_url"], "image")]
-        if isinstance(body.get("video_url"), str) and body["video_url"]:
-            outputs.append(Output(body["video_url"], "video"))
-        songs = body.get("songs")
-        if isinstance(songs, list):
-            outputs += urls_to_outputs(songs, "audio")
+            outputs = [output(body["original_image_url"], "image")]
+        if text_or_none(body.get("video_url")):
+            outputs.append(output(body["video_url"], "video"))
+        outputs += urls_to_outputs(body.get("songs"), "audio")
         raw_status = status_from(body)
         if raw_status is None and outputs:
             status, unknown = "succeeded", False  # v1 results may carry no status at all
         else:
             status, unknown = self.map_status(raw_status)
-        media_types = {output.media_type for output in outputs} - {None}
+        model = text_or_none(body.get("model")) or text_or_none(body.get("task_type"))
+        kept = unique(outputs)
         return Normalized(
             task_id=task_id,
             status=status,
             progress=progress_from(body.get("percentage", body.get("progress"))),
-            model=text_or_none(body.get("model")) or text_or_none(body.get("task_type")),
-            media_type=media_types.pop() if len(media_types) == 1 else None,
-            outputs=unique(outputs),
+            model=model,
+            media_type=media_type_of(kept),
+            outputs=kept,
             error=error_from(body.get("error") or body.get("message"), status, "Apiframe")
             if status in ("failed", "canceled")
             else None,
@@ -179,16 +180,25 @@ def _is_v1_body(body: bytes) -> bool:
     return isinstance(payload, dict) and _is_v1(payload)
 
 
-def _v2_outputs(result: Any) -> tuple[Output, ...]:
-    if isinstance(result, str) and result:
-        return (Output(result, guess_media_type(result)),)
+def _v2_outputs(result: Any, said: str | None) -> tuple[Output, ...]:
+    """Every shape of v2's ``result``: a URL, a list of URLs, ``{"url"}``, or by modality
+    ``{"images", "gridUrl"}``, ``{"videoUrl"}``, ``{"videos"}``, ``{"tracks"}``. ``said`` is
+    what the job's model says it makes, for URLs without a telling extension."""
+    if isinstance(result, str):
+        return (output(result, said),) if result else ()
+    if isinstance(result, list):
+        return unique(urls_to_outputs(result, said))
     if not isinstance(result, dict):
         return ()
-    outputs = urls_to_outputs(result.get("images"), "image")
-    if not outputs and text_or_none(result.get("gridUrl")):  # an empty URL is no output
-        outputs.append(Output(result["gridUrl"], "image"))
-    if isinstance(result.get("videoUrl"), str) and result["videoUrl"]:
-        outputs.append(Output(result["videoUrl"], "video"))
+    outputs = []
+    if text_or_none(result.get("url")):
+        outputs.append(output(result["url"], said))
+    outputs += urls_to_outputs(result.get("images"), "image")
+    # The grid is the four images in one: a result of its own only when they are not listed.
+    if not outputs and text_or_none(result.get("gridUrl")):
+        outputs.append(output(result["gridUrl"], "image"))
+    if text_or_none(result.get("videoUrl")):
+        outputs.append(output(result["videoUrl"], "video"))
     outputs += urls_to_outputs(result.get("videos"), "video")
     outputs += urls_to_outputs(result.get("tracks"), "audio")
     return unique(outputs)

@@ -15,7 +15,7 @@ from service.events import Normalized, Output
 from service.providers.base import (
     Provider,
     error_from,
-    guess_media_type,
+    output,
     progress_from,
     require_object,
     status_from,
@@ -53,7 +53,7 @@ class ReveArt(Provider):
         outputs: list[Output] = []
         url = text_or_none(body.get("url"))
         if url:
-            outputs.append(Output(url, guess_media_type(url) or "image"))
+            outputs.append(output(url, "image"))
         outputs += urls_to_outputs(body.get("urls"), "image")
         metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
         return Normalized(

@@ -21,13 +21,15 @@ from service.events import Normalized, Output
 from service.providers.base import (
     InvalidSignature,
     Provider,
-    guess_media_type,
     job_update,
+    media_type_of_name,
+    output,
     require_object,
     status_from,
     task_id_from,
     text_or_none,
     unique,
+    urls_to_outputs,
 )
 from service.settings import Settings
 from service.signing import matches, secret_key
@@ -122,20 +124,16 @@ class Rivya(Provider):
             raw_status=raw_status,
             status=status,
             unknown=unknown,
-            outputs=_outputs(body.get("result")),
+            outputs=_outputs(body.get("result"), media_type_of_name(body.get("model"))),
         )
 
 
-def _outputs(result: Any) -> tuple[Output, ...]:
+def _outputs(result: Any, said: str | None) -> tuple[Output, ...]:
     """``result.urls`` (``result.primary_url`` when there is no list)."""
     if not isinstance(result, dict):
         return ()
-    outputs = [
-        Output(url, guess_media_type(url))
-        for url in (result.get("urls") if isinstance(result.get("urls"), list) else [])
-        if text_or_none(url)
-    ]
+    outputs = urls_to_outputs(result.get("urls"), said)
     primary = text_or_none(result.get("primary_url"))
     if not outputs and primary:
-        outputs.append(Output(primary, guess_media_type(primary)))
+        outputs.append(output(primary, said))
     return unique(outputs)
