@@ -188,13 +188,15 @@ def count_event(event_type: str, outcome: str) -> None:
     _count(("events", event_type, "emitted" if outcome == "accepted" else "superseded"))
 
 
-def count_update_doubts(provider: str, *, unknown_status: bool, without_outputs: bool) -> None:
-    """An update whose status word is unknown, or a succeeded event emitted with no output.
-    Both are rare, so they are counted directly. ``provider`` is a known provider's name."""
-    if unknown_status:
-        UNKNOWN_STATUSES.labels(provider).inc()
-    if without_outputs:
-        SUCCEEDED_WITHOUT_OUTPUTS.labels(provider).inc()
+def count_unknown_status(provider: str) -> None:
+    """An update (callback or poll) whose status word the relay does not know. Rare, so counted
+    directly; ``provider`` is a known provider's name (never raw input)."""
+    UNKNOWN_STATUSES.labels(provider).inc()
+
+
+def count_succeeded_without_outputs(provider: str) -> None:
+    """A succeeded event emitted without any output (rare, so counted directly)."""
+    SUCCEEDED_WITHOUT_OUTPUTS.labels(provider).inc()
 
 
 # Callbacks and events are counted on the hot path: there a count is one increment in a dict,

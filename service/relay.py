@@ -172,10 +172,9 @@ class Relay:
                 task_id=normalized.task_id,
                 event_id=result.event_id,
             )
-        if without_outputs or normalized.unknown_status:
-            metrics.count_update_doubts(
-                provider, unknown_status=normalized.unknown_status, without_outputs=without_outputs
-            )
+            metrics.count_succeeded_without_outputs(provider)
+        if normalized.unknown_status:  # (logged where it was read: receiver, watches)
+            metrics.count_unknown_status(provider)
         if result.deliveries:
             self.on_deliveries()
         return result
