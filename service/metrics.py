@@ -14,6 +14,10 @@ counters to files there and a scrape, answered by any one of them, adds up all o
                                                   refusal's error code (invalid_token, ...)
     relay_events_total{type, state}               events stored (from callbacks and watches):
                                                   emitted or superseded
+    relay_succeeded_without_outputs_total{provider}  succeeded events emitted with no output
+                                                  (a result shape the relay does not know)
+    relay_unknown_status_total{provider}          updates whose status word the relay does
+                                                  not know (kept as running)
     relay_delivery_attempts_total{outcome}        succeeded, retry (another attempt is
                                                   scheduled) or failed (waits for an operator)
     relay_delivery_attempt_duration_seconds       latency of each attempt (histogram)
@@ -77,6 +81,20 @@ EVENTS = Counter(
     "relay_events_total",
     "Events stored, by CloudEvent type and state (emitted, or superseded: never delivered).",
     ["type", "state"],
+    registry=REGISTRY,
+)
+SUCCEEDED_WITHOUT_OUTPUTS = Counter(
+    "relay_succeeded_without_outputs_total",
+    "Succeeded events emitted without any output, by provider: a result shape the relay does "
+    "not read (each is also logged as succeeded_without_outputs).",
+    ["provider"],
+    registry=REGISTRY,
+)
+UNKNOWN_STATUSES = Counter(
+    "relay_unknown_status_total",
+    "Updates (callbacks and polls) whose status word the relay does not know, by provider; "
+    "they are kept as running and logged as unknown_status with the word.",
+    ["provider"],
     registry=REGISTRY,
 )
 ATTEMPTS = Counter(
@@ -195,6 +213,17 @@ def count_event(event_type: str, outcome: str) -> None:
     if outcome not in ("accepted", "superseded") or event_type not in _KNOWN_TYPES:
         return
     _count(("events", event_type, "emitted" if outcome == "accepted" else "superseded"))
+
+
+def count_unknown_status(provider: str) -> None:
+    """An update (callback or poll) whose status word the relay does not know. Rare, so counted
+    directly; ``provider`` is a known provider's name (never raw input)."""
+    UNKNOWN_STATUSES.labels(provider).inc()
+
+
+def count_succeeded_without_outputs(provider: str) -> None:
+    """A succeeded event emitted without any output (rare, so counted directly)."""
+    SUCCEEDED_WITHOUT_OUTPUTS.labels(provider).inc()
 
 
 # Callbacks and events are counted on the hot path: there a count is one increment in a dict,

@@ -388,7 +388,10 @@ def _callback_operation(with_token: bool) -> dict[str, Any]:
         },
         "responses": {
             "200": _json(_ref("CallbackAnswer"), "Stored (or a duplicate, or superseded)."),
-            "400": _error("`invalid_json`: the body is not JSON (NaN and Infinity neither)."),
+            "400": _error(
+                "`invalid_json`: the body is not JSON (NaN and Infinity neither), or an object "
+                "in it gives a key twice."
+            ),
             "401": _error(
                 "`invalid_token`, `token_expired`, `invalid_signature`: not from the provider."
             ),
@@ -399,7 +402,10 @@ def _callback_operation(with_token: bool) -> dict[str, Any]:
                 'with "reusable": true).'
             ),
             "413": _error("`payload_too_large`: over RELAY_MAX_BODY_BYTES."),
-            "422": _error("`invalid_payload`: not an object, or no task id."),
+            "422": _error(
+                "`invalid_payload`: not an object; no task id; a task id neither a string nor "
+                "an integer; a status that is not a string (the message names the field)."
+            ),
             "503": _error("`storage_unavailable`: nothing was accepted; the provider retries."),
         },
     }

@@ -27,10 +27,12 @@ from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
 from service.access_log import add_access_fields
-from service.errors import Forbidden, InternalError, InvalidInput, RelayError
+from service.callback_json import parse_callback
+from service.errors import Forbidden, InternalError, RelayError
 from service.http import error_response, forwarded_client, receive_body
 from service.providers import PROVIDERS, Provider, get_provider
 from service.relay import Relay
+from service.tokens import InvalidToken
 from service.watches import confirms, hold_callback, needs_confirmation
 
 log = structlog.get_logger("service.receiver")
@@ -59,9 +61,11 @@ def _check_source(relay: Relay, provider: str, scope: Scope, headers: Headers) -
 def _url_id(relay: Relay, provider: Provider, token: str | None) -> str | None:
     """The URL token's ``url_id``; None at ``/callbacks/<provider>`` (no token) for a provider
     whose signature then authenticates the callback (checked next, on the raw body)."""
-    if token is None and provider.accepts_tokenless(relay.settings):
-        return None
-    return relay.tokens.verify(provider.name, token or "", time.time())
+    if token is None:
+        if provider.accepts_tokenless(relay.settings):
+            return None
+        raise InvalidToken(provider.tokenless_refusal(relay.settings))
+    return relay.tokens.verify(provider.name, token, time.time())
 
 
 async def _receive(
@@ -77,11 +81,7 @@ async def _receive(
     url_id = _url_id(relay, provider, token)
     body = await receive_body(receive, headers.get("content-length"), relay.settings.max_body_bytes)
     provider.verify(headers, body, relay.settings)
-    try:
-        # orjson is strict: no NaN or Infinity, valid UTF-8 only, nesting depth bounded.
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise InvalidInput("The callback body is not valid JSON.", code="invalid_json") from None
+    payload = parse_callback(body)
     normalized = provider.normalize(payload)
     if normalized.unknown_status:
         log.warning(

@@ -225,6 +225,22 @@ class Relay:
             )
         )
         metrics.count_event(normalized.event_type, result.outcome)
+        # Emitted, but an operator should know: the relay did not find the result's files.
+        without_outputs = (
+            normalized.status == "succeeded"
+            and not normalized.outputs
+            and result.outcome == "accepted"
+        )
+        if without_outputs:
+            log.warning(
+                "succeeded_without_outputs",
+                provider=provider,
+                task_id=normalized.task_id,
+                event_id=result.event_id,
+            )
+            metrics.count_succeeded_without_outputs(provider)
+        if normalized.unknown_status:  # (logged where it was read: receiver, watches)
+            metrics.count_unknown_status(provider)
         if result.deliveries:
             self.on_deliveries()
         return result

@@ -33,7 +33,11 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
     "LOG_FORMAT": ("json", "json or console"),
     "LOG_LEVEL": ("info", "debug, info, warning, error"),
     "TRUSTED_PROXIES": ("", "CIDRs whose X-Forwarded-For is believed"),
-    "APIFRAME_API_KEY": ("", "checks Apiframe v2 X-Webhook-Signature; polls GET /v2/jobs/{id}"),
+    "APIFRAME_API_KEY": ("", "Apiframe API key: polls GET /v2/jobs/{id}; signature checks"),
+    "APIFRAME_SIGNATURE": (
+        "optional",
+        "Apiframe v2 X-Webhook-Signature: required, or optional (checked when present)",
+    ),
     "APIFRAME_WEBHOOK_SECRET": ("", "checks Apiframe v1 x-webhook-secret when set"),
     "<PROVIDER>_ALLOWED_IPS": ("", "CIDRs allowed to post callbacks for that provider"),
     "RETRY_DELAYS": ("1,2,4", "seconds between delivery attempts; then the delivery is failed"),
@@ -153,6 +157,24 @@ def _base_url(name: str, raw: str) -> str:
     return url
 
 
+#: Values of RELAY_APIFRAME_SIGNATURE (see ``service.providers.apiframe``).
+SIGNATURE_MODES = ("required", "optional")
+
+
+def _signature_mode(raw: str, api_key: Secret | None) -> str:
+    mode = raw.strip().lower() or "optional"
+    if mode not in SIGNATURE_MODES:
+        raise ConfigError(
+            f"{PREFIX}APIFRAME_SIGNATURE must be required or optional, got {raw!r}"
+        )
+    if mode == "required" and api_key is None:
+        raise ConfigError(
+            f"{PREFIX}APIFRAME_SIGNATURE=required needs {PREFIX}APIFRAME_API_KEY: Apiframe signs "
+            "with the key the job was submitted with"
+        )
+    return mode
+
+
 def _webhook_secret(name: str, raw: str) -> Secret | None:
     value = raw.strip()
     if not value:
@@ -178,6 +200,8 @@ class Settings:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     allowed_ips: Mapping[str, tuple[IPNetwork, ...]] = field(default_factory=dict)
     apiframe_api_key: Secret | None = None
+    #: Apiframe v2 signatures: ``required`` or ``optional`` (checked when present).
+    apiframe_signature: str = "optional"
     apiframe_webhook_secret: Secret | None = None
     retry_delays: tuple[float, ...] = (1.0, 2.0, 4.0)
     delivery_timeout: float = 10.0
@@ -248,6 +272,9 @@ class Settings:
             trusted_proxies=_networks("TRUSTED_PROXIES", env.get("TRUSTED_PROXIES", "")),
             allowed_ips=allowed,
             apiframe_api_key=secret("APIFRAME_API_KEY"),
+            apiframe_signature=_signature_mode(
+                env.get("APIFRAME_SIGNATURE", ""), secret("APIFRAME_API_KEY")
+            ),
             apiframe_webhook_secret=secret("APIFRAME_WEBHOOK_SECRET"),
             retry_delays=_seconds("RETRY_DELAYS", env.get("RETRY_DELAYS", "1,2,4")),
             delivery_timeout=_delivery_timeout(env.get("DELIVERY_TIMEOUT", "10")),

@@ -97,6 +97,13 @@ class EmulatedTask:
     extra: str | None = None
     #: The answer to every request once the queued faults are used up.
     always: Fault | None = None
+    #: The provider's word for a state, where a test wants another than the documented one.
+    words: dict[str, str] = field(default_factory=dict)
+    #: Apiframe's ``result`` once succeeded, where a test wants another of its shapes.
+    result: Any = None
+
+    def word(self, state: str) -> str:
+        return self.words.get(state) or WORDS[self.provider][state]
 
     def state(self, now: float) -> str:
         current = self.timeline[0][1]
@@ -157,6 +164,8 @@ class ProviderEmulator:
         faults: Sequence[Fault] = (),
         extra: str | None = None,
         always: Fault | None = None,
+        words: dict[str, str] | None = None,
+        result: Any = None,
     ) -> str:
         if task_id is None:
             stamp = f"{time.time_ns() % 10**12:012d}"
@@ -177,6 +186,8 @@ class ProviderEmulator:
                 list(faults),
                 extra,
                 always,
+                dict(words or {}),
+                result,
             )
         return task_id
 
@@ -262,7 +273,7 @@ def _evolink(task: EmulatedTask, state: str, now: float) -> dict[str, Any]:
         "object": "image.generation.task",
         "created": int(task.created),
         "model": "gemini-3-pro-image-preview",
-        "status": WORDS["evolink"][state],
+        "status": task.word(state),
         "progress": PROGRESS[state],
         "task_info": {"can_cancel": state in ("queued", "running"), "estimated_time": 45},
         "type": "image",
@@ -281,10 +292,10 @@ def _apiframe(task: EmulatedTask, state: str, now: float) -> dict[str, Any]:
     done = state in ("succeeded", "failed")
     return {
         "id": task.task_id,
-        "status": WORDS["apiframe"][state],
+        "status": task.word(state),
         "model": "reve-create",
         "progress": PROGRESS[state],
-        "result": {"images": [task.output_url]} if state == "succeeded" else None,
+        "result": (task.result or {"images": [task.output_url]}) if state == "succeeded" else None,
         "error": (task.error or {}).get("message", "Provider returned an error")
         if state == "failed"
         else None,
@@ -298,7 +309,7 @@ def _apiframe(task: EmulatedTask, state: str, now: float) -> dict[str, Any]:
 def _rivya(task: EmulatedTask, state: str, now: float) -> dict[str, Any]:
     return {
         "id": task.task_id,
-        "status": WORDS["rivya"][state],
+        "status": task.word(state),
         "model": "qwen-image",
         "reserved_credits": 4,
         "final_credits": 4 if state == "succeeded" else 0,
@@ -314,7 +325,7 @@ def _rivya(task: EmulatedTask, state: str, now: float) -> dict[str, Any]:
 
 
 def _reve_art(task: EmulatedTask, state: str, now: float) -> dict[str, Any]:
-    document: dict[str, Any] = {"id": task.task_id, "status": WORDS["reve-art"][state]}
+    document: dict[str, Any] = {"id": task.task_id, "status": task.word(state)}
     if state == "succeeded":
         document["url"] = task.output_url
         document["metadata"] = {

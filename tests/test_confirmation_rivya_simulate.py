@@ -377,7 +377,9 @@ def test_simulated_signed_callbacks_pass_the_relays_checks(
 ) -> None:
     """Apiframe (X-Webhook-Signature) and Rivya (Standard Webhooks) simulations are accepted."""
     relay = relay_factory(
-        apiframe_api_key=Secret("afk_sim"), rivya_webhook_secret=Secret(RIVYA_SECRET)
+        apiframe_api_key=Secret("afk_sim"),
+        apiframe_signature="required",
+        rivya_webhook_secret=Secret(RIVYA_SECRET),
     )
     subscribe(relay, sink)
     env = {"RELAY_APIFRAME_API_KEY": "afk_sim", "RELAY_RIVYA_WEBHOOK_SECRET": RIVYA_SECRET}

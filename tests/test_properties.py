@@ -277,6 +277,12 @@ SIGNATURE_SETTINGS = st.sampled_from(
         Settings(apiframe_api_key=Secret("k")),
         Settings(apiframe_webhook_secret=Secret("s3cret")),
         Settings(apiframe_api_key=Secret("k"), apiframe_webhook_secret=Secret("s3cret")),
+        Settings(apiframe_api_key=Secret("k"), apiframe_signature="required"),
+        Settings(
+            apiframe_api_key=Secret("k"),
+            apiframe_signature="required",
+            apiframe_webhook_secret=Secret("s3cret"),
+        ),
     ]
 )
 HEADER_VALUES = st.text(max_size=80) | st.text(

@@ -229,8 +229,8 @@ APIFRAME_COMPLETED = {
 
 
 def test_apiframe_signature_checked_on_raw_body(relay_factory: Callable[..., RelayServer]) -> None:
-    """Apiframe v2: the HMAC over the raw body is required when the API key is configured."""
-    server = relay_factory(apiframe_api_key=Secret("af-key"))
+    """Apiframe v2: the HMAC over the raw body, with RELAY_APIFRAME_SIGNATURE=required."""
+    server = relay_factory(apiframe_api_key=Secret("af-key"), apiframe_signature="required")
     url = server.mint("apiframe")
     body = json.dumps(APIFRAME_COMPLETED).encode()
     signature = apiframe_signature("af-key", body)

@@ -39,6 +39,13 @@ class Provider:
         """
         return False
 
+    def tokenless_refusal(self, settings: Settings) -> str:
+        """Why a callback at ``/callbacks/<name>`` without a URL token is refused."""
+        return (
+            f"Callbacks to /callbacks/{self.name} need the token of a callback URL minted by "
+            "this relay (POST /v1/callback-urls)."
+        )
+
     def verify(self, headers: Mapping[str, str], body: bytes, settings: Settings) -> None:
         """Check the provider's own signature over the raw ``body``; raise ``Unauthorized``.
 
@@ -54,10 +61,41 @@ class Provider:
         raise NotImplementedError
 
     def map_status(self, raw: Any) -> tuple[str, bool]:
-        """(relay status, unknown?) for the provider's word; unknown words map to running."""
-        if isinstance(raw, str) and raw.strip().lower() in self.statuses:
-            return self.statuses[raw.strip().lower()], False
-        return "running", True
+        """(relay status, unknown?) for the provider's word, compared in lower case with ``-``
+        and spaces read as ``_``: the provider's own words first, then the failure and cancel
+        words any provider may use (``ENDINGS``). Unknown words map to running."""
+        if not isinstance(raw, str):
+            return "running", True
+        word = raw.strip().lower()
+        status = self.statuses.get(word)
+        if status is None:
+            status = ENDINGS.get(word.replace("-", "_").replace(" ", "_"))
+        if status is None:
+            return "running", True
+        return status, False
+
+
+#: Words that end a task, from any provider: none of the pages lists a failure word beyond
+#: "failed" (Reve Art's lists none at all), and a word the relay does not know keeps a task
+#: running (a watch would poll it until its deadline), so the usual ones are all taken.
+ENDINGS: Mapping[str, str] = {
+    **dict.fromkeys(
+        (
+            "failed",
+            "failure",
+            "fail",
+            "error",
+            "errored",
+            "timeout",
+            "timed_out",
+            "expired",
+            "rejected",
+            "aborted",
+        ),
+        "failed",
+    ),
+    **dict.fromkeys(("cancelled", "canceled", "cancel"), "canceled"),
+}
 
 
 def require_object(payload: Any) -> dict[str, Any]:
@@ -111,7 +149,22 @@ def task_id_from(payload: Mapping[str, Any], *keys: str) -> str:
             if problem is not None:
                 raise InvalidPayload(f"The task id in {key!r} {problem}.", code="invalid_task_id")
             return task_id
+        if value is not None and not isinstance(value, str):
+            # A number with a fraction, a boolean, a list or an object: not an id to guess at.
+            raise InvalidPayload(f"The task id in {key!r} must be a string or an integer.")
     raise InvalidPayload(f"The callback body has no task id (looked for {', '.join(keys)}).")
+
+
+def status_from(payload: Mapping[str, Any], key: str = "status") -> str | None:
+    """The provider's status word, or None when there is none (absent or null).
+
+    Raises:
+        InvalidPayload: the field holds something other than a string.
+    """
+    value = payload.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise InvalidPayload(f"The status in {key!r} must be a string.")
 
 
 def progress_from(value: Any) -> int | None:
@@ -145,6 +198,7 @@ _EXTENSIONS = {
 
 
 def guess_media_type(url: str) -> str | None:
+    """The media type a URL's extension names (query string aside), or None."""
     path = url.split("?", 1)[0].lower()
     for media_type, extensions in _EXTENSIONS.items():
         if path.endswith(extensions):
@@ -152,18 +206,58 @@ def guess_media_type(url: str) -> str | None:
     return None
 
 
-def urls_to_outputs(urls: Any, media_type: str | None) -> list[Output]:
-    """Outputs from a list whose items are URL strings or objects with a ``url``-like field."""
+#: Words in a model or endpoint name that say what it makes, checked in this order (so that
+#: "kling-2.6-video" is a video and "qwen-image" an image). Only used for a URL whose extension
+#: says nothing.
+_NAME_WORDS = (
+    ("video", ("video", "kling", "seedance", "veo", "hailuo", "runway")),
+    ("audio", ("audio", "music", "song", "suno", "udio")),
+    ("image", ("image", "imagine", "midjourney", "reroll", "upscale", "reve", "flux")),
+)
+
+
+def media_type_of_name(name: Any) -> str | None:
+    """What a model or endpoint name (``reve-create``, ``kling-2.6-video``) says it makes."""
+    if not isinstance(name, str):
+        return None
+    lowered = name.lower()
+    for media_type, words in _NAME_WORDS:
+        if any(word in lowered for word in words):
+            return media_type
+    return None
+
+
+def output(url: str, said: str | None) -> Output:
+    """An output typed by its URL's extension, else by what the provider ``said`` (never
+    ``text``: an output is a file)."""
+    return Output(url, guess_media_type(url) or (said if said != "text" else None))
+
+
+#: Fields of a result item that hold its URL, most specific first.
+_URL_FIELDS = ("url", "audio_url", "audioUrl", "video_url", "videoUrl", "image_url", "imageUrl")
+
+
+def urls_to_outputs(urls: Any, said: str | None) -> list[Output]:
+    """Outputs from a list whose items are URL strings or objects with a URL field; typed by
+    ``output``."""
     outputs: list[Output] = []
     if not isinstance(urls, list):
         return outputs
     for item in urls:
         url = item
         if isinstance(item, dict):
-            url = item.get("url") or item.get("audio_url") or item.get("video_url")
+            url = next((item[key] for key in _URL_FIELDS if text_or_none(item.get(key))), None)
         if isinstance(url, str) and url:
-            outputs.append(Output(url, media_type or guess_media_type(url)))
+            outputs.append(output(url, said))
     return outputs
+
+
+def media_type_of(outputs: tuple[Output, ...], said: str | None = None) -> str | None:
+    """The event's media type: the one all typed outputs share, else what the provider said."""
+    media_types = {item.media_type for item in outputs} - {None}
+    if len(media_types) == 1:
+        return media_types.pop()
+    return said if not media_types else None
 
 
 def unique(outputs: list[Output]) -> tuple[Output, ...]:
@@ -204,13 +298,12 @@ def job_update(
 ) -> Normalized:
     """The ``Normalized`` of a job object with ``progress``, ``model`` and ``error`` fields
     (Apiframe v2, Rivya): one media type if all outputs agree, an error only when it failed."""
-    media_types = {output.media_type for output in outputs} - {None}
     return Normalized(
         task_id=task_id,
         status=status,
         progress=progress_from(body.get("progress")),
         model=text_or_none(body.get("model")),
-        media_type=media_types.pop() if len(media_types) == 1 else None,
+        media_type=media_type_of(outputs),
         outputs=outputs,
         error=error_from(body.get("error"), status, provider_label)
         if status in ("failed", "canceled")

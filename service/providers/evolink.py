@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.events import Normalized, Output
+from service.events import Normalized
 from service.providers.base import (
     Provider,
     error_from,
     media_type_from,
+    media_type_of,
+    output,
     progress_from,
     require_object,
+    status_from,
     task_id_from,
     text_or_none,
     unique,
@@ -36,7 +39,7 @@ class Evolink(Provider):
     def normalize(self, payload: Any) -> Normalized:
         body = require_object(payload)
         task_id = task_id_from(body, "id", "task_id")
-        raw_status = body.get("status")
+        raw_status = status_from(body)
         status, unknown = self.map_status(raw_status)
         error = body.get("error")
         if (
@@ -45,26 +48,29 @@ class Evolink(Provider):
             and error.get("code") == "request_cancelled"
         ):
             status = "canceled"
-        media_type = media_type_from(body.get("type"))
-        if media_type is None and isinstance(body.get("object"), str):
-            media_type = media_type_from(body["object"].split(".", 1)[0])
-        outputs = urls_to_outputs(body.get("results"), media_type)
+        # What the task makes: its object ("image.generation.task") says it best; its type
+        # may say "text" (Suno's lyrics stage) even where the results are files.
+        kind = body.get("object")
+        said = media_type_from(kind.split(".", 1)[0]) if isinstance(kind, str) else None
+        said = said or media_type_from(body.get("type"))
+        outputs = urls_to_outputs(body.get("results"), said)
         # Suno tasks also list their tracks in result_data; keep any URL not already in results.
         # An empty audio_url is no output: every output needs a URL.
         audio = body.get("result_data")
         if isinstance(audio, list):
             outputs += [
-                Output(item["audio_url"], "audio")
+                output(item["audio_url"], "audio")
                 for item in audio
                 if isinstance(item, dict) and text_or_none(item.get("audio_url"))
             ]
+        kept = unique(outputs)
         return Normalized(
             task_id=task_id,
             status=status,
             progress=progress_from(body.get("progress")),
             model=text_or_none(body.get("model")),
-            media_type=media_type,
-            outputs=unique(outputs),
+            media_type=media_type_of(kept, said),
+            outputs=kept,
             error=error_from(error, status, "Evolink")
             if status in ("failed", "canceled")
             else None,

@@ -15,9 +15,10 @@ from service.events import Normalized, Output
 from service.providers.base import (
     Provider,
     error_from,
-    guess_media_type,
+    output,
     progress_from,
     require_object,
+    status_from,
     task_id_from,
     text_or_none,
     unique,
@@ -47,12 +48,12 @@ class ReveArt(Provider):
     def normalize(self, payload: Any) -> Normalized:
         body = require_object(payload)
         task_id = task_id_from(body, "id", "image_id")
-        raw_status = body.get("status")
+        raw_status = status_from(body)
         status, unknown = self.map_status(raw_status)
         outputs: list[Output] = []
         url = text_or_none(body.get("url"))
         if url:
-            outputs.append(Output(url, guess_media_type(url) or "image"))
+            outputs.append(output(url, "image"))
         outputs += urls_to_outputs(body.get("urls"), "image")
         metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
         return Normalized(

@@ -22,12 +22,15 @@ from service.events import Normalized, Output
 from service.providers.base import (
     InvalidSignature,
     Provider,
-    guess_media_type,
     job_update,
+    media_type_of_name,
+    output,
     require_object,
+    status_from,
     task_id_from,
     text_or_none,
     unique,
+    urls_to_outputs,
 )
 from service.settings import Settings
 from service.signing import matches, secret_key
@@ -97,6 +100,13 @@ class Rivya(Provider):
     def accepts_tokenless(self, settings: Settings) -> bool:
         return settings.rivya_webhook_secret is not None
 
+    def tokenless_refusal(self, settings: Settings) -> str:
+        return (
+            "Callbacks to /callbacks/rivya without a token are taken only with "
+            "RELAY_RIVYA_WEBHOOK_SECRET set (the whsec_ signing secret Rivya showed when the "
+            "webhook was registered), and it is not set on this relay."
+        )
+
     def verify(self, headers: Mapping[str, str], body: bytes, settings: Settings) -> None:
         secret = settings.rivya_webhook_secret
         if secret is None:
@@ -111,7 +121,7 @@ class Rivya(Provider):
             event_type = text_or_none(body.get("type"))
             body = body["data"]
         task_id = task_id_from(body, "id", "task_id", "taskId")
-        raw_status = body.get("status")
+        raw_status = status_from(body)
         if raw_status is None and event_type is not None:
             raw_status = event_type.removeprefix("generation.")
         status, unknown = self.map_status(raw_status)
@@ -122,20 +132,16 @@ class Rivya(Provider):
             raw_status=raw_status,
             status=status,
             unknown=unknown,
-            outputs=_outputs(body.get("result")),
+            outputs=_outputs(body.get("result"), media_type_of_name(body.get("model"))),
         )
 
 
-def _outputs(result: Any) -> tuple[Output, ...]:
+def _outputs(result: Any, said: str | None) -> tuple[Output, ...]:
     """``result.urls`` (``result.primary_url`` when there is no list)."""
     if not isinstance(result, dict):
         return ()
-    outputs = [
-        Output(url, guess_media_type(url))
-        for url in (result.get("urls") if isinstance(result.get("urls"), list) else [])
-        if text_or_none(url)
-    ]
+    outputs = urls_to_outputs(result.get("urls"), said)
     primary = text_or_none(result.get("primary_url"))
     if not outputs and primary:
-        outputs.append(Output(primary, guess_media_type(primary)))
+        outputs.append(output(primary, said))
     return unique(outputs)

@@ -59,7 +59,11 @@ def forged_and_replayed(ctx: Context) -> list[Row]:
     work = ctx.scratch("forged")
     sink = SubscriberServer().start()
     relay = RelayProcess(
-        work, free_port(), RELAY_SECRET_KEY=OLD_KEY, RELAY_APIFRAME_API_KEY=APIFRAME_KEY
+        work,
+        free_port(),
+        RELAY_SECRET_KEY=OLD_KEY,
+        RELAY_APIFRAME_API_KEY=APIFRAME_KEY,
+        RELAY_APIFRAME_SIGNATURE="required",  # so that an unsigned v2 callback is a forgery
     )
     try:
         relay.start()
@@ -267,8 +271,9 @@ def _run(
             "forged stored as events": len(stored_forged),
             "forged forwarded to the subscriber": from_forged,
         },
-        "A `relay serve` process with RELAY_APIFRAME_API_KEY set and RELAY_SECRET_KEY rotated "
-        "(URLs minted under the old key, then the relay restarted with only the new one); "
+        "A `relay serve` process with RELAY_APIFRAME_API_KEY set, "
+        "RELAY_APIFRAME_SIGNATURE=required and RELAY_SECRET_KEY rotated (URLs minted under "
+        "the old key, then the relay restarted with only the new one); "
         "each forgery posted once with its own task id, then the subscriber's receipts and "
         "GET /v1/events searched for those ids.",
     )
@@ -320,4 +325,89 @@ def _run(
     return [forged_row, replay_row]
 
 
-SCENARIOS = [forged_and_replayed]
+#: What each Apiframe callback gets under each RELAY_APIFRAME_SIGNATURE: (optional, required). A presented credential that is wrong is refused wherever it is checked; the URL token
+#: is required of all; a v1 callback is judged by its secret alone.
+SIGNATURE_RULES = {
+    "v2 signed": (200, 200),
+    "v2 unsigned": (200, 401),
+    "v2 signature wrong": (401, 401),
+    "v2 signed, no URL token": (401, 401),
+    "v1 with its secret": (200, 200),
+    "v1 secret wrong": (401, 401),
+    "v1 without its secret": (401, 401),
+}
+MODES = ("optional", "required")
+V1_SECRET = "forged-suite-v1-secret"
+
+
+def _v1(task_id: str) -> bytes:
+    return orjson.dumps(
+        {"task_id": task_id, "task_type": "imagine", "image_urls": ["https://cdn.example/a.png"]}
+    )
+
+
+def _signature_kinds(url: str, task_id: str) -> dict[str, tuple[str, bytes, dict[str, str]]]:
+    signed_body, signed = _apiframe(task_id + "-s", "completed")
+    unsigned = {k: v for k, v in signed.items() if k != "x-webhook-signature"}
+    wrong_body, wrong = _apiframe(task_id + "-w", "completed")
+    return {
+        "v2 signed": (url, signed_body, signed),
+        "v2 unsigned": (url, _apiframe(task_id + "-u", "completed")[0], unsigned),
+        "v2 signature wrong": (url, wrong_body, {**wrong, "x-webhook-signature": "0" * 64}),
+        "v2 signed, no URL token": ("/callbacks/apiframe", signed_body, signed),
+        "v1 with its secret": (url, _v1(task_id + "-1"), {**JSON, "x-webhook-secret": V1_SECRET}),
+        "v1 secret wrong": (url, _v1(task_id + "-2"), {**JSON, "x-webhook-secret": "nope"}),
+        "v1 without its secret": (url, _v1(task_id + "-3"), JSON),
+    }
+
+
+def apiframe_signature_settings(ctx: Context) -> list[Row]:
+    rounds = ctx.pick(2, 10)  # callbacks of each kind per mode, each its own task
+    answers: dict[str, list[collections.Counter[int]]] = {
+        kind: [collections.Counter() for _ in MODES] for kind in SIGNATURE_RULES
+    }
+    for index, mode in enumerate(MODES):
+        relay = RelayProcess(
+            ctx.scratch(f"signature-{mode}"),
+            free_port(),
+            RELAY_APIFRAME_API_KEY=APIFRAME_KEY,
+            RELAY_APIFRAME_WEBHOOK_SECRET=V1_SECRET,
+            RELAY_APIFRAME_SIGNATURE=mode,
+        )
+        try:
+            relay.start()
+            with httpx.Client(base_url=relay.base, timeout=10) as client:
+                url = _mint(client, relay, "apiframe")
+                for n in range(rounds):
+                    for kind, (path, body, headers) in _signature_kinds(url, f"{mode}-{n}").items():
+                        answer = client.post(path, content=body, headers=headers)
+                        answers[kind][index][answer.status_code] += 1
+        finally:
+            relay.stop()
+
+    def cell(counts: collections.Counter[int]) -> str:
+        return " ".join(f"{status} x{n}" for status, n in sorted(counts.items()))
+
+    row = Row(
+        SECTION,
+        "Apiframe callbacks under each RELAY_APIFRAME_SIGNATURE",
+        {
+            f"{kind} (optional / required)": " / ".join(cell(c) for c in counts)
+            for kind, counts in answers.items()
+        },
+        f"Three `relay serve` processes with RELAY_APIFRAME_API_KEY and "
+        f"RELAY_APIFRAME_WEBHOOK_SECRET set, one per RELAY_APIFRAME_SIGNATURE value; {rounds} "
+        "callbacks of each kind (v2 built and signed as `relay simulate` does) posted to a "
+        "minted URL (or token-less to /callbacks/apiframe), each with its own task id.",
+    )
+    for kind, expected in SIGNATURE_RULES.items():
+        for index, mode in enumerate(MODES):
+            got = answers[kind][index]
+            row.expect(
+                got == collections.Counter({expected[index]: rounds}),
+                f"{kind} with {mode}: {cell(got)}, expected {expected[index]}",
+            )
+    return [row]
+
+
+SCENARIOS = [forged_and_replayed, apiframe_signature_settings]
