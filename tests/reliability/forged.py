@@ -325,8 +325,9 @@ def _run(
     return [forged_row, replay_row]
 
 
-#: What each Apiframe callback gets under each RELAY_APIFRAME_SIGNATURE: (optional, required). A presented credential that is wrong is refused wherever it is checked; the URL token
-#: is required of all; a v1 callback is judged by its secret alone.
+#: What each Apiframe callback gets under each RELAY_APIFRAME_SIGNATURE: (optional, required).
+#: A presented credential that is wrong is refused wherever it is checked; the URL token is
+#: required of all; a v1 callback is judged by its secret alone.
 SIGNATURE_RULES = {
     "v2 signed": (200, 200),
     "v2 unsigned": (200, 401),
