@@ -392,7 +392,9 @@ def test_cli_watch_list_and_cancel(
         "RELAY_REVE_ART_API_KEY": emulator.keys["reve-art"],
         "RELAY_LOG_LEVEL": "warning",
     }
-    task_id = emulator.add_task("reve-art", timeline=((0.0, "queued"), (3.0, "succeeded")))
+    # Queued long enough for the CLI process to start and register the watch on a busy machine
+    # (it took over 3 s under load): the first poll must see "queued".
+    task_id = emulator.add_task("reve-art", timeline=((0.0, "queued"), (8.0, "succeeded")))
     made = _cli("watch", "reve-art", task_id, "--meta", "user=u-9", "--deadline", "1h", env=env)
     assert made.returncode == 0, made.stderr
     watch = json.loads(made.stdout)
@@ -401,7 +403,7 @@ def test_cli_watch_list_and_cancel(
         task_id,
         {"user": "u-9"},
     )
-    receipts = wait_task_events(sink, task_id, 2)
+    receipts = wait_task_events(sink, task_id, 2, timeout=20)
     assert types(receipts) == ["generation.queued", "generation.succeeded"]
     assert receipts[-1].data["metadata"] == {"user": "u-9"}
     wait_watch(relay, watch["id"], "completed")
