@@ -6,6 +6,10 @@ the first. The relay forwards the body verbatim (``data.raw``), so a body such a
 ``{"id": "t", "id": "u"}`` would be task ``u`` to the relay and task ``t`` to a subscriber whose
 parser keeps the first key. Such a body is refused: 400 ``invalid_json``.
 
+It is also refused when it nests deeper than ``MAX_RAW_DEPTH`` (64) levels: no provider's
+payload comes near, and a subscriber's parser may not go as deep as orjson (Python's standard
+``json`` fails near 1,000 levels).
+
 orjson cannot see a repeated key, and the standard library's parser, which can
 (``object_pairs_hook``), costs several orjson parses. So a cheap test comes first, and only
 the bodies it cannot clear are read a second time by the standard library:
@@ -30,6 +34,7 @@ from typing import Any
 import orjson
 
 from service.errors import InvalidInput
+from service.forwarding import MAX_RAW_DEPTH, raw_too_deep
 
 #: JSON's whitespace, taken out of a body before its key ends are counted.
 _WHITESPACE = b" \t\n\r"
@@ -42,12 +47,16 @@ class _RepeatedKey(ValueError):
 
 
 def parse_callback(body: bytes) -> Any:
-    """The parsed body; raises ``InvalidInput`` (400 ``invalid_json``) unless it is strict JSON
-    with every key at most once per object."""
+    """The parsed body; raises ``InvalidInput`` (400 ``invalid_json``) unless it is strict JSON,
+    at most ``MAX_RAW_DEPTH`` levels deep, with every key at most once per object."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise InvalidInput("The callback body is not valid JSON.", code="invalid_json") from None
+    if raw_too_deep(payload, body):
+        raise InvalidInput(
+            f"The callback body nests deeper than {MAX_RAW_DEPTH} levels.", code="invalid_json"
+        )
     if _may_repeat_a_key(body, payload):
         _refuse_repeated_keys(body)
     return payload
@@ -56,10 +65,7 @@ def parse_callback(body: bytes) -> Any:
 def _may_repeat_a_key(body: bytes, payload: Any) -> bool:
     if b"\\" in body:
         return True
-    try:
-        keys_kept = orjson.dumps(payload).count(b'":')
-    except orjson.JSONEncodeError:  # nested deeper than orjson encodes (255 levels)
-        return True
+    keys_kept = orjson.dumps(payload).count(b'":')  # at most 64 levels: orjson encodes 255
     return body.translate(None, _WHITESPACE).count(b'":') != keys_kept
 
 
@@ -83,10 +89,6 @@ def _refuse_repeated_keys(body: bytes) -> None:
             f"The callback body gives the key {shown!r} twice in one object; readers would "
             "disagree on its value.",
             code="invalid_json",
-        ) from None
-    except RecursionError:  # deeper than this parser goes (orjson allows 1,024 levels)
-        raise InvalidInput(
-            "The callback body is nested too deeply to be read.", code="invalid_json"
         ) from None
     except ValueError:  # not expected after orjson accepted it; refused rather than guessed
         raise InvalidInput("The callback body is not valid JSON.", code="invalid_json") from None

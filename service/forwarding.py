@@ -9,9 +9,10 @@ with whatever JSON parser they have. So before an event is built:
   address literal (``javascript:``, ``file:``, ``data:``, ``gopher:`` and
   ``http://169.254.169.254/`` are dropped); at most ``MAX_OUTPUTS`` are kept, duplicates once;
 - ``raw`` is forwarded only when it nests at most ``MAX_RAW_DEPTH`` levels deep (Python's
-  standard ``json`` fails near 1,000, other parsers sooner). A deeper payload is left out of
-  the event (``raw: null`` and ``raw_omitted`` says why); the store keeps it whole and
-  ``GET /v1/events/{id}/raw`` returns it.
+  standard ``json`` fails near 1,000, other parsers sooner). A deeper callback is refused at
+  intake (``service.callback_json``); a deeper status answer, which the relay cannot refuse, is
+  left out of the event (``raw: null`` and ``raw_omitted`` says why), kept whole in the store,
+  and ``GET /v1/events/{id}/raw`` returns it.
 
 What is dropped is logged and counted (``relay_outputs_dropped_total{reason}``), never silent.
 """

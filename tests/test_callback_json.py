@@ -62,13 +62,21 @@ def test_parse_callback_refuses_a_key_given_twice(body: bytes, key: str) -> None
         pytest.param(b'{"id": "t", "note": ":x", "m": "  : y"}', id="values-starting-with-colon"),
         pytest.param(b'{"id": "t", "note": "a\\": b", "x": 1}', id="escaped-quote-and-colon"),
         pytest.param(b'{"\\u0069d": "t", "id2": "u"}', id="escaped-distinct-keys"),
-        pytest.param(b'{"a":' * 300 + b"1" + b"}" * 300, id="deeper-than-orjson-encodes"),
+        pytest.param(b'{"a":' * 64 + b"1" + b"}" * 64, id="as-deep-as-allowed"),
         pytest.param(b"[1, 2]", id="not-an-object"),
     ],
 )
 def test_parse_callback_keeps_what_orjson_reads(body: bytes) -> None:
     """Bodies without a repeated key read exactly as orjson reads them."""
     assert parse_callback(body) == orjson.loads(body)
+
+
+def test_parse_callback_refuses_bodies_deeper_than_subscribers_can_read() -> None:
+    for body in (b'{"a":' * 65 + b"1" + b"}" * 65, b"[" * 1_010 + b"]" * 1_010):
+        with pytest.raises(InvalidInput) as caught:
+            parse_callback(body)
+        assert caught.value.code == "invalid_json"
+        assert "deeper than 64 levels" in caught.value.message
 
 
 def test_parse_callback_refuses_what_orjson_refuses() -> None:

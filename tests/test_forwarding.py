@@ -113,30 +113,59 @@ def test_unsafe_outputs_are_dropped_counted_and_kept_in_raw(
     assert [b - a for a, b in zip(before, after, strict=True)] == [4, 1, 20_000 - MAX_OUTPUTS]
 
 
-def test_a_payload_nested_too_deep_is_kept_but_not_forwarded(
-    relay_server: RelayServer, sink: SubscriberServer
-) -> None:
-    """1,010 levels (orjson takes up to 1,024): the subscriber, parsing with the standard
-    ``json`` module, gets the event without ``raw``; the API returns the body byte for byte."""
-    subscribe(relay_server, sink)
+def test_a_callback_nested_too_deep_is_refused(relay_server: RelayServer) -> None:
+    """1,010 levels (orjson takes up to 1,024; Python's json fails near 1,000): 400, stored
+    nowhere, the limit named."""
     payload = json.dumps({**EVOLINK_COMPLETED, "id": "task-deep"})
     deep = '{"x":' * 1_010 + "1" + "}" * 1_010  # the standard json could not even write it
-    body = f'{payload[:-1]}, "extra": {deep}}}'.encode()
+    for body in (
+        f'{payload[:-1]}, "extra": {deep}}}',
+        f'{payload[:-1]}, "extra": {"[" * MAX_RAW_DEPTH + "]" * MAX_RAW_DEPTH}}}',
+    ):
+        answer = relay_server.client.post(
+            relay_server.mint(), content=body, headers={"content-type": "application/json"}
+        )
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["code"] == "invalid_json"
+        assert f"deeper than {MAX_RAW_DEPTH} levels" in answer.json()["error"]["message"]
+    assert relay_server.events() == []
+    # One level less is the deepest a callback may be.
+    shallow = f'{payload[:-1]}, "extra": {"[" * (MAX_RAW_DEPTH - 1) + "]" * (MAX_RAW_DEPTH - 1)}}}'
     answer = relay_server.client.post(
-        relay_server.mint(), content=body, headers={"content-type": "application/json"}
+        relay_server.mint(), content=shallow, headers={"content-type": "application/json"}
     )
     assert answer.status_code == 200, answer.text
-    (receipt,) = wait_task_events(sink, "task-deep", 1)
-    assert receipt.data["raw"] is None
-    assert f"/v1/events/{receipt.event_id}/raw" in receipt.data["raw_omitted"]
-    assert receipt.data["outputs"]  # the normalized fields are all there
-    json.loads(receipt.body)  # what a subscriber's standard parser does
-    raw = relay_server.client.get(
-        f"/v1/events/{receipt.event_id}/raw", headers=relay_server.admin
-    )
-    assert (raw.status_code, raw.content) == (200, body)
-    missing = relay_server.client.get("/v1/events/evt_nope/raw", headers=relay_server.admin)
-    assert missing.status_code == 404
+
+
+def test_a_status_answer_nested_too_deep_is_kept_but_not_forwarded(
+    relay_factory: Callable[..., RelayServer], sink: SubscriberServer
+) -> None:
+    """A provider's answer (which the relay cannot refuse) nested 1,000 levels: the subscriber,
+    parsing with the standard ``json`` module, gets the event without ``raw``; the API returns
+    the answer byte for byte."""
+    emulator = ProviderEmulator().start()
+    try:
+        relay = relay_factory(**emulator.relay_settings(watch_backoff=(0.05, 0.2)))
+        subscribe(relay, sink)
+        task_id = emulator.add_task(
+            "reve-art", timeline=((0.0, "succeeded"),), extra="[" * 1_000 + "]" * 1_000
+        )
+        watch = relay.client.post(
+            "/v1/watches", json={"provider": "reve-art", "task_id": task_id}, headers=relay.admin
+        )
+        assert watch.status_code == 201, watch.text
+        (receipt,) = wait_task_events(sink, task_id, 1)
+        assert receipt.data["raw"] is None
+        assert f"/v1/events/{receipt.event_id}/raw" in receipt.data["raw_omitted"]
+        assert receipt.data["outputs"]  # the normalized fields are all there
+        json.loads(receipt.body)  # what a subscriber's standard parser does
+        raw = relay.client.get(f"/v1/events/{receipt.event_id}/raw", headers=relay.admin)
+        assert raw.status_code == 200
+        assert raw.content.endswith(b'"extra": ' + b"[" * 1_000 + b"]" * 1_000 + b"}")
+        missing = relay.client.get("/v1/events/evt_nope/raw", headers=relay.admin)
+        assert missing.status_code == 404
+    finally:
+        emulator.stop()
 
 
 def test_unconfirmed_progress_carries_no_outputs(relay_factory: Callable[..., RelayServer]) -> None:

@@ -116,7 +116,7 @@ def test_sign_in_find_a_failed_delivery_replay_it(
         answer = relay.add_subscriber(sink.url, description=description)
         sink.secrets.append(answer["secret"])
         ids[description] = answer["id"]
-    url = relay.mint(metadata={"user_id": "u-42"})
+    url = relay.mint(metadata={"user_id": "u-42"}, reusable=True)
     first = relay.post_callback(url, evolink("task-video-1")).json()["event_id"]
     relay.post_callback(url, evolink("task-video-2", "processing", 40))
     relay.post_callback(url, evolink("task-video-2", "processing", 40))  # duplicate

@@ -199,7 +199,7 @@ def test_apiframe_key_alone_no_longer_refuses_unsigned_callbacks(
     """With only RELAY_APIFRAME_API_KEY set (to poll), a real relay takes v1 and unsigned v2
     callbacks on their URL token, refuses a wrong signature, and still demands the token."""
     server = relay_factory(apiframe_api_key=Secret("af-key"))
-    url = server.mint("apiframe")
+    url = server.mint("apiframe", reusable=True)
     json_type = {"content-type": "application/json"}
     for body in (APIFRAME_V2, APIFRAME_V1):
         answer = server.client.post(url, content=body, headers=json_type)
@@ -293,7 +293,7 @@ def test_succeeded_without_outputs_is_emitted_logged_and_counted(
     operator sees it: one succeeded_without_outputs line and one count per event."""
     name = "relay_succeeded_without_outputs_total"
     before = metric(relay_server, name, "apiframe")
-    url = relay_server.mint("apiframe")
+    url = relay_server.mint("apiframe", reusable=True)
     odd = {"jobId": "j-odd", "status": "COMPLETED", "result": {"files": [{"href": "https://c/x"}]}}
     for _ in range(2):  # the provider's retry is a duplicate: counted once
         assert relay_server.post_callback(url, odd).status_code == 200

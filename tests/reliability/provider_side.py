@@ -235,28 +235,30 @@ def provider_gzip_bomb_at_full_concurrency(ctx: Context) -> list[Row]:
 
 
 def provider_forged_evolink_callbacks_do_not_spin(ctx: Context) -> list[Row]:
-    """The two forged Evolink callbacks that made the watch worker loop without back-off."""
+    """The two forged Evolink callbacks that made the watch worker loop without back-off are
+    refused at the door; a forged `completed` the relay does hold is polled with back-off."""
     seconds = ctx.pick(6.0, 10.0)
     with _emulator() as emulator, _relay(ctx, "forged-evolink", emulator) as relay:
         assert relay.process is not None
         pid = relay.process.pid
         minted = httpx.post(
             f"{relay.base}/v1/callback-urls",
-            json={"provider": "evolink"},
+            json={"provider": "evolink", "reusable": True},
             headers=relay.admin,
             timeout=10,
         ).json()["url"]
         running = emulator.add_task("evolink", timeline=((0.0, "running"),))
-        deep = (
+        forged = (
             b'{"id": "%s", "status": "completed", "progress": 100,'
-            b' "results": ["https://forged.example/x.png"], "x": %s}'
-            % (running.encode(), b"[" * 1010 + b"]" * 1010)
+            b' "results": ["https://forged.example/x.png"]' % running.encode()
         )
+        deep = forged + b', "x": %s}' % (b"[" * 1010 + b"]" * 1010)
         long_id = '{"id": "%s", "status": "completed", "progress": 100}' % ("\u20ac" * 7300)
         before = _proc(pid)
         started = time.monotonic()
         answers = [
-            httpx.post(minted, content=body, timeout=10) for body in (deep, long_id.encode())
+            httpx.post(minted, content=body, timeout=10)
+            for body in (deep, long_id.encode(), forged + b"}")
         ]
         time.sleep(seconds)  # the window in which the old code polled ~140 times a second
         after = _proc(pid)
@@ -272,13 +274,14 @@ def provider_forged_evolink_callbacks_do_not_spin(ctx: Context) -> list[Row]:
     cpu = _cpu_seconds(before, after)
     # Back-off 2 s, 4 s, 8 s...: polls at about 0, 2, 6 s, 14 s.
     allowed = 1 + sum(1 for k in range(10) if 2 * (2**k - 1) <= elapsed)
+    said = [_said(a) for a in answers]
     row = Row(
         SECTION,
-        "forged Evolink callbacks: nested 1,010 deep; task id of 7,300 euro signs",
+        "forged Evolink callbacks: nested 1,010 deep; task id of 7,300 euro signs; a plain one",
         {
-            "answers to the two callbacks": ", ".join(_said(a) for a in answers),
+            "answers to the three callbacks": ", ".join(said),
             "window, s": f"{elapsed:.1f}",
-            "status requests for the deep one": f"{len(hits)} (back-off allows {allowed})",
+            "status requests for the held one": f"{len(hits)} (back-off allows {allowed})",
             "status requests per second": f"{len(hits) / elapsed:.2f}",
             "relay CPU in the window, s": f"{cpu:.2f}",
             "watches still active": ", ".join(w["task_id"][:40] for w in active) or "none",
@@ -286,15 +289,18 @@ def provider_forged_evolink_callbacks_do_not_spin(ctx: Context) -> list[Row]:
         },
         "A `relay serve` process with RELAY_EVOLINK_API_KEY (confirmation on, back-off 2,60)"
         " gets, on a minted Evolink URL, a `completed` callback nested 1,010 levels for a task"
-        " the emulated API says is running, and a `completed` one whose task id is 7,300 euro"
-        " signs (a 65 KB status URL, past httpx's limit); the emulator counts status requests,"
-        " /proc gives the relay's CPU time.",
+        " the emulated API says is running, a `completed` one whose task id is 7,300 euro"
+        " signs (a 65 KB status URL, past httpx's limit), then the first one without its"
+        " nesting; the emulator counts status requests, /proc gives the relay's CPU time.",
     )
+    row.expect(said[0].startswith("400 invalid_json"), f"the deep one was answered {said[0]}")
+    row.expect(said[1].startswith("422 invalid_task_id"), f"the long id was answered {said[1]}")
+    row.expect(said[2].startswith("200"), f"the plain one was answered {said[2]}")
     row.expect(len(hits) <= allowed, f"{len(hits)} status requests in {elapsed:.1f} s")
     row.expect(len(hits) >= 1, "the held callback was never confirmed")
     row.expect(cpu < 0.2 * elapsed, f"the relay used {cpu:.2f} s of CPU in {elapsed:.1f} s")
     row.expect(errors == 0, f"{errors} watch_poll_error lines")
-    row.expect([w["task_id"] for w in active] == [running], "a watch of the long id is active")
+    row.expect([w["task_id"] for w in active] == [running], "not only the held one is active")
     return [row]
 
 
