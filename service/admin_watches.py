@@ -2,7 +2,8 @@
 
 POST   /v1/watches       {"provider", "task_id", "metadata"?, "deadline_seconds"?,
                           "poll_after_seconds"?}                   -> 201, the watch
-GET    /v1/watches       ?state=&provider=&task_id=&cursor=&limit= -> {"items", "next_cursor"}
+GET    /v1/watches       ?state=&provider=&task_id=&suspect=true&cursor=&limit=
+                                                   -> {"items", "next_cursor"}
 GET    /v1/watches/{id}                                            -> the watch
 DELETE /v1/watches/{id}                                            -> the canceled watch
 POST   /v1/watches/{id}/resolve {"url_id": "..." | null}            -> the resolved watch
@@ -38,8 +39,16 @@ async def list_watches(request: Request) -> Response:
     state = query.get("state")
     if state is not None and state not in WATCH_STATES:
         raise InvalidInput(f"state must be one of {', '.join(WATCH_STATES)}.", code="invalid_query")
+    suspect = query.get("suspect", "false")
+    if suspect not in ("true", "false"):
+        raise InvalidInput("suspect must be true or false.", code="invalid_query")
     page = await relay.store.list_watches(
-        WatchFilter(state=state, provider=query.get("provider"), task_id=query.get("task_id")),
+        WatchFilter(
+            state=state,
+            provider=query.get("provider"),
+            task_id=query.get("task_id"),
+            suspect=suspect == "true",
+        ),
         query.get("cursor"),
         parse_limit(query.get("limit")),
     )

@@ -20,6 +20,8 @@ class RelayError(Exception):
 
     status_code = 400
     code = "bad_request"
+    #: Seconds to send as ``Retry-After`` (429, 503), or None.
+    retry_after: int | None = None
 
     def __init__(self, message: str | None = None, *, code: str | None = None) -> None:
         self.message = message or (self.__doc__ or self.code).strip()

@@ -30,6 +30,8 @@ class JSONResponse(Response):
 
 def error_response(exc: RelayError) -> JSONResponse:
     headers = {"www-authenticate": "Bearer"} if exc.status_code == 401 else None
+    if exc.retry_after is not None:
+        headers = {"retry-after": str(exc.retry_after)}
     return JSONResponse(exc.as_json(), status_code=exc.status_code, headers=headers)
 
 

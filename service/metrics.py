@@ -30,6 +30,11 @@ counters to files there and a scrape, answered by any one of them, adds up all o
     relay_watch_polls_total{provider, outcome}    polls of provider status APIs: ok, retry,
                                                   not_found, invalid (the task id cannot form
                                                   a URL) or error (an unexpected failure)
+    relay_suspect_callbacks_total{provider,       held callbacks the provider's API did not
+        reason}                                   confirm: contradicted, task_not_found,
+                                                  invalid_task_id, deadline_unconfirmed
+    relay_held_callbacks_refused_total{provider,  callbacks refused because their URL (url,
+        scope}                                    429) or the relay (total, 503) holds enough
     relay_watches_active{provider}                at scrape time, from the store
     relay_store_up                                1 when the scrape-time queries answered
 """
@@ -122,6 +127,20 @@ WATCH_POLLS = Counter(
     "Polls of provider status APIs, by provider and outcome: ok, retry, not_found, invalid "
     "(the task id cannot form a status URL) or error (an unexpected failure of the poll).",
     ["provider", "outcome"],
+    registry=REGISTRY,
+)
+SUSPECT_CALLBACKS = Counter(
+    "relay_suspect_callbacks_total",
+    "Held callbacks the provider's API did not confirm, by provider and reason: contradicted, "
+    "task_not_found, invalid_task_id or deadline_unconfirmed (service.watches).",
+    ["provider", "reason"],
+    registry=REGISTRY,
+)
+HOLDS_REFUSED = Counter(
+    "relay_held_callbacks_refused_total",
+    "Callbacks refused rather than held, by provider and scope: url (RELAY_HOLDS_PER_URL, 429) "
+    "or total (RELAY_HOLDS_MAX, 503).",
+    ["provider", "scope"],
     registry=REGISTRY,
 )
 ATTEMPT_SECONDS = Histogram(
@@ -287,6 +306,16 @@ def count_attempt(delivery_status: str, latency_ms: float) -> None:
 def count_poll(provider: str, outcome: str) -> None:
     """One poll of a watch carried out (a few a second at most: counted directly)."""
     WATCH_POLLS.labels(provider, outcome).inc()
+
+
+def count_suspect(provider: str, reason: str) -> None:
+    """A held callback the provider's API did not confirm."""
+    SUSPECT_CALLBACKS.labels(provider, reason).inc()
+
+
+def count_hold_refused(provider: str, scope: str) -> None:
+    """A callback refused rather than held (``scope``: url or total)."""
+    HOLDS_REFUSED.labels(provider, scope).inc()
 
 
 # -- scrape time ----------------------------------------------------------------------------

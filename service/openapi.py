@@ -272,6 +272,28 @@ def _schemas() -> dict[str, Any]:
             "last_error": STRING_OR_NULL,
             "held_status": STRING_OR_NULL,
             "event_id": STRING_OR_NULL,
+            "suspect": {
+                "description": "A held callback the provider's API did not confirm: why, and "
+                "the status it claimed. Such a watch emits nothing of its own.",
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["reason", "callback_status"],
+                        "properties": {
+                            "reason": {
+                                "enum": [
+                                    "contradicted",
+                                    "task_not_found",
+                                    "invalid_task_id",
+                                    "deadline_unconfirmed",
+                                ]
+                            },
+                            "callback_status": STRING_OR_NULL,
+                        },
+                    },
+                ],
+            },
             "conflict": {
                 "description": "Callbacks for this task came through several callback URLs: "
                 "the watch waits, unpolled, until POST /v1/watches/{id}/resolve names whose "
@@ -404,9 +426,18 @@ def _callback_operation(with_token: bool) -> dict[str, Any]:
             "413": _error("`payload_too_large`: over RELAY_MAX_BODY_BYTES."),
             "422": _error(
                 "`invalid_payload`: not an object; no task id; a task id neither a string nor "
-                "an integer; a status that is not a string (the message names the field)."
+                "an integer; a status that is not a string (the message names the field). "
+                "`invalid_task_id`: over 256 characters, a control character, or only dots."
             ),
-            "503": _error("`storage_unavailable`: nothing was accepted; the provider retries."),
+            "429": _error(
+                "`too_many_held_callbacks`: the URL has RELAY_HOLDS_PER_URL callbacks awaiting"
+                " confirmation (Retry-After)."
+            ),
+            "503": _error(
+                "`storage_unavailable`: nothing was accepted; the provider retries."
+                " `held_callbacks_full`: RELAY_HOLDS_MAX callbacks await confirmation"
+                " (Retry-After)."
+            ),
         },
     }
 
@@ -844,6 +875,11 @@ def _paths() -> dict[str, Any]:
                     ),
                     _query("provider", "Only this provider's."),
                     _query("task_id", "Only this task's."),
+                    _query(
+                        "suspect",
+                        "true: only watches with a suspect callback.",
+                        {"enum": ["true", "false"]},
+                    ),
                     CURSOR,
                     LIMIT,
                 ],

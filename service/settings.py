@@ -61,6 +61,9 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
     "WATCH_BACKOFF": ("2,60", "first and longest seconds between a watch's polls (doubling)"),
     "WATCH_DEADLINE": ("86400", "seconds a watch polls unless registered with deadline_seconds"),
     "PROVIDER_TIMEOUT": ("10", "seconds one request to a provider's status API may take"),
+    "HOLDS_PER_URL": ("100", "held (unconfirmed) callbacks of distinct tasks per callback URL"),
+    "HOLDS_MAX": ("1000", "held (unconfirmed) callbacks of distinct tasks in all"),
+    "HOLD_DEADLINE": ("3600", "seconds a held callback waits for the API to confirm it"),
     "METRICS_PUBLIC": ("false", "serve /metrics without the admin token (true for a scraper)"),
 }
 
@@ -229,6 +232,12 @@ class Settings:
     watch_backoff: tuple[float, float] = (2.0, 60.0)
     watch_deadline: float = 86_400.0
     provider_timeout: float = 10.0
+    #: Active holds (callbacks awaiting confirmation, one per task) per callback URL and in all:
+    #: beyond them a new one is refused (429, 503) so forged callbacks cannot buy unbounded polls.
+    holds_per_url: int = 100
+    holds_max: int = 1000
+    #: Seconds a hold polls for confirmation before it ends as suspect (no event).
+    hold_deadline: float = 3600.0
     #: ``GET /metrics`` answers without the admin bearer token.
     metrics_public: bool = False
 
@@ -332,5 +341,10 @@ def _provider_api_settings(
         ),
         "provider_timeout": _positive_seconds(
             "PROVIDER_TIMEOUT", env.get("PROVIDER_TIMEOUT", "10"), 300
+        ),
+        "holds_per_url": _int("HOLDS_PER_URL", env.get("HOLDS_PER_URL", "100")),
+        "holds_max": _int("HOLDS_MAX", env.get("HOLDS_MAX", "1000")),
+        "hold_deadline": _positive_seconds(
+            "HOLD_DEADLINE", env.get("HOLD_DEADLINE", "3600"), 30 * 86_400
         ),
     }

@@ -7,6 +7,11 @@ is logged and retried, never fatal; every poll moves the watch's next poll forwa
 ``WatchService.poll``), so no watch can make the worker spin. ``stop()`` stops claiming, lets
 polls in flight finish within the provider timeout, and frees the leases of any that did not.
 
+Slots are shared between providers: one provider may have at most its share of ``concurrency``
+polls in flight (``share``), and the claim asks only for what each provider has left. A share
+is kept free for a provider whose watches come due next, so a provider whose API hangs until
+the timeout (or a flood of held callbacks for one provider) never delays another's polls.
+
 Finished watches are pruned with the rest of the history, past ``RELAY_RETENTION_DAYS``.
 """
 
@@ -15,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 
 import structlog
 
 from service.errors import StorageUnavailable
-from service.provider_api import StatusClients
+from service.provider_api import StatusClients, polling_configured
+from service.providers import PROVIDERS
 from service.relay import Relay
 from service.store.watch_model import Watch
 from service.watches import WatchService
@@ -30,6 +37,8 @@ log = structlog.get_logger("service.watch_worker")
 IDLE_POLL_SECONDS = 0.25
 PRUNE_INTERVAL_SECONDS = 600.0
 PRUNE_BATCH = 500
+#: The fewest polls a provider may have in flight when it has to share the slots.
+MIN_SHARE = 2
 
 
 class WatchWorker:
@@ -44,6 +53,12 @@ class WatchWorker:
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: Polls in flight, by provider.
+        self._in_flight: Counter[str] = Counter()
+        #: Providers the relay can poll (an API key): those a share is kept free for.
+        self._configured = frozenset(
+            name for name in PROVIDERS if polling_configured(relay.settings, name)
+        )
         self._run_task: asyncio.Task[None] | None = None
         self._pruned_at = 0.0
 
@@ -69,13 +84,24 @@ class WatchWorker:
                     await self._wakeup.wait()
             self._wakeup.clear()
 
+    def share(self, provider: str) -> int:
+        """How many polls ``provider`` may have in flight: an equal part of the slots among
+        the providers with polls in flight (itself included), plus one part kept free while
+        another provider the relay can poll has none. A provider alone takes every slot."""
+        sharing = {p for p, count in self._in_flight.items() if count} | {provider}
+        parts = len(sharing) + (not self._configured <= sharing)
+        return min(self.concurrency, max(MIN_SHARE, self.concurrency // parts))
+
     async def _claim(self) -> None:
         free = self.concurrency - len(self._tasks)
         if free <= 0:
             return
+        shares = {p: max(0, self.share(p) - self._in_flight[p]) for p in PROVIDERS}
+        if not any(shares.values()):
+            return
         try:
             claimed = await self.relay.store.claim_due_watches(
-                time.time(), free, self.lease_seconds
+                time.time(), free, self.lease_seconds, shares
             )
         except StorageUnavailable as exc:
             log.warning("watch_claim_failed", error=exc.message)
@@ -86,6 +112,7 @@ class WatchWorker:
             await asyncio.sleep(1)
             return
         for watch in claimed:
+            self._in_flight[watch.provider] += 1
             self._tasks[watch.id] = asyncio.create_task(self._poll(watch))
 
     async def _poll(self, watch: Watch) -> None:
@@ -102,6 +129,7 @@ class WatchWorker:
             log.exception("watch_poll_error", watch_id=watch.id, provider=watch.provider)
         finally:
             del self._tasks[watch.id]
+            self._in_flight[watch.provider] -= 1
             self._wakeup.set()
 
     async def _prune(self) -> None:

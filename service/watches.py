@@ -24,6 +24,15 @@ key (and ``RELAY_EVOLINK_CONFIRM`` is not false), a terminal Evolink callback is
 received: it is held, durably, as a watch due at once (``hold_callback``), and what the API
 answers is what gets emitted. A callback the API contradicts is logged as ``suspect_callback``
 and never forwarded; while the API cannot be reached the watch retries with its back-off.
+
+**What a forged callback can cost.** A hold is bounded: at most ``RELAY_HOLDS_PER_URL`` active
+holds per callback URL (429 beyond) and ``RELAY_HOLDS_MAX`` in all (503), each polling for at
+most ``RELAY_HOLD_DEADLINE``. A repost of a held task joins its hold without restarting its
+back-off or its not-found count. **A hold never gets an event out by itself**: a watch created
+by a held callback emits only what the provider's API answered; ended any other way (deadline,
+task unknown, id unusable) it ends *suspect* (``suspect``: the reason, ``suspect_status``: the
+status claimed, the held callback kept for the operator), emits nothing, and is counted in
+``relay_suspect_callbacks_total{provider,reason}``, as is a callback the API contradicted.
 """
 
 from __future__ import annotations
@@ -37,7 +46,14 @@ import structlog
 
 from service import ids, metrics
 from service.clock import rfc3339
-from service.errors import Conflict, InvalidInput, InvalidPayload, NotFound, StorageUnavailable
+from service.errors import (
+    Conflict,
+    InvalidInput,
+    InvalidPayload,
+    NotFound,
+    RelayError,
+    StorageUnavailable,
+)
 from service.events import Normalized, dumps
 from service.provider_api import StatusAnswer, StatusClients, polling_configured
 from service.providers import get_provider
@@ -45,7 +61,7 @@ from service.providers.base import MAX_TASK_ID_LENGTH, task_id_problem
 from service.relay import Relay
 from service.settings import Settings
 from service.store.base import Store
-from service.store.watch_model import WATCH_STATES, PollRecord, Watch
+from service.store.watch_model import WATCH_STATES, HoldLimits, HoldRefused, PollRecord, Watch
 
 log = structlog.get_logger("service.watches")
 
@@ -80,6 +96,28 @@ class WatchNotActive(Conflict):
     """The watch has already ended."""
 
     code = "watch_not_active"
+
+
+#: Seconds a sender refused for too many holds is told to wait (a hold lasts seconds when the
+#: API answers, at most RELAY_HOLD_DEADLINE when it does not).
+HOLD_RETRY_AFTER = 60
+
+
+class TooManyHeldForUrl(RelayError):
+    """This callback URL already has RELAY_HOLDS_PER_URL callbacks awaiting confirmation; retry
+    later."""
+
+    status_code = 429
+    code = "too_many_held_callbacks"
+    retry_after = HOLD_RETRY_AFTER
+
+
+class HoldsFull(RelayError):
+    """The relay already holds RELAY_HOLDS_MAX callbacks awaiting confirmation; retry later."""
+
+    status_code = 503
+    code = "held_callbacks_full"
+    retry_after = HOLD_RETRY_AFTER
 
 
 def backoff_delay(backoff: tuple[float, float], step: int) -> float:
@@ -122,6 +160,9 @@ def watch_json(
         "held_status": watch.held_status,
         "event_id": watch.event_id,
         "conflict": conflict,
+        "suspect": None
+        if watch.suspect is None
+        else {"reason": watch.suspect, "callback_status": watch.suspect_status},
     }
 
 
@@ -248,7 +289,10 @@ async def hold_callback(
 
     Returns the watch holding it, or None when the task already has a terminal event (the
     callback is then ingested as usual: a duplicate or superseded, never emitted again).
+    Raises ``TooManyHeldForUrl`` (429) or ``HoldsFull`` (503) when a new hold would exceed
+    RELAY_HOLDS_PER_URL or RELAY_HOLDS_MAX (a callback joining its task's hold never does).
     """
+    settings = relay.settings
     now = time.time()
     watch = Watch(
         id=ids.new_id("wch"),
@@ -259,14 +303,25 @@ async def hold_callback(
         metadata={},
         created_at=now,
         updated_at=now,
-        deadline_at=now + relay.settings.watch_deadline,
+        deadline_at=now + settings.hold_deadline,
         next_poll_at=now,
         url_id=url_id,
         held_status=normalized.status,
         held_body=body,
         holds=1,
     )
-    held = await relay.store.hold_for_confirmation(watch)
+    limits = HoldLimits(per_url=settings.holds_per_url, total=settings.holds_max)
+    held = await relay.store.hold_for_confirmation(watch, limits)
+    if isinstance(held, HoldRefused):
+        metrics.count_hold_refused(provider, held.scope)
+        log.warning(
+            "hold_refused",
+            provider=provider,
+            task_id=normalized.task_id,
+            scope=held.scope,
+            limit=settings.holds_per_url if held.scope == "url" else settings.holds_max,
+        )
+        raise TooManyHeldForUrl() if held.scope == "url" else HoldsFull()
     if held is not None:
         log.info(
             "callback_held",
@@ -380,6 +435,7 @@ class WatchService:
         now = time.time()
         fields = {"watch_id": watch.id, "provider": watch.provider, "task_id": watch.task_id}
         status: str | None = None
+        suspect: str | None = None
         judged = forget_url = False
         error = answer.error
         not_found = watch.not_found
@@ -390,9 +446,19 @@ class WatchService:
                 status = normalized.status
                 # A callback the API contradicts names nobody: its URL's metadata is not
                 # attached (a forger's URL must not win the task's result).
-                forget_url = not self._judge_held(watch, normalized) and watch.url_id is not None
-                if normalized.terminal and await self._conflicted(watch):
+                agrees = self._judge_held(watch, normalized)
+                forget_url = not agrees and watch.url_id is not None
+                suspect = None if agrees else "contradicted"
+                current = await self.store.get_watch(watch.id)
+                if current is None or current.state != "active":
+                    # Canceled (or deleted) while the request was in flight: nothing is
+                    # emitted for a watch its operator stopped.
+                    log.info("watch_poll_discarded", state=current and current.state, **fields)
                     return await self._record(watch, now, "active", status=status)
+                if normalized.terminal and self._conflicted(watch, current):
+                    return await self._record(
+                        watch, now, "active", status=status, suspect=suspect
+                    )
                 result = await self.relay.accept(
                     watch.provider,
                     normalized,
@@ -415,7 +481,12 @@ class WatchService:
                 if normalized.terminal:
                     metrics.count_poll(watch.provider, "ok")
                     return await self._record(
-                        watch, now, "completed", status=status, event_id=result.event_id
+                        watch,
+                        now,
+                        "completed",
+                        status=status,
+                        event_id=result.event_id,
+                        suspect=suspect,
                     )
                 judged = True
         elif answer.outcome == "invalid":
@@ -477,15 +548,14 @@ class WatchService:
             not_found=not_found,
             judged=judged,
             forget_url=forget_url,
+            suspect=suspect if judged else None,
         )
 
-    async def _conflicted(self, watch: Watch) -> bool:
+    def _conflicted(self, watch: Watch, current: Watch) -> bool:
         """Whether a callback through another URL was held for the task since this poll's
-        claim: the result then waits for an operator instead of being attributed."""
-        if watch.url_id is None:
-            return False
-        current = await self.store.get_watch(watch.id)
-        if current is None or not current.conflict_url_ids:
+        claim (``current``: the watch as it is now): the result then waits for an operator
+        instead of being attributed."""
+        if watch.url_id is None or not current.conflict_url_ids:
             return False
         log.warning(
             "attribution_conflict",
@@ -537,6 +607,7 @@ class WatchService:
             "api_status": confirmed.status,
         }
         if watch.held_status != confirmed.status or claimed_urls != confirmed_urls:
+            metrics.count_suspect(watch.provider, "contradicted")
             log.warning(
                 "suspect_callback",
                 reason="the provider's API contradicts the callback; the API's state is emitted",
@@ -550,8 +621,13 @@ class WatchService:
     async def _reject(
         self, watch: Watch, now: float, answer: StatusAnswer, code: str, message: str
     ) -> PollRecord:
-        """End the watch as rejected: the provider cannot tell anything about this task."""
+        """End the watch as rejected: the provider cannot tell anything about this task.
+
+        A watch created by a held callback emits nothing (the API confirmed nothing): it ends
+        suspect. A client's watch emits ``generation.failed`` (``code``), without the metadata
+        of a callback URL whose held callback was not confirmed."""
         fields = {"watch_id": watch.id, "provider": watch.provider, "task_id": watch.task_id}
+        suspect = self._unconfirmed(watch, code)
         if watch.held_status is not None:
             log.warning(
                 "suspect_callback",
@@ -565,9 +641,9 @@ class WatchService:
                 **fields,
             )
         event_id = None
-        if watch.origin == "api":
+        if watch.origin == "api" and await self._still_active(watch):
             event_id = await self._emit_failure(watch, code, message)
-        log.warning("watch_rejected", event_id=event_id, **fields)
+        log.warning("watch_rejected", event_id=event_id, suspect=suspect, **fields)
         return await self._record(
             watch,
             now,
@@ -575,28 +651,49 @@ class WatchService:
             error=answer.error,
             not_found=watch.not_found + (answer.outcome == "not_found"),
             event_id=event_id,
+            suspect=suspect,
         )
+
+    def _unconfirmed(self, watch: Watch, reason: str) -> str | None:
+        """The suspect reason a watch ends with when it ends unconfirmed (``reason``), counted;
+        None when it held nothing unconfirmed."""
+        if watch.held_status is None and not (watch.origin == "callback" and not watch.suspect):
+            return None
+        if watch.held_status is not None:
+            metrics.count_suspect(watch.provider, reason)
+        return reason
+
+    async def _still_active(self, watch: Watch) -> bool:
+        """Whether the watch is still active in the store (not canceled while polled)."""
+        current = await self.store.get_watch(watch.id)
+        return current is not None and current.state == "active"
 
     async def _expire(
         self, watch: Watch, now: float, status: str | None, error: str | None
     ) -> PollRecord:
+        """The deadline passed. A client's watch emits ``generation.failed``
+        (``watch_deadline_exceeded``); one created by a held callback ends suspect, silently."""
         hours = (watch.deadline_at - watch.created_at) / 3600
         last = status or watch.last_status
-        event_id = await self._emit_failure(
-            watch,
-            "watch_deadline_exceeded",
-            f"The task was not finished {hours:g} h after the watch was registered"
-            f" (last status: {last or 'unknown'}); the relay stopped watching it.",
-        )
+        suspect = self._unconfirmed(watch, "deadline_unconfirmed")
+        event_id = None
+        if watch.origin == "api" and await self._still_active(watch):
+            event_id = await self._emit_failure(
+                watch,
+                "watch_deadline_exceeded",
+                f"The task was not finished {hours:g} h after the watch was registered"
+                f" (last status: {last or 'unknown'}); the relay stopped watching it.",
+            )
         log.warning(
             "watch_expired",
             watch_id=watch.id,
             provider=watch.provider,
             task_id=watch.task_id,
             event_id=event_id,
+            suspect=suspect,
         )
         return await self._record(
-            watch, now, "expired", status=status, error=error, event_id=event_id
+            watch, now, "expired", status=status, error=error, event_id=event_id, suspect=suspect
         )
 
     async def _emit_failure(self, watch: Watch, code: str, message: str) -> str:
@@ -610,7 +707,8 @@ class WatchService:
             normalized,
             raw=raw,
             raw_body=dumps(raw).encode(),
-            url_id=watch.url_id,
+            # A held callback nobody confirmed names nobody: its URL's metadata stays out.
+            url_id=watch.url_id if watch.held_status is None else None,
             metadata=watch.metadata,
         )
         return result.event_id
@@ -629,6 +727,7 @@ class WatchService:
         event_id: str | None = None,
         judged: bool = False,
         forget_url: bool = False,
+        suspect: str | None = None,
     ) -> PollRecord:
         assert state in WATCH_STATES
         record = PollRecord(
@@ -644,6 +743,8 @@ class WatchService:
             event_id=event_id,
             judged=judged,
             forget_url=forget_url,
+            suspect=suspect,
+            suspect_status=None if suspect is None else watch.held_status or watch.suspect_status,
         )
         await self.store.record_poll(record)
         return record

@@ -134,6 +134,8 @@ class ProviderEmulator:
     )
     tasks: dict[tuple[str, str], EmulatedTask] = field(default_factory=dict)
     hits: list[Hit] = field(default_factory=list)
+    #: Requests as they arrive (provider, task id), before any answer: in flight until a hit.
+    arrivals: list[tuple[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     thread: ServerThread | None = None
 
@@ -207,6 +209,7 @@ class ProviderEmulator:
         task_id = request.path_params["task_id"]
         now = time.time()
         with self.lock:
+            self.arrivals.append((provider, task_id))
             task = self.tasks.get((provider, task_id))
             fault = task.faults.pop(0) if task is not None and task.faults else None
             if fault is None and task is not None:

@@ -9,6 +9,7 @@ as tests, and what only replicas sharing PostgreSQL must survive: concurrent cla
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 from service import ids
 from service.store.base import Store
 from service.store.postgres import PostgresStore
-from service.store.watch_model import PollRecord, Watch, WatchFilter
+from service.store.watch_model import HoldLimits, HoldRefused, PollRecord, Watch, WatchFilter
 from tests.test_store_contract import (  # noqa: F401 (fixtures)
     anyio_backend,
     incoming,
@@ -160,6 +161,7 @@ async def test_list_filters_and_pages_newest_first(store: Store) -> None:
 
 
 async def claim(store: Store, now: float | None = None, limit: int = 100) -> list[str]:
+    """The ids ``claim_due_watches`` leases, without shares."""
     return [w.id for w in await store.claim_due_watches(now or time.time(), limit, LEASE)]
 
 
@@ -209,14 +211,21 @@ async def test_record_poll_ends_the_watch(store: Store) -> None:
     assert await claim(store, time.time() + 10**6) == []
 
 
-async def test_canceled_while_polled_stays_canceled(store: Store) -> None:
+async def test_canceled_while_polled_stays_canceled_and_names_what_it_emitted(
+    store: Store,
+) -> None:
     w = watch("t1")
     await store.create_watch(w)
     (claimed,) = await store.claim_due_watches(time.time(), 10, LEASE)
     await store.cancel_watch(w.id, time.time())
+    await store.record_poll(poll(claimed, "active", status="running", next_at=time.time()))
+    after = await store.get_watch(w.id)
+    assert after is not None and (after.state, after.event_id, after.polls) == ("canceled", None, 0)
+    # The poll emitted before it saw the cancel: the canceled watch names that event.
     await store.record_poll(poll(claimed, "completed", status="succeeded", event_id="evt_1"))
     after = await store.get_watch(w.id)
-    assert after is not None and after.state == "canceled" and after.event_id is None
+    assert after is not None and (after.state, after.event_id) == ("canceled", "evt_1")
+    assert after.last_status is None  # nothing else of the poll is recorded
 
 
 async def test_due_watch_of_a_finished_task_completes_without_a_claim(store: Store) -> None:
@@ -278,17 +287,39 @@ async def test_hold_joins_the_tasks_active_watch(store: Store) -> None:
     held = await store.hold_for_confirmation(
         watch("t1", origin="callback", metadata={}, held_status="failed", url_id="url_9", at=now)
     )
-    assert held is not None and held.id == safety_net.id
+    assert isinstance(held, Watch) and held.id == safety_net.id
     assert held.metadata == {"user": "u-1"} and held.origin == "api"
-    assert (held.held_status, held.holds, held.backoff_step, held.not_found) == ("failed", 1, 0, 0)
+    # Its first hold makes a safety-net watch due at once; the back-off and the not-found
+    # count go on.
+    assert (held.held_status, held.holds, held.backoff_step, held.not_found) == ("failed", 1, 5, 2)
     assert held.url_id == "url_9" and held.next_poll_at == now
     assert len(await all_watches(store)) == 1
     # A later hold replaces the held callback but keeps the URL the watch already had.
     again = await store.hold_for_confirmation(
         watch("t1", origin="callback", held_status="succeeded", url_id="url_other", at=now)
     )
-    assert again is not None and (again.holds, again.url_id) == (2, "url_9")
+    assert isinstance(again, Watch) and (again.holds, again.url_id) == (2, "url_9")
     assert again.held_status == "succeeded"
+
+
+async def test_a_repost_joins_the_hold_without_restarting_it(store: Store) -> None:
+    """Reposting a held callback changes nothing of its schedule: not the back-off, not the
+    not-found count, not the next poll."""
+    now = time.time()
+    held = await store.hold_for_confirmation(
+        watch("t1", origin="callback", held_status="succeeded", url_id="url_1", at=now)
+    )
+    assert isinstance(held, Watch)
+    (claimed,) = await store.claim_due_watches(now, 10, LEASE)
+    await store.record_poll(
+        poll(claimed, at=now + 1, next_at=now + 9, step=3, not_found=2, judged=False)
+    )
+    again = await store.hold_for_confirmation(
+        watch("t1", origin="callback", held_status="succeeded", url_id="url_1", at=now + 2)
+    )
+    assert isinstance(again, Watch) and again.id == held.id and again.holds == 2
+    assert (again.next_poll_at, again.backoff_step, again.not_found) == (now + 9, 3, 2)
+    assert await claim(store, now + 8) == []
 
 
 async def test_hold_after_the_task_ended_holds_nothing(store: Store) -> None:
@@ -311,7 +342,7 @@ async def test_poll_clears_the_held_callback_it_judged(store: Store) -> None:
     assert after is not None and after.held_status is None and after.held_body is None
 
 
-async def test_hold_during_a_poll_keeps_its_immediate_poll(store: Store) -> None:
+async def test_a_repost_during_a_poll_keeps_its_claim_for_the_next_poll(store: Store) -> None:
     now = time.time()
     held = await store.hold_for_confirmation(
         watch("t1", origin="callback", held_status="failed", at=now)
@@ -325,8 +356,100 @@ async def test_hold_during_a_poll_keeps_its_immediate_poll(store: Store) -> None
     await store.record_poll(poll(claimed, at=now + 2, next_at=now + 30, step=3))
     after = await store.get_watch(held.id)
     assert after is not None
-    assert (after.held_status, after.next_poll_at, after.backoff_step) == ("succeeded", now, 0)
-    assert await claim(store, now + 2) == [held.id]
+    # The new claim is judged by the next poll, at its time: a repost pulls nothing forward.
+    assert (after.held_status, after.next_poll_at, after.backoff_step) == (
+        "succeeded",
+        now + 30,
+        3,
+    )
+    assert await claim(store, now + 29) == []
+
+
+async def test_a_first_hold_during_a_poll_keeps_its_immediate_poll(store: Store) -> None:
+    now = time.time()
+    safety_net = watch("t1", at=now)
+    await store.create_watch(safety_net)
+    (claimed,) = await store.claim_due_watches(now, 10, LEASE)
+    await store.hold_for_confirmation(
+        watch("t1", origin="callback", held_status="succeeded", at=now + 1)
+    )
+    await store.record_poll(poll(claimed, at=now + 2, next_at=now + 30, step=3))
+    after = await store.get_watch(safety_net.id)
+    assert after is not None and (after.held_status, after.next_poll_at) == ("succeeded", now)
+    assert await claim(store, now + 2) == [safety_net.id]
+
+
+async def test_holds_are_bounded_per_url_and_in_total(store: Store) -> None:
+    limits = HoldLimits(per_url=2, total=3)
+
+    async def hold(task: str, url_id: str | None) -> Watch | HoldRefused | None:
+        return await store.hold_for_confirmation(
+            watch(task, origin="callback", held_status="succeeded", url_id=url_id), limits
+        )
+
+    assert isinstance(await hold("t1", "url_a"), Watch)
+    assert isinstance(await hold("t2", "url_a"), Watch)
+    assert await hold("t3", "url_a") == HoldRefused("url")
+    # A repost of a held task joins its hold, over the bound or not.
+    assert isinstance(await hold("t2", "url_a"), Watch)
+    assert isinstance(await hold("t3", "url_b"), Watch)
+    assert await hold("t4", "url_c") == HoldRefused("total")
+    assert await hold("t4", None) == HoldRefused("total")
+    assert len(await all_watches(store)) == 3
+    # A client's watches are not holds; an ended hold no longer counts.
+    await store.create_watch(watch("t9"))
+    (first,) = [w for w in await all_watches(store) if w.task_id == "t1"]
+    await store.record_poll(poll(first, "rejected", at=time.time(), status=None))
+    assert isinstance(await hold("t4", "url_a"), Watch)
+
+
+async def test_a_suspect_ending_keeps_what_was_claimed(store: Store) -> None:
+    held = await store.hold_for_confirmation(
+        watch("t1", origin="callback", held_status="succeeded", url_id="url_1")
+    )
+    assert isinstance(held, Watch)
+    (claimed,) = await store.claim_due_watches(time.time(), 10, LEASE)
+    record = dataclasses.replace(
+        poll(claimed, "rejected", status=None, judged=False),
+        suspect="task_not_found",
+        suspect_status="succeeded",
+    )
+    await store.record_poll(record)
+    after = await store.get_watch(held.id)
+    assert after is not None and after.state == "rejected"
+    assert (after.suspect, after.suspect_status) == ("task_not_found", "succeeded")
+    assert (after.held_status, after.held_body) == ("succeeded", held.held_body)
+    assert [w.id for w in await all_watches(store, suspect=True)] == [held.id]
+    # A contradicted claim is cleared once judged (the API's answer was emitted); the watch
+    # keeps the reason, and a later ending without a suspect keeps it too.
+    other = await store.hold_for_confirmation(watch("t2", held_status="succeeded"))
+    assert isinstance(other, Watch)
+    (claimed,) = await store.claim_due_watches(time.time(), 10, LEASE)
+    contradicted = dataclasses.replace(
+        poll(claimed, next_at=time.time()), suspect="contradicted", suspect_status="succeeded"
+    )
+    await store.record_poll(contradicted)
+    (claimed,) = await store.claim_due_watches(time.time(), 10, LEASE)
+    await store.record_poll(poll(claimed, "completed", status="succeeded", event_id="evt_1"))
+    after = await store.get_watch(other.id)
+    assert after is not None and (after.state, after.held_status) == ("completed", None)
+    assert (after.suspect, after.suspect_status) == ("contradicted", "succeeded")
+    assert len(await all_watches(store, suspect=True)) == 2
+
+
+async def test_claim_takes_each_provider_up_to_its_share(store: Store) -> None:
+    now = time.time()
+    slow = [watch(f"e{n}", provider="evolink", due=now - 10 + n / 100) for n in range(6)]
+    genuine = watch("r1", provider="reve-art", due=now - 1)
+    for w in (*slow, genuine):
+        await store.create_watch(w)
+    shares = {"evolink": 2, "reve-art": 2, "apiframe": 2}
+    claimed = await store.claim_due_watches(now, 10, LEASE, shares)
+    # Earliest due first, each provider up to its share.
+    assert [w.id for w in claimed] == [slow[0].id, slow[1].id, genuine.id]
+    assert await store.claim_due_watches(now, 10, LEASE, {"evolink": 0, "reve-art": 1}) == []
+    again = await store.claim_due_watches(now, 1, LEASE, {"evolink": 3})
+    assert [w.id for w in again] == [slow[2].id]
 
 
 # -- retention and durability -------------------------------------------------------------------

@@ -10,12 +10,12 @@ from __future__ import annotations
 import base64
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from service.errors import InvalidInput
-from service.store.watch_model import PollRecord, Watch, WatchFilter
+from service.store.watch_model import HoldLimits, HoldRefused, PollRecord, Watch, WatchFilter
 
 Outcome = Literal["accepted", "duplicate", "superseded"]
 
@@ -274,17 +274,23 @@ class Store(ABC):
         """
 
     @abstractmethod
-    async def hold_for_confirmation(self, watch: Watch) -> Watch | None:
+    async def hold_for_confirmation(
+        self, watch: Watch, limits: HoldLimits | None = None
+    ) -> Watch | HoldRefused | None:
         """Hold a terminal callback (``watch.held_status``, ``held_body``) until a poll of the
         provider's API judges it; answers only after the hold is committed.
 
         - None: the task already has a terminal event; nothing is held (the callback is then
           ingested as usual, as a duplicate or superseded).
-        - The task's active watch, if it has one: due at ``watch.next_poll_at`` at the
-          latest, its held callback replaced, ``holds`` + 1, back-off restarted
-          (``backoff_step`` and ``not_found`` 0), its ``url_id`` kept if it had one. A
-          ``watch.url_id`` other than the active watch's (both set) is appended, once, to its
-          ``conflict_url_ids``.
+        - The task's active watch, if it has one (the callback joins it, whatever the
+          limits): its held callback replaced, ``holds`` + 1, its ``url_id`` kept if it had
+          one; its back-off and ``not_found`` go on, and its next poll stays when it is,
+          unless this is its first hold (a safety-net watch): then it is due at
+          ``watch.next_poll_at`` at the latest. A ``watch.url_id`` other than the active
+          watch's (both set) is appended, once, to its ``conflict_url_ids``.
+        - ``HoldRefused``: a new hold would exceed ``limits`` (active watches of origin
+          "callback" with this ``url_id``, or in all); nothing is stored. Counted inside the
+          hold's transaction: exact, across PostgreSQL replicas too (they take turns).
         - Otherwise ``watch`` itself (``origin`` "callback"), stored.
         """
 
@@ -309,8 +315,15 @@ class Store(ABC):
         finished one is left as it is. Returns the watch, or None if unknown."""
 
     @abstractmethod
-    async def claim_due_watches(self, now: float, limit: int, lease_seconds: float) -> list[Watch]:
-        """Lease up to ``limit`` active watches that are due, earliest due first.
+    async def claim_due_watches(
+        self,
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        shares: Mapping[str, int] | None = None,
+    ) -> list[Watch]:
+        """Lease up to ``limit`` active watches that are due, earliest due first; with
+        ``shares``, only watches of the providers it names, at most that many of each.
 
         Due: ``next_poll_at <= now``, no lease (or a lapsed one), and no ``conflict_url_ids``
         (a watch in conflict waits for ``resolve_conflict``). A due watch whose task
@@ -326,11 +339,14 @@ class Store(ABC):
         ``not_found``, ``last_error`` as recorded; ``last_status`` and ``event_id`` when given;
         ``url_id`` cleared when the record says ``forget_url`` and no other callback was held
         while the poll ran.
-        The held callback is cleared when the watch ends, or when the poll ``judged`` it and no
-        other was held while the poll ran. One held meanwhile (``holds`` moved past
-        ``holds_seen``) on a watch that stays active keeps its immediate poll (``next_poll_at``
-        is the earlier of the two) and restarts the back-off. A watch canceled meanwhile stays
-        canceled.
+        The held callback is cleared when the watch ends (unless the record names it
+        ``suspect``: the operator then sees what was claimed), or when the poll ``judged`` it
+        and no other was held while the poll ran. ``suspect`` and ``suspect_status`` are set
+        when the record has a ``suspect``, and kept otherwise. A watch's first hold made while
+        the poll ran (``holds_seen`` 0, ``holds`` moved on) keeps its immediate poll
+        (``next_poll_at`` is the earlier of the two). A watch canceled meanwhile stays
+        canceled, and gets the record's ``event_id`` if it has none: an event emitted by a
+        poll is always named by its watch.
         """
 
     @abstractmethod

@@ -27,7 +27,7 @@ import contextlib
 import json
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from importlib import resources
 from typing import Any
 
@@ -59,7 +59,7 @@ from service.store.filters import delivery_clauses, event_clauses, newer_deliver
 
 # Shared with SQLite so that both stores answer the admin API with the very same JSON.
 from service.store.sqlite_deliveries import DELIVERY_COLUMNS, attempt_json, delivery_json
-from service.store.watch_model import PollRecord, Watch, WatchFilter
+from service.store.watch_model import HoldLimits, HoldRefused, PollRecord, Watch, WatchFilter
 
 log = structlog.get_logger("service.store")
 
@@ -71,6 +71,7 @@ MIGRATIONS = (
     "postgres_004_ops_sessions.sql",
     "postgres_005_store.sql",
     "postgres_006_attribution.sql",
+    "postgres_007_flood.sql",
 )
 
 # Advisory lock keys. Arbitrary constants, chosen not to collide with other applications that
@@ -536,9 +537,11 @@ class PostgresStore(Store):
         async with self._connection() as conn:
             return await pw.create_watch(conn, watch)
 
-    async def hold_for_confirmation(self, watch: Watch) -> Watch | None:
+    async def hold_for_confirmation(
+        self, watch: Watch, limits: HoldLimits | None = None
+    ) -> Watch | HoldRefused | None:
         async with self._transaction() as conn:
-            return await pw.hold_for_confirmation(conn, watch)
+            return await pw.hold_for_confirmation(conn, watch, limits)
 
     async def resolve_conflict(self, watch_id: str, url_id: str | None, now: float) -> Watch | None:
         async with self._connection() as conn:
@@ -556,9 +559,18 @@ class PostgresStore(Store):
         async with self._connection() as conn:
             return await pw.cancel_watch(conn, watch_id, now)
 
-    async def claim_due_watches(self, now: float, limit: int, lease_seconds: float) -> list[Watch]:
-        async with self._connection() as conn:
-            return await pw.claim_due_watches(conn, now, limit, now + lease_seconds)
+    async def claim_due_watches(
+        self,
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        shares: Mapping[str, int] | None = None,
+    ) -> list[Watch]:
+        if shares is None:
+            async with self._connection() as conn:
+                return await pw.claim_due_watches(conn, now, limit, now + lease_seconds)
+        async with self._transaction() as conn:
+            return await pw.claim_shares(conn, now, limit, now + lease_seconds, shares)
 
     async def record_poll(self, record: PollRecord) -> None:
         async with self._connection() as conn:

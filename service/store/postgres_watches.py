@@ -8,6 +8,7 @@ active watch per task is kept by the partial unique index ``watches_active_task`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -17,6 +18,8 @@ from service.store.base import Page, decode_cursor, encode_cursor
 from service.store.watch_model import (
     WATCH_COLUMN_COUNT,
     WATCH_COLUMNS,
+    HoldLimits,
+    HoldRefused,
     PollRecord,
     Watch,
     WatchFilter,
@@ -25,6 +28,10 @@ from service.store.watch_model import (
 )
 
 Conn = AsyncConnection[Any]
+
+#: Advisory lock (two-key form: this, 0) taken by a new hold while it counts the active ones:
+#: replicas take turns, so the bounds are exact. Joining an existing watch takes no lock.
+LOCK_HOLDS = 0x524C5948
 
 _MARKS = ", ".join(["%s"] * WATCH_COLUMN_COUNT)
 _INSERT = (
@@ -62,21 +69,52 @@ async def create_watch(conn: Conn, watch: Watch) -> tuple[Watch, bool]:
     raise StorageUnavailable("Concurrent changes to this task's watch interfered; retry.")
 
 
-async def hold_for_confirmation(conn: Conn, watch: Watch) -> Watch | None:
+async def _hold_refused(
+    conn: Conn, url_id: str | None, limits: HoldLimits | None
+) -> HoldRefused | None:
+    """Whether a new hold would exceed ``limits``; inside the hold's transaction."""
+    if limits is None:
+        return None
+    await conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (LOCK_HOLDS,))
+    held = "SELECT count(*) FROM watches WHERE state = 'active' AND origin = 'callback'"
+    if url_id is not None:
+        cursor = await conn.execute(f"{held} AND url_id = %s", (url_id,))
+        row = await cursor.fetchone()
+        if row is not None and row[0] >= limits.per_url:
+            return HoldRefused("url")
+    cursor = await conn.execute(held)
+    row = await cursor.fetchone()
+    return HoldRefused("total") if row is not None and row[0] >= limits.total else None
+
+
+async def hold_for_confirmation(
+    conn: Conn, watch: Watch, limits: HoldLimits | None = None
+) -> Watch | HoldRefused | None:
     cursor = await conn.execute(
         "SELECT 1 FROM tasks WHERE provider = %s AND task_id = %s",
         (watch.provider, watch.task_id),
     )
     if await cursor.fetchone() is not None:
         return None
+    cursor = await conn.execute(
+        "SELECT 1 FROM watches WHERE provider = %s AND task_id = %s AND state = 'active'",
+        (watch.provider, watch.task_id),
+    )
+    if await cursor.fetchone() is None:
+        refused = await _hold_refused(conn, watch.url_id, limits)
+        if refused is not None:
+            return refused
+    # Joining: the back-off and the not-found count go on; only a watch's first hold (a
+    # safety-net watch waiting for poll_after_seconds) makes it due at once.
     return await _one(
         conn,
         f"INSERT INTO watches ({WATCH_COLUMNS}) VALUES ({_MARKS})"
         " ON CONFLICT (provider, task_id) WHERE state = 'active' DO UPDATE SET"
-        " next_poll_at = LEAST(watches.next_poll_at, excluded.next_poll_at),"
+        " next_poll_at = CASE WHEN watches.holds = 0"
+        "  THEN LEAST(watches.next_poll_at, excluded.next_poll_at) ELSE watches.next_poll_at END,"
         " held_status = excluded.held_status, held_body = excluded.held_body,"
         " url_id = coalesce(watches.url_id, excluded.url_id), holds = watches.holds + 1,"
-        " backoff_step = 0, not_found = 0, updated_at = excluded.updated_at,"
+        " updated_at = excluded.updated_at,"
         # A callback through another URL than the one the watch has: a conflict to resolve.
         " conflict_url_ids = CASE WHEN watches.url_id IS NULL OR excluded.url_id IS NULL"
         "  OR excluded.url_id = watches.url_id"
@@ -116,6 +154,8 @@ async def list_watches(conn: Conn, filters: WatchFilter, cursor: str | None, lim
     if before is not None:
         clauses.append("seq < %s")
         params.append(before)
+    if filters.suspect:
+        clauses.append("suspect IS NOT NULL")
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     result = await conn.execute(
         f"SELECT seq, {WATCH_COLUMNS} FROM watches {where} ORDER BY seq DESC LIMIT %s",
@@ -138,7 +178,7 @@ async def cancel_watch(conn: Conn, watch_id: str, now: float) -> Watch | None:
     return await get_watch(conn, watch_id)
 
 
-async def claim_due_watches(conn: Conn, now: float, limit: int, lease_until: float) -> list[Watch]:
+async def _complete_finished(conn: Conn, now: float) -> None:
     # Due watches whose task already ended (a callback came first) need no poll. Rows another
     # replica is claiming are skipped here; it completes or polls them itself.
     await conn.execute(
@@ -153,6 +193,13 @@ async def claim_due_watches(conn: Conn, now: float, limit: int, lease_until: flo
         " event_id = done.event_id FROM done WHERE watches.seq = done.seq",
         {"now": now},
     )
+
+
+_LEASED = ", ".join("watches." + c.strip() for c in WATCH_COLUMNS.split(","))
+
+
+async def claim_due_watches(conn: Conn, now: float, limit: int, lease_until: float) -> list[Watch]:
+    await _complete_finished(conn, now)
     cursor = await conn.execute(
         "WITH due AS ("
         "  SELECT seq FROM watches WHERE state = 'active' AND next_poll_at <= %(now)s"
@@ -163,30 +210,65 @@ async def claim_due_watches(conn: Conn, now: float, limit: int, lease_until: flo
         "  FOR UPDATE SKIP LOCKED"
         ")"
         " UPDATE watches SET lease_until = %(lease_until)s FROM due"
-        f" WHERE watches.seq = due.seq RETURNING watches.next_poll_at, watches.seq,"
-        f" {', '.join('watches.' + c.strip() for c in WATCH_COLUMNS.split(','))}",
+        f" WHERE watches.seq = due.seq RETURNING watches.next_poll_at, watches.seq, {_LEASED}",
         {"now": now, "limit": limit, "lease_until": lease_until},
     )
     rows = sorted(await cursor.fetchall(), key=lambda row: (row[0], row[1]))
     return [watch_from_row(row[2:]) for row in rows]
 
 
+async def claim_shares(
+    conn: Conn, now: float, limit: int, lease_until: float, shares: Mapping[str, int]
+) -> list[Watch]:
+    """``claim_due_watches`` with at most ``shares[provider]`` watches of each provider; runs
+    inside one transaction (rows locked but not picked are free again at its commit)."""
+    await _complete_finished(conn, now)
+    picked: list[tuple[float, int]] = []
+    for provider, share in shares.items():
+        if share <= 0:
+            continue
+        cursor = await conn.execute(
+            "SELECT next_poll_at, seq FROM watches WHERE state = 'active'"
+            " AND provider = %(provider)s AND next_poll_at <= %(now)s"
+            " AND (lease_until IS NULL OR lease_until <= %(now)s)"
+            " AND conflict_url_ids IS NULL"
+            " ORDER BY next_poll_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
+            {"provider": provider, "now": now, "limit": min(share, limit)},
+        )
+        picked += await cursor.fetchall()
+    chosen = [seq for _, seq in sorted(picked)[:limit]]
+    if not chosen:
+        return []
+    cursor = await conn.execute(
+        "UPDATE watches SET lease_until = %s WHERE seq = ANY(%s)"
+        f" RETURNING watches.next_poll_at, watches.seq, {_LEASED}",
+        (lease_until, chosen),
+    )
+    rows = sorted(await cursor.fetchall(), key=lambda row: (row[0], row[1]))
+    return [watch_from_row(row[2:]) for row in rows]
+
+
 async def record_poll(conn: Conn, record: PollRecord) -> None:
-    # A callback held while the poll ran (holds moved on) keeps its immediate poll and its held
-    # body; the poll's answer predates it.
+    # A callback held while the poll ran (holds moved on) keeps its held body (the poll's
+    # answer predates it); a watch's first hold keeps its immediate poll as well.
     await conn.execute(
         "UPDATE watches SET state = %(state)s, polls = polls + 1, lease_until = NULL,"
-        " next_poll_at = CASE WHEN holds = %(seen)s OR %(state)s <> 'active'"
+        " next_poll_at = CASE WHEN holds = %(seen)s OR %(seen)s > 0 OR %(state)s <> 'active'"
         "  THEN coalesce(%(next)s::double precision, next_poll_at)"
         "  ELSE LEAST(coalesce(%(next)s::double precision, next_poll_at), next_poll_at) END,"
-        " backoff_step = CASE WHEN holds = %(seen)s THEN %(step)s ELSE 0 END,"
+        " backoff_step = %(step)s,"
         " not_found = %(not_found)s, last_polled_at = %(at)s,"
         " last_status = coalesce(%(status)s::text, last_status), last_error = %(error)s::text,"
-        " held_status = CASE WHEN (holds = %(seen)s AND %(judged)s) OR %(state)s <> 'active'"
+        " held_status = CASE WHEN (holds = %(seen)s AND %(judged)s)"
+        "  OR (%(state)s <> 'active' AND %(suspect)s::text IS NULL)"
         "  THEN NULL ELSE held_status END,"
-        " held_body = CASE WHEN (holds = %(seen)s AND %(judged)s) OR %(state)s <> 'active'"
+        " held_body = CASE WHEN (holds = %(seen)s AND %(judged)s)"
+        "  OR (%(state)s <> 'active' AND %(suspect)s::text IS NULL)"
         "  THEN NULL ELSE held_body END,"
         " url_id = CASE WHEN holds = %(seen)s AND %(forget)s THEN NULL ELSE url_id END,"
+        " suspect = coalesce(%(suspect)s::text, suspect),"
+        " suspect_status = CASE WHEN %(suspect)s::text IS NULL THEN suspect_status"
+        "  ELSE %(claimed)s::text END,"
         " event_id = coalesce(%(event_id)s::text, event_id), updated_at = %(at)s"
         " WHERE id = %(id)s AND state = 'active'",
         {
@@ -201,9 +283,19 @@ async def record_poll(conn: Conn, record: PollRecord) -> None:
             "status": record.last_status,
             "error": record.last_error,
             "event_id": record.event_id,
+            "suspect": record.suspect,
+            "claimed": record.suspect_status,
             "id": record.watch_id,
         },
     )
+    if record.event_id is not None:
+        # Canceled while this poll was in flight, after the poll emitted: the watch names the
+        # event it emitted (it stays canceled).
+        await conn.execute(
+            "UPDATE watches SET event_id = coalesce(event_id, %s)"
+            " WHERE id = %s AND state = 'canceled'",
+            (record.event_id, record.watch_id),
+        )
 
 
 async def release_watch_leases(conn: Conn, watch_ids: list[str] | None) -> int:

@@ -32,7 +32,7 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -58,7 +58,7 @@ from service.store.base import (
     encode_cursor,
 )
 from service.store.filters import event_clauses
-from service.store.watch_model import PollRecord, Watch, WatchFilter
+from service.store.watch_model import HoldLimits, HoldRefused, PollRecord, Watch, WatchFilter
 
 T = TypeVar("T")
 log = structlog.get_logger("service.store")
@@ -68,6 +68,7 @@ MIGRATIONS = (
     "sqlite_002_watches.sql",
     "sqlite_003_ops_sessions.sql",
     "sqlite_004_attribution.sql",
+    "sqlite_005_flood.sql",
 )
 #: Most operations folded into one transaction; bounds the latency a batch adds.
 MAX_BATCH = 512
@@ -481,8 +482,10 @@ class SQLiteStore(Store):
     async def create_watch(self, watch: Watch) -> tuple[Watch, bool]:
         return await self._run(lambda conn: w.create_watch(conn, watch))
 
-    async def hold_for_confirmation(self, watch: Watch) -> Watch | None:
-        return await self._run(lambda conn: w.hold_for_confirmation(conn, watch))
+    async def hold_for_confirmation(
+        self, watch: Watch, limits: HoldLimits | None = None
+    ) -> Watch | HoldRefused | None:
+        return await self._run(lambda conn: w.hold_for_confirmation(conn, watch, limits))
 
     async def resolve_conflict(self, watch_id: str, url_id: str | None, now: float) -> Watch | None:
         return await self._run(lambda conn: w.resolve_conflict(conn, watch_id, url_id, now))
@@ -496,9 +499,15 @@ class SQLiteStore(Store):
     async def cancel_watch(self, watch_id: str, now: float) -> Watch | None:
         return await self._run(lambda conn: w.cancel_watch(conn, watch_id, now))
 
-    async def claim_due_watches(self, now: float, limit: int, lease_seconds: float) -> list[Watch]:
+    async def claim_due_watches(
+        self,
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        shares: Mapping[str, int] | None = None,
+    ) -> list[Watch]:
         return await self._run(
-            lambda conn: w.claim_due_watches(conn, now, limit, now + lease_seconds)
+            lambda conn: w.claim_due_watches(conn, now, limit, now + lease_seconds, shares)
         )
 
     async def record_poll(self, record: PollRecord) -> None:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Mapping
 
 from service.store.base import Page, decode_cursor, encode_cursor
 from service.store.watch_model import (
     WATCH_COLUMN_COUNT,
     WATCH_COLUMNS,
+    HoldLimits,
+    HoldRefused,
     PollRecord,
     Watch,
     WatchFilter,
@@ -49,15 +52,35 @@ def create_watch(conn: sqlite3.Connection, watch: Watch) -> tuple[Watch, bool]:
     return existing, False
 
 
-def hold_for_confirmation(conn: sqlite3.Connection, watch: Watch) -> Watch | None:
+def _hold_refused(
+    conn: sqlite3.Connection, url_id: str | None, limits: HoldLimits | None
+) -> HoldRefused | None:
+    """Whether a new hold would exceed ``limits`` (exact: SQLite has one writer at a time)."""
+    if limits is None:
+        return None
+    held = "SELECT count(*) FROM watches WHERE state = 'active' AND origin = 'callback'"
+    if url_id is not None:
+        (count,) = conn.execute(f"{held} AND url_id = ?", (url_id,)).fetchone()
+        if count >= limits.per_url:
+            return HoldRefused("url")
+    (count,) = conn.execute(held).fetchone()
+    return HoldRefused("total") if count >= limits.total else None
+
+
+def hold_for_confirmation(
+    conn: sqlite3.Connection, watch: Watch, limits: HoldLimits | None = None
+) -> Watch | HoldRefused | None:
     if conn.execute(
         "SELECT 1 FROM tasks WHERE provider = ? AND task_id = ?", (watch.provider, watch.task_id)
     ).fetchone():
         return None
-    if conn.execute(_INSERT, watch_values(watch)).rowcount:
-        return watch
     active = _active(conn, watch.provider, watch.task_id)
-    assert active is not None  # the conflict was with it, in this same transaction
+    if active is None:
+        refused = _hold_refused(conn, watch.url_id, limits)
+        if refused is not None:
+            return refused
+        conn.execute(_INSERT, watch_values(watch))
+        return watch
     conflicts = active.conflict_url_ids
     if (
         watch.url_id is not None
@@ -66,10 +89,13 @@ def hold_for_confirmation(conn: sqlite3.Connection, watch: Watch) -> Watch | Non
         and watch.url_id not in conflicts
     ):
         conflicts = (*conflicts, watch.url_id)
+    # Joining: the back-off and the not-found count go on; only a watch's first hold (a
+    # safety-net watch waiting for poll_after_seconds) makes it due at once.
     conn.execute(
-        "UPDATE watches SET next_poll_at = min(next_poll_at, ?), held_status = ?,"
-        " held_body = ?, url_id = coalesce(url_id, ?), holds = holds + 1, backoff_step = 0,"
-        " not_found = 0, conflict_url_ids = ?, updated_at = ? WHERE id = ?",
+        "UPDATE watches SET next_poll_at = CASE WHEN holds = 0 THEN min(next_poll_at, ?)"
+        "  ELSE next_poll_at END, held_status = ?,"
+        " held_body = ?, url_id = coalesce(url_id, ?), holds = holds + 1,"
+        " conflict_url_ids = ?, updated_at = ? WHERE id = ?",
         (
             watch.next_poll_at,
             watch.held_status,
@@ -111,6 +137,8 @@ def list_watches(
     if before is not None:
         clauses.append("seq < ?")
         params.append(before)
+    if filters.suspect:
+        clauses.append("suspect IS NOT NULL")
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     rows = conn.execute(
         f"SELECT seq, {WATCH_COLUMNS} FROM watches {where} ORDER BY seq DESC LIMIT ?",
@@ -133,7 +161,11 @@ def cancel_watch(conn: sqlite3.Connection, watch_id: str, now: float) -> Watch |
 
 
 def claim_due_watches(
-    conn: sqlite3.Connection, now: float, limit: int, lease_until: float
+    conn: sqlite3.Connection,
+    now: float,
+    limit: int,
+    lease_until: float,
+    shares: Mapping[str, int] | None = None,
 ) -> list[Watch]:
     # Due watches whose task already ended (a callback came first) need no poll.
     conn.execute(
@@ -146,13 +178,26 @@ def claim_due_watches(
         "  WHERE t.provider = watches.provider AND t.task_id = watches.task_id)",
         (now, now, now),
     )
-    rows = conn.execute(
-        f"SELECT seq, {WATCH_COLUMNS} FROM watches WHERE state = 'active' AND next_poll_at <= ?"
+    due = (
+        f"SELECT next_poll_at, seq, {WATCH_COLUMNS} FROM watches"
+        " WHERE state = 'active' AND next_poll_at <= ?"
         " AND (lease_until IS NULL OR lease_until <= ?)"
         # A watch in conflict waits for its operator (resolve_conflict), unpolled.
-        " AND conflict_url_ids IS NULL ORDER BY next_poll_at, seq LIMIT ?",
-        (now, now, limit),
-    ).fetchall()
+        " AND conflict_url_ids IS NULL"
+    )
+    if shares is None:
+        found = conn.execute(f"{due} ORDER BY next_poll_at, seq LIMIT ?", (now, now, limit))
+        rows = [row[1:] for row in found.fetchall()]
+    else:
+        # Each provider up to its share, then the earliest due of all up to ``limit``.
+        picked = []
+        for provider, share in shares.items():
+            if share > 0:
+                picked += conn.execute(
+                    f"{due} AND provider = ? ORDER BY next_poll_at, seq LIMIT ?",
+                    (now, now, provider, min(share, limit)),
+                ).fetchall()
+        rows = [row[1:] for row in sorted(picked, key=lambda row: (row[0], row[1]))[:limit]]
     if rows:
         marks = ",".join("?" * len(rows))
         conn.execute(
@@ -163,46 +208,54 @@ def claim_due_watches(
 
 
 def record_poll(conn: sqlite3.Connection, record: PollRecord) -> None:
-    # A callback held while the poll ran (holds moved on) keeps its immediate poll and its held
-    # body; the poll's answer predates it.
+    # A callback held while the poll ran (holds moved on) keeps its held body (the poll's
+    # answer predates it); a watch's first hold keeps its immediate poll as well.
     conn.execute(
-        "UPDATE watches SET state = ?, polls = polls + 1, lease_until = NULL,"
-        " next_poll_at = CASE WHEN holds = ? OR ? <> 'active' THEN coalesce(?, next_poll_at)"
-        "  ELSE min(coalesce(?, next_poll_at), next_poll_at) END,"
-        " backoff_step = CASE WHEN holds = ? THEN ? ELSE 0 END,"
-        " not_found = ?, last_polled_at = ?, last_status = coalesce(?, last_status),"
-        " last_error = ?,"
-        " held_status = CASE WHEN (holds = ? AND ?) OR ? <> 'active' THEN NULL"
-        "  ELSE held_status END,"
-        " held_body = CASE WHEN (holds = ? AND ?) OR ? <> 'active' THEN NULL ELSE held_body END,"
-        " url_id = CASE WHEN holds = ? AND ? THEN NULL ELSE url_id END,"
-        " event_id = coalesce(?, event_id), updated_at = ?"
-        " WHERE id = ? AND state = 'active'",
-        (
-            record.state,
-            record.holds_seen,
-            record.state,
-            record.next_poll_at,
-            record.next_poll_at,
-            record.holds_seen,
-            record.backoff_step,
-            record.not_found,
-            record.polled_at,
-            record.last_status,
-            record.last_error,
-            record.holds_seen,
-            record.judged,
-            record.state,
-            record.holds_seen,
-            record.judged,
-            record.state,
-            record.holds_seen,
-            record.forget_url,
-            record.event_id,
-            record.polled_at,
-            record.watch_id,
-        ),
+        "UPDATE watches SET state = :state, polls = polls + 1, lease_until = NULL,"
+        " next_poll_at = CASE WHEN holds = :seen OR :seen > 0 OR :state <> 'active'"
+        "  THEN coalesce(:next, next_poll_at)"
+        "  ELSE min(coalesce(:next, next_poll_at), next_poll_at) END,"
+        " backoff_step = :step,"
+        " not_found = :not_found, last_polled_at = :at,"
+        " last_status = coalesce(:status, last_status), last_error = :error,"
+        " held_status = CASE WHEN (holds = :seen AND :judged)"
+        "  OR (:state <> 'active' AND :suspect IS NULL) THEN NULL ELSE held_status END,"
+        " held_body = CASE WHEN (holds = :seen AND :judged)"
+        "  OR (:state <> 'active' AND :suspect IS NULL) THEN NULL ELSE held_body END,"
+        " url_id = CASE WHEN holds = :seen AND :forget THEN NULL ELSE url_id END,"
+        " suspect = coalesce(:suspect, suspect),"
+        " suspect_status = CASE WHEN :suspect IS NULL THEN suspect_status ELSE :claimed END,"
+        " event_id = coalesce(:event_id, event_id), updated_at = :at"
+        " WHERE id = :id AND state = 'active'",
+        _poll_params(record),
     )
+    if record.event_id is not None:
+        # Canceled while this poll was in flight, after the poll emitted: the watch names the
+        # event it emitted (it stays canceled).
+        conn.execute(
+            "UPDATE watches SET event_id = coalesce(event_id, :event_id)"
+            " WHERE id = :id AND state = 'canceled'",
+            {"event_id": record.event_id, "id": record.watch_id},
+        )
+
+
+def _poll_params(record: PollRecord) -> dict[str, object]:
+    return {
+        "state": record.state,
+        "seen": record.holds_seen,
+        "judged": record.judged,
+        "forget": record.forget_url,
+        "next": record.next_poll_at,
+        "step": record.backoff_step,
+        "not_found": record.not_found,
+        "at": record.polled_at,
+        "status": record.last_status,
+        "error": record.last_error,
+        "event_id": record.event_id,
+        "suspect": record.suspect,
+        "claimed": record.suspect_status,
+        "id": record.watch_id,
+    }
 
 
 def release_watch_leases(conn: sqlite3.Connection, watch_ids: list[str] | None) -> int:

@@ -2,7 +2,9 @@
 
 A watch is ``active`` until its task is terminal (``completed``), its deadline passed
 (``expired``), the provider said it has no such task (``rejected``) or an operator cancelled
-it (``canceled``). Both stores read and write the same columns, in ``WATCH_COLUMNS`` order.
+it (``canceled``). A watch that held a callback its provider's API did not confirm carries
+``suspect`` (why) and ``suspect_status`` (what the callback claimed). Both stores read and
+write the same columns, in ``WATCH_COLUMNS`` order.
 """
 
 from __future__ import annotations
@@ -51,6 +53,33 @@ class Watch:
     #: While there are any, the watch is neither polled nor emits: an operator picks whose
     #: the result is (``service.watches.resolve_conflict``).
     conflict_url_ids: tuple[str, ...] = ()
+    #: Why a callback held on this watch was not confirmed by the provider's API (one of
+    #: ``SUSPECT_REASONS``); None while nothing held was found suspect. Kept once set.
+    suspect: str | None = None
+    #: The status that suspect callback claimed.
+    suspect_status: str | None = None
+
+
+#: Why a held callback is suspect: the API answered otherwise, does not know the task, the task
+#: id cannot form a status URL, or the hold's deadline passed without the API confirming it.
+SUSPECT_REASONS = ("contradicted", "task_not_found", "invalid_task_id", "deadline_unconfirmed")
+
+
+@dataclass(frozen=True)
+class HoldRefused:
+    """``Store.hold_for_confirmation``'s answer when a new hold would exceed a bound: ``scope``
+    is ``url`` (the callback URL has ``per_url`` active holds) or ``total`` (the relay has
+    ``total`` active holds). Nothing was stored."""
+
+    scope: str
+
+
+@dataclass(frozen=True)
+class HoldLimits:
+    """Most active holds (watches a held callback created) per callback URL and in total."""
+
+    per_url: int
+    total: int
 
 
 @dataclass(frozen=True)
@@ -58,6 +87,8 @@ class WatchFilter:
     state: str | None = None
     provider: str | None = None
     task_id: str | None = None
+    #: True: only watches with a suspect callback.
+    suspect: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,12 +112,17 @@ class PollRecord:
     #: The API contradicted the held callback: its URL (``url_id``) names nobody and is
     #: forgotten, unless another callback was held meanwhile.
     forget_url: bool = False
+    #: A held callback found suspect by this poll (a ``SUSPECT_REASONS``), and its status.
+    #: A watch that ends suspect keeps its held callback for the operator.
+    suspect: str | None = None
+    suspect_status: str | None = None
 
 
 WATCH_COLUMNS = (
     "id, provider, task_id, origin, state, metadata, created_at, updated_at, deadline_at,"
     " next_poll_at, url_id, polls, backoff_step, not_found, last_polled_at, last_status,"
-    " last_error, held_status, held_body, holds, event_id, conflict_url_ids"
+    " last_error, held_status, held_body, holds, event_id, conflict_url_ids, suspect,"
+    " suspect_status"
 )
 #: How many columns ``WATCH_COLUMNS`` names (the INSERTs' parameter count).
 WATCH_COLUMN_COUNT = WATCH_COLUMNS.count(",") + 1
@@ -116,6 +152,8 @@ def watch_from_row(row: tuple[Any, ...]) -> Watch:
         holds=row[19],
         event_id=row[20],
         conflict_url_ids=tuple(json.loads(row[21])) if row[21] else (),
+        suspect=row[22],
+        suspect_status=row[23],
     )
 
 
@@ -144,4 +182,6 @@ def watch_values(watch: Watch) -> tuple[Any, ...]:
         watch.holds,
         watch.event_id,
         json.dumps(list(watch.conflict_url_ids)) if watch.conflict_url_ids else None,
+        watch.suspect,
+        watch.suspect_status,
     )

@@ -380,8 +380,165 @@ def provider_redirects_are_not_followed(ctx: Context) -> list[Row]:
     return [row]
 
 
+def _list_watches(relay: RelayProcess, **params: str) -> list[dict]:
+    items: list[dict] = []
+    cursor = None
+    while True:
+        page = httpx.get(
+            f"{relay.base}/v1/watches",
+            params={**params, "limit": "500", **({"cursor": cursor} if cursor else {})},
+            headers=relay.admin,
+            timeout=10,
+        ).json()
+        items += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return items
+
+
+def _events(relay: RelayProcess) -> int:
+    page = httpx.get(f"{relay.base}/v1/events", headers=relay.admin, timeout=10).json()
+    return len(page["items"])
+
+
+def _requests(emulator: ProviderEmulator, task_ids: set[str]) -> int:
+    with emulator.lock:
+        return sum(1 for hit in emulator.hits if hit.task_id in task_ids)
+
+
+#: The bounds the flood runs with (small, so that the short form reaches them fast).
+FLOOD_PER_URL, FLOOD_MAX, FLOOD_DEADLINE = 50, 120, 10
+
+
+def provider_forged_callback_flood(ctx: Context) -> list[Row]:
+    """Forged ``completed`` Evolink callbacks for random tasks, the API answering 404, then 503."""
+    count = ctx.pick(200, 2000)
+    env = {
+        "RELAY_HOLDS_PER_URL": str(FLOOD_PER_URL),
+        "RELAY_HOLDS_MAX": str(FLOOD_MAX),
+        "RELAY_HOLD_DEADLINE": str(FLOOD_DEADLINE),
+    }
+    with _emulator() as emulator, _relay(ctx, "forged-flood", emulator, **env) as relay:
+
+        def mint() -> str:
+            return httpx.post(
+                f"{relay.base}/v1/callback-urls",
+                json={"provider": "evolink", "reusable": True},
+                headers=relay.admin,
+                timeout=10,
+            ).json()["url"]
+
+        def send(urls: list[str], task_ids: list[str]) -> dict[str, int]:
+            said: dict[str, int] = {}
+            with httpx.Client(timeout=10) as client:
+                for n, task in enumerate(task_ids):
+                    body = {"id": task, "status": "completed", "progress": 100,
+                            "results": ["https://forged.example/x.png"]}
+                    word = _said(client.post(urls[n * len(urls) // len(task_ids)], json=body))
+                    said[word] = said.get(word, 0) + 1
+            return said
+
+        unknown = [f"task-unified-1700000000-u{n:05d}" for n in range(count)]
+        started = time.monotonic()
+        said_404 = send([mint()], unknown)
+        rejected = wait_until(
+            lambda: len(_list_watches(relay, state="rejected")) >= FLOOD_PER_URL, 30
+        )
+        took_404 = time.monotonic() - started
+        requests_404 = _requests(emulator, set(unknown))
+
+        down = [f"task-unified-1700000000-d{n:05d}" for n in range(count)]
+        for task in down:
+            emulator.add_task("evolink", task, always=Fault(503))
+        started = time.monotonic()
+        said_503 = send([mint() for _ in range(3)], down)
+        expired = wait_until(
+            lambda: len(_list_watches(relay, state="expired")) >= FLOOD_MAX, FLOOD_DEADLINE + 20
+        )
+        took_503 = time.monotonic() - started
+        requests_503 = _requests(emulator, set(down))
+        time.sleep(2)  # after the deadline: no poll left
+        late = _requests(emulator, set(down)) - requests_503
+        suspects = _list_watches(relay, suspect="true")
+        events = _events(relay)
+    reasons: dict[str, int] = {}
+    for watch in suspects:
+        reason = (watch["suspect"] or {}).get("reason", "?")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    held_404, held_503 = said_404.get("200 held", 0), said_503.get("200 held", 0)
+    row = Row(
+        SECTION,
+        f"{count:,} forged Evolink callbacks for unknown tasks (404), then {count:,} while the"
+        " API answers 503",
+        {
+            "answers, API 404": ", ".join(f"{v} {k}" for k, v in sorted(said_404.items())),
+            "status requests, API 404": f"{requests_404} in {took_404:.1f} s"
+            f" ({requests_404 / max(held_404, 1):.1f} per hold)",
+            "answers, API 503": ", ".join(f"{v} {k}" for k, v in sorted(said_503.items())),
+            "status requests, API 503": f"{requests_503} in {took_503:.1f} s"
+            f" ({requests_503 / max(held_503, 1):.1f} per hold), {late} after the deadline",
+            "suspect watches": ", ".join(f"{v} {k}" for k, v in sorted(reasons.items())),
+            "events emitted": events,
+        },
+        f"A `relay serve` process with RELAY_EVOLINK_API_KEY (confirmation on, back-off 2,60),"
+        f" RELAY_HOLDS_PER_URL={FLOOD_PER_URL}, RELAY_HOLDS_MAX={FLOOD_MAX},"
+        f" RELAY_HOLD_DEADLINE={FLOOD_DEADLINE}: forged `completed` callbacks for random task"
+        " ids through one reusable URL while the emulated API answers 404 (unknown tasks),"
+        " then through three URLs while it answers 503; the emulator counts status requests."
+        " The relay before this fix held every one: 3 requests each for 404, and for 503 a"
+        " poll a minute each for 24 h, then a `generation.failed` event each.",
+    )
+    row.expect(held_404 == FLOOD_PER_URL, f"{held_404} held with the API answering 404")
+    row.expect(said_404.get("429 too_many_held_callbacks", 0) == count - FLOOD_PER_URL,
+               f"answers {said_404}")
+    row.expect(rejected and requests_404 == 3 * held_404, f"{requests_404} requests for 404")
+    row.expect(held_503 == FLOOD_MAX, f"{held_503} held with the API answering 503")
+    row.expect(said_503.get("503 held_callbacks_full", 0) > 0, f"answers {said_503}")
+    row.expect(expired and late == 0, f"{late} requests after the deadline")
+    row.expect(requests_503 <= 5 * held_503, f"{requests_503} requests for 503")
+    row.expect(events == 0, f"{events} events emitted for forged tasks")
+    row.expect(reasons == {"task_not_found": held_404, "deadline_unconfirmed": held_503},
+               f"suspect watches {reasons}")
+    return [row]
+
+
+def provider_slow_provider_does_not_starve_another(ctx: Context) -> list[Row]:
+    """64 Evolink watches whose API hangs past the timeout, then one Reve Art watch."""
+    timeout = ctx.pick(5, 10)
+    env = {"RELAY_PROVIDER_TIMEOUT": str(timeout)}
+    with _emulator() as emulator, _relay(ctx, "slow-provider", emulator, **env) as relay:
+        for _ in range(64):
+            task = emulator.add_task("evolink", always=Fault(hang=timeout + 5))
+            _watch(relay, "evolink", task)
+        wait_until(lambda: len(emulator.arrivals) >= 16, 10)
+        genuine = emulator.add_task("reve-art", timeline=((0.0, "succeeded"),))
+        due = time.time() + 2  # a watch's first poll: 2 s after registration
+        _watch(relay, "reve-art", genuine)
+        polled = wait_until(lambda: bool(emulator.hits_for(genuine)), 3 * timeout + 10)
+        delay = emulator.hits_for(genuine)[0].at - due if polled else float("inf")
+        with emulator.lock:
+            hanging = sum(1 for provider, _ in emulator.arrivals if provider == "evolink")
+    row = Row(
+        SECTION,
+        "64 Evolink watches hanging until the timeout beside one Reve Art watch",
+        {
+            "Reve Art first poll after its due time, s": f"{delay:.2f}",
+            "Evolink polls started meanwhile": hanging,
+            "status timeout, s": timeout,
+        },
+        "A `relay serve` process (32 polls at once) watches 64 Evolink tasks whose emulated"
+        " API answers only after the status timeout, then one Reve Art task due 2 s later."
+        " Before this fix the Evolink polls took every slot in due order: the Reve Art poll"
+        " waited for two rounds of timeouts (22 s with 10 s timeouts).",
+    )
+    row.expect(delay < 2.0, f"the Reve Art watch was polled {delay:.2f} s after it was due")
+    return [row]
+
+
 SCENARIOS = [
     provider_gzip_bomb_at_full_concurrency,
     provider_forged_evolink_callbacks_do_not_spin,
     provider_redirects_are_not_followed,
+    provider_forged_callback_flood,
+    provider_slow_provider_does_not_starve_another,
 ]
