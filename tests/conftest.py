@@ -205,3 +205,23 @@ def relay_factory(tmp_path: Path) -> Iterator[Callable[..., RelayServer]]:
 def relay_server(relay_factory: Callable[..., RelayServer]) -> RelayServer:
     """One relay on a fresh SQLite file, with default settings."""
     return relay_factory()
+
+
+@pytest.fixture
+def emulator() -> Iterator[Any]:
+    """The providers' status APIs, emulated on loopback (``tests.provider_emulators``)."""
+    from tests.provider_emulators import ProviderEmulator  # it imports this module
+
+    server = ProviderEmulator().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sink() -> Iterator[Any]:
+    """A real subscriber that verifies what it receives (``tests.subscriber_server``)."""
+    from tests.subscriber_server import SubscriberServer  # it imports this module
+
+    server = SubscriberServer().start()
+    yield server
+    server.stop()

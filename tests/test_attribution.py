@@ -82,20 +82,6 @@ async def test_store_records_a_conflict_and_the_operator_resolves_it(store: Stor
 SETTLED = {"watch_backoff": (5.0, 10.0), "provider_timeout": 0.5}
 
 
-@pytest.fixture
-def emulator() -> Iterator[ProviderEmulator]:
-    server = ProviderEmulator().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def sink() -> Iterator[SubscriberServer]:
-    server = SubscriberServer().start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     """Settings for a relay on SQLite (the default file) or on a fresh PostgreSQL schema."""

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +37,6 @@ from tests.test_watches import (
     wait_task_events,
     wait_watch,
 )
-
-
-@pytest.fixture
-def emulator() -> Iterator[ProviderEmulator]:
-    server = ProviderEmulator().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def sink() -> Iterator[SubscriberServer]:
-    server = SubscriberServer().start()
-    yield server
-    server.stop()
 
 
 def forged(task_id: str, status: str = "completed", **changes: Any) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -71,13 +71,6 @@ def test_depth_is_measured_without_recursion() -> None:
     assert raw_too_deep(json.loads(deep), deep)
     shallow = json.dumps(_nested(MAX_RAW_DEPTH)).encode()
     assert not raw_too_deep(json.loads(shallow), shallow)
-
-
-@pytest.fixture
-def sink() -> Iterator[SubscriberServer]:
-    server = SubscriberServer().start()
-    yield server
-    server.stop()
 
 
 def _dropped(reason: str) -> float:

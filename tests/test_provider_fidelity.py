@@ -339,20 +339,6 @@ def test_unknown_status_words_are_counted_by_provider(relay_server: RelayServer)
 # --- through watches, against the emulated status APIs, on both stores ----------------------
 
 
-@pytest.fixture
-def emulator() -> Iterator[ProviderEmulator]:
-    server = ProviderEmulator().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def sink() -> Iterator[SubscriberServer]:
-    server = SubscriberServer().start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_settings(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     """Relay settings for each store: the default SQLite file, or a fresh PostgreSQL schema."""

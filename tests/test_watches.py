@@ -34,13 +34,6 @@ SLOW_TIMELINE = ((0.0, "queued"), (1.5, "running"), (2.2, "succeeded"))
 
 
 @pytest.fixture
-def emulator() -> Iterator[ProviderEmulator]:
-    server = ProviderEmulator().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def sinks() -> Iterator[Callable[..., SubscriberServer]]:
     started: list[SubscriberServer] = []
 
