@@ -7,7 +7,8 @@
     ├── NotFound               404
     ├── Conflict               409
     ├── PayloadTooLarge        413
-    └── StorageUnavailable     503: the store could not commit; the caller should retry
+    ├── StorageUnavailable     503: the store could not commit; the caller should retry
+    └── ServerBusy             503: too many request bodies held at once; retry shortly
 
 Every error answers as ``{"error": {"code": ..., "message": ...}}``.
 """
@@ -20,6 +21,9 @@ class RelayError(Exception):
 
     status_code = 400
     code = "bad_request"
+    #: Answered before the request's body was read: the connection is closed after the answer
+    #: (reading and discarding the rest would let the client hold it).
+    closes_connection = False
 
     def __init__(self, message: str | None = None, *, code: str | None = None) -> None:
         self.message = message or (self.__doc__ or self.code).strip()
@@ -78,6 +82,7 @@ class PayloadTooLarge(RelayError):
 
     status_code = 413
     code = "payload_too_large"
+    closes_connection = True
 
 
 class StorageUnavailable(RelayError):
@@ -92,3 +97,11 @@ class InternalError(RelayError):
 
     status_code = 500
     code = "internal_error"
+
+
+class ServerBusy(RelayError):
+    """The relay holds as many request bodies as it may (RELAY_BODY_MEMORY); retry shortly."""
+
+    status_code = 503
+    code = "server_busy"
+    closes_connection = True

@@ -15,7 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive
 
-from service.errors import InvalidInput, PayloadTooLarge, RelayError, Unauthorized
+from service.body_budget import BodyBudget
+from service.errors import InvalidInput, PayloadTooLarge, RelayError, ServerBusy, Unauthorized
 from service.settings import IPNetwork
 
 
@@ -29,8 +30,14 @@ class JSONResponse(Response):
 
 
 def error_response(exc: RelayError) -> JSONResponse:
-    headers = {"www-authenticate": "Bearer"} if exc.status_code == 401 else None
-    return JSONResponse(exc.as_json(), status_code=exc.status_code, headers=headers)
+    headers = {}
+    if exc.status_code == 401:
+        headers["www-authenticate"] = "Bearer"
+    if exc.closes_connection:
+        headers["connection"] = "close"
+    if isinstance(exc, ServerBusy):
+        headers["retry-after"] = "1"
+    return JSONResponse(exc.as_json(), status_code=exc.status_code, headers=headers or None)
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
@@ -54,12 +61,20 @@ async def http_error_handler(_request: Request, exc: Exception) -> Response:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing (without reading on) anything over ``limit`` bytes."""
-    return await receive_body(request.receive, request.headers.get("content-length"), limit)
+    budget = request.app.state.relay.body_budget
+    return await receive_body(request.receive, request.headers.get("content-length"), limit, budget)
 
 
-async def receive_body(receive: Receive, content_length: str | None, limit: int) -> bytes:
+async def receive_body(
+    receive: Receive, content_length: str | None, limit: int, budget: BodyBudget
+) -> bytes:
     """The whole body from ASGI ``receive``, refusing anything over ``limit`` bytes: at once
-    when ``content_length`` (the header's value) says so, else as soon as it is read."""
+    when ``content_length`` (the header's value) says so, else as soon as it is read.
+
+    While it is received, the body holds its size of ``budget`` (the declared length at once,
+    a chunked body as it grows); 503 ``server_busy`` when that does not fit.
+    """
+    held = 0
     if content_length is not None:
         try:
             declared = int(content_length)
@@ -67,25 +82,36 @@ async def receive_body(receive: Receive, content_length: str | None, limit: int)
             raise InvalidInput("Content-Length is not a number.") from None
         if declared > limit:
             raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            # The caller left mid-body (a Content-Length longer than what it sent, a cut
-            # chunked body): nobody is there to answer, and nothing failed here, so this is a
-            # 4xx in the log and metrics, not a 500 with a traceback any client could trigger.
-            raise InvalidInput(
-                "The client closed the connection before sending the whole body.",
-                code="incomplete_body",
-            )
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if not budget.grow(0, declared):
+            raise ServerBusy()
+        held = declared
+    try:
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                # The caller left mid-body (a Content-Length longer than what it sent, a cut
+                # chunked body, or too slow: service.http_protocol answered it 408): nobody is
+                # there to answer, and nothing failed here, so this is a 4xx in the log and
+                # metrics, not a 500 with a traceback any client could trigger.
+                raise InvalidInput(
+                    "The client closed the connection before sending the whole body.",
+                    code="incomplete_body",
+                )
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
+            if size > held:  # a chunked body (httptools holds others to their length)
+                if not budget.grow(held, size):
+                    raise ServerBusy()
+                held = size
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    finally:
+        budget.release(held)
 
 
 def _refuse_constant(name: str) -> None:

@@ -75,7 +75,9 @@ async def _receive(
     headers = Headers(scope=scope)
     _check_source(relay, provider_name, scope, headers)
     url_id = _url_id(relay, provider, token)
-    body = await receive_body(receive, headers.get("content-length"), relay.settings.max_body_bytes)
+    body = await receive_body(
+        receive, headers.get("content-length"), relay.settings.max_body_bytes, relay.body_budget
+    )
     provider.verify(headers, body, relay.settings)
     try:
         # orjson is strict: no NaN or Infinity, valid UTF-8 only, nesting depth bounded.

@@ -17,6 +17,7 @@ import structlog
 from starlette.datastructures import Secret
 
 from service import ids, metrics
+from service.body_budget import BodyBudget
 from service.clock import rfc3339
 from service.errors import InvalidInput
 from service.events import Normalized, build_cloudevent, dumps, verbatim_json
@@ -44,6 +45,11 @@ class Relay:
     #: Called after a watch became due now (wakes the watch worker; see ``service.watches``).
     on_watch_due: Callable[[], None] = lambda: None
     _metadata: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
+    #: Bytes of request bodies held at once (``RELAY_BODY_MEMORY``; ``service.body_budget``).
+    body_budget: BodyBudget = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.body_budget = BodyBudget(self.settings.body_memory)
 
     @classmethod
     async def start(cls, settings: Settings, store: Store | None = None) -> Relay:
