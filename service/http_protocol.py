@@ -251,11 +251,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._waiting[self] = None  # idle until the next request: waiting again
 
     def _expect(self, phase: str, seconds: float) -> None:
-        """Wait for ``phase`` at most ``seconds``: one timer per connection, armed only when
-        none is (it re-arms itself for a later deadline when it fires)."""
+        """Wait for ``phase`` at most ``seconds``: one timer per connection, armed anew only
+        when none is or it is due too late (one due earlier re-arms itself when it fires)."""
         self._phase = phase
         self._deadline = self.loop.time() + seconds
-        if self._timer is None:
+        if self._timer is None or self._timer.when() > self._deadline:
+            if self._timer is not None:
+                self._timer.cancel()
             self._timer = self.loop.call_at(self._deadline, self._on_timer)
 
     def _on_timer(self) -> None:
