@@ -15,7 +15,15 @@ from types import ModuleType
 from tests.reliability import Context, Row
 
 #: The table's order of sections; a section module not named here comes last.
-ORDER = ["crashes", "outages", "hostile_input", "forged", "hostile_subscribers", "admin_surface"]
+ORDER = [
+    "crashes",
+    "outages",
+    "hostile_input",
+    "slow_clients",
+    "forged",
+    "hostile_subscribers",
+    "admin_surface",
+]
 HELPERS = {"suite"}
 
 
