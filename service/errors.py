@@ -5,6 +5,7 @@
     ├── Unauthorized           401: token, signature or admin bearer refused
     ├── Forbidden              403: source address not allowed
     ├── NotFound               404
+    ├── RequestTimeout         408: the client took too long to send its body (already answered)
     ├── Conflict               409
     ├── PayloadTooLarge        413
     ├── StorageUnavailable     503: the store could not commit; the caller should retry
@@ -82,6 +83,14 @@ class PayloadTooLarge(RelayError):
 
     status_code = 413
     code = "payload_too_large"
+    closes_connection = True
+
+
+class RequestTimeout(RelayError):
+    """The request body did not arrive within RELAY_BODY_TIMEOUT."""
+
+    status_code = 408
+    code = "request_timeout"
     closes_connection = True
 
 

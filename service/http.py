@@ -13,10 +13,18 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive
+from starlette.types import Receive, Scope
 
 from service.body_budget import BodyBudget
-from service.errors import InvalidInput, PayloadTooLarge, RelayError, ServerBusy, Unauthorized
+from service.errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    RelayError,
+    RequestTimeout,
+    ServerBusy,
+    Unauthorized,
+)
+from service.http_protocol import BODY_TIMED_OUT
 from service.settings import IPNetwork
 
 
@@ -62,11 +70,13 @@ async def http_error_handler(_request: Request, exc: Exception) -> Response:
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing (without reading on) anything over ``limit`` bytes."""
     budget = request.app.state.relay.body_budget
-    return await receive_body(request.receive, request.headers.get("content-length"), limit, budget)
+    return await receive_body(
+        request.scope, request.receive, request.headers.get("content-length"), limit, budget
+    )
 
 
 async def receive_body(
-    receive: Receive, content_length: str | None, limit: int, budget: BodyBudget
+    scope: Scope, receive: Receive, content_length: str | None, limit: int, budget: BodyBudget
 ) -> bytes:
     """The whole body from ASGI ``receive``, refusing anything over ``limit`` bytes: at once
     when ``content_length`` (the header's value) says so, else as soon as it is read.
@@ -91,10 +101,14 @@ async def receive_body(
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
+                if BODY_TIMED_OUT in scope:
+                    # Too slow: service.http_protocol answered it 408 and closed the
+                    # connection; the access line and metrics say the same.
+                    raise RequestTimeout(scope[BODY_TIMED_OUT])
                 # The caller left mid-body (a Content-Length longer than what it sent, a cut
-                # chunked body, or too slow: service.http_protocol answered it 408): nobody is
-                # there to answer, and nothing failed here, so this is a 4xx in the log and
-                # metrics, not a 500 with a traceback any client could trigger.
+                # chunked body): nobody is there to answer, and nothing failed here, so this is
+                # a 4xx in the log and metrics, not a 500 with a traceback any client could
+                # trigger.
                 raise InvalidInput(
                     "The client closed the connection before sending the whole body.",
                     code="incomplete_body",

@@ -55,6 +55,10 @@ log = structlog.get_logger("service.http_protocol")
 #: The largest request head accepted (nginx's default buffers allow 32 KiB of headers).
 MAX_HEAD_BYTES = 64 * 1024
 
+#: The scope key set (to the 408's message) when a request's body timed out: the app, which
+#: then sees the client disconnect, logs and counts it as the 408 the client was answered.
+BODY_TIMED_OUT = "relay.body_timed_out"
+
 _REASONS = {
     400: b"Bad Request",
     408: b"Request Timeout",
@@ -276,9 +280,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._limits.header_timeout if self._phase == "head" else self._limits.body_timeout
         )
         _TIMEOUTS.add(self.loop, part=self._phase, client=self._peer(), seconds=timeout)
-        self._close_waiting(
-            408, "request_timeout", f"The request {self._phase} took over {timeout:g} s to arrive."
-        )
+        message = f"The request {self._phase} took over {timeout:g} s to arrive."
+        if self._phase == "body" and self.cycle is not None:
+            self.cycle.scope[BODY_TIMED_OUT] = message  # type: ignore[literal-required]
+        self._close_waiting(408, "request_timeout", message)
 
     def _make_room(self) -> None:
         """Close the connection that has waited longest for its client (maybe this one)."""

@@ -76,7 +76,11 @@ async def _receive(
     _check_source(relay, provider_name, scope, headers)
     url_id = _url_id(relay, provider, token)
     body = await receive_body(
-        receive, headers.get("content-length"), relay.settings.max_body_bytes, relay.body_budget
+        scope,
+        receive,
+        headers.get("content-length"),
+        relay.settings.max_body_bytes,
+        relay.body_budget,
     )
     provider.verify(headers, body, relay.settings)
     try:

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
@@ -276,6 +277,31 @@ def test_a_body_stalled_past_the_body_timeout_is_answered_408(
     status, _, body = _split(answer)
     assert status == 408 and json.loads(body)["error"]["code"] == "request_timeout"
     assert 0.4 <= took < 4
+
+
+def test_a_body_timeout_is_logged_and_counted_as_the_408_it_was_answered(
+    relay_factory: Callable[..., RelayServer], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The client got 408 from the protocol: the access line and the metrics (made from the
+    same facts) say ``request_timeout`` too, not a 400 ``incomplete_body``."""
+    relay = relay_factory(body_timeout=0.5)
+    path = urlsplit(relay.mint()).path.encode()
+    with _connect(relay) as sock:
+        sock.sendall(b"POST %s HTTP/1.1\r\nhost: relay\r\ncontent-length: 100\r\n\r\n{" % path)
+        answer, _ = _closed_within(sock, 5)
+    assert _split(answer)[0] == 408
+    deadline = time.monotonic() + 5
+    while True:  # the app learns of the timeout once the connection is gone: soon after
+        metrics = relay.client.get("/metrics", headers=relay.admin).text
+        if any(line.startswith("relay_callbacks_total{") for line in metrics.splitlines()):
+            break
+        assert time.monotonic() < deadline, metrics
+        time.sleep(0.05)
+    assert 'outcome="request_timeout"' in metrics
+    assert 'outcome="incomplete_body"' not in metrics
+    out, err = capfd.readouterr()
+    (line,) = [line for line in (out + err).splitlines() if "path=/callbacks/evolink/" in line]
+    assert "status=408" in line and "error_code=request_timeout" in line, line
 
 
 def test_a_kept_alive_connection_gets_a_new_head_timeout_per_request(
