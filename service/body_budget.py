@@ -8,10 +8,16 @@ it grows. A reservation that does not fit is refused (``503 server_busy``, the c
 and the connection closed.
 
 Large bodies (over ``SMALL_BODY``) may use only half of the budget, so that the usual small
-callbacks always find room beside them.
+callbacks always find room beside them. Once received, large callbacks are processed (their
+signature checked, parsed, committed) one at a time (``large_turn``), their bodies still held
+while they wait: a 1 MiB callback becomes several MiB of parsed objects and event, and its commit
+makes the store's queue wait, so a small callback waits behind at most one of them, and memory
+does not grow with how many arrive at once.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 #: A body up to this size may use the whole budget; a larger one only its first half.
 SMALL_BODY = 64 * 1024
@@ -23,7 +29,7 @@ class BodyBudget:
     Not thread-safe: used from the event loop only.
     """
 
-    __slots__ = ("large", "large_seen", "limit", "used")
+    __slots__ = ("large", "large_seen", "large_turn", "limit", "used")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -32,6 +38,8 @@ class BodyBudget:
         self.large = 0
         #: A large body was held since ``service.memory`` last gave memory back.
         self.large_seen = False
+        #: Held while a large body is processed after it was received (see the module).
+        self.large_turn = asyncio.Semaphore(1)
 
     def grow(self, held: int, to: int) -> bool:
         """Let a body that holds ``held`` bytes of the budget hold ``to``; False (and nothing

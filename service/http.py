@@ -70,9 +70,10 @@ async def http_error_handler(_request: Request, exc: Exception) -> Response:
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing (without reading on) anything over ``limit`` bytes."""
     budget = request.app.state.relay.body_budget
-    return await receive_body(
-        request.scope, request.receive, request.headers.get("content-length"), limit, budget
-    )
+    content_length = request.headers.get("content-length")
+    body = await receive_body(request.scope, request.receive, content_length, limit, budget)
+    budget.release(len(body))
+    return body
 
 
 async def receive_body(
@@ -81,8 +82,9 @@ async def receive_body(
     """The whole body from ASGI ``receive``, refusing anything over ``limit`` bytes: at once
     when ``content_length`` (the header's value) says so, else as soon as it is read.
 
-    While it is received, the body holds its size of ``budget`` (the declared length at once,
-    a chunked body as it grows); 503 ``server_busy`` when that does not fit.
+    The body holds its size of ``budget`` from its head on (the declared length at once, a
+    chunked body as it grows); 503 ``server_busy`` when that does not fit. A body returned
+    still holds it: the caller gives it back (``budget.release(len(body))``) once done with it.
     """
     held = 0
     if content_length is not None:
@@ -124,8 +126,9 @@ async def receive_body(
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    finally:
+    except BaseException:
         budget.release(held)
+        raise
 
 
 def _refuse_constant(name: str) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import copy
 import json
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from service.body_budget import BodyBudget
+from service.body_budget import SMALL_BODY, BodyBudget
 from service.http_protocol import MAX_HEAD_BYTES, BoundedHttpToolsProtocol
 from tests.conftest import EVOLINK_COMPLETED, RelayServer
 
@@ -355,6 +356,52 @@ def test_bodies_past_the_memory_budget_are_refused_at_once_small_ones_still_serv
         assert json.loads(body)["error"]["code"] == "server_busy"
         payload = {**EVOLINK_COMPLETED, "id": "task-small-beside"}
         assert relay.post_callback(relay.mint(), payload).status_code == 200
+
+
+def test_large_callbacks_are_committed_one_at_a_time_small_ones_pass_them(
+    relay_factory: Callable[..., RelayServer],
+) -> None:
+    """Received at once, four 300 KiB callbacks reach the store one after another (each
+    commit made slow here), while a small callback sent meanwhile is answered before they
+    are all done."""
+    relay = relay_factory()
+    url = relay.mint()
+    store = relay.relay.store
+    real_ingest = store.ingest
+    in_store = {"large": 0, "most": 0}
+    first_large = threading.Event()
+
+    async def slow_ingest(event: Any) -> Any:
+        if len(event.raw_body) <= SMALL_BODY:
+            return await real_ingest(event)
+        in_store["large"] += 1
+        in_store["most"] = max(in_store["most"], in_store["large"])
+        first_large.set()
+        try:
+            await asyncio.sleep(0.4)
+            return await real_ingest(event)
+        finally:
+            in_store["large"] -= 1
+
+    store.ingest = slow_ingest
+    finished: dict[str, float] = {}
+
+    def post(name: str, padding: int) -> None:
+        payload = {**EVOLINK_COMPLETED, "id": f"task-{name}", "padding": "p" * padding}
+        with httpx.Client(timeout=30) as client:
+            assert client.post(url, json=payload).status_code == 200
+        finished[name] = time.monotonic()
+
+    large = [threading.Thread(target=post, args=(f"large-{n}", 300 * 1024)) for n in range(4)]
+    for thread in large:
+        thread.start()
+    assert first_large.wait(10)
+    post("small", 0)
+    for thread in large:
+        thread.join(30)
+    assert len(finished) == 5
+    assert in_store["most"] == 1
+    assert finished["small"] < max(finished[f"large-{n}"] for n in range(4))
 
 
 def test_the_sign_in_form_is_read_with_a_small_limit(relay_server: RelayServer) -> None:
