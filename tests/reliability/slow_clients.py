@@ -5,8 +5,10 @@ Each scenario runs a real ``relay serve`` process whose open-file limit is 1,024
 hard), a provider posting an Evolink callback every 50 ms on a fresh connection (every one must
 be acknowledged, p99 under 100 ms) and an attacker on raw sockets, both in threads of their own.
 The provider runs in a process of its own, so that the attacker's work in this one does not
-show in its timings. The relay's memory is read from ``/proc/<pid>/status`` (VmRSS) before the
-attack, sampled during it (peak) and after it, once the attack's connections are gone.
+show in its timings. Its callbacks are also timed for a few seconds before the attack (the same
+machine and moment, no attack yet): what the machine's load alone costs them, told apart from
+what the attack costs. The relay's memory is read from ``/proc/<pid>/status`` (VmRSS) before
+the attack, sampled during it (peak) and after it, once the attack's connections are gone.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ OPEN_FILES = 1024
 P99_LIMIT_MS = 100.0
 #: Seconds between the provider's callbacks.
 PROVIDER_EVERY = 0.05
+#: Seconds the provider is timed before the attack starts (the machine's load alone).
+BEFORE_ATTACK = 3.0
 #: RSS after the attack may exceed RSS before by this much (allocator noise, caches).
 RSS_AFTER_SLACK_MB = 32
 RIVYA_SECRET = "whsec_" + base64.b64encode(b"slow-clients-rivya-secret-32byte").decode()
@@ -78,7 +82,8 @@ class Provider:
     and records how long each took to be acknowledged (or how it failed)."""
 
     url: str
-    latencies_ms: list[float] = field(default_factory=list)
+    #: (when it was sent, ``time.monotonic()``; milliseconds until acknowledged)
+    latencies_ms: list[tuple[float, float]] = field(default_factory=list)
     failures: collections.Counter[str] = field(default_factory=collections.Counter)
     measuring: bool = False
     running: bool = True
@@ -89,7 +94,7 @@ class Provider:
             while self.running:
                 payload = copy.deepcopy(EVOLINK_COMPLETED)
                 payload["id"] = f"task-unified-{uuid.uuid4().hex}"
-                started = time.perf_counter()
+                sent_at, started = time.monotonic(), time.perf_counter()
                 try:
                     answer = await client.post(self.url, content=orjson.dumps(payload))
                     outcome = "ok" if answer.status_code == 200 else f"HTTP {answer.status_code}"
@@ -98,7 +103,7 @@ class Provider:
                 took = (time.perf_counter() - started) * 1000
                 if self.measuring:
                     if outcome == "ok":
-                        self.latencies_ms.append(took)
+                        self.latencies_ms.append((sent_at, took))
                     else:
                         self.failures[outcome] += 1
                 await asyncio.sleep(max(0.0, PROVIDER_EVERY - took / 1000))
@@ -186,6 +191,8 @@ class Arena:
 
     relay: RelayProcess
     provider: Provider
+    #: The provider's acknowledgement times (ms) before the attack started.
+    before_attack_ms: list[float] = field(default_factory=list)
     before_kb: int = 0
     before_fds: int = 0
     peak_kb: int = 0
@@ -266,6 +273,8 @@ def _run(
         providing.start()
         assert ready.wait(30), "the provider did not start"
         measuring.set()
+        time.sleep(BEFORE_ATTACK)  # the provider alone: the machine's load, no attack yet
+        attack_started = time.monotonic()
         attacker_loop = _Loop()
         record = Attack()
 
@@ -288,7 +297,8 @@ def _run(
         assert results.poll(30), "the provider did not report"
         latencies, failures = results.recv()
         providing.join(timeout=10)
-        arena.provider.latencies_ms = latencies
+        arena.provider.latencies_ms = [(at, ms) for at, ms in latencies if at >= attack_started]
+        arena.before_attack_ms = [ms for at, ms in latencies if at < attack_started]
         arena.provider.failures.update(failures)
         arena.sampling = False
         sampler.join(timeout=5)
@@ -307,6 +317,10 @@ def _run(
         relay.stop()
 
 
+def _p99(ascending: list[float]) -> float:
+    return ascending[max(0, int(len(ascending) * 0.99) - 1)] if ascending else float("inf")
+
+
 def _row(
     ctx: Context,
     scenario: str,
@@ -317,8 +331,9 @@ def _row(
     peak_bound_mb: float,
 ) -> Row:
     after_kb = arena.after_kb
-    latencies = sorted(arena.provider.latencies_ms)
-    p99 = latencies[max(0, int(len(latencies) * 0.99) - 1)] if latencies else float("inf")
+    latencies = sorted(ms for _, ms in arena.provider.latencies_ms)
+    p99 = _p99(latencies)
+    before = sorted(arena.before_attack_ms)
     row = Row(SECTION, scenario, {}, how)
     row.figures.update(
         {
@@ -337,6 +352,9 @@ def _row(
                 f"{statistics.median(latencies):.1f} / {p99:.1f} / {latencies[-1]:.1f}"
                 if latencies
                 else "none"
+            ),
+            "provider ack p50 / p99 before the attack (load alone), ms": (
+                f"{statistics.median(before):.1f} / {_p99(before):.1f}" if before else "none"
             ),
             "open fds before / peak / after": (
                 f"{arena.before_fds} / {arena.peak_fds} / {arena.after_fds}"
@@ -374,7 +392,8 @@ _RELAY_HOW = (
     "A `relay serve` process (SQLite, open-file limit 1,024 soft and hard"
     ", RELAY_RIVYA_WEBHOOK_SECRET set) beside a provider posting an Evolink callback every "
     "50 ms on a new connection (latency from its request to the 200, during the attack; every "
-    "one must be acknowledged, p99 < 100 ms); RSS from /proc/<pid>/status after 200 warm-up "
+    "one must be acknowledged, p99 < 100 ms; also timed for 3 s before the attack, to show "
+    "what the machine's load alone costs); RSS from /proc/<pid>/status after 200 warm-up "
     "callbacks, sampled every 50 ms, and after the attack's connections are gone."
 )
 
