@@ -10,7 +10,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,6 +22,7 @@ from uvicorn.server import ServerState
 from service.body_budget import SMALL_BODY, BodyBudget
 from service.http_protocol import MAX_HEAD_BYTES, BoundedHttpToolsProtocol
 from tests.conftest import EVOLINK_COMPLETED, RelayServer
+from tests.test_store_contract import fresh_schema
 
 
 def _connect(relay: RelayServer) -> socket.socket:
@@ -358,13 +359,24 @@ def test_bodies_past_the_memory_budget_are_refused_at_once_small_ones_still_serv
         assert relay.post_callback(relay.mint(), payload).status_code == 200
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """The relay's store: its settings override (none for SQLite; a fresh PostgreSQL schema,
+    dropped after the relay stopped: this fixture is set up before ``relay_factory``)."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    with fresh_schema() as url:
+        yield {"database_url": url}
+
+
 def test_large_callbacks_are_committed_one_at_a_time_small_ones_pass_them(
-    relay_factory: Callable[..., RelayServer],
+    database: dict[str, str], relay_factory: Callable[..., RelayServer]
 ) -> None:
     """Received at once, four 300 KiB callbacks reach the store one after another (each
     commit made slow here), while a small callback sent meanwhile is answered before they
     are all done."""
-    relay = relay_factory()
+    relay = relay_factory(**database)
     url = relay.mint()
     store = relay.relay.store
     real_ingest = store.ingest
