@@ -14,7 +14,7 @@ import argparse
 
 import uvicorn
 
-from service.app import UVICORN_OPTIONS, create_app
+from service.app import create_app, uvicorn_options
 from service.logs import configure_logging
 from service.settings import Settings
 
@@ -31,7 +31,7 @@ def main() -> None:
         host=args.host,
         port=args.port,
         timeout_graceful_shutdown=30,
-        **UVICORN_OPTIONS,  # type: ignore[arg-type]
+        **uvicorn_options(settings),  # type: ignore[arg-type]
     )
 
 

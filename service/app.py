@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import gc
 import sys
 from collections.abc import AsyncIterator
@@ -18,11 +20,20 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from service import admin, admin_deliveries, admin_watches, health, metrics, openapi, ops
+from service import (
+    admin,
+    admin_deliveries,
+    admin_watches,
+    health,
+    memory,
+    metrics,
+    openapi,
+    ops,
+)
 from service.access_log import AccessLogMiddleware
 from service.errors import InternalError, RelayError
 from service.http import JSONResponse, http_error_handler, relay_error_handler
-from service.http_protocol import BoundedHttpToolsProtocol
+from service.http_protocol import BoundedHttpToolsProtocol, ConnectionLimits
 from service.receiver import CallbackEndpoint
 from service.relay import Relay
 from service.settings import Settings
@@ -30,14 +41,19 @@ from service.worker import BackgroundWork
 
 log = structlog.get_logger("service.app")
 
-#: How uvicorn must run the relay, wherever it is started (CLI, tests, benchmarks).
-UVICORN_OPTIONS = {
-    "access_log": False,  # service.access_log writes one with callback tokens masked
-    "log_config": None,  # keep the structlog configuration
-    "proxy_headers": False,  # X-Forwarded-For is believed only from RELAY_TRUSTED_PROXIES
-    "server_header": False,
-    "http": BoundedHttpToolsProtocol,  # a bounded request head; JSON for malformed requests
-}
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """How uvicorn must run the relay, wherever it is started (CLI, tests, benchmarks)."""
+    limits = ConnectionLimits.from_settings(settings)
+    return {
+        "access_log": False,  # service.access_log writes one with callback tokens masked
+        "log_config": None,  # keep the structlog configuration
+        "proxy_headers": False,  # X-Forwarded-For is believed only from RELAY_TRUSTED_PROXIES
+        "server_header": False,
+        # Bounded request heads, slow clients and connections; JSON for malformed requests.
+        # A partial (not a subclass made here) so that worker processes can unpickle it.
+        "http": functools.partial(BoundedHttpToolsProtocol, limits=limits),
+    }
 
 
 async def internal_error(_request: Request, exc: Exception) -> Response:
@@ -113,6 +129,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> RelayApp:
         if background is not None:
             await background.start()
         app.state.worker = background.worker if background is not None else None
+        trimming = asyncio.ensure_future(memory.trim_after_large_bodies(relay.body_budget))
         log.info(
             "relay_started",
             database=settings.database_url.split("://", 1)[0],
@@ -129,6 +146,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> RelayApp:
         try:
             yield
         finally:
+            trimming.cancel()
             if background is not None:
                 await background.stop()
             await relay.close()

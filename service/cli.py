@@ -142,7 +142,7 @@ async def _with_relay(settings: Settings, action: Any) -> Any:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service.app import UVICORN_OPTIONS, create_app
+    from service.app import create_app, uvicorn_options
 
     if args.workers > 1 and settings.database_url.startswith("sqlite"):
         print("relay: SQLite serves one process; use --workers 1 or PostgreSQL.", file=sys.stderr)
@@ -151,7 +151,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         "host": args.host,
         "port": args.port,
         "timeout_graceful_shutdown": 30,
-        **UVICORN_OPTIONS,
+        **uvicorn_options(settings),
     }
     if args.workers > 1:
         # Worker processes import the app; the flags reach them as the settings they stand for.

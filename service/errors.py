@@ -5,9 +5,11 @@
     ├── Unauthorized           401: token, signature or admin bearer refused
     ├── Forbidden              403: source address not allowed
     ├── NotFound               404
+    ├── RequestTimeout         408: the client took too long to send its body (already answered)
     ├── Conflict               409
     ├── PayloadTooLarge        413
-    └── StorageUnavailable     503: the store could not commit; the caller should retry
+    ├── StorageUnavailable     503: the store could not commit; the caller should retry
+    └── ServerBusy             503: too many request bodies held at once; retry shortly
 
 Every error answers as ``{"error": {"code": ..., "message": ...}}``.
 """
@@ -22,6 +24,9 @@ class RelayError(Exception):
     code = "bad_request"
     #: Seconds to send as ``Retry-After`` (429, 503), or None.
     retry_after: int | None = None
+    #: Answered before the request's body was read: the connection is closed after the answer
+    #: (reading and discarding the rest would let the client hold it).
+    closes_connection = False
 
     def __init__(self, message: str | None = None, *, code: str | None = None) -> None:
         self.message = message or (self.__doc__ or self.code).strip()
@@ -80,6 +85,15 @@ class PayloadTooLarge(RelayError):
 
     status_code = 413
     code = "payload_too_large"
+    closes_connection = True
+
+
+class RequestTimeout(RelayError):
+    """The request body did not arrive within RELAY_BODY_TIMEOUT."""
+
+    status_code = 408
+    code = "request_timeout"
+    closes_connection = True
 
 
 class StorageUnavailable(RelayError):
@@ -94,3 +108,12 @@ class InternalError(RelayError):
 
     status_code = 500
     code = "internal_error"
+
+
+class ServerBusy(RelayError):
+    """The relay holds as many request bodies as it may (RELAY_BODY_MEMORY); retry shortly."""
+
+    status_code = 503
+    code = "server_busy"
+    closes_connection = True
+    retry_after = 1

@@ -13,9 +13,18 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive
+from starlette.types import Receive, Scope
 
-from service.errors import InvalidInput, PayloadTooLarge, RelayError, Unauthorized
+from service.body_budget import BodyBudget
+from service.errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    RelayError,
+    RequestTimeout,
+    ServerBusy,
+    Unauthorized,
+)
+from service.http_protocol import BODY_TIMED_OUT
 from service.settings import IPNetwork
 
 
@@ -29,10 +38,14 @@ class JSONResponse(Response):
 
 
 def error_response(exc: RelayError) -> JSONResponse:
-    headers = {"www-authenticate": "Bearer"} if exc.status_code == 401 else None
+    headers = {}
+    if exc.status_code == 401:
+        headers["www-authenticate"] = "Bearer"
+    if exc.closes_connection:
+        headers["connection"] = "close"
     if exc.retry_after is not None:
-        headers = {"retry-after": str(exc.retry_after)}
-    return JSONResponse(exc.as_json(), status_code=exc.status_code, headers=headers)
+        headers["retry-after"] = str(exc.retry_after)
+    return JSONResponse(exc.as_json(), status_code=exc.status_code, headers=headers or None)
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
@@ -56,12 +69,24 @@ async def http_error_handler(_request: Request, exc: Exception) -> Response:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing (without reading on) anything over ``limit`` bytes."""
-    return await receive_body(request.receive, request.headers.get("content-length"), limit)
+    budget = request.app.state.relay.body_budget
+    content_length = request.headers.get("content-length")
+    body = await receive_body(request.scope, request.receive, content_length, limit, budget)
+    budget.release(len(body))
+    return body
 
 
-async def receive_body(receive: Receive, content_length: str | None, limit: int) -> bytes:
+async def receive_body(
+    scope: Scope, receive: Receive, content_length: str | None, limit: int, budget: BodyBudget
+) -> bytes:
     """The whole body from ASGI ``receive``, refusing anything over ``limit`` bytes: at once
-    when ``content_length`` (the header's value) says so, else as soon as it is read."""
+    when ``content_length`` (the header's value) says so, else as soon as it is read.
+
+    The body holds its size of ``budget`` from its head on (the declared length at once, a
+    chunked body as it grows); 503 ``server_busy`` when that does not fit. A body returned
+    still holds it: the caller gives it back (``budget.release(len(body))``) once done with it.
+    """
+    held = 0
     if content_length is not None:
         try:
             declared = int(content_length)
@@ -69,25 +94,41 @@ async def receive_body(receive: Receive, content_length: str | None, limit: int)
             raise InvalidInput("Content-Length is not a number.") from None
         if declared > limit:
             raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            # The caller left mid-body (a Content-Length longer than what it sent, a cut
-            # chunked body): nobody is there to answer, and nothing failed here, so this is a
-            # 4xx in the log and metrics, not a 500 with a traceback any client could trigger.
-            raise InvalidInput(
-                "The client closed the connection before sending the whole body.",
-                code="incomplete_body",
-            )
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if not budget.grow(0, declared):
+            raise ServerBusy()
+        held = declared
+    try:
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if BODY_TIMED_OUT in scope:
+                    # Too slow: service.http_protocol answered it 408 and closed the
+                    # connection; the access line and metrics say the same.
+                    raise RequestTimeout(scope[BODY_TIMED_OUT])
+                # The caller left mid-body (a Content-Length longer than what it sent, a cut
+                # chunked body): nobody is there to answer, and nothing failed here, so this is
+                # a 4xx in the log and metrics, not a 500 with a traceback any client could
+                # trigger.
+                raise InvalidInput(
+                    "The client closed the connection before sending the whole body.",
+                    code="incomplete_body",
+                )
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
+            if size > held:  # a chunked body (httptools holds others to their length)
+                if not budget.grow(held, size):
+                    raise ServerBusy()
+                held = size
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    except BaseException:
+        budget.release(held)
+        raise
 
 
 def _refuse_constant(name: str) -> None:

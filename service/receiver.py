@@ -27,6 +27,7 @@ from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
 from service.access_log import add_access_fields
+from service.body_budget import SMALL_BODY
 from service.callback_json import parse_callback
 from service.errors import Forbidden, InternalError, RelayError
 from service.http import error_response, forwarded_client, receive_body
@@ -79,7 +80,29 @@ async def _receive(
     headers = Headers(scope=scope)
     _check_source(relay, provider_name, scope, headers)
     url_id = _url_id(relay, provider, token)
-    body = await receive_body(receive, headers.get("content-length"), relay.settings.max_body_bytes)
+    content_length = headers.get("content-length")
+    budget = relay.body_budget
+    limit = relay.settings.max_body_bytes
+    body = await receive_body(scope, receive, content_length, limit, budget)
+    try:
+        if len(body) <= SMALL_BODY:
+            return await _accept(relay, provider_name, provider, headers, body, url_id)
+        async with budget.large_turn:  # one at a time: see service.body_budget
+            return await _accept(relay, provider_name, provider, headers, body, url_id)
+    finally:
+        budget.release(len(body))
+
+
+async def _accept(
+    relay: Relay,
+    provider_name: str,
+    provider: Provider,
+    headers: Headers,
+    body: bytes,
+    url_id: str | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Verify, parse, normalize and commit a received callback: (the 2xx answer, its log
+    fields)."""
     provider.verify(headers, body, relay.settings)
     payload = parse_callback(body)
     normalized = provider.normalize(payload)

@@ -18,6 +18,7 @@ import structlog
 from starlette.datastructures import Secret
 
 from service import ids, metrics
+from service.body_budget import BodyBudget
 from service.clock import rfc3339
 from service.errors import Conflict, InvalidInput
 from service.events import Normalized, build_cloudevent, dumps, verbatim_json
@@ -55,6 +56,11 @@ class Relay:
     _metadata: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
     #: url_id -> the task it is bound to, or None for a reusable (never bound) URL.
     _bindings: OrderedDict[str, str | None] = field(default_factory=OrderedDict)
+    #: Bytes of request bodies held at once (``RELAY_BODY_MEMORY``; ``service.body_budget``).
+    body_budget: BodyBudget = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.body_budget = BodyBudget(self.settings.body_memory)
 
     @classmethod
     async def start(cls, settings: Settings, store: Store | None = None) -> Relay:

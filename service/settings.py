@@ -30,6 +30,10 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
     ),
     "ADMIN_TOKEN": ("(generated, kept in the store)", "bearer token of the admin API"),
     "MAX_BODY_BYTES": ("1048576", "largest callback body accepted"),
+    "HEADER_TIMEOUT": ("5", "seconds a client may take to send a request's head"),
+    "BODY_TIMEOUT": ("10", "seconds a client may take to send a request's body after its head"),
+    "MAX_CONNECTIONS": ("(half of ulimit -n)", "client connections held at once"),
+    "BODY_MEMORY": ("67108864", "bytes of request bodies held at once; past it 503 server_busy"),
     "LOG_FORMAT": ("json", "json or console"),
     "LOG_LEVEL": ("info", "debug, info, warning, error"),
     "TRUSTED_PROXIES": ("", "CIDRs whose X-Forwarded-For is believed"),
@@ -198,6 +202,13 @@ class Settings:
     secret_keys: tuple[Secret, ...] = ()
     admin_token: Secret | None = None
     max_body_bytes: int = 1024 * 1024
+    #: Slow clients (``service.http_protocol``): seconds to send a head, a body; connections
+    #: held at once (None: half the open-file limit).
+    header_timeout: float = 5.0
+    body_timeout: float = 10.0
+    max_connections: int | None = None
+    #: Bytes of request bodies buffered at once across all requests (``service.http``).
+    body_memory: int = 64 * 1024 * 1024
     log_format: str = "json"
     log_level: str = "info"
     trusted_proxies: tuple[IPNetwork, ...] = ()
@@ -276,6 +287,14 @@ class Settings:
             max_body_bytes=_int(
                 "MAX_BODY_BYTES", env.get("MAX_BODY_BYTES", str(cls.max_body_bytes))
             ),
+            header_timeout=_positive_seconds("HEADER_TIMEOUT", env.get("HEADER_TIMEOUT", "5"), 300),
+            body_timeout=_positive_seconds("BODY_TIMEOUT", env.get("BODY_TIMEOUT", "10"), 300),
+            max_connections=(
+                _int("MAX_CONNECTIONS", env["MAX_CONNECTIONS"])
+                if env.get("MAX_CONNECTIONS", "").strip()
+                else None
+            ),
+            body_memory=_int("BODY_MEMORY", env.get("BODY_MEMORY", str(cls.body_memory))),
             log_format=log_format,
             log_level=env.get("LOG_LEVEL", "info").strip().lower(),
             trusted_proxies=_networks("TRUSTED_PROXIES", env.get("TRUSTED_PROXIES", "")),

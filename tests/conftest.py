@@ -16,7 +16,7 @@ import pytest
 import uvicorn
 from starlette.datastructures import Secret
 
-from service.app import UVICORN_OPTIONS, create_app
+from service.app import create_app, uvicorn_options
 from service.settings import Settings
 
 ADMIN_TOKEN = "test-admin-token"
@@ -45,12 +45,16 @@ def bound_socket(host: str = "127.0.0.1") -> socket.socket:
 class ServerThread:
     """Runs an ASGI app under a real uvicorn server on a loopback socket, in a thread."""
 
-    def __init__(self, app: Any, sock: socket.socket) -> None:
+    def __init__(self, app: Any, sock: socket.socket, settings: Settings | None = None) -> None:
         self.app = app
         self.sock = sock
         self.port = sock.getsockname()[1]
         self.server = uvicorn.Server(
-            uvicorn.Config(app, lifespan="on", **UVICORN_OPTIONS)  # type: ignore[arg-type]
+            uvicorn.Config(
+                app,
+                lifespan="on",
+                **uvicorn_options(settings or Settings()),  # type: ignore[arg-type]
+            )
         )
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.error: BaseException | None = None
@@ -191,7 +195,7 @@ def relay_factory(tmp_path: Path) -> Iterator[Callable[..., RelayServer]]:
         sock = bound_socket()
         port = sock.getsockname()[1]
         settings = make_settings(tmp_path, port, **overrides)
-        thread = ServerThread(create_app(settings), sock).start()
+        thread = ServerThread(create_app(settings), sock, settings).start()
         server = RelayServer(f"http://127.0.0.1:{port}", settings, thread)
         started.append(server)
         return server

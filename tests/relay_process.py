@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -35,6 +36,8 @@ class RelayProcess:
         self.process: subprocess.Popen[bytes] | None = None
         #: Where the relay's output goes (appended across restarts); None discards it.
         self.log_path: Path | None = None
+        #: The relay's open-file limit (soft and hard, RLIMIT_NOFILE); None keeps ours.
+        self.open_files: int | None = None
 
     def start(self) -> RelayProcess:
         log = self.log_path.open("ab") if self.log_path is not None else None
@@ -43,6 +46,7 @@ class RelayProcess:
             env=self.env,
             stdout=log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+            preexec_fn=self._limit_open_files if self.open_files is not None else None,
         )
         if log is not None:
             log.close()  # the child holds its own descriptor
@@ -54,6 +58,10 @@ class RelayProcess:
             except httpx.TransportError:
                 time.sleep(0.05)
         raise AssertionError("relay did not start")
+
+    def _limit_open_files(self) -> None:
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def kill(self) -> None:
         assert self.process is not None

@@ -1,5 +1,6 @@
 """The relay's HTTP/1.1 protocol on raw sockets: a bounded request head, JSON for the errors
-the protocol answers itself, and nothing refused that is within bounds."""
+the protocol answers itself, nothing refused that is within bounds, and slow clients bounded in
+time, connections and memory."""
 
 from __future__ import annotations
 
@@ -7,14 +8,21 @@ import asyncio
 import copy
 import json
 import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
+import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
+from service.body_budget import SMALL_BODY, BodyBudget
 from service.http_protocol import MAX_HEAD_BYTES, BoundedHttpToolsProtocol
 from tests.conftest import EVOLINK_COMPLETED, RelayServer
+from tests.test_store_contract import fresh_schema
 
 
 def _connect(relay: RelayServer) -> socket.socket:
@@ -211,3 +219,246 @@ def test_expect_100_continue_is_answered_before_the_body_is_sent(
             assert chunk, answer
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 200 OK")
+
+
+# --- slow clients ------------------------------------------------------------------------------
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> tuple[bytes, float]:
+    """What the relay sent before closing the connection, and when it closed; fails if it is
+    still open after ``seconds``."""
+    sock.settimeout(seconds)
+    started = time.monotonic()
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except TimeoutError:
+        raise AssertionError(f"the connection was still open after {seconds:g} s") from None
+    return b"".join(chunks), time.monotonic() - started
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_head_timeout(
+    relay_factory: Callable[..., RelayServer],
+) -> None:
+    relay = relay_factory(header_timeout=0.5)
+    with _connect(relay) as sock:
+        answer, took = _closed_within(sock, 5)
+    assert answer == b""  # nothing was asked: nothing to answer
+    assert took >= 0.4
+
+
+def test_a_head_dripping_past_the_head_timeout_is_answered_408(
+    relay_factory: Callable[..., RelayServer],
+) -> None:
+    relay = relay_factory(header_timeout=0.5)
+    with _connect(relay) as sock:
+        sock.sendall(b"POST /callbacks/evolink/x HTTP/1.1\r\nhost: relay\r\nx-drip: ")
+        started = time.monotonic()
+        try:
+            while time.monotonic() - started < 5:  # a byte every 0.1 s: never idle, never done
+                sock.sendall(b"a")
+                time.sleep(0.1)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer, _ = _closed_within(sock, 5)
+    assert time.monotonic() - started < 4
+    status, headers, body = _split(answer)
+    assert status == 408 and headers["connection"] == "close"
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+
+
+def test_a_body_stalled_past_the_body_timeout_is_answered_408(
+    relay_factory: Callable[..., RelayServer],
+) -> None:
+    relay = relay_factory(body_timeout=0.5)
+    path = urlsplit(relay.mint()).path.encode()
+    with _connect(relay) as sock:
+        sock.sendall(b"POST %s HTTP/1.1\r\nhost: relay\r\ncontent-length: 100\r\n\r\n{" % path)
+        answer, took = _closed_within(sock, 5)
+    status, _, body = _split(answer)
+    assert status == 408 and json.loads(body)["error"]["code"] == "request_timeout"
+    assert 0.4 <= took < 4
+
+
+def _callback_counts(relay: RelayServer, *outcomes: str) -> list[float]:
+    """The evolink callback counters of ``outcomes`` (metrics are per process: other tests'
+    relays count in them too, so a test compares them before and after)."""
+    text = relay.client.get("/metrics", headers=relay.admin).text
+    counts = []
+    for outcome in outcomes:
+        prefix = f'relay_callbacks_total{{outcome="{outcome}",provider="evolink"}} '
+        found = [line.removeprefix(prefix) for line in text.splitlines() if line.startswith(prefix)]
+        counts.append(float(found[0]) if found else 0.0)
+    return counts
+
+
+def test_a_body_timeout_is_logged_and_counted_as_the_408_it_was_answered(
+    relay_factory: Callable[..., RelayServer], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The client got 408 from the protocol: the access line and the metrics (made from the
+    same facts) say ``request_timeout`` too, not a 400 ``incomplete_body``."""
+    relay = relay_factory(body_timeout=0.5)
+    path = urlsplit(relay.mint()).path.encode()
+    outcomes = ("request_timeout", "incomplete_body")
+    before = _callback_counts(relay, *outcomes)
+    with _connect(relay) as sock:
+        sock.sendall(b"POST %s HTTP/1.1\r\nhost: relay\r\ncontent-length: 100\r\n\r\n{" % path)
+        answer, _ = _closed_within(sock, 5)
+    assert _split(answer)[0] == 408
+    deadline = time.monotonic() + 5
+    while (after := _callback_counts(relay, *outcomes)) == before:  # counted once it is gone
+        assert time.monotonic() < deadline, "the callback was not counted"
+        time.sleep(0.05)
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1.0, 0.0]
+    out, err = capfd.readouterr()
+    (line,) = [line for line in (out + err).splitlines() if "path=/callbacks/evolink/" in line]
+    assert "status=408" in line and "error_code=request_timeout" in line, line
+
+
+def test_a_kept_alive_connection_gets_a_new_head_timeout_per_request(
+    relay_factory: Callable[..., RelayServer],
+) -> None:
+    """Requests on one connection for longer than the head timeout are all served: the
+    timeout counts from each request's first byte, not from the connection's opening."""
+    relay = relay_factory(header_timeout=0.5)
+    with _connect(relay) as sock:
+        for _ in range(4):
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: relay\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            time.sleep(0.3)
+
+
+def test_past_the_connection_limit_the_longest_waiting_connection_makes_room(
+    relay_factory: Callable[..., RelayServer],
+) -> None:
+    relay = relay_factory(max_connections=8)
+    url = relay.mint()
+    idle = [_connect(relay) for _ in range(8)]
+    try:
+        time.sleep(0.2)  # all eight accepted and waiting
+        with httpx.Client(timeout=5, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+            for n in range(3):  # each takes a waiting connection's place
+                payload = {**EVOLINK_COMPLETED, "id": f"task-limit-{n}"}
+                assert client.post(url, json=payload).status_code == 200
+        answer, _ = _closed_within(idle[0], 5)  # the oldest went first
+        assert answer == b""
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_bodies_past_the_memory_budget_are_refused_at_once_small_ones_still_served(
+    relay_factory: Callable[..., RelayServer],
+) -> None:
+    """Large bodies may hold half the budget: a second 300 KiB one of a 1 MiB budget is
+    refused 503 before it is sent, while a small callback still finds room."""
+    relay = relay_factory(body_memory=1024 * 1024)
+    path = urlsplit(relay.mint()).path.encode()
+    head = b"POST %s HTTP/1.1\r\nhost: relay\r\ncontent-length: %d\r\n\r\n" % (path, 300 * 1024)
+    with _connect(relay) as holding, _connect(relay) as refused:
+        holding.sendall(head + b"{")  # holds 300 KiB of the budget while it stalls
+        time.sleep(0.2)
+        refused.sendall(head)
+        answer, _ = _closed_within(refused, 5)
+        status, headers, body = _split(answer)
+        assert status == 503 and headers["retry-after"] == "1"
+        assert headers["connection"] == "close"
+        assert json.loads(body)["error"]["code"] == "server_busy"
+        payload = {**EVOLINK_COMPLETED, "id": "task-small-beside"}
+        assert relay.post_callback(relay.mint(), payload).status_code == 200
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """The relay's store: its settings override (none for SQLite; a fresh PostgreSQL schema,
+    dropped after the relay stopped: this fixture is set up before ``relay_factory``)."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    with fresh_schema() as url:
+        yield {"database_url": url}
+
+
+def test_large_callbacks_are_committed_one_at_a_time_small_ones_pass_them(
+    database: dict[str, str], relay_factory: Callable[..., RelayServer]
+) -> None:
+    """Received at once, four 300 KiB callbacks reach the store one after another (each
+    commit made slow here), while a small callback sent meanwhile is answered before they
+    are all done."""
+    relay = relay_factory(**database)
+    url = relay.mint()
+    store = relay.relay.store
+    real_ingest = store.ingest
+    in_store = {"large": 0, "most": 0}
+    first_large = threading.Event()
+
+    async def slow_ingest(event: Any) -> Any:
+        if len(event.raw_body) <= SMALL_BODY:
+            return await real_ingest(event)
+        in_store["large"] += 1
+        in_store["most"] = max(in_store["most"], in_store["large"])
+        first_large.set()
+        try:
+            await asyncio.sleep(0.4)
+            return await real_ingest(event)
+        finally:
+            in_store["large"] -= 1
+
+    store.ingest = slow_ingest
+    finished: dict[str, float] = {}
+
+    def post(name: str, padding: int) -> None:
+        payload = {**EVOLINK_COMPLETED, "id": f"task-{name}", "padding": "p" * padding}
+        with httpx.Client(timeout=30) as client:
+            assert client.post(url, json=payload).status_code == 200
+        finished[name] = time.monotonic()
+
+    large = [threading.Thread(target=post, args=(f"large-{n}", 300 * 1024)) for n in range(4)]
+    for thread in large:
+        thread.start()
+    assert first_large.wait(10)
+    post("small", 0)
+    for thread in large:
+        thread.join(30)
+    assert len(finished) == 5
+    assert in_store["most"] == 1
+    assert finished["small"] < max(finished[f"large-{n}"] for n in range(4))
+
+
+def test_the_sign_in_form_is_read_with_a_small_limit(relay_server: RelayServer) -> None:
+    """Anyone may post to /ops/sign-in: a form announcing 256 KiB is refused before a byte of
+    it is read, and the connection closed."""
+    with _connect(relay_server) as sock:
+        sock.sendall(
+            b"POST /ops/sign-in HTTP/1.1\r\nhost: relay\r\n"
+            b"content-type: application/x-www-form-urlencoded\r\ncontent-length: 262144\r\n\r\n"
+        )
+        answer, _ = _closed_within(sock, 5)
+    status, _, body = _split(answer)
+    assert status == 413 and json.loads(body)["error"]["code"] == "payload_too_large"
+
+
+def test_console_forms_of_strangers_are_refused_without_reading_them(
+    relay_server: RelayServer,
+) -> None:
+    with _connect(relay_server) as sock:
+        sock.sendall(
+            b"POST /ops/sign-out HTTP/1.1\r\nhost: relay\r\n"
+            b"content-type: application/x-www-form-urlencoded\r\ncontent-length: 60000\r\n\r\n"
+        )
+        answer, _ = _closed_within(sock, 5)
+    assert answer.startswith(b"HTTP/1.1 403")
+
+
+def test_the_body_budget_keeps_half_for_small_bodies() -> None:
+    budget = BodyBudget(1000 * 1024)
+    assert budget.grow(0, 400 * 1024)
+    assert not budget.grow(0, 200 * 1024)  # large bodies: at most half
+    assert budget.grow(0, 60 * 1024)  # small ones: the rest
+    assert budget.grow(60 * 1024, 100 * 1024) is True  # a chunked body turning large: fits
+    assert not budget.grow(100 * 1024, 200 * 1024)  # 400 + 200 > 500 KiB of large
+    budget.release(100 * 1024)
+    budget.release(400 * 1024)
+    assert (budget.used, budget.large) == (0, 0)
+    assert budget.large_seen

@@ -194,9 +194,16 @@ def _safe_back(target: object, default: str = "/ops") -> str:
     return default
 
 
-async def read_form(request: Request) -> dict[str, list[str]]:
+#: The largest sign-in form read (CSRF token, admin token, a return path): anyone can post
+#: it, so it is read with a small limit; 413 past it.
+SIGN_IN_FORM_BYTES = 8 * 1024
+#: The largest form of a signed-in operator (a page of delivery ids to replay, at most).
+FORM_BYTES = 64 * 1024
+
+
+async def read_form(request: Request, limit: int = FORM_BYTES) -> dict[str, list[str]]:
     """An ``application/x-www-form-urlencoded`` body (the console's forms send nothing else)."""
-    body = await read_body(request, 256 * 1024)
+    body = await read_body(request, limit)
     try:
         return parse_qs(body.decode(), keep_blank_values=True, max_num_fields=2000)
     except (UnicodeDecodeError, ValueError):
@@ -259,14 +266,18 @@ def action(handler: Callable[..., Awaitable[Response]]) -> Callable[[Request], A
             session = await sessions.verify(request, relay.settings, relay.store)
         except RelayError as exc:
             return _unavailable(request, exc)
-        form = await read_form(request)
         if session is None or not session.signed_in:
-            return render(
+            # Refused from the cookie alone: the body of a stranger's post is never read (and
+            # the connection is closed rather than left to carry it).
+            refused = render(
                 request,
                 "message.html",
                 {"title": "Signed out", "message": "Your session ended: sign in again."},
                 status_code=403,
             )
+            refused.headers["connection"] = "close"
+            return refused
+        form = await read_form(request)
         if not sessions.csrf_ok(request, session, _first(form, "csrf", "")):
             log.warning("ops_csrf_refused", path=request.url.path)
             return render(
@@ -326,8 +337,7 @@ async def sign_in_page(request: Request) -> Response:
 async def sign_in(request: Request) -> Response:
     relay = _relay(request)
     settings = relay.settings
-    form = await read_form(request)
-    # The signature is enough here: the form's CSRF token is all that is checked.
+    form = await read_form(request, SIGN_IN_FORM_BYTES)
     session = sessions.load(request, settings)
     next_path = _safe_back(_first(form, "next"))
     address = client_ip(request, settings.trusted_proxies) or "unknown"

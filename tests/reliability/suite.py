@@ -20,6 +20,7 @@ ORDER = [
     "outages",
     "outages_sqlite",
     "hostile_input",
+    "slow_clients",
     "forged",
     "hostile_subscribers",
     "provider_side",
