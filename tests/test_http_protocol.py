@@ -86,7 +86,7 @@ def test_malformed_request_is_a_json_400(relay_server: RelayServer) -> None:
 def test_heads_within_bounds_and_large_bodies_are_served(relay_server: RelayServer) -> None:
     """A body far larger than the head bound, sent with its head in one write, is accepted;
     two requests on one connection each just under the bound are both answered."""
-    url = urlsplit(relay_server.mint())
+    url = urlsplit(relay_server.mint(reusable=True))
     payload = copy.deepcopy(EVOLINK_COMPLETED)
     payload["id"] = "task-big-body"
     payload["prompt_echo"] = "p" * (4 * MAX_HEAD_BYTES)
@@ -200,7 +200,7 @@ def test_expect_100_continue_is_answered_before_the_body_is_sent(
 ) -> None:
     """The interim ``100 Continue`` is not held back like a response head: a client that waits
     for it before sending its body gets it, then its answer."""
-    url = urlsplit(relay_server.mint())
+    url = urlsplit(relay_server.mint(reusable=True))
     payload = copy.deepcopy(EVOLINK_COMPLETED)
     payload["id"] = "task-expect-continue"
     body = json.dumps(payload).encode()
@@ -272,7 +272,7 @@ def test_a_body_stalled_past_the_body_timeout_is_answered_408(
     relay_factory: Callable[..., RelayServer],
 ) -> None:
     relay = relay_factory(body_timeout=0.5)
-    path = urlsplit(relay.mint()).path.encode()
+    path = urlsplit(relay.mint(reusable=True)).path.encode()
     with _connect(relay) as sock:
         sock.sendall(b"POST %s HTTP/1.1\r\nhost: relay\r\ncontent-length: 100\r\n\r\n{" % path)
         answer, took = _closed_within(sock, 5)
@@ -299,7 +299,7 @@ def test_a_body_timeout_is_logged_and_counted_as_the_408_it_was_answered(
     """The client got 408 from the protocol: the access line and the metrics (made from the
     same facts) say ``request_timeout`` too, not a 400 ``incomplete_body``."""
     relay = relay_factory(body_timeout=0.5)
-    path = urlsplit(relay.mint()).path.encode()
+    path = urlsplit(relay.mint(reusable=True)).path.encode()
     outcomes = ("request_timeout", "incomplete_body")
     before = _callback_counts(relay, *outcomes)
     with _connect(relay) as sock:
@@ -333,7 +333,7 @@ def test_past_the_connection_limit_the_longest_waiting_connection_makes_room(
     relay_factory: Callable[..., RelayServer],
 ) -> None:
     relay = relay_factory(max_connections=8)
-    url = relay.mint()
+    url = relay.mint(reusable=True)
     idle = [_connect(relay) for _ in range(8)]
     try:
         time.sleep(0.2)  # all eight accepted and waiting
@@ -354,7 +354,7 @@ def test_bodies_past_the_memory_budget_are_refused_at_once_small_ones_still_serv
     """Large bodies may hold half the budget: a second 300 KiB one of a 1 MiB budget is
     refused 503 before it is sent, while a small callback still finds room."""
     relay = relay_factory(body_memory=1024 * 1024)
-    path = urlsplit(relay.mint()).path.encode()
+    path = urlsplit(relay.mint(reusable=True)).path.encode()
     head = b"POST %s HTTP/1.1\r\nhost: relay\r\ncontent-length: %d\r\n\r\n" % (path, 300 * 1024)
     with _connect(relay) as holding, _connect(relay) as refused:
         holding.sendall(head + b"{")  # holds 300 KiB of the budget while it stalls
@@ -366,7 +366,7 @@ def test_bodies_past_the_memory_budget_are_refused_at_once_small_ones_still_serv
         assert headers["connection"] == "close"
         assert json.loads(body)["error"]["code"] == "server_busy"
         payload = {**EVOLINK_COMPLETED, "id": "task-small-beside"}
-        assert relay.post_callback(relay.mint(), payload).status_code == 200
+        assert relay.post_callback(relay.mint(reusable=True), payload).status_code == 200
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -387,7 +387,7 @@ def test_large_callbacks_are_committed_one_at_a_time_small_ones_pass_them(
     commit made slow here), while a small callback sent meanwhile is answered before they
     are all done."""
     relay = relay_factory(**database)
-    url = relay.mint()
+    url = relay.mint(reusable=True)
     store = relay.relay.store
     real_ingest = store.ingest
     in_store = {"large": 0, "most": 0}

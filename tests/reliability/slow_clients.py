@@ -228,7 +228,7 @@ def _start_relay(ctx: Context, name: str) -> RelayProcess:
 def _mint(relay: RelayProcess) -> str:
     answer = httpx.post(
         f"{relay.base}/v1/callback-urls",
-        json={"provider": "evolink"},
+        json={"provider": "evolink", "reusable": True},
         headers=relay.admin,
         timeout=10,
     )
@@ -522,7 +522,7 @@ def _mint_for_port(port: int) -> str:
 
     answer = httpx.post(
         f"http://127.0.0.1:{port}/v1/callback-urls",
-        json={"provider": "evolink"},
+        json={"provider": "evolink", "reusable": True},
         headers={"authorization": f"Bearer {ADMIN}"},
         timeout=10,
     )
