@@ -375,7 +375,10 @@ class Generator:
 
     def _over_the_limit_chunked(self, category: str) -> Probe:
         size = self.rng.randrange(LIMIT + 1, LIMIT * 16)
-        return self.callback(b"[" + b"1," * (size // 2) + b"1]", category, chunked=True)
+        # The relay answers 413 and closes without reading the rest; a client still sending
+        # may see the connection reset before it reads the answer.
+        body = b"[" + b"1," * (size // 2) + b"1]"
+        return self.callback(body, category, chunked=True, server_may_refuse=True)
 
     def _lying_content_length(self, category: str) -> Probe:
         rng = self.rng
