@@ -1,0 +1,153 @@
+"""Each provider's request budget, end to end: polls stay within the provider's rate limit.
+
+Reve Art allows 10 requests a minute per account. Two relay processes sharing PostgreSQL poll
+30 Reve Art watches against an emulator that answers 429 past 10 requests in any window (a
+shorter window than a minute, ``RELAY_API_RATE_WINDOW``, to keep the test short): the emulator
+never sees more than 10 in a window, never answers 429, and all 30 complete. A 429 of the
+provider's own pauses every watch of that provider, and ``GET /v1/watches/{id}`` says a due
+watch waits for the budget.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import RelayServer
+from tests.provider_emulators import Fault, ProviderEmulator
+from tests.relay_process import RelayProcess
+from tests.test_replicas import _free_port
+from tests.test_watches import FAST, get_watch, post_watch, wait_watch
+
+WATCHES = 30
+RATE = 10
+WINDOW = 4.0
+
+
+@pytest.fixture
+def emulator() -> Iterator[ProviderEmulator]:
+    server = ProviderEmulator(rate_limits={"reve-art": (RATE, WINDOW)}).start()
+    yield server
+    server.stop()
+
+
+def metric(relay: RelayProcess, line_start: str) -> float:
+    text = httpx.get(f"{relay.base}/metrics", headers=relay.admin, timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start)
+    )
+
+
+@pytest.mark.postgres
+def test_two_replicas_keep_reve_art_within_its_rate_limit(
+    emulator: ProviderEmulator, tmp_path: Path
+) -> None:
+    from tests.test_store_contract import fresh_schema
+
+    env = {
+        "RELAY_REVE_ART_BASE_URL": emulator.url,
+        "RELAY_REVE_ART_API_KEY": emulator.keys["reve-art"],
+        "RELAY_REVE_ART_API_RATE": str(RATE),
+        "RELAY_API_RATE_WINDOW": str(WINDOW),
+        "RELAY_WATCH_BACKOFF": "0.2,1",
+        "RELAY_PROVIDER_TIMEOUT": "2",
+    }
+    with fresh_schema() as url:
+        replicas = [
+            RelayProcess(tmp_path, _free_port(), RELAY_DATABASE_URL=url, **env) for _ in range(2)
+        ]
+        try:
+            for replica in replicas:
+                replica.start()
+            started = time.time()
+            ids = []
+            for n in range(WATCHES):
+                task_id = emulator.add_task(
+                    "reve-art", timeline=((0.0, "queued"), (2.0, "succeeded"))
+                )
+                replica = replicas[n % 2]
+                answer = httpx.post(
+                    f"{replica.base}/v1/watches",
+                    json={"provider": "reve-art", "task_id": task_id},
+                    headers=replica.admin,
+                )
+                assert answer.status_code == 201, answer.text
+                ids.append(answer.json()["id"])
+
+            # While the budget is spent, the waiting watches say so.
+            seen_waiting = False
+            deadline = started + 20
+            while not seen_waiting and time.time() < deadline:
+                page = httpx.get(
+                    f"{replicas[1].base}/v1/watches",
+                    params={"state": "active", "limit": 100},
+                    headers=replicas[1].admin,
+                ).json()
+                seen_waiting = any(w["waiting_for"] == "budget" for w in page["items"])
+                time.sleep(0.05)
+            assert seen_waiting
+
+            deadline = started + 90
+            pending = set(ids)
+            while pending and time.time() < deadline:
+                for watch_id in list(pending):
+                    shown = httpx.get(
+                        f"{replicas[0].base}/v1/watches/{watch_id}", headers=replicas[0].admin
+                    ).json()
+                    if shown["state"] == "completed":
+                        pending.discard(watch_id)
+                time.sleep(0.2)
+            elapsed = time.time() - started
+            assert not pending, f"{len(pending)} of {WATCHES} watches not completed"
+
+            counts = emulator.window_counts("reve-art", WINDOW)
+            answered = [hit.status_code for hit in emulator.hits if hit.provider == "reve-art"]
+            print(
+                f"\n{len(answered)} requests in {elapsed:.1f} s; most in any {WINDOW:g} s:"
+                f" {max(counts)} (budget {RATE}); 429s: {answered.count(429)}"
+            )
+            assert max(counts) <= RATE
+            assert 429 not in answered
+            # Both replicas polled, and the wait for the budget was measured.
+            for replica in replicas:
+                assert metric(replica, 'relay_watch_polls_total{outcome="ok",provider="reve-art"}')
+            waited = sum(
+                metric(r, 'relay_watch_budget_wait_seconds_sum{provider="reve-art"}')
+                for r in replicas
+            )
+            assert waited > WINDOW  # most watches waited a window or more for their turn
+        finally:
+            for replica in replicas:  # before the schema goes
+                replica.stop()
+
+
+def test_a_429_pauses_every_watch_of_the_provider(
+    emulator: ProviderEmulator, relay_factory: Callable[..., RelayServer]
+) -> None:
+    """One watch's 429 with Retry-After: 2 stops the polls of another watch of that provider
+    until then (the pause is the provider's, not the watch's); the other shows it waits."""
+    relay = relay_factory(**emulator.relay_settings(**FAST))
+    limited = emulator.add_task("reve-art", faults=[Fault(429, retry_after="2")])
+    other = emulator.add_task("reve-art", timeline=((0.0, "succeeded"),))
+    first = post_watch(relay, provider="reve-art", task_id=limited)
+    deadline = time.time() + 10
+    while not emulator.hits_for(limited) and time.time() < deadline:
+        time.sleep(0.01)
+    (refused,) = emulator.hits_for(limited)
+    assert refused.status_code == 429
+    second = post_watch(relay, provider="reve-art", task_id=other)
+    deadline = time.time() + 10
+    shown: dict[str, Any] = get_watch(relay, second["id"])
+    while shown["polls"] == 0 and shown["waiting_for"] != "budget" and time.time() < deadline:
+        time.sleep(0.02)
+        shown = get_watch(relay, second["id"])
+    assert shown["waiting_for"] == "budget", shown
+    wait_watch(relay, second["id"], "completed")
+    (answered,) = emulator.hits_for(other)
+    assert answered.at >= refused.at + 1.9
+    wait_watch(relay, first["id"], "completed")
