@@ -10,6 +10,7 @@ watch waits for the budget.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -151,3 +152,37 @@ def test_a_429_pauses_every_watch_of_the_provider(
     (answered,) = emulator.hits_for(other)
     assert answered.at >= refused.at + 1.9
     wait_watch(relay, first["id"], "completed")
+
+
+def test_the_console_shows_each_budget_and_who_waits(
+    emulator: ProviderEmulator, relay_factory: Callable[..., RelayServer]
+) -> None:
+    """The overview shows each polled provider's requests in the window, and whether its due
+    watches wait: for the budget (spent), or for a 429's pause."""
+    from service.store import open_store
+    from tests.test_ops_console import browser, sign_in
+
+    rates = {**emulator.relay_settings()["api_rates"], "reve-art": 1}
+    relay = relay_factory(**emulator.relay_settings(api_rates=rates, **FAST))
+    task_id = emulator.add_task("reve-art", timeline=((0.0, "queued"),))
+    watch = post_watch(relay, provider="reve-art", task_id=task_id)
+    deadline = time.time() + 10
+    while get_watch(relay, watch["id"])["waiting_for"] != "budget" and time.time() < deadline:
+        time.sleep(0.02)
+    assert len(emulator.hits_for(task_id)) == 1  # one poll, then the minute's budget is spent
+    with browser(relay) as client:
+        sign_in(client)
+        page = client.get("/ops").text
+        assert "1 of 1 per 60 s" in page and "wait for the budget" in page
+        assert "0 of 6000 per 60 s" in page  # the others are polled when due
+
+        async def block() -> None:
+            store = open_store(relay.settings.database_url)
+            await store.open()
+            try:
+                await store.block_provider("reve-art", time.time() + 600)
+            finally:
+                await store.close()
+
+        asyncio.run(block())
+        assert "paused by a 429 until" in client.get("/ops").text
