@@ -11,6 +11,9 @@ watch waits for the budget.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -186,3 +189,23 @@ def test_the_console_shows_each_budget_and_who_waits(
 
         asyncio.run(block())
         assert "paused by a 429 until" in client.get("/ops").text
+    # `relay watches list` says so too (a CLI process on the same store and settings).
+    env = {
+        **os.environ,
+        "RELAY_DATABASE_URL": relay.settings.database_url,
+        "RELAY_REVE_ART_BASE_URL": emulator.url,
+        "RELAY_REVE_ART_API_KEY": emulator.keys["reve-art"],
+        "RELAY_REVE_ART_API_RATE": "1",
+        "RELAY_LOG_LEVEL": "warning",
+    }
+    listed = subprocess.run(
+        [sys.executable, "-m", "service", "watches", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    (line,) = [row for row in listed.stdout.splitlines() if watch["id"] in row]
+    assert "(waits for budget)" in line
