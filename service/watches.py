@@ -545,8 +545,8 @@ class WatchService:
         if answer.outcome == "not_found":
             metrics.count_poll(watch.provider, "not_found")
         elif answer.status_code == 429:
-            metrics.count_poll(watch.provider, "rate_limited")
             await self._pause_provider(watch, now, answer.retry_after)
+            metrics.count_poll(watch.provider, "rate_limited")
         else:
             metrics.count_poll(watch.provider, "ok" if error is None else "retry")
         if error is not None and answer.outcome != "not_found":

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from service.metrics import REGISTRY
 from tests.conftest import RelayServer
 from tests.provider_emulators import Fault, ProviderEmulator
 from tests.relay_process import RelayProcess
@@ -135,6 +136,11 @@ def test_a_429_pauses_every_watch_of_the_provider(
 ) -> None:
     """One watch's 429 with Retry-After: 2 stops the polls of another watch of that provider
     until then (the pause is the provider's, not the watch's); the other shows it waits."""
+    def rate_limited() -> float:
+        labels = {"provider": "reve-art", "outcome": "rate_limited"}
+        return REGISTRY.get_sample_value("relay_watch_polls_total", labels) or 0.0
+
+    counted = rate_limited()
     relay = relay_factory(**emulator.relay_settings(**FAST))
     limited = emulator.add_task("reve-art", faults=[Fault(429, retry_after="2")])
     other = emulator.add_task("reve-art", timeline=((0.0, "succeeded"),))
@@ -144,6 +150,11 @@ def test_a_429_pauses_every_watch_of_the_provider(
         time.sleep(0.01)
     (refused,) = emulator.hits_for(limited)
     assert refused.status_code == 429
+    deadline = time.time() + 10
+    while rate_limited() == counted and time.time() < deadline:
+        time.sleep(0.01)
+    # A 429 is counted apart from other retries, once the pause is stored.
+    assert rate_limited() == counted + 1
     second = post_watch(relay, provider="reve-art", task_id=other)
     deadline = time.time() + 10
     shown: dict[str, Any] = get_watch(relay, second["id"])
