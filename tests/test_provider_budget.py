@@ -220,3 +220,31 @@ def test_the_console_shows_each_budget_and_who_waits(
     assert listed.returncode == 0, listed.stderr
     (line,) = [row for row in listed.stdout.splitlines() if watch["id"] in row]
     assert "(waits for budget)" in line
+
+
+def test_evolink_confirmations_spend_the_evolink_budget(
+    emulator: ProviderEmulator, relay_factory: Callable[..., RelayServer]
+) -> None:
+    """A held Evolink callback is confirmed by a request to Evolink's API: it spends the same
+    budget, so with 2 a minute the third of three held callbacks waits for it."""
+    from tests.test_confirmation_rivya_simulate import forged
+
+    rates = {**emulator.relay_settings()["api_rates"], "evolink": 2}
+    relay = relay_factory(**emulator.relay_settings(api_rates=rates, **FAST))
+    url = relay.mint("evolink", reusable=True)
+    tasks = [emulator.add_task("evolink", timeline=((0.0, "succeeded"),)) for _ in range(3)]
+    for task_id in tasks:
+        answer = relay.post_callback(url, forged(task_id))
+        assert answer.json().get("held") is True, answer.text
+    deadline = time.time() + 10
+    while len(emulator.hits) < 2 and time.time() < deadline:
+        time.sleep(0.02)
+    waiting: list[dict[str, Any]] = []
+    while not waiting and time.time() < deadline:
+        items = relay.client.get(
+            "/v1/watches", params={"state": "active"}, headers=relay.admin
+        ).json()["items"]
+        waiting = [w for w in items if w["waiting_for"] == "budget"]
+        time.sleep(0.02)
+    assert len(waiting) == 1 and waiting[0]["origin"] == "callback"
+    assert len(emulator.hits) == 2  # the third confirmation waits for the minute's budget
