@@ -19,6 +19,7 @@ from service import watches
 from service.errors import InvalidInput, NotFound
 from service.http import JSONResponse, parse_limit, read_json_object, require_admin
 from service.relay import Relay
+from service.store.budget import BudgetState
 from service.store.watch_model import WATCH_STATES, WatchFilter
 
 
@@ -52,9 +53,10 @@ async def list_watches(request: Request) -> Response:
         query.get("cursor"),
         parse_limit(query.get("limit")),
     )
+    budgets: dict[str, BudgetState] = {}  # one look at each provider's budget per page
     return JSONResponse(
         {
-            "items": [await watches.watch_view(relay, w) for w in page.items],
+            "items": [await watches.watch_view(relay, w, budgets) for w in page.items],
             "next_cursor": page.next_cursor,
         }
     )

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from service import simulate, watches
 from service.relay import Relay
 from service.settings import Settings
+from service.store.budget import BudgetState
 from service.store.watch_model import WATCH_STATES, WatchFilter
 
 COMMANDS = ("watch", "watches", "simulate")
@@ -135,8 +136,11 @@ async def _with_store(relay: Relay, args: argparse.Namespace, out: TextIO) -> in
         WatchFilter(state=args.state, provider=args.provider), None, args.limit
     )
     rows = [["ID", "PROVIDER", "TASK", "STATE", "POLLS", "LAST STATUS", "NEXT POLL", "LAST ERROR"]]
+    budgets: dict[str, BudgetState] = {}
     for w in page.items:
-        shown = watches.watch_json(w)
+        shown = await watches.watch_view(relay, w, budgets)
+        if shown["waiting_for"]:
+            shown["next_poll_at"] += f" (waits for {shown['waiting_for']})"
         rows.append(
             [
                 w.id,

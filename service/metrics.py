@@ -124,9 +124,20 @@ OUTPUTS_DROPPED = Counter(
 )
 WATCH_POLLS = Counter(
     "relay_watch_polls_total",
-    "Polls of provider status APIs, by provider and outcome: ok, retry, not_found, invalid "
-    "(the task id cannot form a status URL) or error (an unexpected failure of the poll).",
+    "Polls of provider status APIs (every request the relay sends to a provider's API), by "
+    "provider and outcome: ok, retry, rate_limited (a 429: the provider is paused), not_found, "
+    "invalid (the task id cannot form a status URL) or error (an unexpected failure of the "
+    "poll).",
     ["provider", "outcome"],
+    registry=REGISTRY,
+)
+BUDGET_WAIT_SECONDS = Histogram(
+    "relay_watch_budget_wait_seconds",
+    "Seconds from when a watch was due to when it was claimed for its poll, by provider: "
+    "mostly waiting for the provider's request budget (RELAY_<PROVIDER>_API_RATE) or a 429's "
+    "pause; a fraction of a second otherwise.",
+    ["provider"],
+    buckets=(0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0),
     registry=REGISTRY,
 )
 SUSPECT_CALLBACKS = Counter(
@@ -306,6 +317,11 @@ def count_attempt(delivery_status: str, latency_ms: float) -> None:
 def count_poll(provider: str, outcome: str) -> None:
     """One poll of a watch carried out (a few a second at most: counted directly)."""
     WATCH_POLLS.labels(provider, outcome).inc()
+
+
+def observe_budget_wait(provider: str, seconds: float) -> None:
+    """A watch claimed ``seconds`` after it was due."""
+    BUDGET_WAIT_SECONDS.labels(provider).observe(max(0.0, seconds))
 
 
 def count_suspect(provider: str, reason: str) -> None:

@@ -266,6 +266,12 @@ def _schemas() -> dict[str, Any]:
             "updated_at": TIME,
             "deadline_at": TIME,
             "next_poll_at": NULLABLE_TIME,
+            "waiting_for": {
+                "description": "budget: the watch is due, but its provider's request budget "
+                "(RELAY_<PROVIDER>_API_RATE) is spent for now, or a 429 paused the provider; "
+                "it is polled in its turn, earliest due first. null otherwise.",
+                "enum": ["budget", None],
+            },
             "polls": {"type": "integer", "minimum": 0},
             "last_polled_at": NULLABLE_TIME,
             "last_status": STRING_OR_NULL,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.store.base import Store
+from service.store.budget import ApiBudget
 
 WINDOW_SECONDS = 3600
 
@@ -35,6 +36,8 @@ class Overview:
     oldest_pending_seconds: float | None
     oldest_pending: dict[str, Any] | None = None
     providers: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Each budgeted provider's request budget now (``budget_rows``).
+    budgets: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def refused(self) -> int:
@@ -44,11 +47,34 @@ class Overview:
 _NOT_REFUSALS = frozenset({"accepted", "superseded", "duplicate"})
 
 
+async def budget_rows(store: Store, budget: ApiBudget, now: float) -> list[dict[str, Any]]:
+    """Each provider's request budget as it stands (all replicas): requests in the window, its
+    rate, until when a 429 pauses it, and whether its due watches wait for it."""
+    rows = []
+    for provider, rate in budget.rates.items():
+        state = await store.budget_state(provider, now, budget.window)
+        rows.append(
+            {
+                "provider": provider,
+                "used": state.used,
+                "rate": rate,
+                "window": budget.window,
+                "paused_until": state.blocked_until if state.blocked_until > now else None,
+                "waiting": state.exhausted(rate, now),
+            }
+        )
+    return rows
+
+
 async def build(
-    store: Store, recent_callbacks: dict[str, int] | None = None, now: float | None = None
+    store: Store,
+    recent_callbacks: dict[str, int] | None = None,
+    now: float | None = None,
+    budget: ApiBudget | None = None,
 ) -> Overview:
     """The overview now. ``recent_callbacks``: this process's ``provider:outcome`` tally of
-    the last hour (``service.metrics.RECENT_CALLBACKS``), if it answers callbacks."""
+    the last hour (``service.metrics.RECENT_CALLBACKS``), if it answers callbacks; ``budget``:
+    the providers' request budgets to show (those the relay polls)."""
     now = time.time() if now is None else now
     activity = await store.activity(now - WINDOW_SECONDS)
     counts = await store.delivery_counts()
@@ -74,6 +100,7 @@ async def build(
         oldest_pending_seconds=counts["oldest_pending_seconds"],
         oldest_pending=activity["oldest_pending"],
         providers=providers,
+        budgets=[] if budget is None else await budget_rows(store, budget, now),
     )
 
 

@@ -68,6 +68,11 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
     "HOLDS_PER_URL": ("100", "held (unconfirmed) callbacks of distinct tasks per callback URL"),
     "HOLDS_MAX": ("1000", "held (unconfirmed) callbacks of distinct tasks in all"),
     "HOLD_DEADLINE": ("3600", "seconds a held callback waits for the API to confirm it"),
+    "EVOLINK_API_RATE": ("60", "requests to Evolink's API per RELAY_API_RATE_WINDOW, all replicas"),
+    "APIFRAME_API_RATE": ("60", "requests to Apiframe's API per RELAY_API_RATE_WINDOW"),
+    "RIVYA_API_RATE": ("60", "requests to Rivya's API per RELAY_API_RATE_WINDOW"),
+    "REVE_ART_API_RATE": ("4", "requests to Reve Art's API per window (its limit: 10 a minute)"),
+    "API_RATE_WINDOW": ("60", "seconds of the providers' request budgets (a sliding window)"),
     "METRICS_PUBLIC": ("false", "serve /metrics without the admin token (true for a scraper)"),
 }
 
@@ -193,6 +198,18 @@ def _webhook_secret(name: str, raw: str) -> Secret | None:
     return Secret(value)
 
 
+#: Requests a minute to each provider's API. Reve Art allows 10 a minute per account, shared
+#: with the user's own generate calls ("速率限制:每分钟 10 个请求"): the relay takes 4. The
+#: other pages document no limit: 60 a minute is an assumption, conservative for an API that
+#: answers one status request per task.
+DEFAULT_API_RATES: Mapping[str, int] = {
+    "evolink": 60,
+    "apiframe": 60,
+    "rivya": 60,
+    "reve-art": 4,
+}
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the relay is configured with. Build it with ``from_env``."""
@@ -249,6 +266,10 @@ class Settings:
     holds_max: int = 1000
     #: Seconds a hold polls for confirmation before it ends as suspect (no event).
     hold_deadline: float = 3600.0
+    #: Requests the relay may send to each provider's API (watch polls, Evolink confirmations)
+    #: per ``api_rate_window`` seconds, across all replicas (``RELAY_<PROVIDER>_API_RATE``).
+    api_rates: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_API_RATES))
+    api_rate_window: float = 60.0
     #: ``GET /metrics`` answers without the admin bearer token.
     metrics_public: bool = False
 
@@ -365,5 +386,13 @@ def _provider_api_settings(
         "holds_max": _int("HOLDS_MAX", env.get("HOLDS_MAX", "1000")),
         "hold_deadline": _positive_seconds(
             "HOLD_DEADLINE", env.get("HOLD_DEADLINE", "3600"), 30 * 86_400
+        ),
+        "api_rates": {
+            provider: _int(name, env.get(name, str(rate)))
+            for provider, rate in DEFAULT_API_RATES.items()
+            for name in [f"{provider.upper().replace('-', '_')}_API_RATE"]
+        },
+        "api_rate_window": _positive_seconds(
+            "API_RATE_WINDOW", env.get("API_RATE_WINDOW", "60"), 3600
         ),
     }

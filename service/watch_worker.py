@@ -12,6 +12,12 @@ polls in flight (``share``), and the claim asks only for what each provider has 
 is kept free for a provider whose watches come due next, so a provider whose API hangs until
 the timeout (or a flood of held callbacks for one provider) never delays another's polls.
 
+Every provider's API has a request budget (``RELAY_<PROVIDER>_API_RATE`` per
+``RELAY_API_RATE_WINDOW`` seconds, ``service.store.budget``) kept in the store, so it holds
+across replicas: a claim takes only the watches the budget has tokens for, earliest due first,
+so a watch waiting for the budget is polled before any that became due after it (none is
+starved). How long watches wait is ``relay_watch_budget_wait_seconds``.
+
 Finished watches are pruned with the rest of the history, past ``RELAY_RETENTION_DAYS``.
 """
 
@@ -24,10 +30,12 @@ from collections import Counter
 
 import structlog
 
+from service import metrics
 from service.errors import StorageUnavailable
 from service.provider_api import StatusClients, polling_configured
 from service.providers import PROVIDERS
 from service.relay import Relay
+from service.store.budget import ApiBudget
 from service.store.watch_model import Watch
 from service.watches import WatchService
 
@@ -60,6 +68,7 @@ class WatchWorker:
             name for name in PROVIDERS if polling_configured(relay.settings, name)
         )
         self._run_task: asyncio.Task[None] | None = None
+        self.budget = ApiBudget(relay.settings.api_rates, relay.settings.api_rate_window)
         self._pruned_at = 0.0
 
     def wake(self) -> None:
@@ -99,9 +108,10 @@ class WatchWorker:
         shares = {p: max(0, self.share(p) - self._in_flight[p]) for p in PROVIDERS}
         if not any(shares.values()):
             return
+        now = time.time()
         try:
             claimed = await self.relay.store.claim_due_watches(
-                time.time(), free, self.lease_seconds, shares
+                now, free, self.lease_seconds, shares, self.budget
             )
         except StorageUnavailable as exc:
             log.warning("watch_claim_failed", error=exc.message)
@@ -112,6 +122,7 @@ class WatchWorker:
             await asyncio.sleep(1)
             return
         for watch in claimed:
+            metrics.observe_budget_wait(watch.provider, now - watch.next_poll_at)
             self._in_flight[watch.provider] += 1
             self._tasks[watch.id] = asyncio.create_task(self._poll(watch))
 

@@ -61,6 +61,7 @@ from service.providers.base import MAX_TASK_ID_LENGTH, task_id_problem
 from service.relay import Relay
 from service.settings import Settings
 from service.store.base import Store
+from service.store.budget import BudgetState
 from service.store.watch_model import WATCH_STATES, HoldLimits, HoldRefused, PollRecord, Watch
 
 log = structlog.get_logger("service.watches")
@@ -127,10 +128,13 @@ def backoff_delay(backoff: tuple[float, float], step: int) -> float:
 
 
 def watch_json(
-    watch: Watch, url_metadata: dict[str, dict[str, Any]] | None = None
+    watch: Watch,
+    url_metadata: dict[str, dict[str, Any]] | None = None,
+    waiting_for: str | None = None,
 ) -> dict[str, Any]:
     """A watch as the admin API shows it (``url_metadata``: the metadata of the callback URLs
-    of its conflict, by url id)."""
+    of its conflict, by url id; ``waiting_for``: ``budget`` when it is due but its provider's
+    request budget is spent or paused by a 429)."""
     active = watch.state == "active"
     conflict = None
     if watch.conflict_url_ids:
@@ -153,6 +157,7 @@ def watch_json(
         "updated_at": rfc3339(watch.updated_at),
         "deadline_at": rfc3339(watch.deadline_at),
         "next_poll_at": rfc3339(watch.next_poll_at) if active else None,
+        "waiting_for": waiting_for,
         "polls": watch.polls,
         "last_polled_at": None if watch.last_polled_at is None else rfc3339(watch.last_polled_at),
         "last_status": watch.last_status,
@@ -166,11 +171,30 @@ def watch_json(
     }
 
 
-async def watch_view(relay: Relay, watch: Watch) -> dict[str, Any]:
-    """``watch_json``, with the metadata of its conflict's callback URLs looked up."""
+async def watch_view(
+    relay: Relay, watch: Watch, budgets: dict[str, BudgetState] | None = None
+) -> dict[str, Any]:
+    """``watch_json``, with the metadata of its conflict's callback URLs looked up, and whether
+    it waits for its provider's budget (``budgets``: states already looked up, by provider)."""
     urls = (watch.url_id, *watch.conflict_url_ids) if watch.conflict_url_ids else ()
     metadata = {url_id: await relay.metadata_for(url_id) for url_id in urls if url_id}
-    return watch_json(watch, metadata)
+    now = time.time()
+    rate = relay.settings.api_rates.get(watch.provider)
+    waiting_for = None
+    if (
+        watch.state == "active"
+        and watch.next_poll_at <= now
+        and not watch.conflict_url_ids
+        and rate is not None
+    ):
+        budgets = {} if budgets is None else budgets
+        if watch.provider not in budgets:
+            budgets[watch.provider] = await relay.store.budget_state(
+                watch.provider, now, relay.settings.api_rate_window
+            )
+        if budgets[watch.provider].exhausted(rate, now):
+            waiting_for = "budget"
+    return watch_json(watch, metadata, waiting_for)
 
 
 def _seconds_field(body: dict[str, Any], name: str, low: int, high: int) -> int | None:
@@ -520,6 +544,9 @@ class WatchService:
                 )
         if answer.outcome == "not_found":
             metrics.count_poll(watch.provider, "not_found")
+        elif answer.status_code == 429:
+            await self._pause_provider(watch, now, answer.retry_after)
+            metrics.count_poll(watch.provider, "rate_limited")
         else:
             metrics.count_poll(watch.provider, "ok" if error is None else "retry")
         if error is not None and answer.outcome != "not_found":
@@ -549,6 +576,22 @@ class WatchService:
             judged=judged,
             forget_url=forget_url,
             suspect=suspect if judged else None,
+        )
+
+    async def _pause_provider(self, watch: Watch, now: float, retry_after: float | None) -> None:
+        """A 429: the provider's limit is spent (by the user's own calls, say). No replica
+        polls it before its ``Retry-After``, or without one before the spacing its budget
+        allows between two requests (window / rate: 15 s for Reve Art's default)."""
+        settings = self.relay.settings
+        rate = settings.api_rates.get(watch.provider, 60)
+        pause = retry_after if retry_after is not None else settings.api_rate_window / rate
+        await self.store.block_provider(watch.provider, now + pause)
+        log.warning(
+            "provider_rate_limited",
+            provider=watch.provider,
+            watch_id=watch.id,
+            retry_after=retry_after,
+            paused_seconds=round(pause, 3),
         )
 
     def _conflicted(self, watch: Watch, current: Watch) -> bool:

@@ -136,8 +136,13 @@ class ProviderEmulator:
     hits: list[Hit] = field(default_factory=list)
     #: Requests as they arrive (provider, task id), before any answer: in flight until a hit.
     arrivals: list[tuple[str, str]] = field(default_factory=list)
+    arrival_times: dict[str, list[float]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     thread: ServerThread | None = None
+    #: An account's rate limit, by provider: (requests, seconds). A request beyond ``requests``
+    #: in the last ``seconds`` (a sliding window, the strictest reading) is answered 429 with
+    #: Retry-After, and counts too, as a provider counts it.
+    rate_limits: dict[str, tuple[int, float]] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -145,10 +150,11 @@ class ProviderEmulator:
         return f"http://127.0.0.1:{self.thread.port}"
 
     def relay_settings(self, **overrides: Any) -> dict[str, Any]:
-        """Settings pointing a relay at this emulator, with its API keys."""
+        """Settings pointing a relay at this emulator, with its API keys, and request budgets
+        no test of something else runs into (a 429 without Retry-After pauses 0.01 s)."""
         from starlette.datastructures import Secret
 
-        settings: dict[str, Any] = {}
+        settings: dict[str, Any] = {"api_rates": dict.fromkeys(self.keys, 6000)}
         for provider, key in self.keys.items():
             prefix = provider.replace("-", "_")
             settings[f"{prefix}_base_url"] = self.url
@@ -209,11 +215,14 @@ class ProviderEmulator:
         task_id = request.path_params["task_id"]
         now = time.time()
         with self.lock:
+            limited = self._over_limit(provider, now)
             self.arrivals.append((provider, task_id))
             task = self.tasks.get((provider, task_id))
             fault = task.faults.pop(0) if task is not None and task.faults else None
             if fault is None and task is not None:
                 fault = task.always
+        if limited is not None:
+            fault = Fault(429, retry_after=limited)
         if not self._authorized(provider, request):
             return self._hit(provider, task_id, JSONResponse({"error": "unauthorized"}, 401))
         if fault is not None:
@@ -236,6 +245,25 @@ class ProviderEmulator:
             return self._hit(provider, task_id, JSONResponse(document), state)
         text = json.dumps(document)[:-1] + f', "extra": {task.extra}}}'
         return self._hit(provider, task_id, Response(text, media_type="application/json"), state)
+
+    def _over_limit(self, provider: str, now: float) -> str | None:
+        """Retry-After for a request over ``provider``'s rate limit, else None (with the lock
+        held; ``arrival_times`` is when each request arrived, answered or not)."""
+        times = self.arrival_times.setdefault(provider, [])
+        times.append(now)
+        if provider not in self.rate_limits:
+            return None
+        requests, seconds = self.rate_limits[provider]
+        recent = [at for at in times if at > now - seconds]
+        if len(recent) <= requests:
+            return None
+        return str(max(1, round(recent[-requests - 1] + seconds - now + 0.5)))
+
+    def window_counts(self, provider: str, seconds: float) -> list[int]:
+        """For each request to ``provider``: how many arrived in the ``seconds`` up to it."""
+        with self.lock:
+            times = sorted(self.arrival_times.get(provider, []))
+        return [sum(1 for at in times[: n + 1] if at > t - seconds) for n, t in enumerate(times)]
 
     def _hit(
         self, provider: str, task_id: str, response: Response, state: str | None = None

@@ -21,6 +21,11 @@ NEW = (
     "WATCH_BACKOFF",
     "WATCH_DEADLINE",
     "PROVIDER_TIMEOUT",
+    "EVOLINK_API_RATE",
+    "APIFRAME_API_RATE",
+    "RIVYA_API_RATE",
+    "REVE_ART_API_RATE",
+    "API_RATE_WINDOW",
 )
 
 
@@ -36,6 +41,13 @@ def test_defaults_are_the_providers_real_apis() -> None:
         10.0,
     )
     assert settings.evolink_confirm and not settings.evolink_confirmation  # no key, no check
+    # Reve Art allows 10 requests a minute per account: most are left for the user's own.
+    assert settings.api_rates == {"evolink": 60, "apiframe": 60, "rivya": 60, "reve-art": 4}
+    assert settings.api_rate_window == 60.0
+    assert all(
+        DOCUMENTED[f"{p.upper().replace('-', '_')}_API_RATE"][0] == str(rate)
+        for p, rate in settings.api_rates.items()
+    )
     assert all(name in DOCUMENTED for name in NEW)
     assert DOCUMENTED["EVOLINK_BASE_URL"][0] == settings.evolink_base_url
 
@@ -51,8 +63,12 @@ def test_values_from_the_environment() -> None:
             "RELAY_WATCH_BACKOFF": "0.5, 30",
             "RELAY_WATCH_DEADLINE": "3600",
             "RELAY_PROVIDER_TIMEOUT": "2.5",
+            "RELAY_REVE_ART_API_RATE": "8",
+            "RELAY_API_RATE_WINDOW": "5",
         }
     )
+    assert (settings.api_rates["reve-art"], settings.api_rates["rivya"]) == (8, 60)
+    assert settings.api_rate_window == 5.0
     assert settings.evolink_base_url == "http://127.0.0.1:9000"
     assert str(settings.evolink_api_key) == "ek" and settings.evolink_confirmation
     assert str(settings.rivya_webhook_secret) == secret
@@ -79,6 +95,9 @@ def test_values_from_the_environment() -> None:
         ("WATCH_DEADLINE", "99999999"),
         ("PROVIDER_TIMEOUT", "fast"),
         ("PROVIDER_TIMEOUT", "301"),
+        ("REVE_ART_API_RATE", "0"),
+        ("EVOLINK_API_RATE", "many"),
+        ("API_RATE_WINDOW", "0"),
     ],
 )
 def test_unusable_values_are_refused(name: str, value: str) -> None:

@@ -104,7 +104,8 @@ FAULTS = {
     "evolink": [Fault(429, retry_after="1")],
     "apiframe": [Fault(503), Fault(502, retry_after="0")],
     "rivya": [Fault(hang=1.5)],  # longer than the relay's 0.5 s timeout
-    "reve-art": [Fault(500), Fault(429)],  # a 429 without Retry-After: plain back-off
+    # A 429 without Retry-After: back-off, and the provider paused for window / rate.
+    "reve-art": [Fault(500), Fault(429)],
 }
 
 

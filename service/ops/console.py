@@ -34,9 +34,11 @@ from service.events import EVENT_TYPES, STATUSES
 from service.http import client_ip, parse_time, read_body
 from service.metrics import RECENT_CALLBACKS, recent_callbacks
 from service.ops import session as sessions
+from service.provider_api import polling_configured
 from service.providers import PROVIDERS
 from service.relay import Relay
 from service.store.base import DeliveryFilter, EventFilter
+from service.store.budget import ApiBudget
 from service.targets import TargetPolicy
 
 log = structlog.get_logger("service.ops")
@@ -395,7 +397,15 @@ async def _sign_out(request: Request, session: sessions.Session, _form: Any) -> 
 
 async def _overview(request: Request, session: sessions.Session) -> Response:
     relay = _relay(request)
-    summary = await overview_module.build(relay.store, recent_callbacks())
+    settings = relay.settings
+    polled = {
+        provider: rate
+        for provider, rate in settings.api_rates.items()
+        if polling_configured(settings, provider)
+    }
+    summary = await overview_module.build(
+        relay.store, recent_callbacks(), budget=ApiBudget(polled, settings.api_rate_window)
+    )
     return render(
         request,
         "overview.html",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from service.errors import InvalidInput
+from service.store.budget import ApiBudget, BudgetState
 from service.store.watch_model import HoldLimits, HoldRefused, PollRecord, Watch, WatchFilter
 
 Outcome = Literal["accepted", "duplicate", "superseded"]
@@ -245,6 +246,7 @@ class Store(ABC):
         racing to bind one URL (replicas included), exactly one binds it and every caller gets
         that caller's task id.
         """
+
     # -- ops console sessions (service.ops.session) -----------------------------------------
 
     @abstractmethod
@@ -321,15 +323,31 @@ class Store(ABC):
         limit: int,
         lease_seconds: float,
         shares: Mapping[str, int] | None = None,
+        budget: ApiBudget | None = None,
     ) -> list[Watch]:
         """Lease up to ``limit`` active watches that are due, earliest due first; with
         ``shares``, only watches of the providers it names, at most that many of each.
+
+        With ``budget`` (``service.store.budget``), a provider it names gets at most the
+        requests it has left in the window (none while blocked), and each watch leased spends
+        one, atomically with the lease: however many processes claim at once, no window of
+        ``budget.window`` seconds sees more than the provider's rate. (Without ``shares``,
+        only the providers the budget names are claimed.)
 
         Due: ``next_poll_at <= now``, no lease (or a lapsed one), and no ``conflict_url_ids``
         (a watch in conflict waits for ``resolve_conflict``). A due watch whose task
         already has a terminal event is not returned: it becomes ``completed`` (with that
         event's id) without a poll. Several processes claiming at once never share a watch.
         """
+
+    @abstractmethod
+    async def budget_state(self, provider: str, now: float, window: float) -> BudgetState:
+        """How many requests ``provider``'s budget spent in the ``window`` seconds before
+        ``now`` (a poll in flight counts), and until when a 429 blocks it."""
+
+    @abstractmethod
+    async def block_provider(self, provider: str, until: float) -> None:
+        """No claim spends ``provider``'s budget before ``until`` (a later block wins)."""
 
     @abstractmethod
     async def record_poll(self, record: PollRecord) -> None:

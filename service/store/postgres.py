@@ -55,6 +55,7 @@ from service.store.base import (
     decode_cursor,
     encode_cursor,
 )
+from service.store.budget import ApiBudget, BudgetState
 from service.store.filters import delivery_clauses, event_clauses, newer_delivery
 
 # Shared with SQLite so that both stores answer the admin API with the very same JSON.
@@ -72,6 +73,7 @@ MIGRATIONS = (
     "postgres_005_store.sql",
     "postgres_006_attribution.sql",
     "postgres_007_flood.sql",
+    "postgres_008_budget.sql",
 )
 
 # Advisory lock keys. Arbitrary constants, chosen not to collide with other applications that
@@ -565,12 +567,23 @@ class PostgresStore(Store):
         limit: int,
         lease_seconds: float,
         shares: Mapping[str, int] | None = None,
+        budget: ApiBudget | None = None,
     ) -> list[Watch]:
+        if shares is None and budget is not None:
+            shares = dict.fromkeys(budget.rates, limit)
         if shares is None:
             async with self._connection() as conn:
                 return await pw.claim_due_watches(conn, now, limit, now + lease_seconds)
         async with self._transaction() as conn:
-            return await pw.claim_shares(conn, now, limit, now + lease_seconds, shares)
+            return await pw.claim_shares(conn, now, limit, now + lease_seconds, shares, budget)
+
+    async def budget_state(self, provider: str, now: float, window: float) -> BudgetState:
+        async with self._connection() as conn:
+            return await pw.budget_state(conn, provider, now, window)
+
+    async def block_provider(self, provider: str, until: float) -> None:
+        async with self._connection() as conn:
+            await pw.block_provider(conn, provider, until)
 
     async def record_poll(self, record: PollRecord) -> None:
         async with self._connection() as conn:

@@ -15,6 +15,7 @@ from psycopg import AsyncConnection
 
 from service.errors import StorageUnavailable
 from service.store.base import Page, decode_cursor, encode_cursor
+from service.store.budget import ApiBudget, BudgetState
 from service.store.watch_model import (
     WATCH_COLUMN_COUNT,
     WATCH_COLUMNS,
@@ -218,13 +219,21 @@ async def claim_due_watches(conn: Conn, now: float, limit: int, lease_until: flo
 
 
 async def claim_shares(
-    conn: Conn, now: float, limit: int, lease_until: float, shares: Mapping[str, int]
+    conn: Conn,
+    now: float,
+    limit: int,
+    lease_until: float,
+    shares: Mapping[str, int],
+    budget: ApiBudget | None = None,
 ) -> list[Watch]:
-    """``claim_due_watches`` with at most ``shares[provider]`` watches of each provider; runs
-    inside one transaction (rows locked but not picked are free again at its commit)."""
+    """``claim_due_watches`` with at most ``shares[provider]`` watches of each provider (and at
+    most what its ``budget`` has left); runs inside one transaction (rows locked but not picked
+    are free again at its commit, and a provider's budget row stays locked until then)."""
     await _complete_finished(conn, now)
     picked: list[tuple[float, int]] = []
     for provider, share in shares.items():
+        if share > 0 and budget is not None and provider in budget.rates:
+            share = min(share, await _tokens_left(conn, provider, now, budget))
         if share <= 0:
             continue
         cursor = await conn.execute(
@@ -245,7 +254,51 @@ async def claim_shares(
         (lease_until, chosen),
     )
     rows = sorted(await cursor.fetchall(), key=lambda row: (row[0], row[1]))
-    return [watch_from_row(row[2:]) for row in rows]
+    watches = [watch_from_row(row[2:]) for row in rows]
+    if budget is not None:
+        # A token per leased watch, spent until its request ends (at most its lease).
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO provider_requests (provider, watch_id, at) VALUES (%s, %s, %s)",
+                [(w.provider, w.id, lease_until) for w in watches if w.provider in budget.rates],
+            )
+    return watches
+
+
+async def _tokens_left(conn: Conn, provider: str, now: float, budget: ApiBudget) -> int:
+    """The requests ``provider`` may still make now; locks its budget row until the commit,
+    so replicas claiming at once take turns and never spend the same token."""
+    await conn.execute(
+        "INSERT INTO provider_budget (provider) VALUES (%s) ON CONFLICT DO NOTHING", (provider,)
+    )
+    await conn.execute("SELECT 1 FROM provider_budget WHERE provider = %s FOR UPDATE", (provider,))
+    state = await budget_state(conn, provider, now, budget.window)
+    if state.blocked_until > now:
+        return 0
+    return max(0, budget.rates[provider] - state.used)
+
+
+async def budget_state(conn: Conn, provider: str, now: float, window: float) -> BudgetState:
+    await conn.execute(
+        "DELETE FROM provider_requests WHERE provider = %s AND at <= %s", (provider, now - window)
+    )
+    cursor = await conn.execute(
+        "SELECT (SELECT count(*) FROM provider_requests WHERE provider = %(p)s AND at > %(since)s),"
+        " (SELECT blocked_until FROM provider_budget WHERE provider = %(p)s)",
+        {"p": provider, "since": now - window},
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    return BudgetState(int(row[0]), 0.0 if row[1] is None else float(row[1]))
+
+
+async def block_provider(conn: Conn, provider: str, until: float) -> None:
+    await conn.execute(
+        "INSERT INTO provider_budget (provider, blocked_until) VALUES (%s, %s)"
+        " ON CONFLICT (provider) DO UPDATE"
+        " SET blocked_until = GREATEST(provider_budget.blocked_until, excluded.blocked_until)",
+        (provider, until),
+    )
 
 
 async def record_poll(conn: Conn, record: PollRecord) -> None:
@@ -287,6 +340,11 @@ async def record_poll(conn: Conn, record: PollRecord) -> None:
             "claimed": record.suspect_status,
             "id": record.watch_id,
         },
+    )
+    # The request ended by now: its token counts from here, not from the lease's end.
+    await conn.execute(
+        "UPDATE provider_requests SET at = %(at)s WHERE watch_id = %(id)s AND at > %(at)s",
+        {"at": record.polled_at, "id": record.watch_id},
     )
     if record.event_id is not None:
         # Canceled while this poll was in flight, after the poll emitted: the watch names the

@@ -57,6 +57,7 @@ from service.store.base import (
     decode_cursor,
     encode_cursor,
 )
+from service.store.budget import ApiBudget, BudgetState
 from service.store.filters import event_clauses
 from service.store.watch_model import HoldLimits, HoldRefused, PollRecord, Watch, WatchFilter
 
@@ -69,6 +70,7 @@ MIGRATIONS = (
     "sqlite_003_ops_sessions.sql",
     "sqlite_004_attribution.sql",
     "sqlite_005_flood.sql",
+    "sqlite_006_budget.sql",
 )
 #: Most operations folded into one transaction; bounds the latency a batch adds.
 MAX_BATCH = 512
@@ -505,10 +507,17 @@ class SQLiteStore(Store):
         limit: int,
         lease_seconds: float,
         shares: Mapping[str, int] | None = None,
+        budget: ApiBudget | None = None,
     ) -> list[Watch]:
         return await self._run(
-            lambda conn: w.claim_due_watches(conn, now, limit, now + lease_seconds, shares)
+            lambda conn: w.claim_due_watches(conn, now, limit, now + lease_seconds, shares, budget)
         )
+
+    async def budget_state(self, provider: str, now: float, window: float) -> BudgetState:
+        return await self._run(lambda conn: w.budget_state(conn, provider, now, window))
+
+    async def block_provider(self, provider: str, until: float) -> None:
+        await self._run(lambda conn: w.block_provider(conn, provider, until))
 
     async def record_poll(self, record: PollRecord) -> None:
         await self._run(lambda conn: w.record_poll(conn, record))

@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Mapping
 
 from service.store.base import Page, decode_cursor, encode_cursor
+from service.store.budget import ApiBudget, BudgetState
 from service.store.watch_model import (
     WATCH_COLUMN_COUNT,
     WATCH_COLUMNS,
@@ -166,6 +167,7 @@ def claim_due_watches(
     limit: int,
     lease_until: float,
     shares: Mapping[str, int] | None = None,
+    budget: ApiBudget | None = None,
 ) -> list[Watch]:
     # Due watches whose task already ended (a callback came first) need no poll.
     conn.execute(
@@ -185,6 +187,13 @@ def claim_due_watches(
         # A watch in conflict waits for its operator (resolve_conflict), unpolled.
         " AND conflict_url_ids IS NULL"
     )
+    if budget is not None:
+        # Each provider at most the requests its budget has left (SQLite: one writer, exact).
+        shares = shares if shares is not None else dict.fromkeys(budget.rates, limit)
+        shares = {
+            provider: min(share, _tokens_left(conn, provider, now, budget))
+            for provider, share in shares.items()
+        }
     if shares is None:
         found = conn.execute(f"{due} ORDER BY next_poll_at, seq LIMIT ?", (now, now, limit))
         rows = [row[1:] for row in found.fetchall()]
@@ -204,7 +213,45 @@ def claim_due_watches(
             f"UPDATE watches SET lease_until = ? WHERE seq IN ({marks})",
             (lease_until, *(row[0] for row in rows)),
         )
-    return [watch_from_row(row[1:]) for row in rows]
+    watches = [watch_from_row(row[1:]) for row in rows]
+    if budget is not None:
+        # A token per leased watch, spent until its request ends (at most its lease).
+        conn.executemany(
+            "INSERT INTO provider_requests (provider, watch_id, at) VALUES (?, ?, ?)",
+            [(w.provider, w.id, lease_until) for w in watches if w.provider in budget.rates],
+        )
+    return watches
+
+
+def _tokens_left(conn: sqlite3.Connection, provider: str, now: float, budget: ApiBudget) -> int:
+    rate = budget.rates.get(provider)
+    if rate is None:
+        return 1 << 30
+    state = budget_state(conn, provider, now, budget.window)
+    return 0 if state.blocked_until > now else max(0, rate - state.used)
+
+
+def budget_state(conn: sqlite3.Connection, provider: str, now: float, window: float) -> BudgetState:
+    conn.execute(
+        "DELETE FROM provider_requests WHERE provider = ? AND at <= ?", (provider, now - window)
+    )
+    (used,) = conn.execute(
+        "SELECT count(*) FROM provider_requests WHERE provider = ? AND at > ?",
+        (provider, now - window),
+    ).fetchone()
+    row = conn.execute(
+        "SELECT blocked_until FROM provider_budget WHERE provider = ?", (provider,)
+    ).fetchone()
+    return BudgetState(used, 0.0 if row is None else row[0])
+
+
+def block_provider(conn: sqlite3.Connection, provider: str, until: float) -> None:
+    conn.execute(
+        "INSERT INTO provider_budget (provider, blocked_until) VALUES (?, ?)"
+        " ON CONFLICT (provider) DO UPDATE"
+        " SET blocked_until = max(blocked_until, excluded.blocked_until)",
+        (provider, until),
+    )
 
 
 def record_poll(conn: sqlite3.Connection, record: PollRecord) -> None:
@@ -228,6 +275,11 @@ def record_poll(conn: sqlite3.Connection, record: PollRecord) -> None:
         " event_id = coalesce(:event_id, event_id), updated_at = :at"
         " WHERE id = :id AND state = 'active'",
         _poll_params(record),
+    )
+    # The request ended by now: its token counts from here, not from the lease's end.
+    conn.execute(
+        "UPDATE provider_requests SET at = ? WHERE watch_id = ? AND at > ?",
+        (record.polled_at, record.watch_id, record.polled_at),
     )
     if record.event_id is not None:
         # Canceled while this poll was in flight, after the poll emitted: the watch names the
