@@ -33,6 +33,9 @@ counters to files there and a scrape, answered by any one of them, adds up all o
     relay_suspect_callbacks_total{provider,       held callbacks the provider's API did not
         reason}                                   confirm: contradicted, task_not_found,
                                                   invalid_task_id, deadline_unconfirmed
+    relay_held_callbacks_total{provider}          terminal callbacks held for confirmation
+    relay_suspect_decisions_total{provider,       suspect callbacks an operator released or
+        decision}                                 dismissed
     relay_held_callbacks_refused_total{provider,  callbacks refused because their URL (url,
         scope}                                    429) or the relay (total, 503) holds enough
     relay_watches_active{provider}                at scrape time, from the store
@@ -134,6 +137,20 @@ SUSPECT_CALLBACKS = Counter(
     "Held callbacks the provider's API did not confirm, by provider and reason: contradicted, "
     "task_not_found, invalid_task_id or deadline_unconfirmed (service.watches).",
     ["provider", "reason"],
+    registry=REGISTRY,
+)
+HELD_CALLBACKS = Counter(
+    "relay_held_callbacks_total",
+    "Terminal callbacks held for confirmation by the provider's API, by provider (a repost "
+    "joining its hold counts again).",
+    ["provider"],
+    registry=REGISTRY,
+)
+SUSPECT_DECISIONS = Counter(
+    "relay_suspect_decisions_total",
+    "Suspect callbacks an operator decided about, by provider and decision: released "
+    "(forwarded as received) or dismissed (service.suspects).",
+    ["provider", "decision"],
     registry=REGISTRY,
 )
 HOLDS_REFUSED = Counter(
@@ -311,6 +328,16 @@ def count_poll(provider: str, outcome: str) -> None:
 def count_suspect(provider: str, reason: str) -> None:
     """A held callback the provider's API did not confirm."""
     SUSPECT_CALLBACKS.labels(provider, reason).inc()
+
+
+def count_held(provider: str) -> None:
+    """A terminal callback held for confirmation."""
+    HELD_CALLBACKS.labels(provider).inc()
+
+
+def count_decision(provider: str, decision: str) -> None:
+    """An operator released or dismissed a suspect callback."""
+    SUSPECT_DECISIONS.labels(provider, decision).inc()
 
 
 def count_hold_refused(provider: str, scope: str) -> None:

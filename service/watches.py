@@ -61,7 +61,14 @@ from service.providers.base import MAX_TASK_ID_LENGTH, task_id_problem
 from service.relay import Relay
 from service.settings import Settings
 from service.store.base import Store
-from service.store.watch_model import WATCH_STATES, HoldLimits, HoldRefused, PollRecord, Watch
+from service.store.watch_model import (
+    ANSWER_EXCERPT_BYTES,
+    WATCH_STATES,
+    HoldLimits,
+    HoldRefused,
+    PollRecord,
+    Watch,
+)
 
 log = structlog.get_logger("service.watches")
 
@@ -126,6 +133,13 @@ def backoff_delay(backoff: tuple[float, float], step: int) -> float:
     return float(min(cap, first * 2 ** min(step, 40)))
 
 
+def answer_excerpt(answer: StatusAnswer | None) -> str | None:
+    """The start of a status answer's body as text (what the watch keeps); None if empty."""
+    if answer is None or not answer.body:
+        return None
+    return answer.body[:ANSWER_EXCERPT_BYTES].decode("utf-8", "replace")
+
+
 def watch_json(
     watch: Watch, url_metadata: dict[str, dict[str, Any]] | None = None
 ) -> dict[str, Any]:
@@ -162,7 +176,21 @@ def watch_json(
         "conflict": conflict,
         "suspect": None
         if watch.suspect is None
-        else {"reason": watch.suspect, "callback_status": watch.suspect_status},
+        else {
+            "reason": watch.suspect,
+            "callback_status": watch.suspect_status,
+            "decision": watch.decision,
+            "decided_by": watch.decided_by,
+            "decided_at": None if watch.decided_at is None else rfc3339(watch.decided_at),
+        },
+        # The callback held (awaiting confirmation, or kept because it ended suspect), as
+        # received, and the start of the API's last answer: what an operator judges.
+        "held_callback": None
+        if watch.held_body is None
+        else watch.held_body.decode("utf-8", "replace"),
+        "last_answer": watch.last_answer,
+        "flag": "unknown_status" if watch.unknown_status is not None else None,
+        "unknown_status": watch.unknown_status,
     }
 
 
@@ -323,6 +351,7 @@ async def hold_callback(
         )
         raise TooManyHeldForUrl() if held.scope == "url" else HoldsFull()
     if held is not None:
+        metrics.count_held(provider)
         log.info(
             "callback_held",
             provider=provider,
@@ -436,6 +465,8 @@ class WatchService:
         fields = {"watch_id": watch.id, "provider": watch.provider, "task_id": watch.task_id}
         status: str | None = None
         suspect: str | None = None
+        #: A status word the relay does not know: the watch polls at its slowest, flagged.
+        unknown: str | None = None
         judged = forget_url = False
         error = answer.error
         not_found = watch.not_found
@@ -444,6 +475,8 @@ class WatchService:
             if normalized is not None:
                 not_found = 0
                 status = normalized.status
+                if normalized.unknown_status:
+                    unknown = normalized.raw_status or "(not a string)"
                 # A callback the API contradicts names nobody: its URL's metadata is not
                 # attached (a forger's URL must not win the task's result).
                 agrees = self._judge_held(watch, normalized)
@@ -454,10 +487,10 @@ class WatchService:
                     # Canceled (or deleted) while the request was in flight: nothing is
                     # emitted for a watch its operator stopped.
                     log.info("watch_poll_discarded", state=current and current.state, **fields)
-                    return await self._record(watch, now, "active", status=status)
+                    return await self._record(watch, now, "active", status=status, answer=answer)
                 if normalized.terminal and self._conflicted(watch, current):
                     return await self._record(
-                        watch, now, "active", status=status, suspect=suspect
+                        watch, now, "active", status=status, suspect=suspect, answer=answer
                     )
                 result = await self.relay.accept(
                     watch.provider,
@@ -487,6 +520,7 @@ class WatchService:
                         status=status,
                         event_id=result.event_id,
                         suspect=suspect,
+                        answer=answer,
                     )
                 judged = True
         elif answer.outcome == "invalid":
@@ -532,11 +566,13 @@ class WatchService:
                 **fields,
             )
         if now >= watch.deadline_at:
-            return await self._expire(watch, now, status, error)
-        delay = max(
-            backoff_delay(self.relay.settings.watch_backoff, watch.backoff_step),
-            answer.retry_after or 0.0,
-        )
+            return await self._expire(watch, now, status, error, answer)
+        backoff = self.relay.settings.watch_backoff
+        # A word the relay does not know may never end: poll it at the slowest interval and
+        # let an operator decide (the watch is flagged), rather than every few seconds.
+        slowest = unknown is not None
+        step = backoff[1] if slowest else backoff_delay(backoff, watch.backoff_step)
+        delay = max(step, answer.retry_after or 0.0)
         return await self._record(
             watch,
             now,
@@ -549,6 +585,8 @@ class WatchService:
             judged=judged,
             forget_url=forget_url,
             suspect=suspect if judged else None,
+            answer=answer,
+            unknown=unknown,
         )
 
     def _conflicted(self, watch: Watch, current: Watch) -> bool:
@@ -652,6 +690,7 @@ class WatchService:
             not_found=watch.not_found + (answer.outcome == "not_found"),
             event_id=event_id,
             suspect=suspect,
+            answer=answer,
         )
 
     def _unconfirmed(self, watch: Watch, reason: str) -> str | None:
@@ -669,7 +708,12 @@ class WatchService:
         return current is not None and current.state == "active"
 
     async def _expire(
-        self, watch: Watch, now: float, status: str | None, error: str | None
+        self,
+        watch: Watch,
+        now: float,
+        status: str | None,
+        error: str | None,
+        answer: StatusAnswer | None = None,
     ) -> PollRecord:
         """The deadline passed. A client's watch emits ``generation.failed``
         (``watch_deadline_exceeded``); one created by a held callback ends suspect, silently."""
@@ -693,7 +737,14 @@ class WatchService:
             suspect=suspect,
         )
         return await self._record(
-            watch, now, "expired", status=status, error=error, event_id=event_id, suspect=suspect
+            watch,
+            now,
+            "expired",
+            status=status,
+            error=error,
+            event_id=event_id,
+            suspect=suspect,
+            answer=answer,
         )
 
     async def _emit_failure(self, watch: Watch, code: str, message: str) -> str:
@@ -728,7 +779,11 @@ class WatchService:
         judged: bool = False,
         forget_url: bool = False,
         suspect: str | None = None,
+        answer: StatusAnswer | None = None,
+        unknown: str | None = None,
     ) -> PollRecord:
+        """Record a poll (``answer``: the provider's, whose start the watch keeps for the
+        operator; ``unknown``: its status word the relay does not know)."""
         assert state in WATCH_STATES
         record = PollRecord(
             watch_id=watch.id,
@@ -745,6 +800,8 @@ class WatchService:
             forget_url=forget_url,
             suspect=suspect,
             suspect_status=None if suspect is None else watch.held_status or watch.suspect_status,
+            answer=answer_excerpt(answer),
+            unknown_status=unknown,
         )
         await self.store.record_poll(record)
         return record

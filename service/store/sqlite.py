@@ -58,7 +58,14 @@ from service.store.base import (
     encode_cursor,
 )
 from service.store.filters import event_clauses
-from service.store.watch_model import HoldLimits, HoldRefused, PollRecord, Watch, WatchFilter
+from service.store.watch_model import (
+    Decision,
+    HoldLimits,
+    HoldRefused,
+    PollRecord,
+    Watch,
+    WatchFilter,
+)
 
 T = TypeVar("T")
 log = structlog.get_logger("service.store")
@@ -69,6 +76,7 @@ MIGRATIONS = (
     "sqlite_003_ops_sessions.sql",
     "sqlite_004_attribution.sql",
     "sqlite_005_flood.sql",
+    "sqlite_007_suspect.sql",
 )
 #: Most operations folded into one transaction; bounds the latency a batch adds.
 MAX_BATCH = 512
@@ -492,6 +500,12 @@ class SQLiteStore(Store):
 
     async def get_watch(self, watch_id: str) -> Watch | None:
         return await self._run(lambda conn: w.get_watch(conn, watch_id))
+
+    async def decide_suspect(self, decision: Decision) -> tuple[Watch | None, bool]:
+        return await self._run(lambda conn: w.decide_suspect(conn, decision))
+
+    async def undo_decision(self, decision: Decision) -> None:
+        await self._run(lambda conn: w.undo_decision(conn, decision))
 
     async def list_watches(self, filters: WatchFilter, cursor: str | None, limit: int) -> Page:
         return await self._run(lambda conn: w.list_watches(conn, filters, cursor, limit))
