@@ -2,7 +2,8 @@
 
 POST   /v1/watches       {"provider", "task_id", "metadata"?, "deadline_seconds"?,
                           "poll_after_seconds"?}                   -> 201, the watch
-GET    /v1/watches       ?state=&provider=&task_id=&suspect=true|undecided&held=true&cursor=&limit=
+GET    /v1/watches       ?state=&provider=&task_id=&suspect=true|undecided&held=true
+                         &flag=unknown_status&cursor=&limit=
                                                    -> {"items", "next_cursor"}
 GET    /v1/watches/{id}                                            -> the watch
 DELETE /v1/watches/{id}                                            -> the canceled watch
@@ -14,8 +15,9 @@ POST   /v1/watches/{id}/dismiss   -> {"watch"}: the suspect callback dropped, re
 Held and suspect callbacks are listed here, on the watches that hold them, rather than under a
 resource of their own: ``?held=true`` (awaiting confirmation), ``?suspect=true`` (ended
 unconfirmed, decided or not), ``?suspect=undecided`` (those an operator still has to release
-or dismiss). Each shows ``held_callback`` (the body as received), ``last_answer`` (the API's)
-and ``suspect`` (the reason, the decision).
+or dismiss); ``?flag=unknown_status`` lists active watches whose provider answers a status
+word the relay does not know. Each shows ``held_callback`` (the body as received),
+``last_answer`` (the API's) and ``suspect`` (the reason, the decision).
 """
 
 from __future__ import annotations
@@ -52,8 +54,11 @@ async def list_watches(request: Request) -> Response:
     if suspect not in ("true", "false", "undecided"):
         raise InvalidInput("suspect must be true, false or undecided.", code="invalid_query")
     held = query.get("held", "false")
+    flag = query.get("flag")
     if held not in ("true", "false"):
         raise InvalidInput("held must be true or false.", code="invalid_query")
+    if flag not in (None, "unknown_status"):
+        raise InvalidInput("flag must be unknown_status.", code="invalid_query")
     page = await relay.store.list_watches(
         WatchFilter(
             state=state,
@@ -62,6 +67,7 @@ async def list_watches(request: Request) -> Response:
             suspect=suspect == "true",
             undecided=suspect == "undecided",
             held=held == "true",
+            flagged=flag == "unknown_status",
         ),
         query.get("cursor"),
         parse_limit(query.get("limit")),

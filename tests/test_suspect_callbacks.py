@@ -26,6 +26,7 @@ from tests.test_attribution import database, emulator, sink  # noqa: F401 (fixtu
 from tests.test_confirmation_rivya_simulate import forged
 from tests.test_forged_flood import watches
 from tests.test_health_metrics import scrape, value
+from tests.test_ops_console import browser, csrf_of, sign_in
 from tests.test_watches import get_watch, post_watch, subscribe, wait_watch
 
 #: Polls 0.1 s apart, then 0.2 s: a task the API does not know ends suspect in about 0.3 s.
@@ -180,3 +181,48 @@ def _wait_polled(relay: RelayServer, watch_id: str) -> dict[str, Any]:
 
 def _seconds(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def test_the_console_lists_suspect_callbacks_and_releases_one(
+    emulator: ProviderEmulator,
+    relay_factory: Callable[..., RelayServer],
+    sink: SubscriberServer,
+    database: dict[str, Any],
+) -> None:
+    """Signed in, an operator sees the suspect callback, the API's answer and the reason, and
+    the watches flagged for an unknown word; a release needs the form's CSRF token, forwards
+    the callback once and is then shown as decided (a second release is refused)."""
+    relay = relay_factory(**emulator.relay_settings(**QUICK, **database))
+    subscribe(relay, sink)
+    url = relay.mint("evolink", metadata={"user_id": "u-9"})
+    suspect_task = "task-unified-1700000000-console1"
+    ended, _ = suspect_watch(emulator, relay, url, suspect_task)
+    strange = emulator.add_task(
+        "evolink", timeline=((0.0, "running"),), words={"running": "pondering"}
+    )
+    flagged = post_watch(relay, provider="evolink", task_id=strange)
+    _wait_polled(relay, flagged["id"])
+    with browser(relay) as client:
+        sign_in(client)
+        page = client.get("/ops/watches")
+        assert page.status_code == 200, page.text[:500]
+        assert ended["id"] in page.text and "task_not_found" in page.text
+        assert "task-unified-1700000000-console1" in page.text  # the callback as received
+        assert "not found" in page.text  # the API's answer
+        assert flagged["id"] in page.text and "pondering" in page.text
+        action = f"/ops/watches/{ended['id']}/release"
+        assert f'action="{action}"' in page.text
+        forged_form = client.post(action, data={"csrf": "guess", "back": "/ops/watches"})
+        assert forged_form.status_code == 403 and relay.events(task_id=suspect_task) == []
+
+        done = client.post(action, data={"csrf": csrf_of(page.text), "back": "/ops/watches"})
+        assert (done.status_code, done.headers["location"]) == (303, "/ops/watches")
+        notice = client.get("/ops/watches")
+        assert "Released the suspect callback" in notice.text
+        assert f'action="{action}"' not in notice.text and "console" in notice.text
+        again = client.post(action, data={"csrf": csrf_of(page.text), "back": "/ops/watches"})
+        assert again.status_code == 303
+        assert "already released" in client.get("/ops/watches").text
+    [event] = relay.events(task_id=suspect_task)
+    assert event["data"]["metadata"] == {"user_id": "u-9"}
+    assert get_watch(relay, ended["id"])["suspect"]["decided_by"] == "console"

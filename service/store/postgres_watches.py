@@ -162,6 +162,8 @@ async def list_watches(conn: Conn, filters: WatchFilter, cursor: str | None, lim
         clauses.append(DECIDABLE)
     if filters.held:
         clauses.append("held_status IS NOT NULL AND state = 'active'")
+    if filters.flagged:
+        clauses.append("unknown_status IS NOT NULL AND state = 'active'")
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     result = await conn.execute(
         f"SELECT seq, {WATCH_COLUMNS} FROM watches {where} ORDER BY seq DESC LIMIT %s",

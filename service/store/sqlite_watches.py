@@ -145,6 +145,8 @@ def list_watches(
         clauses.append(DECIDABLE)
     if filters.held:
         clauses.append("held_status IS NOT NULL AND state = 'active'")
+    if filters.flagged:
+        clauses.append("unknown_status IS NOT NULL AND state = 'active'")
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     rows = conn.execute(
         f"SELECT seq, {WATCH_COLUMNS} FROM watches {where} ORDER BY seq DESC LIMIT ?",

@@ -107,6 +107,8 @@ class WatchFilter:
     held: bool = False
     #: True: only suspect watches no operator has decided about yet.
     undecided: bool = False
+    #: True: only active watches whose provider answers a status word the relay does not know.
+    flagged: bool = False
 
 
 @dataclass(frozen=True)
