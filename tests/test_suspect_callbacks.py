@@ -11,6 +11,7 @@ whose provider answers a status word the relay does not know.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -19,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import RelayServer
+from tests.conftest import ADMIN_TOKEN, RelayServer
 from tests.provider_emulators import Fault, ProviderEmulator
 from tests.subscriber_server import SubscriberServer
 from tests.test_attribution import database, emulator, sink  # noqa: F401 (fixtures)
@@ -27,7 +28,7 @@ from tests.test_confirmation_rivya_simulate import forged
 from tests.test_forged_flood import watches
 from tests.test_health_metrics import scrape, value
 from tests.test_ops_console import browser, csrf_of, sign_in
-from tests.test_watches import get_watch, post_watch, subscribe, wait_watch
+from tests.test_watches import _cli, get_watch, post_watch, subscribe, wait_watch
 
 #: Polls 0.1 s apart, then 0.2 s: a task the API does not know ends suspect in about 0.3 s.
 QUICK = {"watch_backoff": (0.1, 0.2), "provider_timeout": 0.5, "hold_deadline": 30.0}
@@ -226,3 +227,45 @@ def test_the_console_lists_suspect_callbacks_and_releases_one(
     [event] = relay.events(task_id=suspect_task)
     assert event["data"]["metadata"] == {"user_id": "u-9"}
     assert get_watch(relay, ended["id"])["suspect"]["decided_by"] == "console"
+
+
+def test_the_cli_lists_releases_and_dismisses_suspect_callbacks(
+    emulator: ProviderEmulator,
+    relay_factory: Callable[..., RelayServer],
+    sink: SubscriberServer,
+    database: dict[str, Any],
+) -> None:
+    """``relay watches list --suspect`` shows what waits for a decision; ``release`` forwards
+    it once (a second is refused), ``dismiss`` emits nothing; both recorded as ``cli``."""
+    relay = relay_factory(**emulator.relay_settings(**QUICK, **database))
+    subscribe(relay, sink)
+    url = relay.mint("evolink", reusable=True, metadata={"user_id": "u-3"})
+    kept, _ = suspect_watch(emulator, relay, url, "task-unified-1700000000-cli00001")
+    dropped, _ = suspect_watch(emulator, relay, url, "task-unified-1700000000-cli00002")
+    env = {
+        **os.environ,
+        "RELAY_DATABASE_URL": relay.settings.database_url,
+        "RELAY_ADMIN_TOKEN": ADMIN_TOKEN,
+        "RELAY_SECRET_KEY": "test-signing-key",
+        "RELAY_LOG_LEVEL": "warning",
+    }
+    listed = _cli("watches", "list", "--suspect", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert kept["id"] in listed.stdout and dropped["id"] in listed.stdout
+    assert "suspect: task_not_found, claimed succeeded (undecided)" in listed.stdout
+
+    released = _cli("watches", "release", kept["id"], env=env)
+    assert released.returncode == 0, released.stderr
+    assert "released" in released.stdout and "accepted" in released.stdout
+    twice = _cli("watches", "release", kept["id"], env=env)
+    assert twice.returncode == 1 and "already_decided" in twice.stderr
+    dismissed = _cli("watches", "dismiss", dropped["id"], env=env)
+    assert dismissed.returncode == 0, dismissed.stderr
+    assert _cli("watches", "list", "--suspect", env=env).stdout.startswith("ID")
+    assert kept["id"] not in _cli("watches", "list", "--suspect", env=env).stdout
+
+    [receipt] = sink.wait_for(1)
+    assert receipt.data["task_id"] == "task-unified-1700000000-cli00001"
+    assert receipt.data["metadata"] == {"user_id": "u-3"}
+    assert [e["data"]["task_id"] for e in relay.events()] == [receipt.data["task_id"]]
+    assert get_watch(relay, dropped["id"])["suspect"]["decided_by"] == "cli"
