@@ -108,9 +108,10 @@ def test_a_suspect_callback_is_shown_and_released_exactly_once(
     assert [w["id"] for w in watches(relay, suspect="true")] == [ended["id"]]
     after = scrape(relay)
     decisions = ("relay_suspect_decisions_total", {"provider": "evolink", "decision": "released"})
-    assert value(after, decisions[0], **decisions[1]) - value(
-        before, decisions[0], **decisions[1]
-    ) == 1
+    assert (
+        value(after, decisions[0], **decisions[1]) - value(before, decisions[0], **decisions[1])
+        == 1
+    )
     held = ("relay_held_callbacks_total", {"provider": "evolink"})
     assert value(after, held[0], **held[1]) - value(before, held[0], **held[1]) == 1
 
