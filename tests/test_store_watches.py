@@ -566,6 +566,19 @@ async def test_prune_removes_only_old_finished_watches(store: Store) -> None:
     assert {w.id for w in await all_watches(store)} == {old_active.id, new_done.id}
 
 
+
+async def test_prune_keeps_a_suspect_callback_until_it_is_decided(store: Store) -> None:
+    """An undecided suspect callback is the only copy of what was accepted: retention keeps
+    it; once released or dismissed it leaves like any finished watch."""
+    held = await _ended_suspect(store, "t1")
+    later = time.time() + 100
+    assert await store.prune_watches(later, 10) == 0
+    _, recorded = await store.decide_suspect(Decision(held.id, "dismissed", "op", time.time()))
+    assert recorded
+    assert await store.prune_watches(later, 10) == 1
+    assert await store.get_watch(held.id) is None
+
+
 async def test_watches_survive_a_reopen(make_store: Callable[[], Store]) -> None:
     first = make_store()
     await first.open()

@@ -376,7 +376,8 @@ class Store(ABC):
     @abstractmethod
     async def prune_watches(self, before: float, limit: int) -> int:
         """Delete up to ``limit`` finished watches (any state but active) last changed before
-        ``before``; returns how many went."""
+        ``before``, except those whose suspect callback awaits a decision
+        (``watch_model.DECIDABLE``); returns how many went."""
 
     # -- events -------------------------------------------------------------------------------
 

@@ -346,7 +346,9 @@ async def release_watch_leases(conn: Conn, watch_ids: list[str] | None) -> int:
 async def prune_watches(conn: Conn, before: float, limit: int) -> int:
     cursor = await conn.execute(
         "DELETE FROM watches WHERE seq IN (SELECT seq FROM watches"
-        " WHERE state <> 'active' AND updated_at < %s ORDER BY updated_at LIMIT %s)",
+        " WHERE state <> 'active' AND updated_at < %s"
+        # A suspect callback waits for its operator's decision: it is the only copy.
+        f" AND NOT ({DECIDABLE}) ORDER BY updated_at LIMIT %s)",
         (before, limit),
     )
     return cursor.rowcount

@@ -304,6 +304,8 @@ def release_watch_leases(conn: sqlite3.Connection, watch_ids: list[str] | None) 
 def prune_watches(conn: sqlite3.Connection, before: float, limit: int) -> int:
     return conn.execute(
         "DELETE FROM watches WHERE seq IN (SELECT seq FROM watches"
-        " WHERE state <> 'active' AND updated_at < ? ORDER BY updated_at LIMIT ?)",
+        " WHERE state <> 'active' AND updated_at < ?"
+        # A suspect callback waits for its operator's decision: it is the only copy.
+        f" AND NOT ({DECIDABLE}) ORDER BY updated_at LIMIT ?)",
         (before, limit),
     ).rowcount
