@@ -14,6 +14,9 @@ is a duplicate, a new one an event for the subscribers.
 - A provider that says three times in a row that it has no such task (400/404/410/422) ends the
   watch as ``rejected`` with a ``generation.failed`` event (``task_not_found``); a task id that
   cannot even form a status URL ends it at once (``invalid_task_id``).
+- An answer whose status word the relay does not know (normalized as ``running``) sets the
+  next poll at the back-off's maximum, not the next step, and flags the watch
+  (``unknown_status``: the word) for an operator; a known word clears the flag.
 - Any other failure of a poll, foreseen or not (a bug, an answer nobody imagined), is a failed
   poll like a 503: recorded with the back-off, counted (``relay_watch_polls_total``), and the
   deadline still applies. A poll never ends without moving ``next_poll_at`` forward, so one
@@ -33,6 +36,8 @@ by a held callback emits only what the provider's API answered; ended any other 
 task unknown, id unusable) it ends *suspect* (``suspect``: the reason, ``suspect_status``: the
 status claimed, the held callback kept for the operator), emits nothing, and is counted in
 ``relay_suspect_callbacks_total{provider,reason}``, as is a callback the API contradicted.
+The watch keeps the start of the API's last answer (``last_answer``) beside the callback, and
+an operator releases or dismisses it (``service.suspects``).
 """
 
 from __future__ import annotations
