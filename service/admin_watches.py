@@ -16,8 +16,9 @@ Held and suspect callbacks are listed here, on the watches that hold them, rathe
 resource of their own: ``?held=true`` (awaiting confirmation), ``?suspect=true`` (ended
 unconfirmed, decided or not), ``?suspect=undecided`` (those an operator still has to release
 or dismiss); ``?flag=unknown_status`` lists active watches whose provider answers a status
-word the relay does not know. Each shows ``held_callback`` (the body as received),
-``last_answer`` (the API's) and ``suspect`` (the reason, the decision).
+word the relay does not know. Each shows ``held_callback`` (the body as received; a listing
+shows its first 16 KiB), ``last_answer`` (the API's) and ``suspect`` (the reason, the
+decision).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ async def list_watches(request: Request) -> Response:
     )
     return JSONResponse(
         {
-            "items": [await watches.watch_view(relay, w) for w in page.items],
+            "items": [await watches.watch_view(relay, w, whole=False) for w in page.items],
             "next_cursor": page.next_cursor,
         }
     )

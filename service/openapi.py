@@ -312,8 +312,13 @@ def _schemas() -> dict[str, Any]:
             },
             "held_callback": {
                 "description": "The callback held on this watch (awaiting confirmation, or "
-                "kept because it ended suspect), as received (UTF-8 text).",
+                "kept because it ended suspect), as received (UTF-8 text); a listing shows "
+                "its first 16 KiB, GET /v1/watches/{id} all of it.",
                 "type": ["string", "null"],
+            },
+            "held_callback_bytes": {
+                "description": "The held callback's size in bytes.",
+                "type": ["integer", "null"],
             },
             "last_answer": {
                 "description": "The first 4 KiB of the provider API's last answer (any "

@@ -145,11 +145,17 @@ def answer_excerpt(answer: StatusAnswer | None) -> str | None:
     return answer.body[:ANSWER_EXCERPT_BYTES].decode("utf-8", "replace")
 
 
+#: How much of a held callback a listing shows (``GET /v1/watches/{id}`` shows it whole): a
+#: page of 100 forged callbacks of 1 MiB each would otherwise be a 100 MiB answer.
+LISTED_CALLBACK_BYTES = 16_384
+
+
 def watch_json(
-    watch: Watch, url_metadata: dict[str, dict[str, Any]] | None = None
+    watch: Watch, url_metadata: dict[str, dict[str, Any]] | None = None, *, whole: bool = True
 ) -> dict[str, Any]:
     """A watch as the admin API shows it (``url_metadata``: the metadata of the callback URLs
-    of its conflict, by url id)."""
+    of its conflict, by url id; ``whole``: the held callback whole, else its first
+    ``LISTED_CALLBACK_BYTES``)."""
     active = watch.state == "active"
     conflict = None
     if watch.conflict_url_ids:
@@ -192,18 +198,21 @@ def watch_json(
         # received, and the start of the API's last answer: what an operator judges.
         "held_callback": None
         if watch.held_body is None
-        else watch.held_body.decode("utf-8", "replace"),
+        else (watch.held_body if whole else watch.held_body[:LISTED_CALLBACK_BYTES]).decode(
+            "utf-8", "replace"
+        ),
+        "held_callback_bytes": None if watch.held_body is None else len(watch.held_body),
         "last_answer": watch.last_answer,
         "flag": "unknown_status" if watch.unknown_status is not None else None,
         "unknown_status": watch.unknown_status,
     }
 
 
-async def watch_view(relay: Relay, watch: Watch) -> dict[str, Any]:
+async def watch_view(relay: Relay, watch: Watch, *, whole: bool = True) -> dict[str, Any]:
     """``watch_json``, with the metadata of its conflict's callback URLs looked up."""
     urls = (watch.url_id, *watch.conflict_url_ids) if watch.conflict_url_ids else ()
     metadata = {url_id: await relay.metadata_for(url_id) for url_id in urls if url_id}
-    return watch_json(watch, metadata)
+    return watch_json(watch, metadata, whole=whole)
 
 
 def _seconds_field(body: dict[str, Any], name: str, low: int, high: int) -> int | None:

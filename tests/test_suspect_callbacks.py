@@ -136,12 +136,16 @@ def test_a_dismissed_callback_emits_nothing_and_only_suspects_are_decided(
     assert again.status_code == 409 and again.json()["error"]["code"] == "already_decided"
 
     # The API fails: the callback stays held, listed as such, and is not the operator's yet.
+    # A listing shows the first 16 KiB of a held callback, the watch itself all of it.
     waiting = emulator.add_task("evolink", always=Fault(503))
-    answer = relay.post_callback(url, forged(waiting)).json()
+    big = json.dumps(forged(waiting, note="x" * 20_000)).encode()
+    answer = relay.client.post(url, content=big, headers={"content-type": "application/json"})
     [listed] = watches(relay, held="true")
-    assert (listed["id"], listed["state"]) == (answer["watch_id"], "active")
-    assert json.loads(listed["held_callback"])["id"] == waiting
-    refused = decide(relay, answer["watch_id"], "release")
+    assert (listed["id"], listed["state"]) == (answer.json()["watch_id"], "active")
+    assert listed["held_callback"].encode() == big[:16_384]
+    assert listed["held_callback_bytes"] == len(big)
+    assert get_watch(relay, listed["id"])["held_callback"].encode() == big
+    refused = decide(relay, listed["id"], "release")
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "not_suspect"
 
     missing = decide(relay, "wch_missing", "release")

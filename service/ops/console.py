@@ -602,7 +602,7 @@ async def _watches(request: Request, session: sessions.Session) -> Response:
 
     async def listed(**wanted: bool) -> list[dict[str, Any]]:
         found = await relay.store.list_watches(WatchFilter(**wanted), None, PAGE_ROWS)
-        return [watches_module.watch_json(w) for w in found.items]
+        return [watches_module.watch_json(w, whole=False) for w in found.items]
 
     return render(
         request,
