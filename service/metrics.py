@@ -39,6 +39,8 @@ counters to files there and a scrape, answered by any one of them, adds up all o
     relay_held_callbacks_refused_total{provider,  callbacks refused because their URL (url,
         scope}                                    429) or the relay (total, 503) holds enough
     relay_watches_active{provider}                at scrape time, from the store
+    relay_callbacks_waiting{state}                at scrape time: held (for confirmation),
+                                                  suspect (for an operator's decision)
     relay_store_up                                1 when the scrape-time queries answered
 """
 
@@ -370,6 +372,7 @@ async def scrape_gauges(relay: Relay) -> list[GaugeMetricFamily]:
     try:
         counts = await relay.store.delivery_counts()
         watches = await watches_active(relay)
+        waiting = await relay.store.waiting_callback_counts()
     except StorageUnavailable:
         up = 0.0
     else:
@@ -398,6 +401,15 @@ async def scrape_gauges(relay: Relay) -> list[GaugeMetricFamily]:
         for provider in sorted(PROVIDERS):
             active.add_metric([provider], watches.get(provider, 0))
         families.append(active)
+        callbacks = GaugeMetricFamily(
+            "relay_callbacks_waiting",
+            "Callbacks waiting, by state: held (for their API's confirmation) or suspect (not "
+            "confirmed, for an operator to release or dismiss).",
+            labels=["state"],
+        )
+        for state in ("held", "suspect"):
+            callbacks.add_metric([state], waiting[state])
+        families.append(callbacks)
     families.append(
         GaugeMetricFamily(
             "relay_store_up", "1 when the store answered the scrape-time queries.", value=up

@@ -68,6 +68,9 @@ def test_a_suspect_callback_is_shown_and_released_exactly_once(
 
     [listed] = watches(relay, suspect="undecided")
     assert listed["id"] == ended["id"]
+    waiting = scrape(relay)
+    assert value(waiting, "relay_callbacks_waiting", state="suspect") == 1
+    assert value(waiting, "relay_callbacks_waiting", state="held") == 0
     assert listed["held_callback"].encode() == body  # as received, byte for byte
     assert json.loads(listed["last_answer"]) == {"error": "not found"}  # the API's
     assert listed["suspect"]["reason"] == "task_not_found"
@@ -114,6 +117,7 @@ def test_a_suspect_callback_is_shown_and_released_exactly_once(
     )
     held = ("relay_held_callbacks_total", {"provider": "evolink"})
     assert value(after, held[0], **held[1]) - value(before, held[0], **held[1]) == 1
+    assert value(after, "relay_callbacks_waiting", state="suspect") == 0
 
 
 def test_a_dismissed_callback_emits_nothing_and_only_suspects_are_decided(
@@ -144,6 +148,7 @@ def test_a_dismissed_callback_emits_nothing_and_only_suspects_are_decided(
     assert (listed["id"], listed["state"]) == (answer.json()["watch_id"], "active")
     assert listed["held_callback"].encode() == big[:16_384]
     assert listed["held_callback_bytes"] == len(big)
+    assert value(scrape(relay), "relay_callbacks_waiting", state="held") == 1
     assert get_watch(relay, listed["id"])["held_callback"].encode() == big
     refused = decide(relay, listed["id"], "release")
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "not_suspect"

@@ -548,5 +548,11 @@ class Store(ABC):
         ``get_delivery``)."""
 
     @abstractmethod
+    async def waiting_callback_counts(self) -> dict[str, int]:
+        """``{"held": n, "suspect": n}``: callbacks awaiting their API's confirmation (active
+        watches holding one), and suspect callbacks awaiting an operator's decision
+        (``watch_model.DECIDABLE``)."""
+
+    @abstractmethod
     async def active_watch_counts(self) -> dict[str, int]:
         """How many watches are active, by provider (providers with none are absent)."""

@@ -1112,6 +1112,10 @@ class PostgresStore(Store):
         async with self._transaction() as conn:
             return await postgres_ops.delivery_details(conn, filters, provider, limit)
 
+    async def waiting_callback_counts(self) -> dict[str, int]:
+        async with self._connection() as conn:
+            return await postgres_ops.waiting_callback_counts(conn)
+
     async def active_watch_counts(self) -> dict[str, int]:
         async with self._connection() as conn:
             return await postgres_ops.active_watch_counts(conn)

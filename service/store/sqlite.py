@@ -712,6 +712,9 @@ class SQLiteStore(Store):
             self, lambda conn: sqlite_ops.delivery_details(conn, filters, provider, limit)
         )
 
+    async def waiting_callback_counts(self) -> dict[str, int]:
+        return await sqlite_ops.read(self, sqlite_ops.waiting_callback_counts)
+
     async def active_watch_counts(self) -> dict[str, int]:
         return await sqlite_ops.read(self, sqlite_ops.active_watch_counts)
 
