@@ -13,11 +13,11 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from service import simulate, watches
+from service import simulate, suspects, watches
 from service.relay import Relay
 from service.settings import Settings
 from service.store.budget import BudgetState
-from service.store.watch_model import WATCH_STATES, WatchFilter
+from service.store.watch_model import WATCH_STATES, Watch, WatchFilter
 
 COMMANDS = ("watch", "watches", "simulate")
 
@@ -63,14 +63,30 @@ def add_parsers(
         help="first poll only after this, and only if no terminal callback came, e.g. 10m",
     )
 
-    listing = commands.add_parser("watches", help="list or cancel watches")
+    listing = commands.add_parser(
+        "watches", help="list or cancel watches; release or dismiss suspect callbacks"
+    )
     sub = listing.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
     ls = sub.add_parser("list", help="list watches, newest first")
     ls.add_argument("--state", choices=WATCH_STATES)
     ls.add_argument("--provider")
+    shown = ls.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--suspect", action="store_true", help="only suspect callbacks nobody decided about yet"
+    )
+    shown.add_argument("--held", action="store_true", help="only callbacks awaiting confirmation")
+    shown.add_argument(
+        "--flagged", action="store_true", help="only watches seeing an unknown status word"
+    )
     ls.add_argument("--limit", type=int, default=50, help="[default: 50]")
     cancel = sub.add_parser("cancel", help="cancel an active watch")
     cancel.add_argument("watch_id")
+    release = sub.add_parser(
+        "release", help="forward a watch's suspect callback as received (once), recorded"
+    )
+    release.add_argument("watch_id")
+    dismiss = sub.add_parser("dismiss", help="drop a watch's suspect callback, recorded")
+    dismiss.add_argument("watch_id")
 
     sim = commands.add_parser(
         "simulate",
@@ -132,10 +148,28 @@ async def _with_store(relay: Relay, args: argparse.Namespace, out: TextIO) -> in
         watch = await watches.cancel_watch(relay, args.watch_id)
         print(f"canceled {watch.id} ({watch.provider} {watch.task_id})", file=out)
         return 0
+    if args.subcommand in ("release", "dismiss"):
+        decision = "released" if args.subcommand == "release" else "dismissed"
+        decided = await suspects.decide(relay, args.watch_id, decision, "cli")
+        w = decided.watch
+        result = decided.result
+        told = "" if result is None else f": {result.outcome}, event {result.event_id}"
+        print(
+            f"{decision} the suspect callback of {w.id} ({w.provider} {w.task_id}){told}", file=out
+        )
+        return 0
     page = await relay.store.list_watches(
-        WatchFilter(state=args.state, provider=args.provider), None, args.limit
+        WatchFilter(
+            state=args.state,
+            provider=args.provider,
+            undecided=args.suspect,
+            held=args.held,
+            flagged=args.flagged,
+        ),
+        None,
+        args.limit,
     )
-    rows = [["ID", "PROVIDER", "TASK", "STATE", "POLLS", "LAST STATUS", "NEXT POLL", "LAST ERROR"]]
+    rows = [["ID", "PROVIDER", "TASK", "STATE", "POLLS", "LAST STATUS", "NEXT POLL", "NOTE"]]
     budgets: dict[str, BudgetState] = {}
     for w in page.items:
         shown = await watches.watch_view(relay, w, budgets)
@@ -150,7 +184,7 @@ async def _with_store(relay: Relay, args: argparse.Namespace, out: TextIO) -> in
                 str(w.polls),
                 w.last_status or "",
                 shown["next_poll_at"] or "",
-                (w.last_error or "")[:50],
+                _note(w),
             ]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -160,3 +194,12 @@ async def _with_store(relay: Relay, args: argparse.Namespace, out: TextIO) -> in
     more = " (more: raise --limit)" if page.next_cursor else ""
     print(f"{len(page.items)} watches{more}", file=out)
     return 0
+
+
+def _note(w: Watch) -> str:
+    """What an operator should know first: a suspect callback, an unknown word, an error."""
+    if w.suspect is not None:
+        return f"suspect: {w.suspect}, claimed {w.suspect_status} ({w.decision or 'undecided'})"
+    if w.unknown_status is not None:
+        return f"unknown status word: {w.unknown_status[:40]}"
+    return (w.last_error or "")[:50]

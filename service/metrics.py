@@ -33,9 +33,14 @@ counters to files there and a scrape, answered by any one of them, adds up all o
     relay_suspect_callbacks_total{provider,       held callbacks the provider's API did not
         reason}                                   confirm: contradicted, task_not_found,
                                                   invalid_task_id, deadline_unconfirmed
+    relay_held_callbacks_total{provider}          terminal callbacks held for confirmation
+    relay_suspect_decisions_total{provider,       suspect callbacks an operator released or
+        decision}                                 dismissed
     relay_held_callbacks_refused_total{provider,  callbacks refused because their URL (url,
         scope}                                    429) or the relay (total, 503) holds enough
     relay_watches_active{provider}                at scrape time, from the store
+    relay_callbacks_waiting{state}                at scrape time: held (for confirmation),
+                                                  suspect (for an operator's decision)
     relay_store_up                                1 when the scrape-time queries answered
 """
 
@@ -145,6 +150,20 @@ SUSPECT_CALLBACKS = Counter(
     "Held callbacks the provider's API did not confirm, by provider and reason: contradicted, "
     "task_not_found, invalid_task_id or deadline_unconfirmed (service.watches).",
     ["provider", "reason"],
+    registry=REGISTRY,
+)
+HELD_CALLBACKS = Counter(
+    "relay_held_callbacks_total",
+    "Terminal callbacks held for confirmation by the provider's API, by provider (a repost "
+    "joining its hold counts again).",
+    ["provider"],
+    registry=REGISTRY,
+)
+SUSPECT_DECISIONS = Counter(
+    "relay_suspect_decisions_total",
+    "Suspect callbacks an operator decided about, by provider and decision: released "
+    "(forwarded as received) or dismissed (service.suspects).",
+    ["provider", "decision"],
     registry=REGISTRY,
 )
 HOLDS_REFUSED = Counter(
@@ -329,6 +348,16 @@ def count_suspect(provider: str, reason: str) -> None:
     SUSPECT_CALLBACKS.labels(provider, reason).inc()
 
 
+def count_held(provider: str) -> None:
+    """A terminal callback held for confirmation."""
+    HELD_CALLBACKS.labels(provider).inc()
+
+
+def count_decision(provider: str, decision: str) -> None:
+    """An operator released or dismissed a suspect callback."""
+    SUSPECT_DECISIONS.labels(provider, decision).inc()
+
+
 def count_hold_refused(provider: str, scope: str) -> None:
     """A callback refused rather than held (``scope``: url or total)."""
     HOLDS_REFUSED.labels(provider, scope).inc()
@@ -359,6 +388,7 @@ async def scrape_gauges(relay: Relay) -> list[GaugeMetricFamily]:
     try:
         counts = await relay.store.delivery_counts()
         watches = await watches_active(relay)
+        waiting = await relay.store.waiting_callback_counts()
     except StorageUnavailable:
         up = 0.0
     else:
@@ -387,6 +417,15 @@ async def scrape_gauges(relay: Relay) -> list[GaugeMetricFamily]:
         for provider in sorted(PROVIDERS):
             active.add_metric([provider], watches.get(provider, 0))
         families.append(active)
+        callbacks = GaugeMetricFamily(
+            "relay_callbacks_waiting",
+            "Callbacks waiting, by state: held (for their API's confirmation) or suspect (not "
+            "confirmed, for an operator to release or dismiss).",
+            labels=["state"],
+        )
+        for state in ("held", "suspect"):
+            callbacks.add_metric([state], waiting[state])
+        families.append(callbacks)
     families.append(
         GaugeMetricFamily(
             "relay_store_up", "1 when the store answered the scrape-time queries.", value=up

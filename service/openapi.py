@@ -285,7 +285,13 @@ def _schemas() -> dict[str, Any]:
                     {"type": "null"},
                     {
                         "type": "object",
-                        "required": ["reason", "callback_status"],
+                        "required": [
+                            "reason",
+                            "callback_status",
+                            "decision",
+                            "decided_by",
+                            "decided_at",
+                        ],
                         "properties": {
                             "reason": {
                                 "enum": [
@@ -296,10 +302,42 @@ def _schemas() -> dict[str, Any]:
                                 ]
                             },
                             "callback_status": STRING_OR_NULL,
+                            "decision": {
+                                "description": "An operator's choice (POST /v1/watches/{id}/"
+                                "release or /dismiss); null while undecided.",
+                                "enum": ["released", "dismissed", None],
+                            },
+                            "decided_by": {
+                                "description": "Where it was made: admin_api, console or cli.",
+                                "type": ["string", "null"],
+                            },
+                            "decided_at": NULLABLE_TIME,
                         },
                     },
                 ],
             },
+            "held_callback": {
+                "description": "The callback held on this watch (awaiting confirmation, or "
+                "kept because it ended suspect), as received (UTF-8 text); a listing shows "
+                "its first 16 KiB, GET /v1/watches/{id} all of it.",
+                "type": ["string", "null"],
+            },
+            "held_callback_bytes": {
+                "description": "The held callback's size in bytes.",
+                "type": ["integer", "null"],
+            },
+            "last_answer": {
+                "description": "The first 4 KiB of the provider API's last answer (any "
+                "status code), as text.",
+                "type": ["string", "null"],
+            },
+            "flag": {
+                "description": "unknown_status: the API's last answer had a status word the "
+                "relay does not know (unknown_status); the watch polls at its slowest interval "
+                "until an operator decides.",
+                "enum": ["unknown_status", None],
+            },
+            "unknown_status": STRING_OR_NULL,
             "conflict": {
                 "description": "Callbacks for this task came through several callback URLs: "
                 "the watch waits, unpolled, until POST /v1/watches/{id}/resolve names whose "
@@ -883,8 +921,20 @@ def _paths() -> dict[str, Any]:
                     _query("task_id", "Only this task's."),
                     _query(
                         "suspect",
-                        "true: only watches with a suspect callback.",
+                        "true: only watches with a suspect callback; undecided: only those "
+                        "an operator can still release or dismiss.",
+                        {"enum": ["true", "false", "undecided"]},
+                    ),
+                    _query(
+                        "held",
+                        "true: only active watches holding a callback awaiting confirmation.",
                         {"enum": ["true", "false"]},
+                    ),
+                    _query(
+                        "flag",
+                        "unknown_status: only active watches whose provider answers a status "
+                        "word the relay does not know.",
+                        {"enum": ["unknown_status"]},
                     ),
                     CURSOR,
                     LIMIT,
@@ -908,6 +958,56 @@ def _paths() -> dict[str, Any]:
                 tag="watches",
                 parameters=[watch_id],
             ),
+        },
+        "/v1/watches/{watch_id}/release": {
+            "post": _admin(
+                "Release a suspect callback: forward it as received, once",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["watch", "outcome", "event_id"],
+                            "properties": {
+                                "watch": _ref("Watch"),
+                                "outcome": {
+                                    "description": "accepted (emitted), or duplicate / "
+                                    "superseded (the task already has that or a terminal "
+                                    "event: not emitted again).",
+                                    "type": "string",
+                                },
+                                "event_id": {"type": "string"},
+                            },
+                        },
+                        "Released, recorded on the watch (suspect.decision).",
+                    ),
+                    "404": not_found,
+                    "409": _error(
+                        "`not_suspect`: nothing to decide (no suspect callback kept, or still "
+                        "awaiting confirmation); `already_decided`."
+                    ),
+                },
+                tag="watches",
+                parameters=[watch_id],
+            )
+        },
+        "/v1/watches/{watch_id}/dismiss": {
+            "post": _admin(
+                "Dismiss a suspect callback: nothing is emitted, the choice is recorded",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["watch"],
+                            "properties": {"watch": _ref("Watch")},
+                        },
+                        "Dismissed, recorded on the watch (suspect.decision).",
+                    ),
+                    "404": not_found,
+                    "409": _error("`not_suspect`; `already_decided`."),
+                },
+                tag="watches",
+                parameters=[watch_id],
+            )
         },
         "/v1/watches/{watch_id}/resolve": {
             "post": _admin(
@@ -946,6 +1046,15 @@ def _paths() -> dict[str, Any]:
         "/ops/deliveries/replay": {"post": _console("Replay all shown", post=True)},
         "/ops/deliveries/{delivery_id}": {
             "get": _console("One delivery", path_params=("delivery_id",))
+        },
+        "/ops/watches": {
+            "get": _console("Suspect and held callbacks, watches seeing unknown status words")
+        },
+        "/ops/watches/{watch_id}/release": {
+            "post": _console("Release a suspect callback", post=True, path_params=("watch_id",))
+        },
+        "/ops/watches/{watch_id}/dismiss": {
+            "post": _console("Dismiss a suspect callback", post=True, path_params=("watch_id",))
         },
         "/ops/deliveries/{delivery_id}/replay": {
             "post": _console("Replay one delivery", post=True, path_params=("delivery_id",))

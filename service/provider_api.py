@@ -112,6 +112,7 @@ class StatusAnswer:
     outcome: Literal["ok", "retry", "not_found", "invalid"]
     status_code: int | None = None
     payload: Any = None
+    #: The answer's body: the JSON ``payload`` was parsed from, or an error answer's.
     body: bytes = b""
     #: Seconds the provider asked to wait (``Retry-After``), capped at ``MAX_RETRY_AFTER``.
     retry_after: float | None = None
@@ -240,11 +241,14 @@ def _classify(response: httpx.Response, body: bytes, latency_ms: float) -> Statu
         return StatusAnswer("retry", code, error=_redirect_error(response), latency_ms=latency_ms)
     excerpt = body[:200].decode("utf-8", "replace").strip()
     detail = f"HTTP {code}" + (f": {excerpt}" if excerpt else "")
+    # The body is kept too: a watch shows the start of it to the operator (``last_answer``).
     if code in NOT_FOUND_CODES:
-        return StatusAnswer("not_found", code, error=detail, latency_ms=latency_ms)
+        return StatusAnswer("not_found", code, body=body, error=detail, latency_ms=latency_ms)
     if code in (401, 403):
         detail = f"HTTP {code}: the provider refused the API key"
-    return StatusAnswer("retry", code, retry_after=retry_after, error=detail, latency_ms=latency_ms)
+    return StatusAnswer(
+        "retry", code, body=body, retry_after=retry_after, error=detail, latency_ms=latency_ms
+    )
 
 
 def _redirect_error(response: httpx.Response) -> str:

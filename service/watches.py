@@ -14,6 +14,9 @@ is a duplicate, a new one an event for the subscribers.
 - A provider that says three times in a row that it has no such task (400/404/410/422) ends the
   watch as ``rejected`` with a ``generation.failed`` event (``task_not_found``); a task id that
   cannot even form a status URL ends it at once (``invalid_task_id``).
+- An answer whose status word the relay does not know (normalized as ``running``) sets the
+  next poll at the back-off's maximum, not the next step, and flags the watch
+  (``unknown_status``: the word) for an operator; a known word clears the flag.
 - Any other failure of a poll, foreseen or not (a bug, an answer nobody imagined), is a failed
   poll like a 503: recorded with the back-off, counted (``relay_watch_polls_total``), and the
   deadline still applies. A poll never ends without moving ``next_poll_at`` forward, so one
@@ -33,6 +36,8 @@ by a held callback emits only what the provider's API answered; ended any other 
 task unknown, id unusable) it ends *suspect* (``suspect``: the reason, ``suspect_status``: the
 status claimed, the held callback kept for the operator), emits nothing, and is counted in
 ``relay_suspect_callbacks_total{provider,reason}``, as is a callback the API contradicted.
+The watch keeps the start of the API's last answer (``last_answer``) beside the callback, and
+an operator releases or dismisses it (``service.suspects``).
 """
 
 from __future__ import annotations
@@ -62,7 +67,14 @@ from service.relay import Relay
 from service.settings import Settings
 from service.store.base import Store
 from service.store.budget import BudgetState
-from service.store.watch_model import WATCH_STATES, HoldLimits, HoldRefused, PollRecord, Watch
+from service.store.watch_model import (
+    ANSWER_EXCERPT_BYTES,
+    WATCH_STATES,
+    HoldLimits,
+    HoldRefused,
+    PollRecord,
+    Watch,
+)
 
 log = structlog.get_logger("service.watches")
 
@@ -127,14 +139,29 @@ def backoff_delay(backoff: tuple[float, float], step: int) -> float:
     return float(min(cap, first * 2 ** min(step, 40)))
 
 
+def answer_excerpt(answer: StatusAnswer | None) -> str | None:
+    """The start of a status answer's body as text (what the watch keeps); None if empty."""
+    if answer is None or not answer.body:
+        return None
+    return answer.body[:ANSWER_EXCERPT_BYTES].decode("utf-8", "replace")
+
+
+#: How much of a held callback a listing shows (``GET /v1/watches/{id}`` shows it whole): a
+#: page of 100 forged callbacks of 1 MiB each would otherwise be a 100 MiB answer.
+LISTED_CALLBACK_BYTES = 16_384
+
+
 def watch_json(
     watch: Watch,
     url_metadata: dict[str, dict[str, Any]] | None = None,
     waiting_for: str | None = None,
+    *,
+    whole: bool = True,
 ) -> dict[str, Any]:
     """A watch as the admin API shows it (``url_metadata``: the metadata of the callback URLs
     of its conflict, by url id; ``waiting_for``: ``budget`` when it is due but its provider's
-    request budget is spent or paused by a 429)."""
+    request budget is spent or paused by a 429; ``whole``: the held callback whole, else its
+    first ``LISTED_CALLBACK_BYTES``)."""
     active = watch.state == "active"
     conflict = None
     if watch.conflict_url_ids:
@@ -167,12 +194,33 @@ def watch_json(
         "conflict": conflict,
         "suspect": None
         if watch.suspect is None
-        else {"reason": watch.suspect, "callback_status": watch.suspect_status},
+        else {
+            "reason": watch.suspect,
+            "callback_status": watch.suspect_status,
+            "decision": watch.decision,
+            "decided_by": watch.decided_by,
+            "decided_at": None if watch.decided_at is None else rfc3339(watch.decided_at),
+        },
+        # The callback held (awaiting confirmation, or kept because it ended suspect), as
+        # received, and the start of the API's last answer: what an operator judges.
+        "held_callback": None
+        if watch.held_body is None
+        else (watch.held_body if whole else watch.held_body[:LISTED_CALLBACK_BYTES]).decode(
+            "utf-8", "replace"
+        ),
+        "held_callback_bytes": None if watch.held_body is None else len(watch.held_body),
+        "last_answer": watch.last_answer,
+        "flag": "unknown_status" if watch.unknown_status is not None else None,
+        "unknown_status": watch.unknown_status,
     }
 
 
 async def watch_view(
-    relay: Relay, watch: Watch, budgets: dict[str, BudgetState] | None = None
+    relay: Relay,
+    watch: Watch,
+    budgets: dict[str, BudgetState] | None = None,
+    *,
+    whole: bool = True,
 ) -> dict[str, Any]:
     """``watch_json``, with the metadata of its conflict's callback URLs looked up, and whether
     it waits for its provider's budget (``budgets``: states already looked up, by provider)."""
@@ -194,7 +242,7 @@ async def watch_view(
             )
         if budgets[watch.provider].exhausted(rate, now):
             waiting_for = "budget"
-    return watch_json(watch, metadata, waiting_for)
+    return watch_json(watch, metadata, waiting_for, whole=whole)
 
 
 def _seconds_field(body: dict[str, Any], name: str, low: int, high: int) -> int | None:
@@ -347,6 +395,7 @@ async def hold_callback(
         )
         raise TooManyHeldForUrl() if held.scope == "url" else HoldsFull()
     if held is not None:
+        metrics.count_held(provider)
         log.info(
             "callback_held",
             provider=provider,
@@ -460,6 +509,8 @@ class WatchService:
         fields = {"watch_id": watch.id, "provider": watch.provider, "task_id": watch.task_id}
         status: str | None = None
         suspect: str | None = None
+        #: A status word the relay does not know: the watch polls at its slowest, flagged.
+        unknown: str | None = None
         judged = forget_url = False
         error = answer.error
         not_found = watch.not_found
@@ -468,6 +519,8 @@ class WatchService:
             if normalized is not None:
                 not_found = 0
                 status = normalized.status
+                if normalized.unknown_status:
+                    unknown = normalized.raw_status or "(not a string)"
                 # A callback the API contradicts names nobody: its URL's metadata is not
                 # attached (a forger's URL must not win the task's result).
                 agrees = self._judge_held(watch, normalized)
@@ -478,10 +531,10 @@ class WatchService:
                     # Canceled (or deleted) while the request was in flight: nothing is
                     # emitted for a watch its operator stopped.
                     log.info("watch_poll_discarded", state=current and current.state, **fields)
-                    return await self._record(watch, now, "active", status=status)
+                    return await self._record(watch, now, "active", status=status, answer=answer)
                 if normalized.terminal and self._conflicted(watch, current):
                     return await self._record(
-                        watch, now, "active", status=status, suspect=suspect
+                        watch, now, "active", status=status, suspect=suspect, answer=answer
                     )
                 result = await self.relay.accept(
                     watch.provider,
@@ -511,6 +564,7 @@ class WatchService:
                         status=status,
                         event_id=result.event_id,
                         suspect=suspect,
+                        answer=answer,
                     )
                 judged = True
         elif answer.outcome == "invalid":
@@ -559,11 +613,13 @@ class WatchService:
                 **fields,
             )
         if now >= watch.deadline_at:
-            return await self._expire(watch, now, status, error)
-        delay = max(
-            backoff_delay(self.relay.settings.watch_backoff, watch.backoff_step),
-            answer.retry_after or 0.0,
-        )
+            return await self._expire(watch, now, status, error, answer)
+        backoff = self.relay.settings.watch_backoff
+        # A word the relay does not know may never end: poll it at the slowest interval and
+        # let an operator decide (the watch is flagged), rather than every few seconds.
+        slowest = unknown is not None
+        step = backoff[1] if slowest else backoff_delay(backoff, watch.backoff_step)
+        delay = max(step, answer.retry_after or 0.0)
         return await self._record(
             watch,
             now,
@@ -576,6 +632,8 @@ class WatchService:
             judged=judged,
             forget_url=forget_url,
             suspect=suspect if judged else None,
+            answer=answer,
+            unknown=unknown,
         )
 
     async def _pause_provider(self, watch: Watch, now: float, retry_after: float | None) -> None:
@@ -695,6 +753,7 @@ class WatchService:
             not_found=watch.not_found + (answer.outcome == "not_found"),
             event_id=event_id,
             suspect=suspect,
+            answer=answer,
         )
 
     def _unconfirmed(self, watch: Watch, reason: str) -> str | None:
@@ -712,7 +771,12 @@ class WatchService:
         return current is not None and current.state == "active"
 
     async def _expire(
-        self, watch: Watch, now: float, status: str | None, error: str | None
+        self,
+        watch: Watch,
+        now: float,
+        status: str | None,
+        error: str | None,
+        answer: StatusAnswer | None = None,
     ) -> PollRecord:
         """The deadline passed. A client's watch emits ``generation.failed``
         (``watch_deadline_exceeded``); one created by a held callback ends suspect, silently."""
@@ -736,7 +800,14 @@ class WatchService:
             suspect=suspect,
         )
         return await self._record(
-            watch, now, "expired", status=status, error=error, event_id=event_id, suspect=suspect
+            watch,
+            now,
+            "expired",
+            status=status,
+            error=error,
+            event_id=event_id,
+            suspect=suspect,
+            answer=answer,
         )
 
     async def _emit_failure(self, watch: Watch, code: str, message: str) -> str:
@@ -771,7 +842,11 @@ class WatchService:
         judged: bool = False,
         forget_url: bool = False,
         suspect: str | None = None,
+        answer: StatusAnswer | None = None,
+        unknown: str | None = None,
     ) -> PollRecord:
+        """Record a poll (``answer``: the provider's, whose start the watch keeps for the
+        operator; ``unknown``: its status word the relay does not know)."""
         assert state in WATCH_STATES
         record = PollRecord(
             watch_id=watch.id,
@@ -788,6 +863,8 @@ class WatchService:
             forget_url=forget_url,
             suspect=suspect,
             suspect_status=None if suspect is None else watch.held_status or watch.suspect_status,
+            answer=answer_excerpt(answer),
+            unknown_status=unknown,
         )
         await self.store.record_poll(record)
         return record

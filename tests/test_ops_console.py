@@ -221,6 +221,7 @@ def test_every_page_renders_with_security_headers(relay_server: RelayServer) -> 
             "/ops/events?q=t-pages": event_id,
             f"/ops/events/{event_id}": "t-pages",
             "/ops/subscribers": subscriber["id"],
+            "/ops/watches": "No suspect callbacks.",
         }
         for path, expected in pages.items():
             response = client.get(path, follow_redirects=True)

@@ -19,7 +19,14 @@ import pytest
 from service import ids
 from service.store.base import Store
 from service.store.postgres import PostgresStore
-from service.store.watch_model import HoldLimits, HoldRefused, PollRecord, Watch, WatchFilter
+from service.store.watch_model import (
+    Decision,
+    HoldLimits,
+    HoldRefused,
+    PollRecord,
+    Watch,
+    WatchFilter,
+)
 from tests.test_store_contract import (  # noqa: F401 (fixtures)
     anyio_backend,
     incoming,
@@ -437,6 +444,99 @@ async def test_a_suspect_ending_keeps_what_was_claimed(store: Store) -> None:
     assert len(await all_watches(store, suspect=True)) == 2
 
 
+async def _ended_suspect(store: Store, task: str, url_id: str | None = "url_1") -> Watch:
+    held = await store.hold_for_confirmation(
+        watch(task, origin="callback", held_status="succeeded", url_id=url_id)
+    )
+    assert isinstance(held, Watch)
+    (claimed,) = [
+        w for w in await store.claim_due_watches(time.time(), 10, LEASE) if w.id == held.id
+    ]
+    await store.record_poll(
+        dataclasses.replace(
+            poll(claimed, "rejected", status=None, judged=False),
+            suspect="task_not_found",
+            suspect_status="succeeded",
+            answer='{"error": "not found"}',
+        )
+    )
+    return held
+
+
+async def test_a_suspect_callback_is_decided_once(store: Store) -> None:
+    """Only a watch that ended suspect with its callback kept takes a decision, and only the
+    first: concurrent decisions record exactly one; an undone decision can be made again."""
+    held = await _ended_suspect(store, "t1")
+    shown = await store.get_watch(held.id)
+    assert shown is not None and shown.last_answer == '{"error": "not found"}'
+    assert shown.url_id == "url_1"  # kept: a release forwards with the URL's metadata
+    assert [w.id for w in await all_watches(store, undecided=True)] == [held.id]
+    now = time.time()
+    choices = [
+        Decision(held.id, "released" if n % 2 else "dismissed", f"op-{n}", now + n)
+        for n in range(8)
+    ]
+    answers = await asyncio.gather(*(store.decide_suspect(c) for c in choices))
+    winners = [c for c, (_, recorded) in zip(choices, answers, strict=True) if recorded]
+    assert len(winners) == 1
+    after = await store.get_watch(held.id)
+    assert after is not None
+    assert (after.decision, after.decided_by, after.decided_at) == (
+        winners[0].decision,
+        winners[0].decided_by,
+        winners[0].decided_at,
+    )
+    assert await all_watches(store, undecided=True) == []
+    assert [w.id for w in await all_watches(store, suspect=True)] == [held.id]
+    await store.undo_decision(dataclasses.replace(winners[0], decided_at=now - 1))  # not its
+    assert (await store.get_watch(held.id)).decision == winners[0].decision  # type: ignore[union-attr]
+    await store.undo_decision(winners[0])
+    again, recorded = await store.decide_suspect(Decision(held.id, "dismissed", "op", now))
+    assert recorded and again is not None and again.decision == "dismissed"
+
+
+async def test_only_an_ended_suspect_with_its_callback_is_decided(store: Store) -> None:
+    """Not an active hold (awaiting confirmation), not a watch that held nothing, not an
+    unknown id."""
+    active = await store.hold_for_confirmation(
+        watch("t1", origin="callback", held_status="succeeded")
+    )
+    assert isinstance(active, Watch)
+    plain, _ = await store.create_watch(watch("t2"))
+    now = time.time()
+    for target in (active.id, plain.id):
+        shown, recorded = await store.decide_suspect(Decision(target, "released", "op", now))
+        assert shown is not None and not recorded and shown.decision is None
+    assert await store.decide_suspect(Decision("wch_none", "released", "op", now)) == (None, False)
+    assert [w.id for w in await all_watches(store, held=True)] == [active.id]
+
+
+async def test_a_poll_keeps_the_answer_and_the_unknown_word(store: Store) -> None:
+    """``last_answer`` is the last answer given (kept when a poll got none); ``unknown_status``
+    follows each answered poll and is listed with ``flagged``."""
+    created, _ = await store.create_watch(watch("t1"))
+    (claimed,) = await store.claim_due_watches(time.time(), 10, LEASE)
+    await store.record_poll(
+        dataclasses.replace(
+            poll(claimed, next_at=time.time()), answer='{"status": "x"}', unknown_status="x"
+        )
+    )
+    assert [w.id for w in await all_watches(store, flagged=True)] == [created.id]
+    (claimed,) = await store.claim_due_watches(time.time(), 10, LEASE)
+    await store.record_poll(poll(claimed, next_at=time.time(), status=None, error="HTTP 503"))
+    shown = await store.get_watch(created.id)
+    assert shown is not None and (shown.last_answer, shown.unknown_status) == (
+        '{"status": "x"}',
+        "x",
+    )
+    (claimed,) = await store.claim_due_watches(time.time(), 10, LEASE)
+    await store.record_poll(dataclasses.replace(poll(claimed), answer='{"status": "running"}'))
+    shown = await store.get_watch(created.id)
+    assert shown is not None and shown.unknown_status is None
+    assert shown.last_answer == '{"status": "running"}'
+    assert await all_watches(store, flagged=True) == []
+
+
 async def test_claim_takes_each_provider_up_to_its_share(store: Store) -> None:
     now = time.time()
     slow = [watch(f"e{n}", provider="evolink", due=now - 10 + n / 100) for n in range(6)]
@@ -464,6 +564,19 @@ async def test_prune_removes_only_old_finished_watches(store: Store) -> None:
     await store.cancel_watch(new_done.id, now)
     assert await store.prune_watches(now - 50, 10) == 1
     assert {w.id for w in await all_watches(store)} == {old_active.id, new_done.id}
+
+
+
+async def test_prune_keeps_a_suspect_callback_until_it_is_decided(store: Store) -> None:
+    """An undecided suspect callback is the only copy of what was accepted: retention keeps
+    it; once released or dismissed it leaves like any finished watch."""
+    held = await _ended_suspect(store, "t1")
+    later = time.time() + 100
+    assert await store.prune_watches(later, 10) == 0
+    _, recorded = await store.decide_suspect(Decision(held.id, "dismissed", "op", time.time()))
+    assert recorded
+    assert await store.prune_watches(later, 10) == 1
+    assert await store.get_watch(held.id) is None
 
 
 async def test_watches_survive_a_reopen(make_store: Callable[[], Store]) -> None:

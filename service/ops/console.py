@@ -27,8 +27,9 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from service import overview as overview_module
-from service import replays
+from service import replays, suspects
 from service import subscribers as subscriber_rules
+from service import watches as watches_module
 from service.errors import RelayError
 from service.events import EVENT_TYPES, STATUSES
 from service.http import client_ip, parse_time, read_body
@@ -39,6 +40,7 @@ from service.providers import PROVIDERS
 from service.relay import Relay
 from service.store.base import DeliveryFilter, EventFilter
 from service.store.budget import ApiBudget
+from service.store.watch_model import WatchFilter
 from service.targets import TargetPolicy
 
 log = structlog.get_logger("service.ops")
@@ -610,6 +612,61 @@ async def _event(request: Request, session: sessions.Session) -> Response:
     )
 
 
+# -- held and suspect callbacks, flagged watches ---------------------------------------------
+
+
+async def _watches(request: Request, session: sessions.Session) -> Response:
+    """What waits for an operator: suspect callbacks (release or dismiss), callbacks still
+    awaiting confirmation, and watches whose provider answers a word the relay does not know."""
+    relay = _relay(request)
+
+    async def listed(**wanted: bool) -> list[dict[str, Any]]:
+        found = await relay.store.list_watches(WatchFilter(**wanted), None, PAGE_ROWS)
+        return [watches_module.watch_json(w, whole=False) for w in found.items]
+
+    return render(
+        request,
+        "watches.html",
+        {
+            "suspect": await listed(suspect=True),
+            "held": await listed(held=True),
+            "flagged": await listed(flagged=True),
+            "page_rows": PAGE_ROWS,
+            "back": request.url.path,
+        },
+        session=session,
+    )
+
+
+async def _decide(
+    request: Request, _session: sessions.Session, form: dict[str, list[str]], decision: str
+) -> Response:
+    watch_id = request.path_params["watch_id"]
+    decided = await suspects.decide(_relay(request), watch_id, decision, "console")
+    back = _first(form, "back", "/ops/watches")
+    if decided.result is None:
+        return redirect_back(request, back, f"Dismissed the suspect callback of {watch_id}.")
+    outcome = decided.result.outcome
+    text = (
+        f"Released the suspect callback of {watch_id}: event {decided.result.event_id}."
+        if outcome == "accepted"
+        else f"Released the suspect callback of {watch_id}; it was {outcome} (not emitted again)."
+    )
+    return redirect_back(request, back, text)
+
+
+async def _release(
+    request: Request, session: sessions.Session, form: dict[str, list[str]]
+) -> Response:
+    return await _decide(request, session, form, "released")
+
+
+async def _dismiss(
+    request: Request, session: sessions.Session, form: dict[str, list[str]]
+) -> Response:
+    return await _decide(request, session, form, "dismissed")
+
+
 # -- subscribers ----------------------------------------------------------------------------
 
 TYPE_CHOICES = (*EVENT_TYPES, "generation.*")
@@ -731,6 +788,9 @@ routes = [
     Route("/ops/deliveries/{delivery_id}/replay", action(_replay_one), methods=["POST"]),
     Route("/ops/events", page(_events), methods=["GET"]),
     Route("/ops/events/{event_id}", page(_event), methods=["GET"]),
+    Route("/ops/watches", page(_watches), methods=["GET"]),
+    Route("/ops/watches/{watch_id}/release", action(_release), methods=["POST"]),
+    Route("/ops/watches/{watch_id}/dismiss", action(_dismiss), methods=["POST"]),
     Route("/ops/subscribers", page(_subscribers), methods=["GET"]),
     Route("/ops/subscribers", action(_subscriber_create), methods=["POST"]),
     Route("/ops/subscribers/{subscriber_id}", action(_subscriber_update), methods=["POST"]),

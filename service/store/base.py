@@ -16,7 +16,14 @@ from typing import Any, Literal
 
 from service.errors import InvalidInput
 from service.store.budget import ApiBudget, BudgetState
-from service.store.watch_model import HoldLimits, HoldRefused, PollRecord, Watch, WatchFilter
+from service.store.watch_model import (
+    Decision,
+    HoldLimits,
+    HoldRefused,
+    PollRecord,
+    Watch,
+    WatchFilter,
+)
 
 Outcome = Literal["accepted", "duplicate", "superseded"]
 
@@ -308,6 +315,18 @@ class Store(ABC):
         """The watch, or None."""
 
     @abstractmethod
+    async def decide_suspect(self, decision: Decision) -> tuple[Watch | None, bool]:
+        """Record an operator's ``decision`` on a watch's suspect callback, atomically: only a
+        watch that ended with its suspect callback kept and no decision yet takes it
+        (``watch_model.DECIDABLE``), so of two concurrent decisions exactly one wins. Returns
+        the watch as it is now (None if unknown) and whether this decision was recorded."""
+
+    @abstractmethod
+    async def undo_decision(self, decision: Decision) -> None:
+        """Forget ``decision`` if it is still the watch's (a release that could not forward
+        the callback): the suspect callback can be decided again."""
+
+    @abstractmethod
     async def list_watches(self, filters: WatchFilter, cursor: str | None, limit: int) -> Page:
         """Watches, newest first; items are ``Watch``."""
 
@@ -355,8 +374,9 @@ class Store(ABC):
 
         ``polls`` + 1; ``state``, ``next_poll_at`` (kept when None), ``backoff_step``,
         ``not_found``, ``last_error`` as recorded; ``last_status`` and ``event_id`` when given;
-        ``url_id`` cleared when the record says ``forget_url`` and no other callback was held
-        while the poll ran.
+        ``url_id`` cleared when the record says ``forget_url``, the watch stays active and no
+        other callback was held while the poll ran. ``last_answer`` set when the record has an
+        ``answer``; ``unknown_status`` set to the record's when it has a ``last_status``.
         The held callback is cleared when the watch ends (unless the record names it
         ``suspect``: the operator then sees what was claimed), or when the poll ``judged`` it
         and no other was held while the poll ran. ``suspect`` and ``suspect_status`` are set
@@ -374,7 +394,8 @@ class Store(ABC):
     @abstractmethod
     async def prune_watches(self, before: float, limit: int) -> int:
         """Delete up to ``limit`` finished watches (any state but active) last changed before
-        ``before``; returns how many went."""
+        ``before``, except those whose suspect callback awaits a decision
+        (``watch_model.DECIDABLE``); returns how many went."""
 
     # -- events -------------------------------------------------------------------------------
 
@@ -543,6 +564,12 @@ class Store(ABC):
         (any when None), newest first. Each is ``delivery_json`` plus its event's
         ``provider``, ``task_id`` and ``event_type``, and ``attempts`` (oldest first, as in
         ``get_delivery``)."""
+
+    @abstractmethod
+    async def waiting_callback_counts(self) -> dict[str, int]:
+        """``{"held": n, "suspect": n}``: callbacks awaiting their API's confirmation (active
+        watches holding one), and suspect callbacks awaiting an operator's decision
+        (``watch_model.DECIDABLE``)."""
 
     @abstractmethod
     async def active_watch_counts(self) -> dict[str, int]:

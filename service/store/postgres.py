@@ -60,7 +60,14 @@ from service.store.filters import delivery_clauses, event_clauses, newer_deliver
 
 # Shared with SQLite so that both stores answer the admin API with the very same JSON.
 from service.store.sqlite_deliveries import DELIVERY_COLUMNS, attempt_json, delivery_json
-from service.store.watch_model import HoldLimits, HoldRefused, PollRecord, Watch, WatchFilter
+from service.store.watch_model import (
+    Decision,
+    HoldLimits,
+    HoldRefused,
+    PollRecord,
+    Watch,
+    WatchFilter,
+)
 
 log = structlog.get_logger("service.store")
 
@@ -74,6 +81,7 @@ MIGRATIONS = (
     "postgres_006_attribution.sql",
     "postgres_007_flood.sql",
     "postgres_008_budget.sql",
+    "postgres_009_suspect.sql",
 )
 
 # Advisory lock keys. Arbitrary constants, chosen not to collide with other applications that
@@ -552,6 +560,14 @@ class PostgresStore(Store):
     async def get_watch(self, watch_id: str) -> Watch | None:
         async with self._connection() as conn:
             return await pw.get_watch(conn, watch_id)
+
+    async def decide_suspect(self, decision: Decision) -> tuple[Watch | None, bool]:
+        async with self._connection() as conn:
+            return await pw.decide_suspect(conn, decision)
+
+    async def undo_decision(self, decision: Decision) -> None:
+        async with self._connection() as conn:
+            await pw.undo_decision(conn, decision)
 
     async def list_watches(self, filters: WatchFilter, cursor: str | None, limit: int) -> Page:
         async with self._connection() as conn:
@@ -1108,6 +1124,10 @@ class PostgresStore(Store):
     ) -> list[dict[str, Any]]:
         async with self._transaction() as conn:
             return await postgres_ops.delivery_details(conn, filters, provider, limit)
+
+    async def waiting_callback_counts(self) -> dict[str, int]:
+        async with self._connection() as conn:
+            return await postgres_ops.waiting_callback_counts(conn)
 
     async def active_watch_counts(self) -> dict[str, int]:
         async with self._connection() as conn:

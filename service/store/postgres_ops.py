@@ -14,6 +14,7 @@ from service.store.base import DeliveryFilter
 from service.store.filters import delivery_clauses
 from service.store.sqlite_deliveries import DELIVERY_COLUMNS, attempt_json, delivery_json
 from service.store.sqlite_ops import detail_json, newer_column
+from service.store.watch_model import DECIDABLE
 
 _D_COLUMNS = ", ".join(f"d.{column.strip()}" for column in DELIVERY_COLUMNS.split(","))
 
@@ -69,6 +70,17 @@ async def delivery_details(
         for delivery_id, *attempt in await cursor.fetchall():
             attempts[delivery_id].append(attempt_json(tuple(attempt)))
     return [detail_json(tuple(row), attempts[row[1]]) for row in rows]
+
+
+async def waiting_callback_counts(conn: AsyncConnection[Any]) -> dict[str, int]:
+    cursor = await conn.execute(
+        "SELECT count(*) FILTER (WHERE held_status IS NOT NULL AND state = 'active'),"
+        f" count(*) FILTER (WHERE {DECIDABLE}) FROM watches"
+        " WHERE held_status IS NOT NULL OR suspect IS NOT NULL"
+    )
+    row = await cursor.fetchone()
+    held, suspect = row if row is not None else (0, 0)
+    return {"held": held, "suspect": suspect}
 
 
 async def active_watch_counts(conn: AsyncConnection[Any]) -> dict[str, int]:

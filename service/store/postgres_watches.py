@@ -17,8 +17,10 @@ from service.errors import StorageUnavailable
 from service.store.base import Page, decode_cursor, encode_cursor
 from service.store.budget import ApiBudget, BudgetState
 from service.store.watch_model import (
+    DECIDABLE,
     WATCH_COLUMN_COUNT,
     WATCH_COLUMNS,
+    Decision,
     HoldLimits,
     HoldRefused,
     PollRecord,
@@ -155,8 +157,14 @@ async def list_watches(conn: Conn, filters: WatchFilter, cursor: str | None, lim
     if before is not None:
         clauses.append("seq < %s")
         params.append(before)
-    if filters.suspect:
+    if filters.suspect or filters.undecided:
         clauses.append("suspect IS NOT NULL")
+    if filters.undecided:
+        clauses.append(DECIDABLE)
+    if filters.held:
+        clauses.append("held_status IS NOT NULL AND state = 'active'")
+    if filters.flagged:
+        clauses.append("unknown_status IS NOT NULL AND state = 'active'")
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     result = await conn.execute(
         f"SELECT seq, {WATCH_COLUMNS} FROM watches {where} ORDER BY seq DESC LIMIT %s",
@@ -318,7 +326,12 @@ async def record_poll(conn: Conn, record: PollRecord) -> None:
         " held_body = CASE WHEN (holds = %(seen)s AND %(judged)s)"
         "  OR (%(state)s <> 'active' AND %(suspect)s::text IS NULL)"
         "  THEN NULL ELSE held_body END,"
-        " url_id = CASE WHEN holds = %(seen)s AND %(forget)s THEN NULL ELSE url_id END,"
+        # A finished watch keeps its URL: releasing its suspect callback forwards it with it.
+        " url_id = CASE WHEN holds = %(seen)s AND %(forget)s AND %(state)s = 'active' THEN NULL"
+        "  ELSE url_id END,"
+        " last_answer = coalesce(%(answer)s::text, last_answer),"
+        " unknown_status = CASE WHEN %(status)s::text IS NULL THEN unknown_status"
+        "  ELSE %(unknown)s::text END,"
         " suspect = coalesce(%(suspect)s::text, suspect),"
         " suspect_status = CASE WHEN %(suspect)s::text IS NULL THEN suspect_status"
         "  ELSE %(claimed)s::text END,"
@@ -338,6 +351,8 @@ async def record_poll(conn: Conn, record: PollRecord) -> None:
             "event_id": record.event_id,
             "suspect": record.suspect,
             "claimed": record.suspect_status,
+            "answer": record.answer,
+            "unknown": record.unknown_status,
             "id": record.watch_id,
         },
     )
@@ -356,6 +371,23 @@ async def record_poll(conn: Conn, record: PollRecord) -> None:
         )
 
 
+async def decide_suspect(conn: Conn, decision: Decision) -> tuple[Watch | None, bool]:
+    cursor = await conn.execute(
+        "UPDATE watches SET decision = %s, decided_by = %s, decided_at = %s"
+        f" WHERE id = %s AND {DECIDABLE}",
+        (decision.decision, decision.decided_by, decision.decided_at, decision.watch_id),
+    )
+    return await get_watch(conn, decision.watch_id), cursor.rowcount > 0
+
+
+async def undo_decision(conn: Conn, decision: Decision) -> None:
+    await conn.execute(
+        "UPDATE watches SET decision = NULL, decided_by = NULL, decided_at = NULL"
+        " WHERE id = %s AND decision = %s AND decided_at = %s",
+        (decision.watch_id, decision.decision, decision.decided_at),
+    )
+
+
 async def release_watch_leases(conn: Conn, watch_ids: list[str] | None) -> int:
     if watch_ids is None:
         cursor = await conn.execute(
@@ -372,7 +404,9 @@ async def release_watch_leases(conn: Conn, watch_ids: list[str] | None) -> int:
 async def prune_watches(conn: Conn, before: float, limit: int) -> int:
     cursor = await conn.execute(
         "DELETE FROM watches WHERE seq IN (SELECT seq FROM watches"
-        " WHERE state <> 'active' AND updated_at < %s ORDER BY updated_at LIMIT %s)",
+        " WHERE state <> 'active' AND updated_at < %s"
+        # A suspect callback waits for its operator's decision: it is the only copy.
+        f" AND NOT ({DECIDABLE}) ORDER BY updated_at LIMIT %s)",
         (before, limit),
     )
     return cursor.rowcount

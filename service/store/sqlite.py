@@ -59,7 +59,14 @@ from service.store.base import (
 )
 from service.store.budget import ApiBudget, BudgetState
 from service.store.filters import event_clauses
-from service.store.watch_model import HoldLimits, HoldRefused, PollRecord, Watch, WatchFilter
+from service.store.watch_model import (
+    Decision,
+    HoldLimits,
+    HoldRefused,
+    PollRecord,
+    Watch,
+    WatchFilter,
+)
 
 T = TypeVar("T")
 log = structlog.get_logger("service.store")
@@ -71,6 +78,7 @@ MIGRATIONS = (
     "sqlite_004_attribution.sql",
     "sqlite_005_flood.sql",
     "sqlite_006_budget.sql",
+    "sqlite_007_suspect.sql",
 )
 #: Most operations folded into one transaction; bounds the latency a batch adds.
 MAX_BATCH = 512
@@ -495,6 +503,12 @@ class SQLiteStore(Store):
     async def get_watch(self, watch_id: str) -> Watch | None:
         return await self._run(lambda conn: w.get_watch(conn, watch_id))
 
+    async def decide_suspect(self, decision: Decision) -> tuple[Watch | None, bool]:
+        return await self._run(lambda conn: w.decide_suspect(conn, decision))
+
+    async def undo_decision(self, decision: Decision) -> None:
+        await self._run(lambda conn: w.undo_decision(conn, decision))
+
     async def list_watches(self, filters: WatchFilter, cursor: str | None, limit: int) -> Page:
         return await self._run(lambda conn: w.list_watches(conn, filters, cursor, limit))
 
@@ -706,6 +720,9 @@ class SQLiteStore(Store):
         return await sqlite_ops.read(
             self, lambda conn: sqlite_ops.delivery_details(conn, filters, provider, limit)
         )
+
+    async def waiting_callback_counts(self) -> dict[str, int]:
+        return await sqlite_ops.read(self, sqlite_ops.waiting_callback_counts)
 
     async def active_watch_counts(self) -> dict[str, int]:
         return await sqlite_ops.read(self, sqlite_ops.active_watch_counts)

@@ -19,6 +19,7 @@ from service.errors import StorageUnavailable
 from service.store.base import DeliveryFilter
 from service.store.filters import delivery_clauses, newer_delivery
 from service.store.sqlite_deliveries import DELIVERY_COLUMNS, attempt_json, delivery_json
+from service.store.watch_model import DECIDABLE
 
 if TYPE_CHECKING:
     from service.store.sqlite import SQLiteStore
@@ -121,6 +122,14 @@ def delivery_details(
         ):
             attempts[delivery_id].append(attempt_json(tuple(attempt)))
     return [detail_json(row, attempts[row[1]]) for row in rows]
+
+
+def waiting_callback_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    (held,) = conn.execute(
+        "SELECT count(*) FROM watches WHERE held_status IS NOT NULL AND state = 'active'"
+    ).fetchone()
+    (suspect,) = conn.execute(f"SELECT count(*) FROM watches WHERE {DECIDABLE}").fetchone()
+    return {"held": held, "suspect": suspect}
 
 
 def active_watch_counts(conn: sqlite3.Connection) -> dict[str, int]:

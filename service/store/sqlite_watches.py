@@ -13,8 +13,10 @@ from collections.abc import Mapping
 from service.store.base import Page, decode_cursor, encode_cursor
 from service.store.budget import ApiBudget, BudgetState
 from service.store.watch_model import (
+    DECIDABLE,
     WATCH_COLUMN_COUNT,
     WATCH_COLUMNS,
+    Decision,
     HoldLimits,
     HoldRefused,
     PollRecord,
@@ -138,8 +140,14 @@ def list_watches(
     if before is not None:
         clauses.append("seq < ?")
         params.append(before)
-    if filters.suspect:
+    if filters.suspect or filters.undecided:
         clauses.append("suspect IS NOT NULL")
+    if filters.undecided:
+        clauses.append(DECIDABLE)
+    if filters.held:
+        clauses.append("held_status IS NOT NULL AND state = 'active'")
+    if filters.flagged:
+        clauses.append("unknown_status IS NOT NULL AND state = 'active'")
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     rows = conn.execute(
         f"SELECT seq, {WATCH_COLUMNS} FROM watches {where} ORDER BY seq DESC LIMIT ?",
@@ -269,7 +277,11 @@ def record_poll(conn: sqlite3.Connection, record: PollRecord) -> None:
         "  OR (:state <> 'active' AND :suspect IS NULL) THEN NULL ELSE held_status END,"
         " held_body = CASE WHEN (holds = :seen AND :judged)"
         "  OR (:state <> 'active' AND :suspect IS NULL) THEN NULL ELSE held_body END,"
-        " url_id = CASE WHEN holds = :seen AND :forget THEN NULL ELSE url_id END,"
+        # A finished watch keeps its URL: releasing its suspect callback forwards it with it.
+        " url_id = CASE WHEN holds = :seen AND :forget AND :state = 'active' THEN NULL"
+        "  ELSE url_id END,"
+        " last_answer = coalesce(:answer, last_answer),"
+        " unknown_status = CASE WHEN :status IS NULL THEN unknown_status ELSE :unknown END,"
         " suspect = coalesce(:suspect, suspect),"
         " suspect_status = CASE WHEN :suspect IS NULL THEN suspect_status ELSE :claimed END,"
         " event_id = coalesce(:event_id, event_id), updated_at = :at"
@@ -306,8 +318,27 @@ def _poll_params(record: PollRecord) -> dict[str, object]:
         "event_id": record.event_id,
         "suspect": record.suspect,
         "claimed": record.suspect_status,
+        "answer": record.answer,
+        "unknown": record.unknown_status,
         "id": record.watch_id,
     }
+
+
+def decide_suspect(conn: sqlite3.Connection, decision: Decision) -> tuple[Watch | None, bool]:
+    changed = conn.execute(
+        "UPDATE watches SET decision = ?, decided_by = ?, decided_at = ?"
+        f" WHERE id = ? AND {DECIDABLE}",
+        (decision.decision, decision.decided_by, decision.decided_at, decision.watch_id),
+    ).rowcount
+    return get_watch(conn, decision.watch_id), bool(changed)
+
+
+def undo_decision(conn: sqlite3.Connection, decision: Decision) -> None:
+    conn.execute(
+        "UPDATE watches SET decision = NULL, decided_by = NULL, decided_at = NULL"
+        " WHERE id = ? AND decision = ? AND decided_at = ?",
+        (decision.watch_id, decision.decision, decision.decided_at),
+    )
 
 
 def release_watch_leases(conn: sqlite3.Connection, watch_ids: list[str] | None) -> int:
@@ -325,6 +356,8 @@ def release_watch_leases(conn: sqlite3.Connection, watch_ids: list[str] | None) 
 def prune_watches(conn: sqlite3.Connection, before: float, limit: int) -> int:
     return conn.execute(
         "DELETE FROM watches WHERE seq IN (SELECT seq FROM watches"
-        " WHERE state <> 'active' AND updated_at < ? ORDER BY updated_at LIMIT ?)",
+        " WHERE state <> 'active' AND updated_at < ?"
+        # A suspect callback waits for its operator's decision: it is the only copy.
+        f" AND NOT ({DECIDABLE}) ORDER BY updated_at LIMIT ?)",
         (before, limit),
     ).rowcount

@@ -3,7 +3,8 @@
 A watch is ``active`` until its task is terminal (``completed``), its deadline passed
 (``expired``), the provider said it has no such task (``rejected``) or an operator cancelled
 it (``canceled``). A watch that held a callback its provider's API did not confirm carries
-``suspect`` (why) and ``suspect_status`` (what the callback claimed). Both stores read and
+``suspect`` (why) and ``suspect_status`` (what the callback claimed), and keeps the callback
+until an operator releases or dismisses it (``decision``). Both stores read and
 write the same columns, in ``WATCH_COLUMNS`` order.
 """
 
@@ -58,11 +59,24 @@ class Watch:
     suspect: str | None = None
     #: The status that suspect callback claimed.
     suspect_status: str | None = None
+    #: The start of the provider API's last status answer (``ANSWER_EXCERPT_BYTES``), as text.
+    last_answer: str | None = None
+    #: The status word of the last answer that the relay does not know (the watch then polls at
+    #: its slowest interval and is flagged for an operator); None once a known word is answered.
+    unknown_status: str | None = None
+    #: An operator's choice about the suspect callback (``DECISIONS``), who made it and when.
+    decision: str | None = None
+    decided_at: float | None = None
+    decided_by: str | None = None
 
 
 #: Why a held callback is suspect: the API answered otherwise, does not know the task, the task
 #: id cannot form a status URL, or the hold's deadline passed without the API confirming it.
 SUSPECT_REASONS = ("contradicted", "task_not_found", "invalid_task_id", "deadline_unconfirmed")
+#: What an operator does with a suspect callback: forward it as received, or drop it.
+DECISIONS = ("released", "dismissed")
+#: How much of a status answer a watch keeps for the operator (``last_answer``).
+ANSWER_EXCERPT_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,12 @@ class WatchFilter:
     task_id: str | None = None
     #: True: only watches with a suspect callback.
     suspect: bool = False
+    #: True: only active watches holding a callback that awaits confirmation.
+    held: bool = False
+    #: True: only suspect watches no operator has decided about yet.
+    undecided: bool = False
+    #: True: only active watches whose provider answers a status word the relay does not know.
+    flagged: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,13 +136,34 @@ class PollRecord:
     #: A watch that ends suspect keeps its held callback for the operator.
     suspect: str | None = None
     suspect_status: str | None = None
+    #: The start of the answer (``ANSWER_EXCERPT_BYTES``); None when the provider gave none.
+    answer: str | None = None
+    #: The answer's status word the relay does not know; None when it knows it (or no answer).
+    unknown_status: str | None = None
+
+
+#: SQL condition of a watch an operator may release or dismiss: it ended with its suspect
+#: callback kept, and nobody decided yet (the UPDATE that records a decision is the arbiter).
+DECIDABLE = (
+    "suspect IS NOT NULL AND held_body IS NOT NULL AND state <> 'active' AND decision IS NULL"
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An operator's choice about a suspect callback (``Store.decide_suspect``)."""
+
+    watch_id: str
+    decision: str
+    decided_by: str
+    decided_at: float
 
 
 WATCH_COLUMNS = (
     "id, provider, task_id, origin, state, metadata, created_at, updated_at, deadline_at,"
     " next_poll_at, url_id, polls, backoff_step, not_found, last_polled_at, last_status,"
     " last_error, held_status, held_body, holds, event_id, conflict_url_ids, suspect,"
-    " suspect_status"
+    " suspect_status, last_answer, unknown_status, decision, decided_at, decided_by"
 )
 #: How many columns ``WATCH_COLUMNS`` names (the INSERTs' parameter count).
 WATCH_COLUMN_COUNT = WATCH_COLUMNS.count(",") + 1
@@ -154,6 +195,11 @@ def watch_from_row(row: tuple[Any, ...]) -> Watch:
         conflict_url_ids=tuple(json.loads(row[21])) if row[21] else (),
         suspect=row[22],
         suspect_status=row[23],
+        last_answer=row[24],
+        unknown_status=row[25],
+        decision=row[26],
+        decided_at=row[27],
+        decided_by=row[28],
     )
 
 
@@ -184,4 +230,9 @@ def watch_values(watch: Watch) -> tuple[Any, ...]:
         json.dumps(list(watch.conflict_url_ids)) if watch.conflict_url_ids else None,
         watch.suspect,
         watch.suspect_status,
+        watch.last_answer,
+        watch.unknown_status,
+        watch.decision,
+        watch.decided_at,
+        watch.decided_by,
     )

@@ -462,6 +462,7 @@ def provider_forged_callback_flood(ctx: Context) -> list[Row]:
         late = _requests(emulator, set(down)) - requests_503
         suspects = _list_watches(relay, suspect="true")
         events = _events(relay)
+        released, dismissed, undecided_left, events_after = _operator_decides(relay, suspects)
     reasons: dict[str, int] = {}
     for watch in suspects:
         reason = (watch["suspect"] or {}).get("reason", "?")
@@ -480,6 +481,11 @@ def provider_forged_callback_flood(ctx: Context) -> list[Row]:
             f" ({requests_503 / max(held_503, 1):.1f} per hold), {late} after the deadline",
             "suspect watches": ", ".join(f"{v} {k}" for k, v in sorted(reasons.items())),
             "events emitted": events,
+            "one suspect released by 8 clients at once": ", ".join(
+                f"{v} {k}" for k, v in sorted(released.items())
+            ),
+            "the others dismissed": f"{dismissed}, undecided left {undecided_left}",
+            "events after the operator's decisions": events_after,
         },
         f"A `relay serve` process with RELAY_EVOLINK_API_KEY (confirmation on, back-off 2,60),"
         f" RELAY_HOLDS_PER_URL={FLOOD_PER_URL}, RELAY_HOLDS_MAX={FLOOD_MAX},"
@@ -487,7 +493,9 @@ def provider_forged_callback_flood(ctx: Context) -> list[Row]:
         " ids through one reusable URL while the emulated API answers 404 (unknown tasks),"
         " then through three URLs while it answers 503; the emulator counts status requests."
         " The relay before this fix held every one: 3 requests each for 404, and for 503 a"
-        " poll a minute each for 24 h, then a `generation.failed` event each.",
+        " poll a minute each for 24 h, then a `generation.failed` event each. Then the"
+        " operator: 8 clients release one suspect callback at once (POST"
+        " /v1/watches/{id}/release), the rest are dismissed one by one.",
     )
     row.expect(held_404 == FLOOD_PER_URL, f"{held_404} held with the API answering 404")
     row.expect(said_404.get("429 too_many_held_callbacks", 0) == count - FLOOD_PER_URL,
@@ -500,7 +508,42 @@ def provider_forged_callback_flood(ctx: Context) -> list[Row]:
     row.expect(events == 0, f"{events} events emitted for forged tasks")
     row.expect(reasons == {"task_not_found": held_404, "deadline_unconfirmed": held_503},
                f"suspect watches {reasons}")
+    row.expect(released == {"200": 1, "409 already_decided": 7}, f"releases {released}")
+    row.expect(dismissed == len(suspects) - 1 and undecided_left == 0,
+               f"{dismissed} dismissed, {undecided_left} left")
+    row.expect(events_after == 1, f"{events_after} events after the decisions")
     return [row]
+
+
+def _operator_decides(
+    relay: RelayProcess, suspects: list[dict]
+) -> tuple[dict[str, int], int, int, int]:
+    """Release the first suspect from 8 clients at once, dismiss the others: the answers to the
+    releases, how many were dismissed, how many stay undecided, the events stored after."""
+    if not suspects:
+        return {}, 0, 0, _events(relay)
+    start = threading.Barrier(8)
+    answers: list[str] = []
+
+    def release() -> None:
+        with httpx.Client(base_url=relay.base, headers=relay.admin, timeout=30) as client:
+            start.wait()
+            answer = client.post(f"/v1/watches/{suspects[0]['id']}/release")
+            code = "" if answer.status_code == 200 else " " + answer.json()["error"]["code"]
+            answers.append(f"{answer.status_code}{code}")
+
+    threads = [threading.Thread(target=release) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    dismissed = 0
+    with httpx.Client(base_url=relay.base, headers=relay.admin, timeout=30) as client:
+        for watch in suspects[1:]:
+            dismissed += client.post(f"/v1/watches/{watch['id']}/dismiss").status_code == 200
+    released = {word: answers.count(word) for word in set(answers)}
+    left = len(_list_watches(relay, suspect="undecided"))
+    return released, dismissed, left, _events(relay)
 
 
 def provider_slow_provider_does_not_starve_another(ctx: Context) -> list[Row]:
