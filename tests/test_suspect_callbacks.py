@@ -23,7 +23,7 @@ import pytest
 from tests.conftest import ADMIN_TOKEN, RelayServer
 from tests.provider_emulators import Fault, ProviderEmulator
 from tests.subscriber_server import SubscriberServer
-from tests.test_attribution import database, emulator, sink  # noqa: F401 (fixtures)
+from tests.test_attribution import database  # noqa: F401 (a fixture)
 from tests.test_confirmation_rivya_simulate import forged
 from tests.test_forged_flood import watches
 from tests.test_health_metrics import scrape, value
