@@ -20,7 +20,6 @@ What is dropped is logged and counted (``relay_outputs_dropped_total{reason}``),
 from __future__ import annotations
 
 import ipaddress
-from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,27 +42,32 @@ def output_problem(url: str) -> str | None:
         return "malformed"
     if parts.scheme.lower() not in ("http", "https") or not host:
         return "scheme"
+    if host[-1].isalpha():
+        # A name (its top-level domain is letters), resolved by whoever fetches it, never by
+        # the relay; only the names that always mean this machine are refused. Checked first:
+        # it is every provider's CDN link, and parsing it as an address costs an exception.
+        return "private_address" if host == "localhost" or host.endswith(".localhost") else None
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        return None  # a name: resolved by whoever fetches it, never by the relay
+        # Ends in a digit yet is no address: 2130706433 or 0x7f.1, which browsers read as
+        # 127.0.0.1.
+        return "private_address"
     return None if address.is_global else "private_address"
 
 
-def forwardable_outputs(outputs: Iterable[Output]) -> tuple[tuple[Output, ...], Counter[str]]:
-    """(the outputs to forward, how many were dropped by reason)."""
+def forwardable_outputs(outputs: Iterable[Output]) -> tuple[tuple[Output, ...], dict[str, int]]:
+    """(the outputs to forward, how many were dropped by reason; empty when none was)."""
     kept: dict[str, Output] = {}
-    dropped: Counter[str] = Counter()
+    dropped: dict[str, int] = {}
     for output in outputs:
         problem = output_problem(output.url)
+        if problem is None and output.url not in kept and len(kept) >= MAX_OUTPUTS:
+            problem = "over_limit"
         if problem is not None:
-            dropped[problem] += 1
-        elif output.url in kept:
-            continue
-        elif len(kept) >= MAX_OUTPUTS:
-            dropped["over_limit"] += 1
+            dropped[problem] = dropped.get(problem, 0) + 1
         else:
-            kept[output.url] = output
+            kept.setdefault(output.url, output)
     return tuple(kept.values()), dropped
 
 

@@ -41,6 +41,9 @@ from tests.test_watches import FAST, subscribe, wait_task_events
         ("http://127.0.0.1:8000/ops", "private_address"),
         ("http://[::1]/a.png", "private_address"),
         ("http://[fe80::1/a.png", "malformed"),
+        ("http://localhost:8000/a.png", "private_address"),
+        ("http://2130706433/a.png", "private_address"),
+        ("http://0x7f.1/a.png", "private_address"),
         ("https://cdn.example.com/" + "a" * 5000, "too_long"),
     ],
 )
