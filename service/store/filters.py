@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.store.base import DeliveryFilter, EventFilter
+from service.store.watch_model import DECIDABLE, WatchFilter
 
 
 def _clauses(conditions: list[tuple[str, Any]], mark: str) -> tuple[list[str], list[Any]]:
@@ -72,3 +73,27 @@ def newer_delivery(mark: str, table: str = "deliveries") -> str:
         f" OR (ld.status = 'pending' AND ld.lease_until > {mark}))"
         " ORDER BY le.seq DESC, ld.seq DESC LIMIT 1)"
     )
+
+
+def watch_clauses(
+    filters: WatchFilter, before: int | None, mark: str
+) -> tuple[list[str], list[Any]]:
+    """Clauses and parameters for ``list_watches`` (``before``: the cursor's position)."""
+    clauses, params = _clauses(
+        [
+            ("state = {}", filters.state),
+            ("provider = {}", filters.provider),
+            ("task_id = {}", filters.task_id),
+            ("seq < {}", before),
+        ],
+        mark,
+    )
+    if filters.suspect or filters.undecided:
+        clauses.append("suspect IS NOT NULL")
+    if filters.undecided:
+        clauses.append(DECIDABLE)
+    if filters.held:
+        clauses.append("held_status IS NOT NULL AND state = 'active'")
+    if filters.flagged:
+        clauses.append("unknown_status IS NOT NULL AND state = 'active'")
+    return clauses, params

@@ -16,6 +16,7 @@ from psycopg import AsyncConnection
 from service.errors import StorageUnavailable
 from service.store.base import Page, decode_cursor, encode_cursor
 from service.store.budget import ApiBudget, BudgetState
+from service.store.filters import watch_clauses
 from service.store.watch_model import (
     DECIDABLE,
     WATCH_COLUMN_COUNT,
@@ -26,6 +27,7 @@ from service.store.watch_model import (
     PollRecord,
     Watch,
     WatchFilter,
+    poll_params,
     watch_from_row,
     watch_values,
 )
@@ -143,28 +145,7 @@ async def resolve_conflict(
 
 
 async def list_watches(conn: Conn, filters: WatchFilter, cursor: str | None, limit: int) -> Page:
-    clauses: list[str] = []
-    params: list[Any] = []
-    for column, value in (
-        ("state", filters.state),
-        ("provider", filters.provider),
-        ("task_id", filters.task_id),
-    ):
-        if value is not None:
-            clauses.append(f"{column} = %s")
-            params.append(value)
-    before = decode_cursor(cursor)
-    if before is not None:
-        clauses.append("seq < %s")
-        params.append(before)
-    if filters.suspect or filters.undecided:
-        clauses.append("suspect IS NOT NULL")
-    if filters.undecided:
-        clauses.append(DECIDABLE)
-    if filters.held:
-        clauses.append("held_status IS NOT NULL AND state = 'active'")
-    if filters.flagged:
-        clauses.append("unknown_status IS NOT NULL AND state = 'active'")
+    clauses, params = watch_clauses(filters, decode_cursor(cursor), "%s")
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     result = await conn.execute(
         f"SELECT seq, {WATCH_COLUMNS} FROM watches {where} ORDER BY seq DESC LIMIT %s",
@@ -337,24 +318,7 @@ async def record_poll(conn: Conn, record: PollRecord) -> None:
         "  ELSE %(claimed)s::text END,"
         " event_id = coalesce(%(event_id)s::text, event_id), updated_at = %(at)s"
         " WHERE id = %(id)s AND state = 'active'",
-        {
-            "state": record.state,
-            "seen": record.holds_seen,
-            "judged": record.judged,
-            "forget": record.forget_url,
-            "next": record.next_poll_at,
-            "step": record.backoff_step,
-            "not_found": record.not_found,
-            "at": record.polled_at,
-            "status": record.last_status,
-            "error": record.last_error,
-            "event_id": record.event_id,
-            "suspect": record.suspect,
-            "claimed": record.suspect_status,
-            "answer": record.answer,
-            "unknown": record.unknown_status,
-            "id": record.watch_id,
-        },
+        poll_params(record),
     )
     # The request ended by now: its token counts from here, not from the lease's end.
     await conn.execute(

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 from service.store.base import Page, decode_cursor, encode_cursor
 from service.store.budget import ApiBudget, BudgetState
+from service.store.filters import watch_clauses
 from service.store.watch_model import (
     DECIDABLE,
     WATCH_COLUMN_COUNT,
@@ -22,6 +23,7 @@ from service.store.watch_model import (
     PollRecord,
     Watch,
     WatchFilter,
+    poll_params,
     watch_from_row,
     watch_values,
 )
@@ -127,27 +129,7 @@ def resolve_conflict(
 def list_watches(
     conn: sqlite3.Connection, filters: WatchFilter, cursor: str | None, limit: int
 ) -> Page:
-    clauses, params = [], []
-    for column, value in (
-        ("state", filters.state),
-        ("provider", filters.provider),
-        ("task_id", filters.task_id),
-    ):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    before = decode_cursor(cursor)
-    if before is not None:
-        clauses.append("seq < ?")
-        params.append(before)
-    if filters.suspect or filters.undecided:
-        clauses.append("suspect IS NOT NULL")
-    if filters.undecided:
-        clauses.append(DECIDABLE)
-    if filters.held:
-        clauses.append("held_status IS NOT NULL AND state = 'active'")
-    if filters.flagged:
-        clauses.append("unknown_status IS NOT NULL AND state = 'active'")
+    clauses, params = watch_clauses(filters, decode_cursor(cursor), "?")
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     rows = conn.execute(
         f"SELECT seq, {WATCH_COLUMNS} FROM watches {where} ORDER BY seq DESC LIMIT ?",
@@ -286,7 +268,7 @@ def record_poll(conn: sqlite3.Connection, record: PollRecord) -> None:
         " suspect_status = CASE WHEN :suspect IS NULL THEN suspect_status ELSE :claimed END,"
         " event_id = coalesce(:event_id, event_id), updated_at = :at"
         " WHERE id = :id AND state = 'active'",
-        _poll_params(record),
+        poll_params(record),
     )
     # The request ended by now: its token counts from here, not from the lease's end.
     conn.execute(
@@ -301,27 +283,6 @@ def record_poll(conn: sqlite3.Connection, record: PollRecord) -> None:
             " WHERE id = :id AND state = 'canceled'",
             {"event_id": record.event_id, "id": record.watch_id},
         )
-
-
-def _poll_params(record: PollRecord) -> dict[str, object]:
-    return {
-        "state": record.state,
-        "seen": record.holds_seen,
-        "judged": record.judged,
-        "forget": record.forget_url,
-        "next": record.next_poll_at,
-        "step": record.backoff_step,
-        "not_found": record.not_found,
-        "at": record.polled_at,
-        "status": record.last_status,
-        "error": record.last_error,
-        "event_id": record.event_id,
-        "suspect": record.suspect,
-        "claimed": record.suspect_status,
-        "answer": record.answer,
-        "unknown": record.unknown_status,
-        "id": record.watch_id,
-    }
 
 
 def decide_suspect(conn: sqlite3.Connection, decision: Decision) -> tuple[Watch | None, bool]:

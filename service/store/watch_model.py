@@ -236,3 +236,25 @@ def watch_values(watch: Watch) -> tuple[Any, ...]:
         watch.decided_at,
         watch.decided_by,
     )
+
+
+def poll_params(record: PollRecord) -> dict[str, object]:
+    """The named parameters of both stores' poll-record statements."""
+    return {
+        "state": record.state,
+        "seen": record.holds_seen,
+        "judged": record.judged,
+        "forget": record.forget_url,
+        "next": record.next_poll_at,
+        "step": record.backoff_step,
+        "not_found": record.not_found,
+        "at": record.polled_at,
+        "status": record.last_status,
+        "error": record.last_error,
+        "event_id": record.event_id,
+        "suspect": record.suspect,
+        "claimed": record.suspect_status,
+        "answer": record.answer,
+        "unknown": record.unknown_status,
+        "id": record.watch_id,
+    }
