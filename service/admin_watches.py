@@ -77,9 +77,7 @@ async def list_watches(request: Request) -> Response:
     budgets: dict[str, BudgetState] = {}  # one look at each provider's budget per page
     return JSONResponse(
         {
-            "items": [
-                await watches.watch_view(relay, w, budgets, whole=False) for w in page.items
-            ],
+            "items": [await watches.watch_view(relay, w, budgets, whole=False) for w in page.items],
             "next_cursor": page.next_cursor,
         }
     )
@@ -108,9 +106,7 @@ async def resolve_conflict(request: Request) -> Response:
 
 async def release_suspect(request: Request) -> Response:
     relay = _relay(request)
-    decided = await suspects.decide(
-        relay, request.path_params["watch_id"], "released", "admin_api"
-    )
+    decided = await suspects.decide(relay, request.path_params["watch_id"], "released", "admin_api")
     result = decided.result
     return JSONResponse(
         {

@@ -1,6 +1,11 @@
-"""Times as text: RFC 3339 in UTC, for events (milliseconds) and log lines (microseconds).
+"""The relay's clock, and times as text.
 
-Both are written for every callback, so the date and time to the second is formatted once a
+``Clock`` is the port through which code that decides by time (retries, back-off, expiry,
+throttles) reads it: production passes ``system_clock``, unit tests a ``tests.fakes.FakeClock``
+they advance by hand, so time-based logic is tested without sleeping.
+
+Times as text are RFC 3339 in UTC, for events (milliseconds) and log lines (microseconds). Both
+are written for every callback, so the date and time to the second is formatted once a
 second and shared; the fraction is added each time.
 """
 
@@ -9,6 +14,13 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Callable
+
+#: Seconds since the Unix epoch, as ``time.time`` returns them.
+Clock = Callable[[], float]
+
+#: The real clock.
+system_clock: Clock = time.time
 
 
 def rfc3339(timestamp: float) -> str:

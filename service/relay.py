@@ -19,7 +19,7 @@ from starlette.datastructures import Secret
 
 from service import ids, metrics
 from service.body_budget import BodyBudget
-from service.clock import rfc3339
+from service.clock import Clock, rfc3339, system_clock
 from service.errors import Conflict, InvalidInput
 from service.events import Normalized, build_cloudevent, dumps, verbatim_json
 from service.forwarding import MAX_RAW_DEPTH, forwardable_outputs, raw_too_deep
@@ -53,6 +53,8 @@ class Relay:
     on_deliveries: Callable[[], None] = lambda: None
     #: Called after a watch became due now (wakes the watch worker; see ``service.watches``).
     on_watch_due: Callable[[], None] = lambda: None
+    #: Where the relay reads the time (``service.clock``); unit tests pass a fake one.
+    clock: Clock = system_clock
     _metadata: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
     #: url_id -> the task it is bound to, or None for a reusable (never bound) URL.
     _bindings: OrderedDict[str, str | None] = field(default_factory=OrderedDict)

@@ -176,9 +176,7 @@ SIGNATURE_MODES = ("required", "optional")
 def _signature_mode(raw: str, api_key: Secret | None) -> str:
     mode = raw.strip().lower() or "optional"
     if mode not in SIGNATURE_MODES:
-        raise ConfigError(
-            f"{PREFIX}APIFRAME_SIGNATURE must be required or optional, got {raw!r}"
-        )
+        raise ConfigError(f"{PREFIX}APIFRAME_SIGNATURE must be required or optional, got {raw!r}")
     if mode == "required" and api_key is None:
         raise ConfigError(
             f"{PREFIX}APIFRAME_SIGNATURE=required needs {PREFIX}APIFRAME_API_KEY: Apiframe signs "

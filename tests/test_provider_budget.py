@@ -136,6 +136,7 @@ def test_a_429_pauses_every_watch_of_the_provider(
 ) -> None:
     """One watch's 429 with Retry-After: 2 stops the polls of another watch of that provider
     until then (the pause is the provider's, not the watch's); the other shows it waits."""
+
     def rate_limited() -> float:
         labels = {"provider": "reve-art", "outcome": "rate_limited"}
         return REGISTRY.get_sample_value("relay_watch_polls_total", labels) or 0.0

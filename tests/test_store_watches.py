@@ -566,7 +566,6 @@ async def test_prune_removes_only_old_finished_watches(store: Store) -> None:
     assert {w.id for w in await all_watches(store)} == {old_active.id, new_done.id}
 
 
-
 async def test_prune_keeps_a_suspect_callback_until_it_is_decided(store: Store) -> None:
     """An undecided suspect callback is the only copy of what was accepted: retention keeps
     it; once released or dismissed it leaves like any finished watch."""

@@ -101,9 +101,12 @@ async def claimed(store: Store, watch: Watch) -> Watch:
 
 
 def polls_counted(outcome: str) -> float:
-    return REGISTRY.get_sample_value(
-        "relay_watch_polls_total", {"provider": "evolink", "outcome": outcome}
-    ) or 0.0
+    return (
+        REGISTRY.get_sample_value(
+            "relay_watch_polls_total", {"provider": "evolink", "outcome": outcome}
+        )
+        or 0.0
+    )
 
 
 async def test_an_unexpected_failure_is_a_failed_poll_with_back_off(store: Store) -> None:

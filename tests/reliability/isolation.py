@@ -99,9 +99,7 @@ def poison_in_a_burst(ctx: Context) -> list[Row]:
                         (urls[n % len(urls)], _completed(f"burst-{burst}-{n}")) for n in range(40)
                     ]
                     posts.insert(20, (urls[0], _completed(poison)))
-                    for (_, body), status in zip(
-                        posts, asyncio.run(_burst(posts)), strict=True
-                    ):
+                    for (_, body), status in zip(posts, asyncio.run(_burst(posts)), strict=True):
                         kind = "poison" if body["id"] == poison else "normal"
                         answers[f"{kind} {status}"] += 1
                         if kind == "normal":

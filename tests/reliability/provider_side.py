@@ -433,8 +433,12 @@ def provider_forged_callback_flood(ctx: Context) -> list[Row]:
             said: dict[str, int] = {}
             with httpx.Client(timeout=10) as client:
                 for n, task in enumerate(task_ids):
-                    body = {"id": task, "status": "completed", "progress": 100,
-                            "results": ["https://forged.example/x.png"]}
+                    body = {
+                        "id": task,
+                        "status": "completed",
+                        "progress": 100,
+                        "results": ["https://forged.example/x.png"],
+                    }
                     word = _said(client.post(urls[n * len(urls) // len(task_ids)], json=body))
                     said[word] = said.get(word, 0) + 1
             return said
@@ -498,19 +502,25 @@ def provider_forged_callback_flood(ctx: Context) -> list[Row]:
         " /v1/watches/{id}/release), the rest are dismissed one by one.",
     )
     row.expect(held_404 == FLOOD_PER_URL, f"{held_404} held with the API answering 404")
-    row.expect(said_404.get("429 too_many_held_callbacks", 0) == count - FLOOD_PER_URL,
-               f"answers {said_404}")
+    row.expect(
+        said_404.get("429 too_many_held_callbacks", 0) == count - FLOOD_PER_URL,
+        f"answers {said_404}",
+    )
     row.expect(rejected and requests_404 == 3 * held_404, f"{requests_404} requests for 404")
     row.expect(held_503 == FLOOD_MAX, f"{held_503} held with the API answering 503")
     row.expect(said_503.get("503 held_callbacks_full", 0) > 0, f"answers {said_503}")
     row.expect(expired and late == 0, f"{late} requests after the deadline")
     row.expect(requests_503 <= 5 * held_503, f"{requests_503} requests for 503")
     row.expect(events == 0, f"{events} events emitted for forged tasks")
-    row.expect(reasons == {"task_not_found": held_404, "deadline_unconfirmed": held_503},
-               f"suspect watches {reasons}")
+    row.expect(
+        reasons == {"task_not_found": held_404, "deadline_unconfirmed": held_503},
+        f"suspect watches {reasons}",
+    )
     row.expect(released == {"200": 1, "409 already_decided": 7}, f"releases {released}")
-    row.expect(dismissed == len(suspects) - 1 and undecided_left == 0,
-               f"{dismissed} dismissed, {undecided_left} left")
+    row.expect(
+        dismissed == len(suspects) - 1 and undecided_left == 0,
+        f"{dismissed} dismissed, {undecided_left} left",
+    )
     row.expect(events_after == 1, f"{events_after} events after the decisions")
     return [row]
 
