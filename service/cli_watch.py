@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from service import simulate, suspects, watches
+from service import simulate, suspects, watch_requests
 from service.relay import Relay
 from service.settings import Settings
 from service.store.budget import BudgetState
@@ -141,11 +141,11 @@ async def _with_store(relay: Relay, args: argparse.Namespace, out: TextIO) -> in
             body["deadline_seconds"] = args.deadline
         if args.poll_after is not None:
             body["poll_after_seconds"] = args.poll_after
-        watch = await watches.create_watch(relay, body)
-        print(json.dumps(watches.watch_json(watch), indent=2), file=out)
+        watch = await watch_requests.create_watch(relay, body)
+        print(json.dumps(watch_requests.watch_json(watch), indent=2), file=out)
         return 0
     if args.subcommand == "cancel":
-        watch = await watches.cancel_watch(relay, args.watch_id)
+        watch = await watch_requests.cancel_watch(relay, args.watch_id)
         print(f"canceled {watch.id} ({watch.provider} {watch.task_id})", file=out)
         return 0
     if args.subcommand in ("release", "dismiss"):
@@ -172,7 +172,7 @@ async def _with_store(relay: Relay, args: argparse.Namespace, out: TextIO) -> in
     rows = [["ID", "PROVIDER", "TASK", "STATE", "POLLS", "LAST STATUS", "NEXT POLL", "NOTE"]]
     budgets: dict[str, BudgetState] = {}
     for w in page.items:
-        shown = await watches.watch_view(relay, w, budgets)
+        shown = await watch_requests.watch_view(relay, w, budgets)
         if shown["waiting_for"]:
             shown["next_poll_at"] += f" (waits for {shown['waiting_for']})"
         rows.append(

@@ -2,7 +2,7 @@
 
 ``POST /callbacks/{provider}`` (no token) is for providers whose webhooks are registered once per
 account and signed (Rivya, with ``RELAY_RIVYA_WEBHOOK_SECRET``); anyone else gets 401.
-A terminal callback that must be confirmed (Evolink, see ``service.watches``) is held, not
+A terminal callback that must be confirmed (Evolink, see ``service.holds``) is held, not
 emitted: it is answered 2xx once the hold is committed.
 
 Order of checks, cheapest first and nothing parsed before it is authenticated: provider,
@@ -30,11 +30,11 @@ from service.access_log import add_access_fields
 from service.body_budget import SMALL_BODY
 from service.callback_json import parse_callback
 from service.errors import Forbidden, InternalError, RelayError
+from service.holds import confirms, hold_callback, needs_confirmation
 from service.http import error_response, forwarded_client, receive_body
 from service.providers import PROVIDERS, Provider, get_provider
 from service.relay import Relay
 from service.tokens import InvalidToken
-from service.watches import confirms, hold_callback, needs_confirmation
 
 log = structlog.get_logger("service.receiver")
 

@@ -51,7 +51,7 @@ class Relay:
     generated_admin_token: str | None = None
     #: Called after an accepted event created deliveries (wakes the delivery worker).
     on_deliveries: Callable[[], None] = lambda: None
-    #: Called after a watch became due now (wakes the watch worker; see ``service.watches``).
+    #: Called after a watch became due now (wakes the watch worker; see ``service.watch_worker``).
     on_watch_due: Callable[[], None] = lambda: None
     #: Where the relay reads the time (``service.clock``); unit tests pass a fake one.
     clock: Clock = system_clock

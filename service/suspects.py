@@ -1,7 +1,7 @@
 """An operator's decision about a suspect callback: release it (forward it as received) or
 dismiss it (drop it), recorded on its watch.
 
-A held callback the provider's API did not confirm ends *suspect* (``service.watches``): its
+A held callback the provider's API did not confirm ends *suspect* (``service.watch_service``): its
 watch keeps the callback, the API's last answer and the reason, and nothing is emitted. The
 relay cannot know more than the API told it, so an operator decides:
 

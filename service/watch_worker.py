@@ -37,7 +37,7 @@ from service.providers import PROVIDERS
 from service.relay import Relay
 from service.store.budget import ApiBudget
 from service.store.watch_model import Watch
-from service.watches import WatchService
+from service.watch_service import WatchService
 
 log = structlog.get_logger("service.watch_worker")
 

@@ -27,9 +27,8 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from service import overview as overview_module
-from service import replays, suspects
+from service import replays, suspects, watch_requests
 from service import subscribers as subscriber_rules
-from service import watches as watches_module
 from service.errors import RelayError
 from service.events import EVENT_TYPES, STATUSES
 from service.http import client_ip, parse_time, read_body
@@ -622,7 +621,7 @@ async def _watches(request: Request, session: sessions.Session) -> Response:
 
     async def listed(**wanted: bool) -> list[dict[str, Any]]:
         found = await relay.store.list_watches(WatchFilter(**wanted), None, PAGE_ROWS)
-        return [watches_module.watch_json(w, whole=False) for w in found.items]
+        return [watch_requests.watch_json(w, whole=False) for w in found.items]
 
     return render(
         request,
