@@ -164,7 +164,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> RelayApp:
     return app
 
 
-def served_routes(app: Starlette) -> list[tuple[str, str]]:
+def route_table(app: Starlette) -> list[tuple[str, str]]:
     """``(method, path)`` of every route ``app`` serves, the admin mount's included."""
 
     def walk(routes: list[BaseRoute], prefix: str) -> list[tuple[str, str]]:
