@@ -8,7 +8,7 @@ resource; ``OPERATIONS`` is their table, in routing order, which ``service.opena
 from __future__ import annotations
 
 from starlette.middleware import Middleware
-from starlette.routing import Mount
+from starlette.routing import Mount, Router
 
 from service import (
     admin_callback_urls,
@@ -33,8 +33,7 @@ OPERATIONS: list[Operation] = [
 
 def mount() -> Mount:
     """The admin API as one Starlette mount."""
-    return Mount(
-        PREFIX,
-        routes=[operation.route() for operation in OPERATIONS],
-        middleware=[Middleware(AdminAuth)],
-    )
+    # A stray trailing slash is a 404 like any unknown path, not a 307 to a URL built from
+    # the request's Host header (the app's own router is set the same way).
+    router = Router([operation.route() for operation in OPERATIONS], redirect_slashes=False)
+    return Mount(PREFIX, app=router, middleware=[Middleware(AdminAuth)])
