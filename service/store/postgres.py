@@ -41,25 +41,32 @@ from service import ids
 from service.errors import StorageUnavailable
 from service.store import postgres_ops
 from service.store import postgres_watches as pw
-from service.store.base import (
+from service.store.base import Store
+from service.store.budget import ApiBudget, BudgetState
+from service.store.filters import delivery_clauses, event_clauses, newer_delivery
+from service.store.paging import Page, page_of, paged_query
+from service.store.records import (
     AttemptRecord,
     Claim,
     DeliveryFilter,
     EventFilter,
     IncomingEvent,
     IngestResult,
-    Page,
     ReplayResult,
-    Store,
     Subscriber,
-    decode_cursor,
-    encode_cursor,
 )
-from service.store.budget import ApiBudget, BudgetState
-from service.store.filters import delivery_clauses, event_clauses, newer_delivery
-
-# Shared with SQLite so that both stores answer the admin API with the very same JSON.
-from service.store.sqlite_deliveries import DELIVERY_COLUMNS, attempt_json, delivery_json
+from service.store.rows import (
+    ATTEMPT_COLUMNS,
+    DELIVERY_COLUMNS,
+    SUBSCRIBER_COLUMNS,
+    attempt_json,
+    delivery_counts_json,
+    delivery_json,
+    event_json,
+    qualified,
+    subscriber_changes,
+    subscriber_from_row,
+)
 from service.store.watch_model import (
     Decision,
     HoldLimits,
@@ -91,12 +98,6 @@ LOCK_MIGRATIONS = 0x52454C4159  # "RELAY"
 LOCK_SUBSCRIBERS = 0x524C5953  # key1 of (LOCK_SUBSCRIBERS, 0)
 LOCK_TASKS = 0x524C5954  # key1 of (LOCK_TASKS, hashtext(provider/task_id))
 
-SUBSCRIBER_COLUMNS = (
-    "id, url, description, providers, event_types, enabled, disabled_reason, secret,"
-    " previous_secret, previous_expires_at, created_at, updated_at"
-)
-_UPDATABLE = {"url", "description", "providers", "event_types", "enabled"}
-
 
 @contextlib.contextmanager
 def wrap_exceptions() -> Iterator[None]:
@@ -119,24 +120,6 @@ def wrap_exceptions() -> Iterator[None]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _subscriber_from_row(row: tuple[Any, ...], now: float) -> Subscriber:
-    secrets = [row[7]]
-    if row[8] and row[9] and row[9] > now:
-        secrets.append(row[8])
-    return Subscriber(
-        id=row[0],
-        url=row[1],
-        description=row[2],
-        providers=None if row[3] is None else tuple(row[3]),
-        event_types=None if row[4] is None else tuple(row[4]),
-        enabled=bool(row[5]),
-        disabled_reason=row[6],
-        secrets=tuple(secrets),
-        created_at=row[10],
-        updated_at=row[11],
-    )
 
 
 def _text_list(value: Any) -> list[str] | None:
@@ -658,7 +641,7 @@ class PostgresStore(Store):
         self, conn: AsyncConnection[Any], now: float
     ) -> tuple[str, list[Subscriber]]:
         """The enabled subscribers and their version, read in one statement (one snapshot)."""
-        columns = ", ".join(f"s.{c.strip()}" for c in SUBSCRIBER_COLUMNS.split(","))
+        columns = qualified(SUBSCRIBER_COLUMNS, "s")
         cursor = await conn.execute(
             "WITH v AS (SELECT coalesce((SELECT value FROM relay_meta"
             " WHERE key = 'subscribers_version'), '0') AS version)"
@@ -667,7 +650,7 @@ class PostgresStore(Store):
         )
         rows = await cursor.fetchall()
         version = str(rows[0][0])
-        subscribers = [_subscriber_from_row(row[1:], now) for row in rows if row[1] is not None]
+        subscribers = [subscriber_from_row(row[1:], now) for row in rows if row[1] is not None]
         self._subscribers = (version, subscribers)
         return version, subscribers
 
@@ -675,11 +658,7 @@ class PostgresStore(Store):
         async with self._connection() as conn:
             cursor = await conn.execute("SELECT body, state FROM events WHERE id = %s", (event_id,))
             row = await cursor.fetchone()
-        if row is None:
-            return None
-        event: dict[str, Any] = json.loads(row[0])
-        event["relay"] = {"state": row[1]}
-        return event
+        return None if row is None else event_json(row[0], row[1])
 
     async def get_event_raw(self, event_id: str) -> bytes | None:
         async with self._connection() as conn:
@@ -688,17 +667,13 @@ class PostgresStore(Store):
         return None if row is None else bytes(row[0])
 
     async def list_events(self, filters: EventFilter, cursor: str | None, limit: int) -> Page:
-        clauses, params = event_clauses(filters, decode_cursor(cursor), "%s")
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql, params = paged_query(
+            "SELECT seq, body FROM events", event_clauses(filters, "%s"), cursor, limit, "%s"
+        )
         async with self._connection() as conn:
-            result = await conn.execute(
-                f"SELECT seq, body FROM events {where} ORDER BY seq DESC LIMIT %s",
-                (*params, limit + 1),
-            )
+            result = await conn.execute(sql, params)
             rows = await result.fetchall()
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return Page([body for _, body in rows], encode_cursor(rows[-1][0]) if more else None)
+        return page_of(rows, limit, lambda row: row[1])
 
     # -- subscribers ----------------------------------------------------------------------------
 
@@ -730,39 +705,28 @@ class PostgresStore(Store):
                 f"SELECT {SUBSCRIBER_COLUMNS} FROM subscribers WHERE id = %s", (subscriber_id,)
             )
             row = await cursor.fetchone()
-        return None if row is None else _subscriber_from_row(row, now)
+        return None if row is None else subscriber_from_row(row, now)
 
     async def list_subscribers(self, cursor: str | None, limit: int) -> Page:
         now = time.time()
-        after = decode_cursor(cursor) or 0
-        async with self._connection() as conn:
-            result = await conn.execute(
-                f"SELECT seq, {SUBSCRIBER_COLUMNS} FROM subscribers"
-                " WHERE seq > %s ORDER BY seq LIMIT %s",
-                (after, limit + 1),
-            )
-            rows = await result.fetchall()
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return Page(
-            [_subscriber_from_row(row[1:], now) for row in rows],
-            encode_cursor(rows[-1][0]) if more else None,
+        sql, params = paged_query(
+            f"SELECT seq, {SUBSCRIBER_COLUMNS} FROM subscribers",
+            ([], []),
+            cursor,
+            limit,
+            "%s",
+            newest_first=False,
         )
+        async with self._connection() as conn:
+            result = await conn.execute(sql, params)
+            rows = await result.fetchall()
+        return page_of(rows, limit, lambda row: subscriber_from_row(row[1:], now))
 
     async def update_subscriber(
         self, subscriber_id: str, changes: dict[str, Any]
     ) -> Subscriber | None:
-        assert set(changes) <= _UPDATABLE, changes
         now = time.time()
-        values: dict[str, Any] = {}
-        for key, value in changes.items():
-            if key in ("providers", "event_types"):
-                value = _text_list(value)
-            elif key == "enabled":
-                value = bool(value)
-                values["disabled_reason"] = None if value else "disabled by an operator"
-            values[key] = value
-        values["updated_at"] = now
+        values = subscriber_changes(changes, now)
         casts = {"providers": "::text[]", "event_types": "::text[]"}
         assignments = ", ".join(f"{key} = %s{casts.get(key, '')}" for key in values)
         async with self._transaction() as conn:
@@ -775,7 +739,7 @@ class PostgresStore(Store):
             row = await cursor.fetchone()
             if row is not None:
                 await _bump_subscribers_version(conn)
-        return None if row is None else _subscriber_from_row(row, now)
+        return None if row is None else subscriber_from_row(row, now)
 
     async def delete_subscriber(self, subscriber_id: str, now: float) -> bool:
         async with self._transaction() as conn:
@@ -808,7 +772,7 @@ class PostgresStore(Store):
             row = await cursor.fetchone()
             if row is not None:
                 await _bump_subscribers_version(conn)
-        return None if row is None else _subscriber_from_row(row, now)
+        return None if row is None else subscriber_from_row(row, now)
 
     # -- ops console sessions ------------------------------------------------------------------
 
@@ -934,26 +898,19 @@ class PostgresStore(Store):
     async def list_deliveries(
         self, filters: DeliveryFilter, cursor: str | None, limit: int
     ) -> Page:
-        clauses, params = delivery_clauses(filters, "%s")
-        before = decode_cursor(cursor)
-        if before is not None:
-            clauses.append("seq < %s")
-            params.append(before)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        async with self._connection() as conn:
-            result = await conn.execute(
-                f"SELECT {DELIVERY_COLUMNS} FROM deliveries {where} ORDER BY seq DESC LIMIT %s",
-                (*params, limit + 1),
-            )
-            rows = await result.fetchall()
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return Page(
-            [delivery_json(row) for row in rows], encode_cursor(rows[-1][0]) if more else None
+        sql, params = paged_query(
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries",
+            delivery_clauses(filters, "%s"),
+            cursor,
+            limit,
+            "%s",
         )
+        async with self._connection() as conn:
+            result = await conn.execute(sql, params)
+            rows = await result.fetchall()
+        return page_of(rows, limit, delivery_json)
 
     async def get_delivery(self, delivery_id: str) -> dict[str, Any] | None:
-
         async with self._transaction() as conn:  # one snapshot for the delivery and its attempts
             cursor = await conn.execute(
                 f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = %s", (delivery_id,)
@@ -962,8 +919,7 @@ class PostgresStore(Store):
             if row is None:
                 return None
             cursor = await conn.execute(
-                "SELECT attempted_at, trigger, status_code, latency_ms, error, response_excerpt"
-                " FROM attempts WHERE delivery_id = %s ORDER BY id",
+                f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE delivery_id = %s ORDER BY id",
                 (delivery_id,),
             )
             attempts = await cursor.fetchall()
@@ -1109,11 +1065,7 @@ class PostgresStore(Store):
             row = await cursor.fetchone()
         assert row is not None
         pending, failed, oldest = row
-        return {
-            "pending": pending,
-            "failed": failed,
-            "oldest_pending_seconds": None if oldest is None else round(now - oldest, 3),
-        }
+        return delivery_counts_json(pending, failed, oldest, now)
 
     async def activity(self, since: float) -> dict[str, Any]:
         async with self._transaction() as conn:

@@ -10,23 +10,28 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from service.store.base import DeliveryFilter
-from service.store.filters import delivery_clauses
-from service.store.sqlite_deliveries import DELIVERY_COLUMNS, attempt_json, delivery_json
-from service.store.sqlite_ops import detail_json, newer_column
+from service.store.filters import delivery_clauses, newer_column
+from service.store.records import DeliveryFilter
+from service.store.rows import (
+    ATTEMPT_COLUMNS,
+    DELIVERY_COLUMNS,
+    attempt_json,
+    delivery_json,
+    detail_json,
+    event_counts,
+    qualified,
+)
 from service.store.watch_model import DECIDABLE
 
-_D_COLUMNS = ", ".join(f"d.{column.strip()}" for column in DELIVERY_COLUMNS.split(","))
+_D_COLUMNS = qualified(DELIVERY_COLUMNS, "d")
 
 
 async def activity(conn: AsyncConnection[Any], since: float) -> dict[str, Any]:
-    events: dict[str, dict[str, int]] = {}
     cursor = await conn.execute(
         "SELECT status, state, count(*) FROM events WHERE received_at >= %s GROUP BY 1, 2",
         (since,),
     )
-    for status, state, count in await cursor.fetchall():
-        events.setdefault(f"generation.{status}", {"emitted": 0, "superseded": 0})[state] = count
+    events = event_counts(await cursor.fetchall())
     cursor = await conn.execute(
         "SELECT count(*) FILTER (WHERE status = 'pending'),"
         " count(*) FILTER (WHERE status = 'succeeded'),"
@@ -63,8 +68,8 @@ async def delivery_details(
     attempts: dict[str, list[dict[str, Any]]] = {row[1]: [] for row in rows}
     if attempts:
         cursor = await conn.execute(
-            "SELECT delivery_id, attempted_at, trigger, status_code, latency_ms, error,"
-            " response_excerpt FROM attempts WHERE delivery_id = ANY(%s::text[]) ORDER BY id",
+            f"SELECT delivery_id, {ATTEMPT_COLUMNS} FROM attempts"
+            " WHERE delivery_id = ANY(%s::text[]) ORDER BY id",
             (list(attempts),),
         )
         for delivery_id, *attempt in await cursor.fetchall():

@@ -11,42 +11,27 @@ import sqlite3
 from typing import Any
 
 from service import ids
-from service.clock import rfc3339
-from service.store.base import (
+from service.store.filters import delivery_clauses, newer_delivery
+from service.store.paging import Page, page_of, paged_query
+from service.store.records import (
     AttemptRecord,
     Claim,
     DeliveryFilter,
     IncomingEvent,
-    Page,
+    IngestResult,
     ReplayResult,
     Subscriber,
-    decode_cursor,
-    encode_cursor,
 )
-from service.store.filters import delivery_clauses, newer_delivery
-
-SUBSCRIBER_COLUMNS = (
-    "id, url, description, providers, event_types, enabled, disabled_reason, secret,"
-    " previous_secret, previous_expires_at, created_at, updated_at"
+from service.store.rows import (
+    ATTEMPT_COLUMNS,
+    DELIVERY_COLUMNS,
+    SUBSCRIBER_COLUMNS,
+    attempt_json,
+    delivery_counts_json,
+    delivery_json,
+    subscriber_changes,
+    subscriber_from_row,
 )
-
-
-def subscriber_from_row(row: tuple[Any, ...], now: float) -> Subscriber:
-    secrets = [row[7]]
-    if row[8] and row[9] and row[9] > now:
-        secrets.append(row[8])
-    return Subscriber(
-        id=row[0],
-        url=row[1],
-        description=row[2],
-        providers=None if row[3] is None else tuple(json.loads(row[3])),
-        event_types=None if row[4] is None else tuple(json.loads(row[4])),
-        enabled=bool(row[5]),
-        disabled_reason=row[6],
-        secrets=tuple(secrets),
-        created_at=row[10],
-        updated_at=row[11],
-    )
 
 
 def _json_list(value: tuple[str, ...] | None) -> str | None:
@@ -156,36 +141,29 @@ def get_subscriber(conn: sqlite3.Connection, subscriber_id: str, now: float) -> 
 
 
 def list_subscribers(conn: sqlite3.Connection, cursor: str | None, limit: int, now: float) -> Page:
-    after = decode_cursor(cursor) or 0
-    rows = conn.execute(
-        f"SELECT rowid, {SUBSCRIBER_COLUMNS} FROM subscribers"
-        " WHERE rowid > ? ORDER BY rowid LIMIT ?",
-        (after, limit + 1),
-    ).fetchall()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page(
-        [subscriber_from_row(row[1:], now) for row in rows],
-        encode_cursor(rows[-1][0]) if more else None,
+    sql, params = paged_query(
+        f"SELECT rowid, {SUBSCRIBER_COLUMNS} FROM subscribers",
+        ([], []),
+        cursor,
+        limit,
+        "?",
+        position="rowid",
+        newest_first=False,
     )
-
-
-_UPDATABLE = {"url", "description", "providers", "event_types", "enabled"}
+    return page_of(
+        conn.execute(sql, params).fetchall(), limit, lambda row: subscriber_from_row(row[1:], now)
+    )
 
 
 def update_subscriber(
     conn: sqlite3.Connection, subscriber_id: str, changes: dict[str, Any], now: float
 ) -> Subscriber | None:
-    assert set(changes) <= _UPDATABLE, changes
-    values: dict[str, Any] = {}
-    for key, value in changes.items():
-        if key in ("providers", "event_types"):
-            value = _json_list(None if value is None else tuple(value))
-        elif key == "enabled":
-            value = int(bool(value))
-            values["disabled_reason"] = None if value else "disabled by an operator"
-        values[key] = value
-    values["updated_at"] = now
+    values = subscriber_changes(changes, now)
+    for key in ("providers", "event_types"):
+        if key in values:
+            values[key] = None if values[key] is None else json.dumps(values[key])
+    if "enabled" in values:
+        values["enabled"] = int(values["enabled"])
     assignments = ", ".join(f"{key} = ?" for key in values)
     cursor = conn.execute(
         f"UPDATE subscribers SET {assignments} WHERE id = ?",
@@ -312,58 +290,20 @@ def release_leases(conn: sqlite3.Connection, delivery_ids: list[str] | None) -> 
     ).rowcount
 
 
-DELIVERY_COLUMNS = (
-    "seq, id, event_id, subscriber_id, status, attempt_count, next_attempt_at, last_error,"
-    " created_at, updated_at"
-)
-
-
-def delivery_json(row: tuple[Any, ...]) -> dict[str, Any]:
-    return {
-        "id": row[1],
-        "event_id": row[2],
-        "subscriber_id": row[3],
-        "status": row[4],
-        "attempt_count": row[5],
-        "next_attempt_at": None if row[6] is None or row[4] != "pending" else rfc3339(row[6]),
-        "last_error": row[7],
-        "created_at": rfc3339(row[8]),
-        "updated_at": rfc3339(row[9]),
-    }
-
-
 def list_deliveries(
     conn: sqlite3.Connection, filters: DeliveryFilter, cursor: str | None, limit: int
 ) -> Page:
-    clauses, params = delivery_clauses(filters, "?")
-    before = decode_cursor(cursor)
-    if before is not None:
-        clauses.append("seq < ?")
-        params.append(before)
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    rows = conn.execute(
-        f"SELECT {DELIVERY_COLUMNS} FROM deliveries {where} ORDER BY seq DESC LIMIT ?",
-        (*params, limit + 1),
-    ).fetchall()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page([delivery_json(row) for row in rows], encode_cursor(rows[-1][0]) if more else None)
-
-
-def attempt_json(row: tuple[Any, ...]) -> dict[str, Any]:
-    """``(attempted_at, trigger, status_code, latency_ms, error, response_excerpt)`` as JSON."""
-    return {
-        "attempted_at": rfc3339(row[0]),
-        "trigger": row[1],
-        "status_code": row[2],
-        "latency_ms": row[3],
-        "error": row[4],
-        "response_excerpt": row[5],
-    }
+    sql, params = paged_query(
+        f"SELECT {DELIVERY_COLUMNS} FROM deliveries",
+        delivery_clauses(filters, "?"),
+        cursor,
+        limit,
+        "?",
+    )
+    return page_of(conn.execute(sql, params).fetchall(), limit, delivery_json)
 
 
 def get_delivery(conn: sqlite3.Connection, delivery_id: str) -> dict[str, Any] | None:
-
     row = conn.execute(
         f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?",
         (delivery_id,),
@@ -374,8 +314,7 @@ def get_delivery(conn: sqlite3.Connection, delivery_id: str) -> dict[str, Any] |
     delivery["attempts"] = [
         attempt_json(a)
         for a in conn.execute(
-            "SELECT attempted_at, trigger, status_code, latency_ms, error, response_excerpt"
-            " FROM attempts WHERE delivery_id = ? ORDER BY id",
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE delivery_id = ? ORDER BY id",
             (delivery_id,),
         )
     ]
@@ -467,11 +406,7 @@ def delivery_counts(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
     (oldest,) = conn.execute(
         "SELECT min(created_at) FROM deliveries WHERE status = 'pending'"
     ).fetchone()
-    return {
-        "pending": counts.get("pending", 0),
-        "failed": counts.get("failed", 0),
-        "oldest_pending_seconds": None if oldest is None else round(now - oldest, 3),
-    }
+    return delivery_counts_json(counts.get("pending", 0), counts.get("failed", 0), oldest, now)
 
 
 def prune(conn: sqlite3.Connection, before: float, limit: int, failed_before: float | None) -> int:
@@ -500,3 +435,46 @@ def prune(conn: sqlite3.Connection, before: float, limit: int, failed_before: fl
         conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", seqs)
     conn.execute("DELETE FROM callback_urls WHERE expires_at < ?", (before,))
     return len(seqs)
+
+
+def ingest(
+    conn: sqlite3.Connection, event: IncomingEvent, subscribers: SubscriberCache
+) -> IngestResult:
+    """``Store.ingest``; the enabled subscribers come from ``subscribers``."""
+    # One statement decides duplicate (conflict: no row), superseded (the task already has a
+    # terminal event) or emitted, so the hot path costs one round trip in the common case.
+    row = conn.execute(
+        "INSERT INTO events (id, provider, task_id, status, progress, dedup_key, state,"
+        " received_at, url_id, body, raw_body) VALUES (?, ?, ?, ?, ?, ?,"
+        " CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE provider = ? AND task_id = ?)"
+        " THEN 'superseded' ELSE 'emitted' END, ?, ?, ?, ?)"
+        " ON CONFLICT (dedup_key) DO NOTHING RETURNING state",
+        (
+            event.event_id,
+            event.provider,
+            event.task_id,
+            event.status,
+            event.progress,
+            event.dedup_key,
+            event.provider,
+            event.task_id,
+            event.received_at,
+            event.url_id,
+            event.body,
+            event.raw_body,
+        ),
+    ).fetchone()
+    if row is None:
+        (existing,) = conn.execute(
+            "SELECT id FROM events WHERE dedup_key = ?", (event.dedup_key,)
+        ).fetchone()
+        return IngestResult("duplicate", existing)
+    if row[0] == "superseded":
+        return IngestResult("superseded", event.event_id)
+    if event.terminal:
+        conn.execute(
+            "INSERT INTO tasks (provider, task_id, terminal_status, event_id) VALUES (?, ?, ?, ?)",
+            (event.provider, event.task_id, event.status, event.event_id),
+        )
+    created = fan_out(conn, event, subscribers.enabled(conn, event.received_at))
+    return IngestResult("accepted", event.event_id, created)
