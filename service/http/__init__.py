@@ -11,7 +11,7 @@ from service.http.auth import require_admin
 from service.http.body import read_body, read_json_object, receive_body
 from service.http.client_ip import client_ip, forwarded_client
 from service.http.error_handlers import http_error_handler, internal_error, relay_error_handler
-from service.http.query import parse_limit, parse_time
+from service.http.query import parse_time, read_query
 from service.http.responses import JSONResponse, error_response
 
 __all__ = [
@@ -21,10 +21,10 @@ __all__ = [
     "forwarded_client",
     "http_error_handler",
     "internal_error",
-    "parse_limit",
     "parse_time",
     "read_body",
     "read_json_object",
+    "read_query",
     "receive_body",
     "relay_error_handler",
     "require_admin",

@@ -43,16 +43,3 @@ def parse_time(value: str | None, name: str) -> float | None:
     if parsed.tzinfo is None:
         raise InvalidInput(f"{name} must carry a time zone (e.g. Z).", code="invalid_query")
     return parsed.timestamp()
-
-
-def parse_limit(value: str | None, default: int = 50, maximum: int = 500) -> int:
-    """A page size from text (the console's; the admin API declares it in its queries)."""
-    if value is None:
-        return default
-    try:
-        limit = int(value)
-    except ValueError:
-        raise InvalidInput("limit must be an integer.", code="invalid_query") from None
-    if not 1 <= limit <= maximum:
-        raise InvalidInput(f"limit must be from 1 to {maximum}.", code="invalid_query")
-    return limit
