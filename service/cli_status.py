@@ -35,7 +35,7 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
 
 
 async def run(relay: Relay, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    summary = await overview.build(relay.store)
+    summary = await overview.build(relay.store, relay.clock)
     if args.json:
         print(json.dumps(dataclasses.asdict(summary), indent=2), file=out)
         return 0
