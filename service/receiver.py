@@ -72,7 +72,7 @@ def _url_id(relay: Relay, provider: Provider, token: str | None) -> str | None:
 async def _receive(
     relay: Relay, provider_name: str, token: str | None, scope: Scope, receive: Receive
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Check, parse, normalize and commit one callback: (the 2xx answer, its log fields).
+    """Check, read and hand over one callback: (the 2xx answer, its log fields).
 
     Raises ``RelayError`` for every refusal, before anything is stored.
     """
@@ -86,14 +86,14 @@ async def _receive(
     body = await receive_body(scope, receive, content_length, limit, budget)
     try:
         if len(body) <= SMALL_BODY:
-            return await _accept(relay, provider_name, provider, headers, body, url_id)
+            return await _hand_over(relay, provider_name, provider, headers, body, url_id)
         async with budget.large_turn:  # one at a time: see service.body_budget
-            return await _accept(relay, provider_name, provider, headers, body, url_id)
+            return await _hand_over(relay, provider_name, provider, headers, body, url_id)
     finally:
         budget.release(len(body))
 
 
-async def _accept(
+async def _hand_over(
     relay: Relay,
     provider_name: str,
     provider: Provider,
