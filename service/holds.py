@@ -1,11 +1,11 @@
 """Holding unsigned callbacks until the provider's API confirms them.
 
 Evolink signs nothing. When the relay has an Evolink API key (and ``RELAY_EVOLINK_CONFIRM`` is
-not false), a terminal Evolink callback is not emitted as received: it is held, durably, as a
-watch due at once (``hold_callback``), and what the API answers is what gets emitted (the
-watch is polled like any other, ``service.watch_service``). A callback the API contradicts is
-logged as ``suspect_callback`` and never forwarded; while the API cannot be reached the watch
-retries with its back-off.
+not false), a terminal Evolink callback is not emitted as received: ``Relay.receive`` holds it,
+durably, as a watch due at once (``hold_callback``), and what the API answers is what gets
+emitted (the watch is polled like any other, ``service.watch_service``). A callback the API
+contradicts is logged as ``suspect_callback`` and never forwarded; while the API cannot be
+reached the watch retries with its back-off.
 
 **What a forged callback can cost.** A hold is bounded: at most ``RELAY_HOLDS_PER_URL`` active
 holds per callback URL (429 beyond) and ``RELAY_HOLDS_MAX`` in all (503), each polling for at
@@ -15,7 +15,6 @@ back-off or its not-found count. A hold never gets an event out by itself.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import structlog
@@ -23,8 +22,8 @@ import structlog
 from service import ids, metrics
 from service.errors import RelayError
 from service.events import Normalized
-from service.relay import Relay
 from service.settings import Settings
+from service.store.base import Store
 from service.store.watch_model import HoldLimits, HoldRefused, Watch
 
 log = structlog.get_logger("service.holds")
@@ -63,23 +62,23 @@ def confirms(settings: Settings, provider: str) -> bool:
     return check is not None and check(settings)
 
 
-def needs_confirmation(settings: Settings, provider: str, normalized: Normalized) -> bool:
-    """Whether this callback must be confirmed with the provider's API before it is emitted."""
-    return normalized.terminal and confirms(settings, provider)
-
-
 async def hold_callback(
-    relay: Relay, provider: str, normalized: Normalized, body: bytes, url_id: str | None
+    store: Store,
+    settings: Settings,
+    provider: str,
+    normalized: Normalized,
+    body: bytes,
+    url_id: str | None,
+    now: float,
 ) -> Watch | None:
-    """Hold a terminal callback for confirmation: durably, as a watch due now.
+    """Hold a terminal callback for confirmation: durably, as a watch due ``now``.
 
     Returns the watch holding it, or None when the task already has a terminal event (the
     callback is then ingested as usual: a duplicate or superseded, never emitted again).
     Raises ``TooManyHeldForUrl`` (429) or ``HoldsFull`` (503) when a new hold would exceed
     RELAY_HOLDS_PER_URL or RELAY_HOLDS_MAX (a callback joining its task's hold never does).
+    A watch returned with ``conflict_url_ids`` waits for an operator, not for a poll.
     """
-    settings = relay.settings
-    now = time.time()
     watch = Watch(
         id=ids.new_id("wch"),
         provider=provider,
@@ -97,7 +96,7 @@ async def hold_callback(
         holds=1,
     )
     limits = HoldLimits(per_url=settings.holds_per_url, total=settings.holds_max)
-    held = await relay.store.hold_for_confirmation(watch, limits)
+    held = await store.hold_for_confirmation(watch, limits)
     if isinstance(held, HoldRefused):
         metrics.count_hold_refused(provider, held.scope)
         log.warning(
@@ -125,6 +124,4 @@ async def hold_callback(
                 watch_id=held.id,
                 reason="callbacks came through several callback URLs; an operator resolves it",
             )
-        else:
-            relay.on_watch_due()
     return held

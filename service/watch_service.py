@@ -37,8 +37,6 @@ Registering, cancelling and showing watches (the admin API, ``relay watch``) is
 
 from __future__ import annotations
 
-import time
-
 import orjson
 import structlog
 
@@ -107,7 +105,7 @@ class WatchService:
         )
         metrics.count_poll(watch.provider, "error")
         error = f"the poll failed ({type(exc).__name__}); see the relay's log"
-        now = time.time()
+        now = self.relay.clock()
         if now >= watch.deadline_at:
             return await self._expire(watch, now, None, error)
         delay = backoff_delay(self.relay.settings.watch_backoff, watch.backoff_step)
@@ -123,7 +121,7 @@ class WatchService:
 
     async def _poll(self, watch: Watch) -> PollRecord:
         answer = await self.clients.fetch(watch.provider, watch.task_id)
-        now = time.time()
+        now = self.relay.clock()
         fields = {"watch_id": watch.id, "provider": watch.provider, "task_id": watch.task_id}
         status: str | None = None
         suspect: str | None = None
