@@ -18,34 +18,41 @@ the database itself:
 
 Connection and server failures (server down, pool exhausted, disk full, deadlock) surface as
 ``StorageUnavailable``; the pool reconnects by itself when the server is back.
+
+The SQL is in ``postgres_meta``, ``postgres_subscribers``, ``postgres_deliveries``,
+``postgres_watches`` and ``postgres_ops``; connections and the pipeline in
+``postgres_connection``, migrations in ``postgres_schema``; this class runs it. It is over
+400 lines all the same: one method per port operation (about fifty), each choosing the
+connection or transaction its SQL runs in; splitting the class would only scatter that choice.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import psycopg
 import psycopg_pool
-import structlog
 from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict
 
 from service.clock import Clock, system_clock
 from service.errors import StorageUnavailable
 from service.store import postgres_deliveries as pd
+from service.store import postgres_meta as pm
 from service.store import postgres_ops
 from service.store import postgres_subscribers as ps
 from service.store import postgres_watches as pw
 from service.store.base import Store
 from service.store.budget import ApiBudget, BudgetState
-from service.store.filters import event_clauses
-from service.store.paging import Page, page_of, paged_query
-from service.store.postgres_connection import IdleCheck, Pipeline, first_line, wrap_exceptions
+from service.store.paging import Page
+from service.store.postgres_connection import (
+    Pipeline,
+    connect_first,
+    open_pool,
+    wrap_exceptions,
+)
 from service.store.postgres_schema import MIGRATIONS as MIGRATIONS
 from service.store.postgres_schema import migrate, require_migrated
 from service.store.records import (
@@ -58,7 +65,6 @@ from service.store.records import (
     ReplayResult,
     Subscriber,
 )
-from service.store.rows import event_json
 from service.store.watch_model import (
     Decision,
     HoldLimits,
@@ -67,8 +73,6 @@ from service.store.watch_model import (
     Watch,
     WatchFilter,
 )
-
-log = structlog.get_logger("service.store")
 
 
 class PostgresStore(Store):
@@ -121,7 +125,6 @@ class PostgresStore(Store):
         )
         self._pool: psycopg_pool.AsyncConnectionPool[AsyncConnection[Any]] | None = None
         self._subscribers: tuple[str | None, list[Subscriber]] = (None, [])
-        self._idle = IdleCheck()
         self._pipeline = Pipeline(self._connection)
 
     # -- connections ----------------------------------------------------------------------------
@@ -144,29 +147,13 @@ class PostgresStore(Store):
             async with self._pool.connection() as conn, conn.transaction():
                 yield conn
 
-    async def _connect_once(self, deadline: float) -> AsyncConnection[Any]:
-        """A first connection, retried until ``deadline``: the server may be starting too."""
-        delay = 0.1
-        while True:
-            try:
-                return await AsyncConnection.connect(self.url, **self._kwargs)
-            except psycopg.OperationalError as exc:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise StorageUnavailable(
-                        f"PostgreSQL not reachable at {self.where}: {first_line(exc)}"
-                    ) from exc
-                log.warning("store_connect_failed", where=self.where, error=first_line(exc))
-                await asyncio.sleep(min(delay, remaining))
-                delay = min(delay * 2, 2.0)
-
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def open(self) -> None:
         if self._pool is not None:
             return
         deadline = time.monotonic() + self.open_timeout
-        conn = await self._connect_once(deadline)
+        conn = await connect_first(self.url, self._kwargs, deadline, self.where)
         try:
             with wrap_exceptions():
                 if self.migrate:
@@ -175,28 +162,15 @@ class PostgresStore(Store):
                     await require_migrated(conn)
         finally:
             await conn.close()
-        pool: psycopg_pool.AsyncConnectionPool[AsyncConnection[Any]] = (
-            psycopg_pool.AsyncConnectionPool(
-                self.url,
-                kwargs=self._kwargs,
-                min_size=self.min_size,
-                max_size=self.max_size,
-                open=False,
-                timeout=self.pool_timeout,
-                reconnect_timeout=self.reconnect_timeout,
-                name="relay-postgres",
-                configure=self._idle.returned,
-                reset=self._idle.returned,
-                check=self._idle.check,
-            )
+        self._pool = await open_pool(
+            self.url,
+            self._kwargs,
+            deadline,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            pool_timeout=self.pool_timeout,
+            reconnect_timeout=self.reconnect_timeout,
         )
-        try:
-            with wrap_exceptions():
-                await pool.open(wait=True, timeout=max(deadline - time.monotonic(), 1.0))
-        except BaseException:
-            await pool.close()
-            raise
-        self._pool = pool
 
     async def close(self) -> None:
         await self._pipeline.close()
@@ -206,28 +180,15 @@ class PostgresStore(Store):
 
     async def ping(self) -> None:
         async with self._connection() as conn:
-            await conn.execute(
-                "INSERT INTO relay_meta (key, value) VALUES ('last_ping', now()::text)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-            )
+            await pm.ping(conn)
 
     async def get_or_create_meta(self, key: str, value: str) -> str:
         async with self._connection() as conn:
-            # One statement: the no-op update makes RETURNING yield the row in both cases.
-            cursor = await conn.execute(
-                "INSERT INTO relay_meta (key, value) VALUES (%s, %s)"
-                " ON CONFLICT (key) DO UPDATE SET value = relay_meta.value RETURNING value",
-                (key, value),
-            )
-            row = await cursor.fetchone()
-        assert row is not None
-        return str(row[0])
+            return await pm.get_or_create_meta(conn, key, value)
 
     async def get_meta(self, key: str) -> str | None:
         async with self._connection() as conn:
-            cursor = await conn.execute("SELECT value FROM relay_meta WHERE key = %s", (key,))
-            row = await cursor.fetchone()
-        return None if row is None else str(row[0])
+            return await pm.get_meta(conn, key)
 
     # -- callback URLs --------------------------------------------------------------------------
 
@@ -240,34 +201,18 @@ class PostgresStore(Store):
         expires_at: float,
         reusable: bool = False,
     ) -> None:
-        text = json.dumps(metadata, separators=(",", ":"))
         async with self._connection() as conn:
-            await conn.execute(
-                "INSERT INTO callback_urls"
-                " (id, provider, metadata, created_at, expires_at, reusable)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (url_id, provider, text, created_at, expires_at, reusable),
+            await pm.create_callback_url(
+                conn, url_id, provider, metadata, created_at, expires_at, reusable
             )
 
     async def bind_callback_url(self, url_id: str, task_id: str) -> str | None:
         async with self._connection() as conn:
-            # One statement: a racing replica's UPDATE waits for this row lock, then finds
-            # task_id set (READ COMMITTED re-reads the row) and keeps the first binding.
-            cursor = await conn.execute(
-                "UPDATE callback_urls SET task_id = coalesce(task_id, %s)"
-                " WHERE id = %s AND NOT reusable RETURNING task_id",
-                (task_id, url_id),
-            )
-            row = await cursor.fetchone()
-        return None if row is None else str(row[0])
+            return await pm.bind_callback_url(conn, url_id, task_id)
 
     async def get_callback_metadata(self, url_id: str) -> dict[str, Any] | None:
         async with self._connection() as conn:
-            cursor = await conn.execute(
-                "SELECT metadata FROM callback_urls WHERE id = %s", (url_id,)
-            )
-            row = await cursor.fetchone()
-        return None if row is None else json.loads(row[0])
+            return await pm.get_callback_metadata(conn, url_id)
 
     # -- watches (SQL in postgres_watches) -----------------------------------------------------
 
@@ -365,24 +310,15 @@ class PostgresStore(Store):
 
     async def get_event(self, event_id: str) -> dict[str, Any] | None:
         async with self._connection() as conn:
-            cursor = await conn.execute("SELECT body, state FROM events WHERE id = %s", (event_id,))
-            row = await cursor.fetchone()
-        return None if row is None else event_json(row[0], row[1])
+            return await pm.get_event(conn, event_id)
 
     async def get_event_raw(self, event_id: str) -> bytes | None:
         async with self._connection() as conn:
-            cursor = await conn.execute("SELECT raw_body FROM events WHERE id = %s", (event_id,))
-            row = await cursor.fetchone()
-        return None if row is None else bytes(row[0])
+            return await pm.get_event_raw(conn, event_id)
 
     async def list_events(self, filters: EventFilter, cursor: str | None, limit: int) -> Page:
-        sql, params = paged_query(
-            "SELECT seq, body FROM events", event_clauses(filters, "%s"), cursor, limit, "%s"
-        )
         async with self._connection() as conn:
-            result = await conn.execute(sql, params)
-            rows = await result.fetchall()
-        return page_of(rows, limit, lambda row: row[1])
+            return await pm.list_events(conn, filters, cursor, limit)
 
     # -- subscribers ----------------------------------------------------------------------------
 
@@ -422,27 +358,15 @@ class PostgresStore(Store):
         self, session_id: str, created_at: float, expires_at: float
     ) -> None:
         async with self._transaction() as conn:
-            await conn.execute("DELETE FROM ops_sessions WHERE expires_at < %s", (created_at,))
-            await conn.execute(
-                "INSERT INTO ops_sessions (id, created_at, expires_at) VALUES (%s, %s, %s)",
-                (session_id, created_at, expires_at),
-            )
+            await pm.create_ops_session(conn, session_id, created_at, expires_at)
 
     async def ops_session_live(self, session_id: str, now: float) -> bool:
         async with self._connection() as conn:
-            cursor = await conn.execute(
-                "SELECT 1 FROM ops_sessions WHERE id = %s AND revoked_at IS NULL"
-                " AND expires_at > %s",
-                (session_id, now),
-            )
-            return await cursor.fetchone() is not None
+            return await pm.ops_session_live(conn, session_id, now)
 
     async def revoke_ops_session(self, session_id: str, now: float) -> None:
         async with self._connection() as conn:
-            await conn.execute(
-                "UPDATE ops_sessions SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL",
-                (now, session_id),
-            )
+            await pm.revoke_ops_session(conn, session_id, now)
 
     # -- deliveries -----------------------------------------------------------------------------
 

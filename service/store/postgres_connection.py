@@ -176,3 +176,58 @@ async def _run_alone(
         return
     if not future.done():
         future.set_result(row)
+
+
+async def connect_first(
+    url: str, kwargs: dict[str, Any], deadline: float, where: str
+) -> AsyncConnection[Any]:
+    """A first connection, retried until ``deadline`` (``time.monotonic``): the server may be
+    starting too. ``where`` names the server in messages (never the password)."""
+    delay = 0.1
+    while True:
+        try:
+            return await AsyncConnection.connect(url, **kwargs)
+        except psycopg.OperationalError as exc:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise StorageUnavailable(
+                    f"PostgreSQL not reachable at {where}: {first_line(exc)}"
+                ) from exc
+            log.warning("store_connect_failed", where=where, error=first_line(exc))
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 2.0)
+
+
+async def open_pool(
+    url: str,
+    kwargs: dict[str, Any],
+    deadline: float,
+    *,
+    min_size: int,
+    max_size: int,
+    pool_timeout: float,
+    reconnect_timeout: float,
+) -> psycopg_pool.AsyncConnectionPool[AsyncConnection[Any]]:
+    """The store's pool, open with ``min_size`` connections by ``deadline`` (at least a second
+    from now); connections idle for a while are checked on checkout (``IdleCheck``)."""
+    idle = IdleCheck()
+    pool: psycopg_pool.AsyncConnectionPool[AsyncConnection[Any]] = psycopg_pool.AsyncConnectionPool(
+        url,
+        kwargs=kwargs,
+        min_size=min_size,
+        max_size=max_size,
+        open=False,
+        timeout=pool_timeout,
+        reconnect_timeout=reconnect_timeout,
+        name="relay-postgres",
+        configure=idle.returned,
+        reset=idle.returned,
+        check=idle.check,
+    )
+    try:
+        with wrap_exceptions():
+            await pool.open(wait=True, timeout=max(deadline - time.monotonic(), 1.0))
+    except BaseException:
+        await pool.close()
+        raise
+    return pool
