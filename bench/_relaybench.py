@@ -370,10 +370,14 @@ class RelayConfig:
     """One relay's store, secrets and environment; ``start`` runs it on a fresh port.
 
     ``store`` is a ``SqliteFile`` (the default, on ``db``) or a ``PgSchema``. ``replica()``
-    gives another process's config on the same store, with the same secrets.
+    gives another process's config on the same store, with the same secrets. ``code`` is the
+    checkout whose ``service`` the processes import (``PYTHONPATH``; see ``bench/_checkout.py``):
+    by default the one the bench runs from.
     """
 
-    def __init__(self, db: Path | None, log_path: Path, store: Any = None) -> None:
+    def __init__(
+        self, db: Path | None, log_path: Path, store: Any = None, code: Path = REPO
+    ) -> None:
         if store is None:
             assert db is not None
             store = SqliteFile(db)
@@ -384,15 +388,17 @@ class RelayConfig:
         self.secret_key = secrets.token_urlsafe(32)
         self.port = free_port()
         self.base = f"http://{HOST}:{self.port}"
+        self.code = code
 
     def replica(self, log_path: Path) -> RelayConfig:
-        other = RelayConfig(self.db, log_path, self.store)
+        other = RelayConfig(self.db, log_path, self.store, self.code)
         other.admin_token, other.secret_key = self.admin_token, self.secret_key
         return other
 
     def env(self) -> dict[str, str]:
         return {
             **base_env(),
+            "PYTHONPATH": str(self.code),
             "RELAY_DATABASE_URL": self.store.url,
             "RELAY_ADMIN_TOKEN": self.admin_token,
             "RELAY_SECRET_KEY": self.secret_key,
@@ -402,21 +408,11 @@ class RelayConfig:
         }
 
     def launch(self, procs: Processes, *, worker: bool = True) -> subprocess.Popen[bytes]:
-        """Start the process and return at once (``wait_ready`` it)."""
-        if worker:
-            cmd = [str(RELAY), "serve", "--host", HOST, "--port", str(self.port)]
-        else:
-            cmd = [
-                str(VENV_PYTHON),
-                str(BENCH / "_relay_noworker.py"),
-                "--host",
-                HOST,
-                "--port",
-                str(self.port),
-            ]
-        return procs.start(
-            "relay" if worker else "relay (no worker)", cmd, self.log_path, self.env()
-        )
+        """Start ``relay serve`` and return at once (``wait_ready`` it); without its delivery
+        worker (``RELAY_RUN_WORKER=false``: the intake only) unless ``worker``."""
+        cmd = [str(RELAY), "serve", "--host", HOST, "--port", str(self.port)]
+        env = {**self.env(), "RELAY_RUN_WORKER": "true" if worker else "false"}
+        return procs.start("relay" if worker else "relay (no worker)", cmd, self.log_path, env)
 
     def wait_ready(self, proc: subprocess.Popen[bytes]) -> None:
         wait_ready("relay", f"{self.base}/healthz", proc, self.log_path)
