@@ -347,6 +347,30 @@ class PgMonitor:
                 out["background"][pid] = cpu_seconds(pid)
         return out
 
+    def maintenance(self, schema: str) -> dict[str, int]:
+        """Counters of the server's own work that can stall commits: checkpoints (of the whole
+        server), and autovacuum / autoanalyze runs on the tables of ``schema``. Take the
+        difference of two readings (``maintenance_delta``)."""
+        counts: dict[str, int] = {}
+        row = self.conn.execute(
+            "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+        ).fetchone()
+        counts["checkpoint"] = int(row[0]) if row else 0
+        for table, vacuums, analyzes in self.conn.execute(
+            "SELECT relname, autovacuum_count, autoanalyze_count FROM pg_stat_user_tables"
+            " WHERE schemaname = %s",
+            (schema,),
+        ).fetchall():
+            counts[f"autovacuum {table}"] = int(vacuums)
+            counts[f"autoanalyze {table}"] = int(analyzes)
+        return counts
+
+    @staticmethod
+    def maintenance_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+        """What ran between two ``maintenance`` readings (only what did)."""
+        out = {key: value - before.get(key, 0) for key, value in after.items()}
+        return {key: value for key, value in out.items() if value > 0}
+
     @staticmethod
     def delta(
         start: dict[str, dict[int, float]], end: dict[str, dict[int, float]]
