@@ -364,3 +364,26 @@ async def test_a_caller_that_gave_up_does_not_stop_the_others(
     gone.cancel()
     assert await kept == "b"
     assert stored(path) == ["a", "b"]  # it ran: the caller only stopped waiting
+
+
+async def test_after_commit_runs_on_the_loop_once_per_commit_failed_or_not(
+    path: Path, journal: Journal
+) -> None:
+    loop_thread: list[bool] = []
+    main = threading.get_ident()
+    conn = connect(path)
+    group = GroupCommit(
+        conn,
+        asyncio.get_running_loop(),
+        commit=journal.commit,
+        after_commit=lambda: loop_thread.append(threading.get_ident() == main),
+    )
+    try:
+        await asyncio.gather(*(group.submit(journal.insert(name)) for name in "ab"))
+        journal.fail_commit = sqlite3.OperationalError("disk I/O error")
+        with pytest.raises(StorageUnavailable):
+            await group.submit(journal.insert("c"))
+    finally:
+        await group.close()
+        conn.close()
+    assert loop_thread == [True, True]

@@ -5,7 +5,6 @@ Each runs in one transaction on a pooled connection, so a page shows one snapsho
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -54,7 +53,11 @@ async def activity(conn: AsyncConnection[Any], since: float) -> dict[str, Any]:
 
 
 async def delivery_details(
-    conn: AsyncConnection[Any], filters: DeliveryFilter, provider: str | None, limit: int
+    conn: AsyncConnection[Any],
+    filters: DeliveryFilter,
+    provider: str | None,
+    limit: int,
+    now: float,
 ) -> list[dict[str, Any]]:
     clauses, params = delivery_clauses(filters, "%s", table="d", provider=provider)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
@@ -62,7 +65,7 @@ async def delivery_details(
         f"SELECT {_D_COLUMNS}, e.provider, e.task_id, e.status, {newer_column('%s')}"
         f" FROM deliveries d LEFT JOIN events e ON e.id = d.event_id {where}"
         " ORDER BY d.seq DESC LIMIT %s",
-        (time.time(), *params, limit),
+        (now, *params, limit),
     )
     rows = await cursor.fetchall()
     attempts: dict[str, list[dict[str, Any]]] = {row[1]: [] for row in rows}

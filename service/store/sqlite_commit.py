@@ -83,14 +83,19 @@ def _never() -> str | None:
     return None
 
 
+def _no_hook() -> None:
+    pass
+
+
 class GroupCommit:
     """Runs operations on ``conn`` in batches on ``loop``, one commit per batch.
 
     ``begin(conn)`` runs first inside every batch's transaction (the store checks there what
     other processes changed). ``refuse()``, asked before each batch, returns why no operation
     may run any more (every operation of the batch then fails with it), or None. ``commit``
-    runs on the committer thread (``COMMIT``; a test may watch it). ``clock`` is monotonic: it
-    measures how long an operation waited for another process's lock.
+    runs on the committer thread (``COMMIT``, and what must follow it on that thread; a test
+    may watch it); ``after_commit()`` on the loop once it ended, committed or not. ``clock`` is
+    monotonic: it measures how long an operation waited for another process's lock.
     """
 
     def __init__(
@@ -101,6 +106,7 @@ class GroupCommit:
         begin: Callable[[sqlite3.Connection], None] = _nothing,
         refuse: Callable[[], str | None] = _never,
         commit: Callable[[sqlite3.Connection], None] = _commit,
+        after_commit: Callable[[], None] = _no_hook,
         clock: Clock = time.monotonic,
         max_batch: int = MAX_BATCH,
         lock_wait: float = LOCK_WAIT_SECONDS,
@@ -111,6 +117,7 @@ class GroupCommit:
         self.begin = begin
         self.refuse = refuse
         self.commit = commit
+        self.after_commit = after_commit
         self.clock = clock
         self.max_batch = max_batch
         self.lock_wait = lock_wait
@@ -193,6 +200,7 @@ class GroupCommit:
             self._fail(conn, batch, exc)
         elif exc is not None:  # not SQLite's: a bug; fail the batch loudly, keep serving
             self._fail(conn, batch, sqlite3.Error(repr(exc)))
+        self.after_commit()
         # The next batch first: its statements run and its commit starts before this batch's
         # callers are answered, so the next fsync overlaps with sending their answers (answering
         # first left the disk idle for as long as that took, and the loop idle behind it).

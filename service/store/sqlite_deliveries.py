@@ -1,12 +1,11 @@
-"""SQLite statements for subscribers and deliveries; each function runs inside one transaction.
+"""SQLite statements for deliveries; each function runs inside one transaction.
 
-``SQLiteStore`` calls these on its database thread. They take the connection first and never
-commit: the store's group commit does.
+``SQLiteStore`` runs these in its batches on the event loop. They take the connection first and
+never commit: the store's group commit does.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import Any
 
@@ -17,188 +16,16 @@ from service.store.records import (
     AttemptRecord,
     Claim,
     DeliveryFilter,
-    IncomingEvent,
-    IngestResult,
     ReplayResult,
-    Subscriber,
 )
 from service.store.rows import (
     ATTEMPT_COLUMNS,
     DELIVERY_COLUMNS,
-    SUBSCRIBER_COLUMNS,
     attempt_json,
     delivery_counts_json,
     delivery_json,
-    subscriber_changes,
-    subscriber_from_row,
 )
-
-
-def _json_list(value: tuple[str, ...] | None) -> str | None:
-    return None if value is None else json.dumps(list(value))
-
-
-def bump_subscribers_version(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        "INSERT INTO relay_meta (key, value) VALUES ('subscribers_version', '1')"
-        " ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
-    )
-
-
-class SubscriberCache:
-    """Enabled subscribers for fan-out, parsed once per change instead of once per callback.
-
-    Changes made through this store invalidate it at once. Changes made by another process (a
-    ``relay subscribers`` command) are seen by the next batch: each batch, once it holds the
-    write lock, asks SQLite whether another connection committed since the last batch
-    (``PRAGMA data_version``), and if one did, ``subscribers_version`` is read again. Holding
-    the lock, no removal can commit between that check and the fan-out; one that commits
-    later cancels what the batch created. (A cache that looked again only every second
-    created deliveries for a subscriber removed meanwhile, which stayed pending for ever.)
-    """
-
-    def __init__(self) -> None:
-        self.version: str | None = None
-        self.data_version: int | None = None
-        self.stale = True
-        self.subscribers: list[Subscriber] = []
-
-    def invalidate(self) -> None:
-        self.stale = True
-
-    def check(self, conn: sqlite3.Connection) -> None:
-        """Once per batch, inside its transaction: did another connection commit?"""
-        (data_version,) = conn.execute("PRAGMA data_version").fetchone()
-        if data_version != self.data_version:
-            self.data_version = data_version
-            self.stale = True
-
-    def enabled(self, conn: sqlite3.Connection, now: float) -> list[Subscriber]:
-        if not self.stale:
-            return self.subscribers
-        row = conn.execute(
-            "SELECT value FROM relay_meta WHERE key = 'subscribers_version'"
-        ).fetchone()
-        version = row[0] if row else "0"
-        if version != self.version:
-            rows = conn.execute(
-                f"SELECT {SUBSCRIBER_COLUMNS} FROM subscribers WHERE enabled = 1"
-            ).fetchall()
-            self.subscribers = [subscriber_from_row(r, now) for r in rows]
-            self.version = version
-        self.stale = False
-        return self.subscribers
-
-
-def fan_out(conn: sqlite3.Connection, event: IncomingEvent, subscribers: list[Subscriber]) -> int:
-    rows = [
-        (
-            ids.new_id("dlv"),
-            event.event_id,
-            sub.id,
-            f"{event.provider}/{event.task_id}",
-            event.received_at,
-            event.received_at,
-            event.received_at,
-        )
-        for sub in subscribers
-        if sub.wants(event.provider, event.event_type)
-    ]
-    if rows:
-        conn.executemany(
-            "INSERT INTO deliveries (id, event_id, subscriber_id, task_key, status,"
-            " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)",
-            rows,
-        )
-    return len(rows)
-
-
-def create_subscriber(conn: sqlite3.Connection, sub: Subscriber) -> None:
-    conn.execute(
-        "INSERT INTO subscribers (id, url, description, providers, event_types, enabled, secret,"
-        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            sub.id,
-            sub.url,
-            sub.description,
-            _json_list(sub.providers),
-            _json_list(sub.event_types),
-            int(sub.enabled),
-            sub.secrets[0],
-            sub.created_at,
-            sub.updated_at,
-        ),
-    )
-    bump_subscribers_version(conn)
-
-
-def get_subscriber(conn: sqlite3.Connection, subscriber_id: str, now: float) -> Subscriber | None:
-    row = conn.execute(
-        f"SELECT {SUBSCRIBER_COLUMNS} FROM subscribers WHERE id = ?",
-        (subscriber_id,),
-    ).fetchone()
-    return None if row is None else subscriber_from_row(row, now)
-
-
-def list_subscribers(conn: sqlite3.Connection, cursor: str | None, limit: int, now: float) -> Page:
-    sql, params = paged_query(
-        f"SELECT rowid, {SUBSCRIBER_COLUMNS} FROM subscribers",
-        ([], []),
-        cursor,
-        limit,
-        "?",
-        position="rowid",
-        newest_first=False,
-    )
-    return page_of(
-        conn.execute(sql, params).fetchall(), limit, lambda row: subscriber_from_row(row[1:], now)
-    )
-
-
-def update_subscriber(
-    conn: sqlite3.Connection, subscriber_id: str, changes: dict[str, Any], now: float
-) -> Subscriber | None:
-    values = subscriber_changes(changes, now)
-    for key in ("providers", "event_types"):
-        if key in values:
-            values[key] = None if values[key] is None else json.dumps(values[key])
-    if "enabled" in values:
-        values["enabled"] = int(values["enabled"])
-    assignments = ", ".join(f"{key} = ?" for key in values)
-    cursor = conn.execute(
-        f"UPDATE subscribers SET {assignments} WHERE id = ?",
-        (*values.values(), subscriber_id),
-    )
-    if cursor.rowcount == 0:
-        return None
-    bump_subscribers_version(conn)
-    return get_subscriber(conn, subscriber_id, now)
-
-
-def delete_subscriber(conn: sqlite3.Connection, subscriber_id: str, now: float) -> bool:
-    if conn.execute("DELETE FROM subscribers WHERE id = ?", (subscriber_id,)).rowcount == 0:
-        return False
-    conn.execute(
-        "UPDATE deliveries SET status = 'canceled', last_error = 'subscriber deleted',"
-        " lease_until = NULL, updated_at = ? WHERE subscriber_id = ? AND status = 'pending'",
-        (now, subscriber_id),
-    )
-    bump_subscribers_version(conn)
-    return True
-
-
-def rotate_secret(
-    conn: sqlite3.Connection, subscriber_id: str, new_secret: str, valid_until: float, now: float
-) -> Subscriber | None:
-    cursor = conn.execute(
-        "UPDATE subscribers SET previous_secret = secret, previous_expires_at = ?, secret = ?,"
-        " updated_at = ? WHERE id = ?",
-        (valid_until, new_secret, now, subscriber_id),
-    )
-    if cursor.rowcount == 0:
-        return None
-    bump_subscribers_version(conn)
-    return get_subscriber(conn, subscriber_id, now)
+from service.store.sqlite_subscribers import bump_subscribers_version
 
 
 def claim_due(
@@ -435,46 +262,3 @@ def prune(conn: sqlite3.Connection, before: float, limit: int, failed_before: fl
         conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", seqs)
     conn.execute("DELETE FROM callback_urls WHERE expires_at < ?", (before,))
     return len(seqs)
-
-
-def ingest(
-    conn: sqlite3.Connection, event: IncomingEvent, subscribers: SubscriberCache
-) -> IngestResult:
-    """``Store.ingest``; the enabled subscribers come from ``subscribers``."""
-    # One statement decides duplicate (conflict: no row), superseded (the task already has a
-    # terminal event) or emitted, so the hot path costs one round trip in the common case.
-    row = conn.execute(
-        "INSERT INTO events (id, provider, task_id, status, progress, dedup_key, state,"
-        " received_at, url_id, body, raw_body) VALUES (?, ?, ?, ?, ?, ?,"
-        " CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE provider = ? AND task_id = ?)"
-        " THEN 'superseded' ELSE 'emitted' END, ?, ?, ?, ?)"
-        " ON CONFLICT (dedup_key) DO NOTHING RETURNING state",
-        (
-            event.event_id,
-            event.provider,
-            event.task_id,
-            event.status,
-            event.progress,
-            event.dedup_key,
-            event.provider,
-            event.task_id,
-            event.received_at,
-            event.url_id,
-            event.body,
-            event.raw_body,
-        ),
-    ).fetchone()
-    if row is None:
-        (existing,) = conn.execute(
-            "SELECT id FROM events WHERE dedup_key = ?", (event.dedup_key,)
-        ).fetchone()
-        return IngestResult("duplicate", existing)
-    if row[0] == "superseded":
-        return IngestResult("superseded", event.event_id)
-    if event.terminal:
-        conn.execute(
-            "INSERT INTO tasks (provider, task_id, terminal_status, event_id) VALUES (?, ?, ?, ?)",
-            (event.provider, event.task_id, event.status, event.event_id),
-        )
-    created = fan_out(conn, event, subscribers.enabled(conn, event.received_at))
-    return IngestResult("accepted", event.event_id, created)
