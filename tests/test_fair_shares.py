@@ -138,7 +138,7 @@ def test_memory_ends() -> None:
     assert shares.contenders() == {"a", "b"}  # remembered from its latest release
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(
     steps=st.lists(
         st.one_of(
