@@ -253,6 +253,7 @@ class BackgroundWork:
                         self.relay.settings.retention_days,
                         self.relay.settings.failed_retention_days,
                     ),
+                    clock=self.relay.clock,
                 ),
                 name="retention",
             ),
