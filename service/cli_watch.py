@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from service import simulate, suspects, watches
+from service import simulate, suspects, watch_requests
 from service.cli_args import parse_duration, parse_meta
 from service.cli_command import on_relay, print_table
 from service.relay import Relay
@@ -131,13 +131,13 @@ async def _watch(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
         body["deadline_seconds"] = args.deadline
     if args.poll_after is not None:
         body["poll_after_seconds"] = args.poll_after
-    watch = await watches.create_watch(relay, body)
-    print(json.dumps(watches.watch_json(watch), indent=2), file=out)
+    watch = await watch_requests.create_watch(relay, body)
+    print(json.dumps(watch_requests.watch_json(watch), indent=2), file=out)
     return 0
 
 
 async def _cancel(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
-    watch = await watches.cancel_watch(relay, args.watch_id)
+    watch = await watch_requests.cancel_watch(relay, args.watch_id)
     print(f"canceled {watch.id} ({watch.provider} {watch.task_id})", file=out)
     return 0
 
@@ -170,7 +170,7 @@ async def _list(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
     rows = [["ID", "PROVIDER", "TASK", "STATE", "POLLS", "LAST STATUS", "NEXT POLL", "NOTE"]]
     budgets: dict[str, BudgetState] = {}
     for w in page.items:
-        shown = await watches.watch_view(relay, w, budgets)
+        shown = await watch_requests.watch_view(relay, w, budgets)
         if shown["waiting_for"]:
             shown["next_poll_at"] += f" (waits for {shown['waiting_for']})"
         rows.append(

@@ -9,8 +9,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service import suspects
-from service import watches as watch_rules
+from service import suspects, watch_requests
 from service.ops import session as sessions
 from service.ops.guards import Form, form_value
 from service.ops.rendering import PAGE_ROWS, redirect_back, relay_of, render
@@ -22,7 +21,7 @@ async def watches_page(request: Request, session: sessions.Session) -> Response:
 
     async def listed(wanted: WatchFilter) -> list[dict[str, Any]]:
         found = await relay.store.list_watches(wanted, None, PAGE_ROWS)
-        return [watch_rules.watch_json(w, whole=False) for w in found.items]
+        return [watch_requests.watch_json(w, whole=False) for w in found.items]
 
     return render(
         request,
