@@ -59,6 +59,7 @@ from service.store.base import (
 )
 from service.store.budget import ApiBudget, BudgetState
 from service.store.filters import event_clauses
+from service.store.sqlite_checkpoint import Checkpointer
 from service.store.watch_model import (
     Decision,
     HoldLimits,
@@ -150,6 +151,8 @@ class SQLiteStore(Store):
         self._file_id: tuple[int, int] | None = None
         self._file_checked_at = 0.0
         self._lost: str | None = None
+        # WAL checkpoints run beside the writer, not inside its commits (sqlite_checkpoint).
+        self._checkpointer: Checkpointer | None = None
 
     def _connect(self) -> sqlite3.Connection:
         if self.path != ":memory:":
@@ -171,6 +174,9 @@ class SQLiteStore(Store):
                 )
         # From now on statements run on the event loop: never wait there (see the docstring).
         conn.execute("PRAGMA busy_timeout=0")
+        if self.path != ":memory:":
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer's job
+            self._checkpointer = Checkpointer(self.path)
         return conn
 
     # -- the database file ----------------------------------------------------------------------
@@ -276,9 +282,10 @@ class SQLiteStore(Store):
         done = self._loop.run_in_executor(self._committer, self._commit, conn)
         done.add_done_callback(lambda result: self._committed(conn, batch, result))
 
-    @staticmethod
-    def _commit(conn: sqlite3.Connection) -> None:
+    def _commit(self, conn: sqlite3.Connection) -> None:
         conn.execute("COMMIT")
+        if self._checkpointer is not None:
+            self._checkpointer.finish_in_writer(conn)
 
     def _committed(
         self, conn: sqlite3.Connection, batch: list[_Op], result: asyncio.Future[None]
@@ -289,6 +296,8 @@ class SQLiteStore(Store):
             self._fail(conn, batch, exc)
         elif exc is not None:  # not SQLite's: a bug; fail the batch loudly, keep serving
             self._fail(conn, batch, sqlite3.Error(repr(exc)))
+        if self._checkpointer is not None:
+            self._checkpointer.after_commit()
         # The next batch first: its statements run and its commit starts before this batch's
         # callers are answered, so the next fsync overlaps with sending their answers (answering
         # first left the disk idle for as long as that took, and the loop idle behind it).
@@ -408,6 +417,9 @@ class SQLiteStore(Store):
             self._flush()
             await asyncio.sleep(0.001)
         self._committer.shutdown(wait=True)
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
         self._conn.close()
         self._conn = None
 
