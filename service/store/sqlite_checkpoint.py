@@ -2,10 +2,10 @@
 
 By default SQLite checkpoints inside the COMMIT that takes the WAL past 1,000 pages: that
 commit also copies the WAL's pages into the database file and fsyncs it before it returns. The
-store commits one batch at a time (group commit, ``service.store.sqlite``), so every callback
-arriving meanwhile waits for that copy on top of its own fsync. Measured at 1,000 callbacks/s
-(about 3 WAL pages a callback): a checkpoint in about 3 commits a second, each such commit
-taking 1.5-22 ms where the others take about 1 ms; a stall the durable baseline of
+store commits one batch at a time (group commit, ``service.store.sqlite_commit``), so every
+callback arriving meanwhile waits for that copy on top of its own fsync. Measured at 1,000
+callbacks/s (about 3 WAL pages a callback): a checkpoint in about 3 commits a second, each such
+commit taking 1.5-22 ms where the others take about 1 ms; a stall the durable baseline of
 ``bench/ingest`` (append + fsync, nothing else) does not have.
 
 So the writer's automatic checkpoint is off (``PRAGMA wal_autocheckpoint=0``) and a
