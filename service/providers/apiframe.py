@@ -24,15 +24,14 @@ from service.events import Normalized, Output
 from service.providers.base import (
     InvalidSignature,
     Provider,
-    error_from,
     job_update,
     media_type_of,
     media_type_of_name,
     output,
-    progress_from,
     require_object,
     status_from,
     task_id_from,
+    task_report,
     text_or_none,
     unique,
     urls_to_outputs,
@@ -147,18 +146,17 @@ class Apiframe(Provider):
             status, unknown = self.map_status(raw_status)
         model = text_or_none(body.get("model")) or text_or_none(body.get("task_type"))
         kept = unique(outputs)
-        return Normalized(
+        return task_report(
+            "Apiframe",
             task_id=task_id,
+            raw_status=raw_status,
             status=status,
-            progress=progress_from(body.get("percentage", body.get("progress"))),
-            model=model,
-            media_type=media_type_of(kept),
+            unknown=unknown,
             outputs=kept,
-            error=error_from(body.get("error") or body.get("message"), status, "Apiframe")
-            if status in ("failed", "canceled")
-            else None,
-            raw_status=raw_status if isinstance(raw_status, str) else None,
-            unknown_status=unknown,
+            media_type=media_type_of(kept),
+            progress=body.get("percentage", body.get("progress")),
+            model=model,
+            error=body.get("error") or body.get("message"),
         )
 
 

@@ -286,6 +286,37 @@ def error_from(value: Any, status: str, provider: str) -> dict[str, str] | None:
     return None
 
 
+def task_report(
+    provider_label: str,
+    *,
+    task_id: str,
+    raw_status: Any,
+    status: str,
+    unknown: bool,
+    outputs: tuple[Output, ...],
+    media_type: str | None,
+    progress: Any,
+    model: str | None,
+    error: Any,
+) -> Normalized:
+    """The ``Normalized`` of what a provider reported on a task, once its fields are picked:
+    ``progress`` read as a percentage, ``error`` kept only when the task failed or was canceled
+    (a failure always gets one), ``raw_status`` kept when it is text."""
+    return Normalized(
+        task_id=task_id,
+        status=status,
+        progress=progress_from(progress),
+        model=model,
+        media_type=media_type,
+        outputs=outputs,
+        error=error_from(error, status, provider_label)
+        if status in ("failed", "canceled")
+        else None,
+        raw_status=raw_status if isinstance(raw_status, str) else None,
+        unknown_status=unknown,
+    )
+
+
 def job_update(
     provider_label: str,
     body: dict[str, Any],
@@ -298,16 +329,15 @@ def job_update(
 ) -> Normalized:
     """The ``Normalized`` of a job object with ``progress``, ``model`` and ``error`` fields
     (Apiframe v2, Rivya): one media type if all outputs agree, an error only when it failed."""
-    return Normalized(
+    return task_report(
+        provider_label,
         task_id=task_id,
+        raw_status=raw_status,
         status=status,
-        progress=progress_from(body.get("progress")),
-        model=text_or_none(body.get("model")),
-        media_type=media_type_of(outputs),
+        unknown=unknown,
         outputs=outputs,
-        error=error_from(body.get("error"), status, provider_label)
-        if status in ("failed", "canceled")
-        else None,
-        raw_status=raw_status if isinstance(raw_status, str) else None,
-        unknown_status=unknown,
+        media_type=media_type_of(outputs),
+        progress=body.get("progress"),
+        model=text_or_none(body.get("model")),
+        error=body.get("error"),
     )

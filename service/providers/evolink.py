@@ -7,14 +7,13 @@ from typing import Any
 from service.events import Normalized
 from service.providers.base import (
     Provider,
-    error_from,
     media_type_from,
     media_type_of,
     output,
-    progress_from,
     require_object,
     status_from,
     task_id_from,
+    task_report,
     text_or_none,
     unique,
     urls_to_outputs,
@@ -64,16 +63,15 @@ class Evolink(Provider):
                 if isinstance(item, dict) and text_or_none(item.get("audio_url"))
             ]
         kept = unique(outputs)
-        return Normalized(
+        return task_report(
+            "Evolink",
             task_id=task_id,
+            raw_status=raw_status,
             status=status,
-            progress=progress_from(body.get("progress")),
-            model=text_or_none(body.get("model")),
-            media_type=media_type_of(kept, said),
+            unknown=unknown,
             outputs=kept,
-            error=error_from(error, status, "Evolink")
-            if status in ("failed", "canceled")
-            else None,
-            raw_status=raw_status if isinstance(raw_status, str) else None,
-            unknown_status=unknown,
+            media_type=media_type_of(kept, said),
+            progress=body.get("progress"),
+            model=text_or_none(body.get("model")),
+            error=error,
         )

@@ -14,12 +14,11 @@ from typing import Any
 from service.events import Normalized, Output
 from service.providers.base import (
     Provider,
-    error_from,
     output,
-    progress_from,
     require_object,
     status_from,
     task_id_from,
+    task_report,
     text_or_none,
     unique,
     urls_to_outputs,
@@ -58,16 +57,15 @@ class ReveArt(Provider):
         metadata = body.get("metadata")
         if not isinstance(metadata, dict):
             metadata = {}
-        return Normalized(
+        return task_report(
+            "Reve Art",
             task_id=task_id,
+            raw_status=raw_status,
             status=status,
-            progress=progress_from(body.get("progress")),
-            model=text_or_none(metadata.get("model")) or text_or_none(body.get("model")),
-            media_type="image",
+            unknown=unknown,
             outputs=unique(outputs),
-            error=error_from(body.get("error") or body.get("message"), status, "Reve Art")
-            if status in ("failed", "canceled")
-            else None,
-            raw_status=raw_status if isinstance(raw_status, str) else None,
-            unknown_status=unknown,
+            media_type="image",
+            progress=body.get("progress"),
+            model=text_or_none(metadata.get("model")) or text_or_none(body.get("model")),
+            error=body.get("error") or body.get("message"),
         )
