@@ -24,6 +24,7 @@ from service.events import Normalized, Output
 from service.providers.base import (
     InvalidSignature,
     Provider,
+    StatusWord,
     job_update,
     media_type_of,
     media_type_of_name,
@@ -119,14 +120,12 @@ class Apiframe(Provider):
                 "failed": "FAILED",
                 "progress": "PROCESSING",
             }.get(body["event"].lower())
-        status, unknown = self.map_status(raw_status)
+        word = self.map_status(raw_status)
         return job_update(
             "Apiframe",
             body,
             task_id=task_id,
-            raw_status=raw_status,
-            status=status,
-            unknown=unknown,
+            word=word,
             outputs=_v2_outputs(body.get("result"), media_type_of_name(body.get("model"))),
         )
 
@@ -141,17 +140,15 @@ class Apiframe(Provider):
         outputs += urls_to_outputs(body.get("songs"), "audio")
         raw_status = status_from(body)
         if raw_status is None and outputs:
-            status, unknown = "succeeded", False  # v1 results may carry no status at all
+            word = StatusWord(None, "succeeded")  # v1 results may carry no status at all
         else:
-            status, unknown = self.map_status(raw_status)
+            word = self.map_status(raw_status)
         model = text_or_none(body.get("model")) or text_or_none(body.get("task_type"))
         kept = unique(outputs)
         return task_report(
             "Apiframe",
             task_id=task_id,
-            raw_status=raw_status,
-            status=status,
-            unknown=unknown,
+            word=word,
             outputs=kept,
             media_type=media_type_of(kept),
             progress=body.get("percentage", body.get("progress")),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from service.events import Normalized
@@ -38,15 +39,14 @@ class Evolink(Provider):
     def normalize(self, payload: Any) -> Normalized:
         body = require_object(payload)
         task_id = task_id_from(body, "id", "task_id")
-        raw_status = status_from(body)
-        status, unknown = self.map_status(raw_status)
+        word = self.map_status(status_from(body))
         error = body.get("error")
         if (
-            status == "failed"
+            word.status == "failed"
             and isinstance(error, dict)
             and error.get("code") == "request_cancelled"
         ):
-            status = "canceled"
+            word = replace(word, status="canceled")
         # What the task makes: its object ("image.generation.task") says it best; its type
         # may say "text" (Suno's lyrics stage) even where the results are files.
         kind = body.get("object")
@@ -66,9 +66,7 @@ class Evolink(Provider):
         return task_report(
             "Evolink",
             task_id=task_id,
-            raw_status=raw_status,
-            status=status,
-            unknown=unknown,
+            word=word,
             outputs=kept,
             media_type=media_type_of(kept, said),
             progress=body.get("progress"),

@@ -47,8 +47,7 @@ class ReveArt(Provider):
     def normalize(self, payload: Any) -> Normalized:
         body = require_object(payload)
         task_id = task_id_from(body, "id", "image_id")
-        raw_status = status_from(body)
-        status, unknown = self.map_status(raw_status)
+        word = self.map_status(status_from(body))
         outputs: list[Output] = []
         url = text_or_none(body.get("url"))
         if url:
@@ -60,9 +59,7 @@ class ReveArt(Provider):
         return task_report(
             "Reve Art",
             task_id=task_id,
-            raw_status=raw_status,
-            status=status,
-            unknown=unknown,
+            word=word,
             outputs=unique(outputs),
             media_type="image",
             progress=body.get("progress"),
