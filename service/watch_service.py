@@ -182,7 +182,6 @@ class WatchService:
                     )
                 judged = True
         elif answer.outcome == "invalid":
-            metrics.count_poll(watch.provider, "invalid")
             return await self._reject(
                 watch,
                 now,
@@ -200,7 +199,6 @@ class WatchService:
                 **fields,
             )
             if not_found >= NOT_FOUND_LIMIT:
-                metrics.count_poll(watch.provider, "not_found")
                 return await self._reject(
                     watch,
                     now,
@@ -336,7 +334,9 @@ class WatchService:
 
         A watch created by a held callback emits nothing (the API confirmed nothing): it ends
         suspect. A client's watch emits ``generation.failed`` (``code``), without the metadata
-        of a callback URL whose held callback was not confirmed."""
+        of a callback URL whose held callback was not confirmed. The poll is counted under
+        the ``answer``'s outcome (``invalid`` or ``not_found``)."""
+        metrics.count_poll(watch.provider, answer.outcome)
         fields = watch.log_fields()
         suspect = self._unconfirmed(watch, code)
         if watch.held_status is not None:
