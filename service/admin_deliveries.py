@@ -9,7 +9,7 @@ from service import replays, subscribers
 from service.errors import NotFound
 from service.http.query import parse_time
 from service.http.responses import JSONResponse
-from service.operations import Call, NoBody, NoQuery, operation
+from service.operations import NO_SUCH, Call, NoBody, NoQuery, operation
 from service.shapes.base import present
 from service.shapes.deliveries import (
     DeliveryDetail,
@@ -25,7 +25,6 @@ from service.shapes.replays import ForceQuery
 from service.store.base import DeliveryFilter
 
 TAG = "deliveries"
-NO_SUCH = {404: "`not_found`."}
 DISABLED = "`subscriber_disabled`: enable the subscriber first."
 #: Why a replay or redelivery about one subscriber is refused.
 HELD_BACK = (

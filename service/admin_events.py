@@ -10,7 +10,7 @@ from service.admin_deliveries import HELD_BACK
 from service.errors import InvalidInput, NotFound
 from service.http.query import parse_time
 from service.http.responses import JSONResponse
-from service.operations import Call, NoBody, NoQuery, operation
+from service.operations import NO_SUCH, Call, NoBody, NoQuery, operation
 from service.shapes.base import present
 from service.shapes.events import (
     EventPage,
@@ -23,7 +23,6 @@ from service.shapes.replays import ForceQuery
 from service.store.base import EventFilter
 
 TAG = "events"
-NO_SUCH = {404: "`not_found`."}
 
 
 @operation(

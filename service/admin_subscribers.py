@@ -7,7 +7,7 @@ from starlette.responses import Response
 from service import subscribers
 from service.errors import NotFound
 from service.http.responses import JSONResponse
-from service.operations import Call, NoBody, NoQuery, operation
+from service.operations import NO_SUCH, Call, NoBody, NoQuery, operation
 from service.shapes.base import present
 from service.shapes.subscribers import (
     NewSubscriber,
@@ -21,7 +21,6 @@ from service.shapes.subscribers import (
 from service.targets import TargetPolicy
 
 TAG = "subscribers"
-NO_SUCH = {404: "`not_found`."}
 SSRF = "`target_not_allowed`, `target_unresolvable`: the SSRF policy refuses the URL."
 
 

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from service import suspects, watch_requests
 from service.errors import NotFound
 from service.http.responses import JSONResponse
-from service.operations import Call, NoBody, NoQuery, operation
+from service.operations import NO_SUCH, Call, NoBody, NoQuery, operation
 from service.shapes.base import present
 from service.shapes.watches import (
     ConflictResolution,
@@ -31,7 +31,6 @@ from service.store.budget import BudgetState
 from service.store.watch_model import WatchFilter
 
 TAG = "watches"
-NO_SUCH = {404: "`not_found`."}
 
 
 @operation(

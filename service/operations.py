@@ -56,6 +56,8 @@ class Call(Generic[Q, B]):
 
 Handler = Callable[[Call[Any, Any]], Awaitable[Response]]
 
+#: The documented error of an operation on one resource named in its path, when there is none.
+NO_SUCH: Mapping[int, str] = {404: "`not_found`."}
 #: What a successful answer carries: a shape, a raw JSON Schema, or nothing (204).
 Content = type[msgspec.Struct] | dict[str, Any] | None
 

@@ -84,9 +84,7 @@ async def decide(relay: Relay, watch_id: str, decision: str, decided_by: str) ->
     metrics.count_decision(watch.provider, decision)
     log.warning(
         "suspect_callback_decided",
-        watch_id=watch.id,
-        provider=watch.provider,
-        task_id=watch.task_id,
+        **watch.log_fields(),
         decision=decision,
         decided_by=decided_by,
         reason=watch.suspect,

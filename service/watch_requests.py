@@ -293,9 +293,7 @@ async def resolve_conflict(relay: Relay, watch_id: str, url_id: str | None) -> W
         raise NoConflict()
     log.info(
         "attribution_resolved",
-        watch_id=watch.id,
-        provider=watch.provider,
-        task_id=watch.task_id,
+        **watch.log_fields(),
         url_id=url_id,
     )
     relay.on_watch_due()

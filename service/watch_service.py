@@ -100,9 +100,7 @@ class WatchService:
 
     async def _poll_failed(self, watch: Watch, exc: Exception) -> PollRecord:
         """An unexpected failure: a failed poll with the back-off, as a 503 would be."""
-        log.exception(
-            "watch_poll_error", watch_id=watch.id, provider=watch.provider, task_id=watch.task_id
-        )
+        log.exception("watch_poll_error", **watch.log_fields())
         metrics.count_poll(watch.provider, "error")
         error = f"the poll failed ({type(exc).__name__}); see the relay's log"
         now = self.relay.clock()
@@ -122,7 +120,7 @@ class WatchService:
     async def _poll(self, watch: Watch) -> PollRecord:
         answer = await self.clients.fetch(watch.provider, watch.task_id)
         now = self.relay.clock()
-        fields = {"watch_id": watch.id, "provider": watch.provider, "task_id": watch.task_id}
+        fields = watch.log_fields()
         status: str | None = None
         suspect: str | None = None
         #: A status word the relay does not know: the watch polls at its slowest, flagged.
@@ -184,7 +182,6 @@ class WatchService:
                     )
                 judged = True
         elif answer.outcome == "invalid":
-            metrics.count_poll(watch.provider, "invalid")
             return await self._reject(
                 watch,
                 now,
@@ -202,7 +199,6 @@ class WatchService:
                 **fields,
             )
             if not_found >= NOT_FOUND_LIMIT:
-                metrics.count_poll(watch.provider, "not_found")
                 return await self._reject(
                     watch,
                     now,
@@ -276,9 +272,7 @@ class WatchService:
             return False
         log.warning(
             "attribution_conflict",
-            watch_id=watch.id,
-            provider=watch.provider,
-            task_id=watch.task_id,
+            **watch.log_fields(),
             reason="callbacks came through several callback URLs; an operator resolves it",
         )
         return True
@@ -317,9 +311,7 @@ class WatchService:
             pass
         confirmed_urls = {output.url for output in confirmed.outputs}
         fields = {
-            "watch_id": watch.id,
-            "provider": watch.provider,
-            "task_id": watch.task_id,
+            **watch.log_fields(),
             "callback_status": watch.held_status,
             "api_status": confirmed.status,
         }
@@ -342,8 +334,10 @@ class WatchService:
 
         A watch created by a held callback emits nothing (the API confirmed nothing): it ends
         suspect. A client's watch emits ``generation.failed`` (``code``), without the metadata
-        of a callback URL whose held callback was not confirmed."""
-        fields = {"watch_id": watch.id, "provider": watch.provider, "task_id": watch.task_id}
+        of a callback URL whose held callback was not confirmed. The poll is counted under
+        the ``answer``'s outcome (``invalid`` or ``not_found``)."""
+        metrics.count_poll(watch.provider, answer.outcome)
+        fields = watch.log_fields()
         suspect = self._unconfirmed(watch, code)
         if watch.held_status is not None:
             log.warning(
@@ -409,9 +403,7 @@ class WatchService:
             )
         log.warning(
             "watch_expired",
-            watch_id=watch.id,
-            provider=watch.provider,
-            task_id=watch.task_id,
+            **watch.log_fields(),
             event_id=event_id,
             suspect=suspect,
         )

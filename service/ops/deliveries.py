@@ -17,7 +17,7 @@ from service.errors import RelayError
 from service.http import parse_time
 from service.ops import session as sessions
 from service.ops.guards import Form, form_value
-from service.ops.rendering import PAGE_ROWS, message, redirect_back, relay_of, render
+from service.ops.rendering import PAGE_ROWS, message, redirect_back, relay_of, render, render_list
 from service.providers import PROVIDERS
 from service.store.base import DeliveryFilter
 
@@ -74,22 +74,19 @@ async def deliveries_page(request: Request, session: sessions.Session) -> Respon
             PAGE_ROWS,
         )
     page_subscribers = await relay.store.list_subscribers(None, 500)
-    return render(
+    return render_list(
         request,
         "deliveries.html",
+        ("items", items),
+        values,
+        error,
         {
-            "items": items,
-            "filters": values,
-            "error": error,
-            "more": len(items) == PAGE_ROWS,
-            "page_rows": PAGE_ROWS,
             "statuses": (*DELIVERY_STATUSES, "any"),
             "providers": sorted(PROVIDERS),
             "subscribers": page_subscribers.items,
             "back": str(request.url.path) + (f"?{request.url.query}" if request.url.query else ""),
         },
-        status_code=400 if error else 200,
-        session=session,
+        session,
     )
 
 

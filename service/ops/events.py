@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from service.events import STATUSES
 from service.ops import session as sessions
-from service.ops.rendering import PAGE_ROWS, message, redirect, relay_of, render
+from service.ops.rendering import PAGE_ROWS, message, redirect, relay_of, render, render_list
 from service.providers import PROVIDERS
 from service.store.base import DeliveryFilter, EventFilter
 
@@ -44,20 +44,14 @@ async def events_page(request: Request, session: sessions.Session) -> Response:
             PAGE_ROWS,
         )
         events = [json.loads(item) for item in found.items]
-    return render(
+    return render_list(
         request,
         "events.html",
-        {
-            "events": events,
-            "filters": values,
-            "error": error,
-            "more": len(events) == PAGE_ROWS,
-            "page_rows": PAGE_ROWS,
-            "providers": sorted(PROVIDERS),
-            "statuses": STATUSES,
-        },
-        status_code=400 if error else 200,
-        session=session,
+        ("events", events),
+        values,
+        error,
+        {"providers": sorted(PROVIDERS), "statuses": STATUSES},
+        session,
     )
 
 

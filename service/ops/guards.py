@@ -49,13 +49,20 @@ def form_value(form: Form, key: str, default: str = "") -> str:
     return values[0] if values else default
 
 
+async def verified_session(request: Request) -> sessions.Session | None:
+    """The console session the request's cookie carries, checked against the store with the
+    relay's settings and clock (``session.verify``); raises ``RelayError`` if the store cannot
+    say."""
+    relay = relay_of(request)
+    return await sessions.verify(request, relay.settings, relay.store, relay.clock)
+
+
 def page(handler: PageHandler) -> Endpoint:
     """A GET page for signed-in operators; others are sent to sign in."""
 
     async def endpoint(request: Request) -> Response:
-        relay = relay_of(request)
         try:
-            session = await sessions.verify(request, relay.settings, relay.store, relay.clock)
+            session = await verified_session(request)
         except RelayError as exc:  # the store cannot say whether the session is live
             return unavailable(request, exc)
         if session is None or not session.signed_in:
@@ -73,9 +80,8 @@ def action(handler: FormHandler) -> Endpoint:
     """A POST from a console form: a signed-in session and its CSRF token are required."""
 
     async def endpoint(request: Request) -> Response:
-        relay = relay_of(request)
         try:
-            session = await sessions.verify(request, relay.settings, relay.store, relay.clock)
+            session = await verified_session(request)
         except RelayError as exc:
             return unavailable(request, exc)
         if session is None or not session.signed_in:

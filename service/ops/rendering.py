@@ -156,6 +156,35 @@ def render(
     return response
 
 
+def render_list(
+    request: Request,
+    name: str,
+    rows: tuple[str, list[dict[str, Any]]],
+    filters: dict[str, str],
+    error: str | None,
+    context: dict[str, Any],
+    session: sessions.Session,
+) -> Response:
+    """A list page filtered by what the operator typed: ``rows`` (its key in the template and
+    the newest ``PAGE_ROWS`` at most, ``more`` when there may be older ones), the ``filters``
+    as typed, and ``error``, a 400 page, when one of them is wrong."""
+    key, items = rows
+    return render(
+        request,
+        name,
+        {
+            key: items,
+            "filters": filters,
+            "error": error,
+            "more": len(items) == PAGE_ROWS,
+            "page_rows": PAGE_ROWS,
+            **context,
+        },
+        status_code=400 if error else 200,
+        session=session,
+    )
+
+
 def message(
     request: Request,
     title: str,

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from service.errors import RelayError
 from service.http import client_ip
 from service.ops import session as sessions
-from service.ops.guards import SIGN_IN_FORM_BYTES, form_value, read_form
+from service.ops.guards import SIGN_IN_FORM_BYTES, form_value, read_form, verified_session
 from service.ops.rendering import redirect, relay_of, render, safe_back, unavailable
 
 log = structlog.get_logger("service.ops")
@@ -26,11 +26,11 @@ throttle = sessions.SignInThrottle()
 
 
 async def sign_in_page(request: Request) -> Response:
-    relay = relay_of(request)
     try:
-        session = await sessions.verify(request, relay.settings, relay.store, relay.clock)
+        session = await verified_session(request)
     except RelayError as exc:
         return unavailable(request, exc)
+    relay = relay_of(request)
     next_path = safe_back(request.query_params.get("next"))
     if session is not None and session.signed_in:
         return redirect(next_path)

@@ -24,15 +24,15 @@ from service.events import Normalized, Output
 from service.providers.base import (
     InvalidSignature,
     Provider,
-    error_from,
+    StatusWord,
     job_update,
     media_type_of,
     media_type_of_name,
     output,
-    progress_from,
     require_object,
     status_from,
     task_id_from,
+    task_report,
     text_or_none,
     unique,
     urls_to_outputs,
@@ -120,14 +120,12 @@ class Apiframe(Provider):
                 "failed": "FAILED",
                 "progress": "PROCESSING",
             }.get(body["event"].lower())
-        status, unknown = self.map_status(raw_status)
+        word = self.map_status(raw_status)
         return job_update(
             "Apiframe",
             body,
             task_id=task_id,
-            raw_status=raw_status,
-            status=status,
-            unknown=unknown,
+            word=word,
             outputs=_v2_outputs(body.get("result"), media_type_of_name(body.get("model"))),
         )
 
@@ -142,23 +140,20 @@ class Apiframe(Provider):
         outputs += urls_to_outputs(body.get("songs"), "audio")
         raw_status = status_from(body)
         if raw_status is None and outputs:
-            status, unknown = "succeeded", False  # v1 results may carry no status at all
+            word = StatusWord(None, "succeeded")  # v1 results may carry no status at all
         else:
-            status, unknown = self.map_status(raw_status)
+            word = self.map_status(raw_status)
         model = text_or_none(body.get("model")) or text_or_none(body.get("task_type"))
         kept = unique(outputs)
-        return Normalized(
+        return task_report(
+            "Apiframe",
             task_id=task_id,
-            status=status,
-            progress=progress_from(body.get("percentage", body.get("progress"))),
-            model=model,
-            media_type=media_type_of(kept),
+            word=word,
             outputs=kept,
-            error=error_from(body.get("error") or body.get("message"), status, "Apiframe")
-            if status in ("failed", "canceled")
-            else None,
-            raw_status=raw_status if isinstance(raw_status, str) else None,
-            unknown_status=unknown,
+            media_type=media_type_of(kept),
+            progress=body.get("percentage", body.get("progress")),
+            model=model,
+            error=body.get("error") or body.get("message"),
         )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from service.errors import InvalidPayload, Unauthorized
@@ -21,6 +22,18 @@ class InvalidSignature(Unauthorized):
     """The callback's signature is missing or does not match its body."""
 
     code = "invalid_signature"
+
+
+@dataclass(frozen=True, slots=True)
+class StatusWord:
+    """A provider's status word and what it means to the relay."""
+
+    #: The word as the provider sent it, when it sent one as text.
+    raw: str | None
+    #: The relay's status.
+    status: str
+    #: True when the relay does not know the word (the status is then ``running``).
+    unknown: bool = False
 
 
 class Provider:
@@ -60,19 +73,19 @@ class Provider:
         """
         raise NotImplementedError
 
-    def map_status(self, raw: Any) -> tuple[str, bool]:
-        """(relay status, unknown?) for the provider's word, compared in lower case with ``-``
-        and spaces read as ``_``: the provider's own words first, then the failure and cancel
-        words any provider may use (``ENDINGS``). Unknown words map to running."""
+    def map_status(self, raw: Any) -> StatusWord:
+        """What the provider's word means, compared in lower case with ``-`` and spaces read as
+        ``_``: the provider's own words first, then the failure and cancel words any provider
+        may use (``ENDINGS``). Unknown words (and a missing one) map to running."""
         if not isinstance(raw, str):
-            return "running", True
+            return StatusWord(None, "running", unknown=True)
         word = raw.strip().lower()
         status = self.statuses.get(word)
         if status is None:
             status = ENDINGS.get(word.replace("-", "_").replace(" ", "_"))
         if status is None:
-            return "running", True
-        return status, False
+            return StatusWord(raw, "running", unknown=True)
+        return StatusWord(raw, status)
 
 
 #: Words that end a task, from any provider: none of the pages lists a failure word beyond
@@ -286,28 +299,52 @@ def error_from(value: Any, status: str, provider: str) -> dict[str, str] | None:
     return None
 
 
+def task_report(
+    provider_label: str,
+    *,
+    task_id: str,
+    word: StatusWord,
+    outputs: tuple[Output, ...],
+    media_type: str | None,
+    progress: Any,
+    model: str | None,
+    error: Any,
+) -> Normalized:
+    """The ``Normalized`` of what a provider reported on a task, once its fields are picked:
+    ``progress`` read as a percentage, ``error`` kept only when the task failed or was canceled
+    (a failure always gets one)."""
+    return Normalized(
+        task_id=task_id,
+        status=word.status,
+        progress=progress_from(progress),
+        model=model,
+        media_type=media_type,
+        outputs=outputs,
+        error=error_from(error, word.status, provider_label)
+        if word.status in ("failed", "canceled")
+        else None,
+        raw_status=word.raw,
+        unknown_status=word.unknown,
+    )
+
+
 def job_update(
     provider_label: str,
     body: dict[str, Any],
     *,
     task_id: str,
-    raw_status: Any,
-    status: str,
-    unknown: bool,
+    word: StatusWord,
     outputs: tuple[Output, ...],
 ) -> Normalized:
     """The ``Normalized`` of a job object with ``progress``, ``model`` and ``error`` fields
     (Apiframe v2, Rivya): one media type if all outputs agree, an error only when it failed."""
-    return Normalized(
+    return task_report(
+        provider_label,
         task_id=task_id,
-        status=status,
-        progress=progress_from(body.get("progress")),
-        model=text_or_none(body.get("model")),
-        media_type=media_type_of(outputs),
+        word=word,
         outputs=outputs,
-        error=error_from(body.get("error"), status, provider_label)
-        if status in ("failed", "canceled")
-        else None,
-        raw_status=raw_status if isinstance(raw_status, str) else None,
-        unknown_status=unknown,
+        media_type=media_type_of(outputs),
+        progress=body.get("progress"),
+        model=text_or_none(body.get("model")),
+        error=body.get("error"),
     )

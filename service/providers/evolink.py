@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from service.events import Normalized
 from service.providers.base import (
     Provider,
-    error_from,
     media_type_from,
     media_type_of,
     output,
-    progress_from,
     require_object,
     status_from,
     task_id_from,
+    task_report,
     text_or_none,
     unique,
     urls_to_outputs,
@@ -39,15 +39,14 @@ class Evolink(Provider):
     def normalize(self, payload: Any) -> Normalized:
         body = require_object(payload)
         task_id = task_id_from(body, "id", "task_id")
-        raw_status = status_from(body)
-        status, unknown = self.map_status(raw_status)
+        word = self.map_status(status_from(body))
         error = body.get("error")
         if (
-            status == "failed"
+            word.status == "failed"
             and isinstance(error, dict)
             and error.get("code") == "request_cancelled"
         ):
-            status = "canceled"
+            word = replace(word, status="canceled")
         # What the task makes: its object ("image.generation.task") says it best; its type
         # may say "text" (Suno's lyrics stage) even where the results are files.
         kind = body.get("object")
@@ -64,16 +63,13 @@ class Evolink(Provider):
                 if isinstance(item, dict) and text_or_none(item.get("audio_url"))
             ]
         kept = unique(outputs)
-        return Normalized(
+        return task_report(
+            "Evolink",
             task_id=task_id,
-            status=status,
-            progress=progress_from(body.get("progress")),
-            model=text_or_none(body.get("model")),
-            media_type=media_type_of(kept, said),
+            word=word,
             outputs=kept,
-            error=error_from(error, status, "Evolink")
-            if status in ("failed", "canceled")
-            else None,
-            raw_status=raw_status if isinstance(raw_status, str) else None,
-            unknown_status=unknown,
+            media_type=media_type_of(kept, said),
+            progress=body.get("progress"),
+            model=text_or_none(body.get("model")),
+            error=error,
         )

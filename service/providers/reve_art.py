@@ -14,12 +14,11 @@ from typing import Any
 from service.events import Normalized, Output
 from service.providers.base import (
     Provider,
-    error_from,
     output,
-    progress_from,
     require_object,
     status_from,
     task_id_from,
+    task_report,
     text_or_none,
     unique,
     urls_to_outputs,
@@ -48,8 +47,7 @@ class ReveArt(Provider):
     def normalize(self, payload: Any) -> Normalized:
         body = require_object(payload)
         task_id = task_id_from(body, "id", "image_id")
-        raw_status = status_from(body)
-        status, unknown = self.map_status(raw_status)
+        word = self.map_status(status_from(body))
         outputs: list[Output] = []
         url = text_or_none(body.get("url"))
         if url:
@@ -58,16 +56,13 @@ class ReveArt(Provider):
         metadata = body.get("metadata")
         if not isinstance(metadata, dict):
             metadata = {}
-        return Normalized(
+        return task_report(
+            "Reve Art",
             task_id=task_id,
-            status=status,
-            progress=progress_from(body.get("progress")),
-            model=text_or_none(metadata.get("model")) or text_or_none(body.get("model")),
-            media_type="image",
+            word=word,
             outputs=unique(outputs),
-            error=error_from(body.get("error") or body.get("message"), status, "Reve Art")
-            if status in ("failed", "canceled")
-            else None,
-            raw_status=raw_status if isinstance(raw_status, str) else None,
-            unknown_status=unknown,
+            media_type="image",
+            progress=body.get("progress"),
+            model=text_or_none(metadata.get("model")) or text_or_none(body.get("model")),
+            error=body.get("error") or body.get("message"),
         )

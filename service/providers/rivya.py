@@ -124,14 +124,12 @@ class Rivya(Provider):
         raw_status = status_from(body)
         if raw_status is None and event_type is not None:
             raw_status = event_type.removeprefix("generation.")
-        status, unknown = self.map_status(raw_status)
+        word = self.map_status(raw_status)
         return job_update(
             "Rivya",
             body,
             task_id=task_id,
-            raw_status=raw_status,
-            status=status,
-            unknown=unknown,
+            word=word,
             outputs=_outputs(body.get("result"), media_type_of_name(body.get("model"))),
         )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.store.records import DeliveryFilter, EventFilter
+from service.store.rows import DELIVERY_COLUMNS, qualified
 from service.store.watch_model import DECIDABLE, WatchFilter
 
 
@@ -93,7 +94,19 @@ def watch_clauses(filters: WatchFilter, mark: str) -> tuple[list[str], list[Any]
     return clauses, params
 
 
-def newer_column(mark: str) -> str:
-    """The console's delivery details' last column: for a failed delivery (alias ``d``), the
-    one that holds back its replay (``Store.replay``), else NULL. One parameter: now."""
-    return f"CASE WHEN d.status = 'failed' THEN {newer_delivery(mark, table='d')} END"
+def delivery_details_query(
+    filters: DeliveryFilter, mark: str, *, provider: str | None, limit: int, now: float
+) -> tuple[str, list[Any]]:
+    """The console's delivery details, newest first, and the query's parameters: each row is
+    ``DELIVERY_COLUMNS`` (alias ``d``), its event's provider, task_id and status, and for a
+    failed delivery the one that holds back its replay at ``now`` (``Store.replay``), else
+    NULL (``rows.details_json`` reads them)."""
+    clauses, params = delivery_clauses(filters, mark, table="d", provider=provider)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    newer = f"CASE WHEN d.status = 'failed' THEN {newer_delivery(mark, table='d')} END"
+    sql = (
+        f"SELECT {qualified(DELIVERY_COLUMNS, 'd')}, e.provider, e.task_id, e.status, {newer}"
+        f" FROM deliveries d LEFT JOIN events e ON e.id = d.event_id {where}"
+        f" ORDER BY d.seq DESC LIMIT {mark}"
+    )
+    return sql, [now, *params, limit]

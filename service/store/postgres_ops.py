@@ -9,20 +9,16 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from service.store.filters import delivery_clauses, newer_column
+from service.store.filters import delivery_details_query
 from service.store.records import DeliveryFilter
 from service.store.rows import (
     ATTEMPT_COLUMNS,
     DELIVERY_COLUMNS,
-    attempt_json,
     delivery_json,
-    detail_json,
+    details_json,
     event_counts,
-    qualified,
 )
 from service.store.watch_model import DECIDABLE
-
-_D_COLUMNS = qualified(DELIVERY_COLUMNS, "d")
 
 
 async def activity(conn: AsyncConnection[Any], since: float) -> dict[str, Any]:
@@ -59,25 +55,18 @@ async def delivery_details(
     limit: int,
     now: float,
 ) -> list[dict[str, Any]]:
-    clauses, params = delivery_clauses(filters, "%s", table="d", provider=provider)
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    cursor = await conn.execute(
-        f"SELECT {_D_COLUMNS}, e.provider, e.task_id, e.status, {newer_column('%s')}"
-        f" FROM deliveries d LEFT JOIN events e ON e.id = d.event_id {where}"
-        " ORDER BY d.seq DESC LIMIT %s",
-        (now, *params, limit),
-    )
+    sql, params = delivery_details_query(filters, "%s", provider=provider, limit=limit, now=now)
+    cursor = await conn.execute(sql, params)
     rows = await cursor.fetchall()
-    attempts: dict[str, list[dict[str, Any]]] = {row[1]: [] for row in rows}
-    if attempts:
+    attempts: list[tuple[Any, ...]] = []
+    if rows:
         cursor = await conn.execute(
             f"SELECT delivery_id, {ATTEMPT_COLUMNS} FROM attempts"
             " WHERE delivery_id = ANY(%s::text[]) ORDER BY id",
-            (list(attempts),),
+            ([row[1] for row in rows],),
         )
-        for delivery_id, *attempt in await cursor.fetchall():
-            attempts[delivery_id].append(attempt_json(tuple(attempt)))
-    return [detail_json(tuple(row), attempts[row[1]]) for row in rows]
+        attempts = await cursor.fetchall()
+    return details_json(rows, attempts)
 
 
 async def waiting_callback_counts(conn: AsyncConnection[Any]) -> dict[str, int]:

@@ -9,7 +9,7 @@ spell differently is told apart here (a list is JSON text in SQLite, an array in
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from service.clock import rfc3339
@@ -125,9 +125,20 @@ def attempt_json(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-def detail_json(row: tuple[Any, ...], attempts: list[dict[str, Any]]) -> dict[str, Any]:
+def details_json(
+    rows: Sequence[tuple[Any, ...]], attempts: Iterable[tuple[Any, ...]]
+) -> list[dict[str, Any]]:
+    """The console's delivery details from the rows of ``filters.delivery_details_query`` and
+    their attempts' rows (``delivery_id`` then ``ATTEMPT_COLUMNS``, oldest first)."""
+    by_delivery: dict[str, list[dict[str, Any]]] = {row[1]: [] for row in rows}
+    for delivery_id, *attempt in attempts:
+        by_delivery[delivery_id].append(attempt_json(tuple(attempt)))
+    return [_detail_json(tuple(row), by_delivery[row[1]]) for row in rows]
+
+
+def _detail_json(row: tuple[Any, ...], attempts: list[dict[str, Any]]) -> dict[str, Any]:
     """A ``DELIVERY_COLUMNS`` row followed by provider, task_id and status of its event, and
-    (``newer_column``) the delivery that keeps a failed one from being replayed."""
+    the delivery that keeps a failed one from being replayed."""
     delivery = delivery_json(row)
     provider, task_id, status, newer = row[-4:]
     delivery.update(

@@ -14,22 +14,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from service.errors import StorageUnavailable
-from service.store.filters import delivery_clauses, newer_column
+from service.store.filters import delivery_details_query
 from service.store.records import DeliveryFilter
 from service.store.rows import (
     ATTEMPT_COLUMNS,
     DELIVERY_COLUMNS,
-    attempt_json,
     delivery_json,
-    detail_json,
+    details_json,
     event_counts,
-    qualified,
 )
 from service.store.watch_model import DECIDABLE
 
 T = TypeVar("T")
-
-_D_COLUMNS = qualified(DELIVERY_COLUMNS, "d")
 
 
 def read_only(path: str, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -81,24 +77,17 @@ def delivery_details(
     limit: int,
     now: float,
 ) -> list[dict[str, Any]]:
-    clauses, params = delivery_clauses(filters, "?", table="d", provider=provider)
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    rows = conn.execute(
-        f"SELECT {_D_COLUMNS}, e.provider, e.task_id, e.status, {newer_column('?')}"
-        f" FROM deliveries d LEFT JOIN events e ON e.id = d.event_id {where}"
-        " ORDER BY d.seq DESC LIMIT ?",
-        (now, *params, limit),
-    ).fetchall()
-    attempts: dict[str, list[dict[str, Any]]] = {row[1]: [] for row in rows}
-    if attempts:
-        marks = ",".join("?" * len(attempts))
-        for delivery_id, *attempt in conn.execute(
+    sql, params = delivery_details_query(filters, "?", provider=provider, limit=limit, now=now)
+    rows = conn.execute(sql, params).fetchall()
+    attempts: list[tuple[Any, ...]] = []
+    if rows:
+        marks = ",".join("?" * len(rows))
+        attempts = conn.execute(
             f"SELECT delivery_id, {ATTEMPT_COLUMNS} FROM attempts"
             f" WHERE delivery_id IN ({marks}) ORDER BY id",
-            list(attempts),
-        ):
-            attempts[delivery_id].append(attempt_json(tuple(attempt)))
-    return [detail_json(row, attempts[row[1]]) for row in rows]
+            [row[1] for row in rows],
+        ).fetchall()
+    return details_json(rows, attempts)
 
 
 def waiting_callback_counts(conn: sqlite3.Connection) -> dict[str, int]:

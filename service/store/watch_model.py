@@ -69,6 +69,10 @@ class Watch:
     decided_at: float | None = None
     decided_by: str | None = None
 
+    def log_fields(self) -> dict[str, str]:
+        """What names the watch in a log line: its id, provider and task."""
+        return {"watch_id": self.id, "provider": self.provider, "task_id": self.task_id}
+
 
 #: Why a held callback is suspect: the API answered otherwise, does not know the task, the task
 #: id cannot form a status URL, or the hold's deadline passed without the API confirming it.
