@@ -85,7 +85,7 @@ async def verify(request: Request, settings: Settings, store: Store) -> Session 
 async def start(store: Store) -> Session:
     """A new signed-in session, recorded in the store (call it at sign-in)."""
     session = Session.fresh(signed_in=True)
-    assert session.sid is not None
+    assert session.sid is not None  # noqa: S101 - narrows the type: a fresh session has an id
     await store.create_ops_session(
         session.sid, session.issued_at, session.issued_at + SESSION_SECONDS
     )
