@@ -109,8 +109,12 @@ def test_two_replicas_deliver_2000_callbacks_exactly_once(
         acked = asyncio.run(_post_all([first.base + path, second.base + path], 2000))
         assert len(acked) == 2000
         assert _wait_until(lambda: len(sink.accepted_ids()) >= 2000, timeout=60)
-        time.sleep(1.0)  # a second delivery of anything would arrive by now
-        received = [r.event_id for r in list(sink.receipts)]
+        # Nothing pending, then one more callback delivered: the workers have claimed past
+        # every earlier delivery, rather than a sleep that a slow machine outlasts.
+        assert _wait_until(lambda: first.all_deliveries("pending") == [], timeout=30)
+        marker = httpx.post(url, json=_payload(2000)).json()["event_id"]
+        assert _wait_until(lambda: marker in sink.accepted_ids(), timeout=30)
+        received = [r.event_id for r in list(sink.receipts) if r.event_id != marker]
         assert set(received) == acked
         assert len(received) == 2000, f"{len(received) - 2000} duplicates"
         assert not sink.errors
