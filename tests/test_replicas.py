@@ -177,8 +177,13 @@ def test_api_and_worker_roles_split(replicas: Callable[..., RelayProcess]) -> No
             headers=api.admin,
         ).json()["url"]
         acked = asyncio.run(_post_all([url], 20, concurrency=4))
-        time.sleep(0.5)
-        assert sink.requests == 0  # nobody delivers yet
+        # Nobody delivers yet: the API process says it runs no worker (rather than: nothing
+        # arrived within a sleep), and the 20 deliveries wait, unattempted.
+        ready = httpx.get(f"{api.base}/readyz").json()
+        assert ready["checks"]["worker"] == "not run by this process", ready
+        waiting = api.all_deliveries("pending")
+        assert len(waiting) == 20 and {d["attempt_count"] for d in waiting} == {0}
+        assert sink.requests == 0
         import subprocess
         import sys
 
