@@ -227,13 +227,13 @@ class ProviderEmulator:
     async def _answer(self, provider: str, request: Request) -> Response:
         task_id = request.path_params["task_id"]
         with self.lock:
+            self.arrivals.append((provider, task_id))
             gated = self.tasks.get((provider, task_id))
         if gated is not None and gated.gate is not None:
             await asyncio.to_thread(gated.gate.wait, 30)
         now = time.time()
         with self.lock:
             limited = self._over_limit(provider, now)
-            self.arrivals.append((provider, task_id))
             task = self.tasks.get((provider, task_id))
             fault = task.faults.pop(0) if task is not None and task.faults else None
             if fault is None and task is not None:
