@@ -169,6 +169,20 @@ class RelayServer:
                 return items
             time.sleep(0.05)
 
+    def wait_settled(self, timeout: float = 15.0) -> None:
+        """Wait until no delivery is pending: each one stored so far has been answered (or has
+        given up), so its subscriber has received all it will ever receive of it.
+
+        "Nothing more arrived" is asserted after this, against what the store holds, rather
+        than after a fixed sleep: a late delivery cannot hide behind a slow machine."""
+        deadline = time.time() + timeout
+        while True:
+            pending = self.deliveries(status="pending", limit=500)
+            if not pending or time.time() > deadline:
+                assert pending == [], f"{len(pending)} deliveries still pending"
+                return
+            time.sleep(0.02)
+
     def stop(self) -> None:
         self.client.close()
         self.thread.stop()
