@@ -30,7 +30,6 @@ import contextvars
 import json
 import os
 import sqlite3
-import sys
 import time
 from collections.abc import Callable, Mapping
 from importlib import resources
@@ -389,10 +388,6 @@ class SQLiteStore(Store):
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        # When a commit's fsync ends, the committer thread waits for the GIL; with a busy loop
-        # that wait lasts up to the switch interval (5 ms by default), and the next batch waits
-        # behind it. 1 ms bounds that at a negligible cost (only one other thread ever asks).
-        sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
         self._loop = asyncio.get_running_loop()
         try:
             self._conn = self._connect()
