@@ -10,9 +10,12 @@ token of any callback URL in it masked (``/callbacks/evolink/***``).
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import re
 import sys
+import threading
 from typing import Any, TextIO
 
 import orjson
@@ -57,12 +60,54 @@ def _orjson_text(value: Any, **_kwargs: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
+class LineWriter:
+    """structlog's logger: writes rendered lines to ``stream``, those of one event-loop
+    iteration together.
+
+    On an event loop, a line is kept until the loop's current iteration ends, then written
+    with every other line it logged, in one write and flush (a write and flush per line cost
+    about 3 us, at thousands of callbacks a second more than rendering the line). Off a loop
+    (the CLI, other threads), a line is written at once, with any a loop is about to write.
+    Lines still kept at a normal exit are written on the way out; a killed process loses at
+    most one iteration's lines.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lines: list[str] = []
+        self._lock = threading.Lock()  # (in tests, loops of several threads log)
+        atexit.register(self.flush)
+
+    def msg(self, line: str) -> None:
+        with self._lock:
+            self._lines.append(line)
+            if len(self._lines) > 1:
+                return  # the first line since the last write has arranged the next one
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop in this thread
+            self.flush()
+        else:
+            loop.call_soon(self.flush)
+
+    # The method names structlog's bound logger calls.
+    debug = info = warning = error = critical = exception = msg
+
+    def flush(self) -> None:
+        """Write the lines kept so far."""
+        with self._lock:
+            lines, self._lines = self._lines, []
+            if lines:
+                self._stream.write("\n".join(lines) + "\n")
+                self._stream.flush()
+
+
 def configure_logging(
     log_format: str = "json", level: str = "info", stream: TextIO | None = None
 ) -> None:
     """Configure structlog and the standard library's root logger to write lines of
     ``log_format`` (``json`` or ``console``) at ``level`` and above to ``stream`` (stderr by
-    default), each line written and flushed as it is logged."""
+    default), through a ``LineWriter``."""
     stream = stream if stream is not None else sys.stderr
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -83,9 +128,10 @@ def configure_logging(
     # The relay's own lines go from structlog straight to the stream (a standard library
     # LogRecord per line would cost about half of each line's time); only foreign loggers
     # (uvicorn) go through the handler below.
+    writer = LineWriter(stream)
     structlog.configure(
         processors=[*shared, *rendering],
-        logger_factory=structlog.WriteLoggerFactory(stream),
+        logger_factory=lambda *_args: writer,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
     )

@@ -8,6 +8,7 @@ format a person reads on a terminal.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import logging
@@ -26,7 +27,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from service.logs import mask_callback_path
+from service.logs import LineWriter, mask_callback_path
 from tests.conftest import EVOLINK_COMPLETED, RelayServer, bound_socket
 from tests.log_capture import PhaseStream
 from tests.subscriber_server import SubscriberServer
@@ -234,6 +235,36 @@ def test_json_lines_are_stamped_redacted_masked_and_filtered() -> None:
     assert "ValueError: posted to /callbacks/evolink/***" in failed["exception"]
     assert (foreign["event"], foreign["level"]) == ("from uvicorn", "warning")
     assert "tok.en" not in result.stdout and "s3" not in result.stdout
+
+
+class _Recording:
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_loop_iteration_s_lines_are_written_together_other_lines_at_once() -> None:
+    stream = _Recording()
+    writer = LineWriter(stream)  # type: ignore[arg-type]
+    writer.info("off a loop")
+    assert stream.writes == ["off a loop\n"]
+
+    async def log_on_a_loop() -> list[str]:
+        writer.info("one")
+        writer.info("two")
+        kept = list(stream.writes)
+        await asyncio.sleep(0)  # the iteration ends
+        return kept
+
+    kept = asyncio.run(log_on_a_loop())
+    assert kept == ["off a loop\n"]  # nothing written while the iteration ran
+    assert stream.writes == ["off a loop\n", "one\ntwo\n"]
 
 
 def test_lines_between_test_phases_wait_for_the_next_phase(
