@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import suspects, watches
+from service import suspects, watch_requests
 from service.errors import InvalidInput, NotFound
 from service.http import JSONResponse, parse_limit, read_json_object, require_admin
 from service.relay import Relay
@@ -42,8 +42,8 @@ def _relay(request: Request) -> Relay:
 
 async def create_watch(request: Request) -> Response:
     relay = _relay(request)
-    watch = await watches.create_watch(relay, await read_json_object(request))
-    return JSONResponse(watches.watch_json(watch), status_code=201)
+    watch = await watch_requests.create_watch(relay, await read_json_object(request))
+    return JSONResponse(watch_requests.watch_json(watch), status_code=201)
 
 
 async def list_watches(request: Request) -> Response:
@@ -77,7 +77,9 @@ async def list_watches(request: Request) -> Response:
     budgets: dict[str, BudgetState] = {}  # one look at each provider's budget per page
     return JSONResponse(
         {
-            "items": [await watches.watch_view(relay, w, budgets, whole=False) for w in page.items],
+            "items": [
+                await watch_requests.watch_view(relay, w, budgets, whole=False) for w in page.items
+            ],
             "next_cursor": page.next_cursor,
         }
     )
@@ -88,20 +90,20 @@ async def get_watch(request: Request) -> Response:
     watch = await relay.store.get_watch(request.path_params["watch_id"])
     if watch is None:
         raise NotFound("No watch with this id.")
-    return JSONResponse(await watches.watch_view(relay, watch))
+    return JSONResponse(await watch_requests.watch_view(relay, watch))
 
 
 async def cancel_watch(request: Request) -> Response:
     relay = _relay(request)
-    watch = await watches.cancel_watch(relay, request.path_params["watch_id"])
-    return JSONResponse(watches.watch_json(watch))
+    watch = await watch_requests.cancel_watch(relay, request.path_params["watch_id"])
+    return JSONResponse(watch_requests.watch_json(watch))
 
 
 async def resolve_conflict(request: Request) -> Response:
     relay = _relay(request)
     body = await read_json_object(request)
-    watch = await watches.resolve_conflict(relay, request.path_params["watch_id"], body)
-    return JSONResponse(await watches.watch_view(relay, watch))
+    watch = await watch_requests.resolve_conflict(relay, request.path_params["watch_id"], body)
+    return JSONResponse(await watch_requests.watch_view(relay, watch))
 
 
 async def release_suspect(request: Request) -> Response:
@@ -110,7 +112,7 @@ async def release_suspect(request: Request) -> Response:
     result = decided.result
     return JSONResponse(
         {
-            "watch": await watches.watch_view(relay, decided.watch),
+            "watch": await watch_requests.watch_view(relay, decided.watch),
             "outcome": None if result is None else result.outcome,
             "event_id": None if result is None else result.event_id,
         }
@@ -122,7 +124,7 @@ async def dismiss_suspect(request: Request) -> Response:
     decided = await suspects.decide(
         relay, request.path_params["watch_id"], "dismissed", "admin_api"
     )
-    return JSONResponse({"watch": await watches.watch_view(relay, decided.watch)})
+    return JSONResponse({"watch": await watch_requests.watch_view(relay, decided.watch)})
 
 
 routes = [

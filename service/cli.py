@@ -1,6 +1,8 @@
 """``relay``: serve the relay and operate it from a shell.
 
-Every command reads the same ``RELAY_*`` variables as the server; flags override them.
+Every command reads the same ``RELAY_*`` variables as the server; flags override them. Each
+command's parser names its handler (``set_defaults(func=...)``, see ``service.cli_command``);
+the on-call commands live beside this module (``cli_ops``, ``cli_watch``, ``cli_status``).
 """
 
 from __future__ import annotations
@@ -9,38 +11,20 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
 import signal
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from service import __version__, cli_help, cli_ops, cli_status, cli_watch
+from service.cli_args import parse_duration, parse_meta
+from service.cli_command import Command, on_relay
 from service.errors import RelayError
 from service.logs import configure_logging
 from service.relay import Relay
 from service.settings import DOCUMENTED, PREFIX, ConfigError, Settings
-
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> int:
-    """``90``, ``90s``, ``15m``, ``2h``, ``7d``, ``1w`` -> seconds."""
-    match = _DURATION.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 30m, 2h, 7d)")
-    return int(match.group(1)) * _UNITS[match.group(2)]
-
-
-def _meta(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--meta takes key=value, got {text!r}")
-    return key, value
 
 
 def _environment_help() -> str:
@@ -91,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not apply schema migrations at start [RELAY_MIGRATE_ON_START, default: true]",
     )
-    commands.add_parser("migrate", help="apply pending schema migrations, then exit")
+    migrate = commands.add_parser("migrate", help="apply pending schema migrations, then exit")
     prune = commands.add_parser("prune", help="prune what is past retention now, with progress")
     prune.add_argument(
         "--days",
@@ -101,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         " unless RELAY_FAILED_RETENTION_DAYS says otherwise",
     )
 
-    commands.add_parser("admin-token", help="print the admin API's bearer token")
+    admin_token = commands.add_parser("admin-token", help="print the admin API's bearer token")
 
     mint = commands.add_parser("mint-url", help="mint a signed callback URL for a provider")
     mint.add_argument("provider", help="evolink or apiframe")
@@ -113,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mint.add_argument(
         "--meta",
-        type=_meta,
+        type=parse_meta,
         action="append",
         default=[],
         metavar="KEY=VALUE",
@@ -124,19 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let callbacks of any task come through this URL (default: the first task's only)",
     )
+    serve.set_defaults(func=_serve)
+    worker.set_defaults(func=_worker)
+    migrate.set_defaults(func=_migrate)
+    prune.set_defaults(func=on_relay(_prune))
+    admin_token.set_defaults(func=on_relay(_admin_token))
+    mint.set_defaults(func=on_relay(_mint_url))
     cli_ops.add_parsers(commands)
-    cli_watch.add_parsers(commands, parse_duration, _meta)
+    cli_watch.add_parsers(commands)
     cli_status.add_parser(commands)
     cli_help.document_defaults(parser)
     return parser
-
-
-async def _with_relay(settings: Settings, action: Any) -> Any:
-    relay = await Relay.start(settings)
-    try:
-        return await action(relay)
-    finally:
-        await relay.close()
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -176,6 +158,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(settings: Settings, _args: argparse.Namespace) -> int:
+    return asyncio.run(_run_worker(settings))
+
+
 async def _run_worker(settings: Settings) -> int:
     """``relay worker``: deliveries and retention without the HTTP API, until SIGTERM/SIGINT."""
     from service.worker import BackgroundWork
@@ -196,7 +182,11 @@ async def _run_worker(settings: Settings) -> int:
     return 0
 
 
-async def _migrate(settings: Settings) -> int:
+def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    return asyncio.run(_run_migrations(settings.with_changes(migrate_on_start=True)))
+
+
+async def _run_migrations(settings: Settings) -> int:
     """``relay migrate``: apply the pending schema migrations, one progress line each."""
     from service.store import open_store
 
@@ -214,72 +204,54 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
-async def _prune(relay: Relay, days: int) -> int:
-    from service.retention import BATCH, Retention
+async def _prune(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
+    """``relay prune``: what is past retention now, in batches, with a progress line."""
+    from service.retention import Retention, prune_once
+
+    days = relay.settings.retention_days if args.days is None else args.days
+
+    def progress(total: int) -> None:
+        print(f"\rpruned {total} events older than {days} days", end="", file=out, flush=True)
 
     retention = Retention(days, relay.settings.failed_retention_days)
-    before, failed_before = retention.cutoffs(time.time())
-    total = 0
-    while True:
-        removed = await relay.store.prune(before, BATCH, failed_before)
-        total += removed
-        print(f"\rpruned {total} events older than {days} days", end="", flush=True)
-        if removed < BATCH:
-            print()
-            return 0
+    await prune_once(relay.store, retention, clock=relay.clock, pause=0, progress=progress)
+    print(file=out)
+    return 0
+
+
+async def _admin_token(relay: Relay, _args: argparse.Namespace, out: TextIO) -> int:
+    print(relay.settings.admin_token, file=out)
+    return 0
+
+
+async def _mint_url(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
+    minted = await relay.mint_callback_url(args.provider, dict(args.meta), args.ttl, args.reusable)
+    print(json.dumps(minted, indent=2), file=out)
+    return 0
+
+
+def _with_flags(settings: Settings, args: argparse.Namespace) -> Settings:
+    """The settings with the flags that override ``RELAY_*`` variables applied."""
+    if args.database_url:
+        settings = settings.with_changes(database_url=args.database_url)
+    if getattr(args, "no_migrate", False):
+        settings = settings.with_changes(migrate_on_start=False)
+    if getattr(args, "no_worker", False):
+        settings = settings.with_changes(run_worker=False)
+    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = Settings.from_env()
+        settings = _with_flags(Settings.from_env(), args)
     except ConfigError as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 2
-    if args.database_url:
-        settings = settings.with_changes(database_url=args.database_url)
     configure_logging(settings.log_format, settings.log_level)
+    command: Command = args.func
     try:
-        if args.command in ("serve", "worker", "migrate") and getattr(args, "no_migrate", False):
-            settings = settings.with_changes(migrate_on_start=False)
-        if args.command == "serve":
-            if args.no_worker:
-                settings = settings.with_changes(run_worker=False)
-            return _serve(settings, args)
-        if args.command == "worker":
-            return asyncio.run(_run_worker(settings))
-        if args.command == "migrate":
-            return asyncio.run(_migrate(settings.with_changes(migrate_on_start=True)))
-        if args.command == "prune":
-            days = settings.retention_days if args.days is None else args.days
-            return int(asyncio.run(_with_relay(settings, lambda r: _prune(r, days))))
-        if args.command == "admin-token":
-            relay_settings = asyncio.run(_with_relay(settings, lambda r: _async(r.settings)))
-            print(relay_settings.admin_token)
-            return 0
-        if args.command == "mint-url":
-            minted = asyncio.run(
-                _with_relay(
-                    settings,
-                    lambda r: r.mint_callback_url(
-                        args.provider, dict(args.meta), args.ttl, args.reusable
-                    ),
-                )
-            )
-            print(json.dumps(minted, indent=2))
-            return 0
-        if args.command in ("subscribers", "deliveries", "replay"):
-            code: int = asyncio.run(_with_relay(settings, lambda r: cli_ops.run(r, args)))
-            return code
-        if args.command == "status":
-            return int(asyncio.run(_with_relay(settings, lambda r: cli_status.run(r, args))))
-        if args.command in cli_watch.COMMANDS:
-            return cli_watch.run(settings, args, _with_relay)
+        return command(settings, args)
     except RelayError as exc:
         print(f"relay: {exc.code}: {exc.message}", file=sys.stderr)
         return 1
-    return 2  # pragma: no cover - argparse refuses unknown commands
-
-
-async def _async(value: Any) -> Any:
-    return value

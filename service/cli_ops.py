@@ -8,31 +8,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from service import replays, subscribers
+from service.cli_args import parse_when
+from service.cli_command import on_relay, print_table
 from service.clock import rfc3339
-from service.http import parse_time
 from service.relay import Relay
 from service.store.base import DeliveryFilter
 from service.targets import TargetPolicy
 
 REPLAY_BATCH = 200
-
-
-def parse_when(text: str) -> float:
-    """``2h`` / ``30m`` / ``7d`` ago, or an RFC 3339 time, as Unix seconds."""
-    from service.cli import parse_duration
-
-    try:
-        return time.time() - parse_duration(text)
-    except argparse.ArgumentTypeError:
-        pass
-    value = parse_time(text, "time")
-    assert value is not None
-    return value
 
 
 def add_parsers(commands: Any) -> None:
@@ -56,9 +43,12 @@ def add_parsers(commands: Any) -> None:
         "(repeatable) [default: all]",
     )
     add.add_argument("--description")
-    sub_commands.add_parser("list", help="list subscribers")
+    add.set_defaults(func=on_relay(_subscriber_add))
+    sub_list = sub_commands.add_parser("list", help="list subscribers")
+    sub_list.set_defaults(func=on_relay(_subscriber_list))
     remove = sub_commands.add_parser("remove", help="remove a subscriber")
     remove.add_argument("subscriber_id")
+    remove.set_defaults(func=on_relay(_subscriber_remove))
 
     deliveries = commands.add_parser("deliveries", help="list deliveries")
     delivery_commands = deliveries.add_subparsers(
@@ -73,6 +63,7 @@ def add_parsers(commands: Any) -> None:
     )
     _window(listing)
     listing.add_argument("--limit", type=int, default=50, help="most rows shown [default: 50]")
+    listing.set_defaults(func=on_relay(_list_deliveries))
 
     replay = commands.add_parser("replay", help="replay failed deliveries (fresh retry cycle)")
     replay.add_argument("delivery_ids", nargs="*", metavar="ID", help="deliveries to replay")
@@ -88,6 +79,7 @@ def add_parsers(commands: Any) -> None:
         " same task (it then gets the older status last) [default: skip those]",
     )
     _window(replay)
+    replay.set_defaults(func=on_relay(_replay))
 
 
 def _window(parser: argparse.ArgumentParser) -> None:
@@ -108,57 +100,43 @@ def _window(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _table(rows: list[list[str]], out: TextIO) -> None:
-    if not rows:
-        return
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(),
-            file=out,
-        )
+async def _subscriber_add(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
+    body: dict[str, Any] = {"url": args.url}
+    for key in ("providers", "event_types", "description"):
+        if getattr(args, key) is not None:
+            body[key] = getattr(args, key)
+    created = await subscribers.create(
+        relay.store, body, TargetPolicy.from_settings(relay.settings)
+    )
+    print(f"id:     {created.id}", file=out)
+    print(f"secret: {created.secrets[0]}  (shown once: give it to the subscriber)", file=out)
+    return 0
 
 
-async def run(relay: Relay, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    if args.command == "subscribers":
-        return await _subscribers(relay, args, out)
-    if args.command == "deliveries":
-        return await _list_deliveries(relay, args, out)
-    return await _replay(relay, args, out)
-
-
-async def _subscribers(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
-    store = relay.store
-    if args.subcommand == "add":
-        body: dict[str, Any] = {"url": args.url}
-        for key in ("providers", "event_types", "description"):
-            if getattr(args, key) is not None:
-                body[key] = getattr(args, key)
-        created = await subscribers.create(store, body, TargetPolicy.from_settings(relay.settings))
-        print(f"id:     {created.id}", file=out)
-        print(f"secret: {created.secrets[0]}  (shown once: give it to the subscriber)", file=out)
-        return 0
-    if args.subcommand == "list":
-        rows = [["ID", "ENABLED", "PROVIDERS", "TYPES", "URL"]]
-        cursor = None
-        while True:
-            page = await store.list_subscribers(cursor, 500)
-            rows += [
-                [
-                    s.id,
-                    "yes" if s.enabled else f"no ({s.disabled_reason})",
-                    ",".join(s.providers) if s.providers else "*",
-                    ",".join(s.event_types) if s.event_types else "*",
-                    s.url,
-                ]
-                for s in page.items
+async def _subscriber_list(relay: Relay, _args: argparse.Namespace, out: TextIO) -> int:
+    rows = [["ID", "ENABLED", "PROVIDERS", "TYPES", "URL"]]
+    cursor = None
+    while True:
+        page = await relay.store.list_subscribers(cursor, 500)
+        rows += [
+            [
+                s.id,
+                "yes" if s.enabled else f"no ({s.disabled_reason})",
+                ",".join(s.providers) if s.providers else "*",
+                ",".join(s.event_types) if s.event_types else "*",
+                s.url,
             ]
-            cursor = page.next_cursor
-            if cursor is None:
-                break
-        _table(rows, out)
-        return 0
-    if not await store.delete_subscriber(args.subscriber_id, time.time()):
+            for s in page.items
+        ]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    print_table(rows, out)
+    return 0
+
+
+async def _subscriber_remove(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
+    if not await relay.store.delete_subscriber(args.subscriber_id, relay.clock()):
         print(f"relay: no subscriber {args.subscriber_id}", file=sys.stderr)
         return 1
     print(f"removed {args.subscriber_id}", file=out)
@@ -189,7 +167,7 @@ async def _list_deliveries(relay: Relay, args: argparse.Namespace, out: TextIO) 
         ]
         for d in page.items
     ]
-    _table(rows, out)
+    print_table(rows, out)
     more = " (more: narrow with --since/--until or raise --limit)" if page.next_cursor else ""
     print(f"{len(page.items)} {args.status} deliveries{more}", file=out)
     return 0
@@ -209,7 +187,7 @@ def _progress(done: int, total: int, out: TextIO) -> None:
 
 async def _replay(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
     store = relay.store
-    now = time.time()
+    now = relay.clock()
     if args.delivery_ids and args.failed:
         print("relay: give delivery IDs or --failed, not both", file=sys.stderr)
         return 2

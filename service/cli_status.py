@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from service import overview
+from service.cli_command import on_relay, print_table
 from service.relay import Relay
 
 
@@ -25,17 +26,11 @@ def add_parser(commands: Any) -> None:
     status.add_argument(
         "--json", action="store_true", help="print JSON instead of a table [default: table]"
     )
-
-
-def _table(rows: list[list[str]], out: TextIO) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        cells = zip(row, widths, strict=True)
-        print("  ".join(cell.ljust(width) for cell, width in cells).rstrip(), file=out)
+    status.set_defaults(func=on_relay(run))
 
 
 async def run(relay: Relay, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    summary = await overview.build(relay.store)
+    summary = await overview.build(relay.store, relay.clock)
     if args.json:
         print(json.dumps(dataclasses.asdict(summary), indent=2), file=out)
         return 0
@@ -43,7 +38,7 @@ async def run(relay: Relay, args: argparse.Namespace, out: TextIO = sys.stdout) 
     database = relay.settings.database_url.split("://", 1)[0]
     print(f"callback-relay status at {stamp} ({database})", file=out)
     print(file=out)
-    _table(overview.table_rows(summary), out)
+    print_table(overview.table_rows(summary), out)
     if summary.failed:
         print(file=out)
         print(

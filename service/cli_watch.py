@@ -7,19 +7,17 @@ look, within a second); ``relay simulate`` needs no store at all: it plays a pro
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
-from collections.abc import Callable
 from typing import Any, TextIO
 
-from service import simulate, suspects, watches
+from service import simulate, suspects, watch_requests
+from service.cli_args import parse_duration, parse_meta
+from service.cli_command import on_relay, print_table
 from service.relay import Relay
 from service.settings import Settings
 from service.store.budget import BudgetState
 from service.store.watch_model import WATCH_STATES, Watch, WatchFilter
-
-COMMANDS = ("watch", "watches", "simulate")
 
 
 def _delays(text: str) -> tuple[float, ...]:
@@ -32,11 +30,7 @@ def _delays(text: str) -> tuple[float, ...]:
     return values
 
 
-def add_parsers(
-    commands: Any,
-    duration: Callable[[str], int],
-    meta: Callable[[str], tuple[str, str]],
-) -> None:
+def add_parsers(commands: Any) -> None:
     watch = commands.add_parser(
         "watch", help="poll a provider's status API for a task until it is done"
     )
@@ -44,7 +38,7 @@ def add_parsers(
     watch.add_argument("task_id", help="the id the provider gave the task")
     watch.add_argument(
         "--meta",
-        type=meta,
+        type=parse_meta,
         action="append",
         default=[],
         metavar="KEY=VALUE",
@@ -52,16 +46,17 @@ def add_parsers(
     )
     watch.add_argument(
         "--deadline",
-        type=duration,
+        type=parse_duration,
         default=None,
         help="stop polling after this, e.g. 6h [RELAY_WATCH_DEADLINE, default: 24h]",
     )
     watch.add_argument(
         "--poll-after",
-        type=duration,
+        type=parse_duration,
         default=None,
         help="first poll only after this, and only if no terminal callback came, e.g. 10m",
     )
+    watch.set_defaults(func=on_relay(_watch))
 
     listing = commands.add_parser(
         "watches", help="list or cancel watches; release or dismiss suspect callbacks"
@@ -79,14 +74,18 @@ def add_parsers(
         "--flagged", action="store_true", help="only watches seeing an unknown status word"
     )
     ls.add_argument("--limit", type=int, default=50, help="[default: 50]")
+    ls.set_defaults(func=on_relay(_list))
     cancel = sub.add_parser("cancel", help="cancel an active watch")
     cancel.add_argument("watch_id")
+    cancel.set_defaults(func=on_relay(_cancel))
     release = sub.add_parser(
         "release", help="forward a watch's suspect callback as received (once), recorded"
     )
     release.add_argument("watch_id")
+    release.set_defaults(func=on_relay(_decide), decision="released")
     dismiss = sub.add_parser("dismiss", help="drop a watch's suspect callback, recorded")
     dismiss.add_argument("watch_id")
+    dismiss.set_defaults(func=on_relay(_decide), decision="dismissed")
 
     sim = commands.add_parser(
         "simulate",
@@ -111,53 +110,52 @@ def add_parsers(
     sim.add_argument(
         "--timeout", type=float, default=simulate.TIMEOUT_SECONDS, help="seconds per attempt"
     )
+    sim.set_defaults(func=_simulate)
 
 
-def run(
-    settings: Settings,
-    args: argparse.Namespace,
-    with_relay: Callable[[Settings, Any], Any],
-    out: TextIO = sys.stdout,
-) -> int:
-    if args.command == "simulate":
-        callback = simulate.build_callback(args.provider, args.status, args.task_id, settings)
-        delays = (
-            simulate.RETRY_DELAYS[args.provider] if args.retry_delays is None else args.retry_delays
-        )
-        delivered = simulate.send(
-            callback, args.callback_url, delays, timeout=args.timeout, out=out
-        )
-        return 0 if delivered else 1
-    code: int = asyncio.run(with_relay(settings, lambda relay: _with_store(relay, args, out)))
-    return code
+def _simulate(settings: Settings, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    """``relay simulate``: no store, no relay; it plays the provider."""
+    callback = simulate.build_callback(args.provider, args.status, args.task_id, settings)
+    delays = (
+        simulate.RETRY_DELAYS[args.provider] if args.retry_delays is None else args.retry_delays
+    )
+    delivered = simulate.send(callback, args.callback_url, delays, timeout=args.timeout, out=out)
+    return 0 if delivered else 1
 
 
-async def _with_store(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
-    if args.command == "watch":
-        body: dict[str, Any] = {"provider": args.provider, "task_id": args.task_id}
-        if args.meta:
-            body["metadata"] = dict(args.meta)
-        if args.deadline is not None:
-            body["deadline_seconds"] = args.deadline
-        if args.poll_after is not None:
-            body["poll_after_seconds"] = args.poll_after
-        watch = await watches.create_watch(relay, body)
-        print(json.dumps(watches.watch_json(watch), indent=2), file=out)
-        return 0
-    if args.subcommand == "cancel":
-        watch = await watches.cancel_watch(relay, args.watch_id)
-        print(f"canceled {watch.id} ({watch.provider} {watch.task_id})", file=out)
-        return 0
-    if args.subcommand in ("release", "dismiss"):
-        decision = "released" if args.subcommand == "release" else "dismissed"
-        decided = await suspects.decide(relay, args.watch_id, decision, "cli")
-        w = decided.watch
-        result = decided.result
-        told = "" if result is None else f": {result.outcome}, event {result.event_id}"
-        print(
-            f"{decision} the suspect callback of {w.id} ({w.provider} {w.task_id}){told}", file=out
-        )
-        return 0
+async def _watch(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
+    body: dict[str, Any] = {"provider": args.provider, "task_id": args.task_id}
+    if args.meta:
+        body["metadata"] = dict(args.meta)
+    if args.deadline is not None:
+        body["deadline_seconds"] = args.deadline
+    if args.poll_after is not None:
+        body["poll_after_seconds"] = args.poll_after
+    watch = await watch_requests.create_watch(relay, body)
+    print(json.dumps(watch_requests.watch_json(watch), indent=2), file=out)
+    return 0
+
+
+async def _cancel(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
+    watch = await watch_requests.cancel_watch(relay, args.watch_id)
+    print(f"canceled {watch.id} ({watch.provider} {watch.task_id})", file=out)
+    return 0
+
+
+async def _decide(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
+    """``relay watches release`` / ``dismiss`` (``args.decision``)."""
+    decided = await suspects.decide(relay, args.watch_id, args.decision, "cli")
+    w = decided.watch
+    result = decided.result
+    told = "" if result is None else f": {result.outcome}, event {result.event_id}"
+    print(
+        f"{args.decision} the suspect callback of {w.id} ({w.provider} {w.task_id}){told}",
+        file=out,
+    )
+    return 0
+
+
+async def _list(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
     page = await relay.store.list_watches(
         WatchFilter(
             state=args.state,
@@ -172,7 +170,7 @@ async def _with_store(relay: Relay, args: argparse.Namespace, out: TextIO) -> in
     rows = [["ID", "PROVIDER", "TASK", "STATE", "POLLS", "LAST STATUS", "NEXT POLL", "NOTE"]]
     budgets: dict[str, BudgetState] = {}
     for w in page.items:
-        shown = await watches.watch_view(relay, w, budgets)
+        shown = await watch_requests.watch_view(relay, w, budgets)
         if shown["waiting_for"]:
             shown["next_poll_at"] += f" (waits for {shown['waiting_for']})"
         rows.append(
@@ -187,10 +185,7 @@ async def _with_store(relay: Relay, args: argparse.Namespace, out: TextIO) -> in
                 _note(w),
             ]
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        print(line.rstrip(), file=out)
+    print_table(rows, out)
     more = " (more: raise --limit)" if page.next_cursor else ""
     print(f"{len(page.items)} watches{more}", file=out)
     return 0

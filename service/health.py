@@ -9,7 +9,6 @@ out and a person reading the answer knows why.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from starlette.requests import Request
@@ -62,7 +61,7 @@ async def readyz(request: Request) -> Response:
     if worker is None:
         checks["worker"] = "not run by this process"
     else:
-        problem = worker_problem(worker, time.time())
+        problem = worker_problem(worker, relay.clock())
         checks["worker"] = problem or "ok"
         if problem:
             problems.append(problem)

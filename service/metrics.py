@@ -145,7 +145,7 @@ BUDGET_WAIT_SECONDS = Histogram(
 SUSPECT_CALLBACKS = Counter(
     "relay_suspect_callbacks_total",
     "Held callbacks the provider's API did not confirm, by provider and reason: contradicted, "
-    "task_not_found, invalid_task_id or deadline_unconfirmed (service.watches).",
+    "task_not_found, invalid_task_id or deadline_unconfirmed (service.watch_service).",
     ["provider", "reason"],
     registry=REGISTRY,
 )

@@ -8,10 +8,10 @@ store): those come from the answering process's own tally, when there is one.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.clock import Clock
 from service.store.base import Store
 from service.store.budget import ApiBudget
 
@@ -68,14 +68,15 @@ async def budget_rows(store: Store, budget: ApiBudget, now: float) -> list[dict[
 
 async def build(
     store: Store,
+    clock: Clock,
     recent_callbacks: dict[str, int] | None = None,
-    now: float | None = None,
     budget: ApiBudget | None = None,
 ) -> Overview:
-    """The overview now. ``recent_callbacks``: this process's ``provider:outcome`` tally of
-    the last hour (``service.metrics.RECENT_CALLBACKS``), if it answers callbacks; ``budget``:
-    the providers' request budgets to show (those the relay polls)."""
-    now = time.time() if now is None else now
+    """The overview at ``clock()``: the hour before it, and what waits. ``recent_callbacks``:
+    this process's ``provider:outcome`` tally of the last hour
+    (``service.metrics.RECENT_CALLBACKS``), if it answers callbacks; ``budget``: the
+    providers' request budgets to show (those the relay polls)."""
+    now = clock()
     activity = await store.activity(now - WINDOW_SECONDS)
     counts = await store.delivery_counts()
     emitted = sum(states.get("emitted", 0) for states in activity["events"].values())

@@ -2,8 +2,8 @@
 
 ``POST /callbacks/{provider}`` (no token) is for providers whose webhooks are registered once per
 account and signed (Rivya, with ``RELAY_RIVYA_WEBHOOK_SECRET``); anyone else gets 401.
-A terminal callback that must be confirmed (Evolink, see ``service.watches``) is held, not
-emitted: it is answered 2xx once the hold is committed.
+What becomes of a callback (accepted, duplicate, superseded, or held for confirmation) is
+decided by ``Relay.receive``; this endpoint checks, parses, hands over and answers.
 
 Order of checks, cheapest first and nothing parsed before it is authenticated: provider,
 source address, URL token, body size, the provider's signature over the raw body, JSON,
@@ -17,7 +17,6 @@ Starlette's generic request, response and exception layers (see ``RelayApp``).
 from __future__ import annotations
 
 import ipaddress
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,11 +29,12 @@ from service.access_log import add_access_fields
 from service.body_budget import SMALL_BODY
 from service.callback_json import parse_callback
 from service.errors import Forbidden, InternalError, RelayError
+from service.events import Normalized
 from service.http import error_response, forwarded_client, receive_body
+from service.intake import Duplicate, Held, Received, Superseded
 from service.providers import PROVIDERS, Provider, get_provider
 from service.relay import Relay
 from service.tokens import InvalidToken
-from service.watches import confirms, hold_callback, needs_confirmation
 
 log = structlog.get_logger("service.receiver")
 
@@ -66,13 +66,13 @@ def _url_id(relay: Relay, provider: Provider, token: str | None) -> str | None:
         if provider.accepts_tokenless(relay.settings):
             return None
         raise InvalidToken(provider.tokenless_refusal(relay.settings))
-    return relay.tokens.verify(provider.name, token, time.time())
+    return relay.tokens.verify(provider.name, token, relay.clock())
 
 
 async def _receive(
     relay: Relay, provider_name: str, token: str | None, scope: Scope, receive: Receive
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Check, parse, normalize and commit one callback: (the 2xx answer, its log fields).
+    """Check, read and hand over one callback: (the 2xx answer, its log fields).
 
     Raises ``RelayError`` for every refusal, before anything is stored.
     """
@@ -86,14 +86,14 @@ async def _receive(
     body = await receive_body(scope, receive, content_length, limit, budget)
     try:
         if len(body) <= SMALL_BODY:
-            return await _accept(relay, provider_name, provider, headers, body, url_id)
+            return await _hand_over(relay, provider_name, provider, headers, body, url_id)
         async with budget.large_turn:  # one at a time: see service.body_budget
-            return await _accept(relay, provider_name, provider, headers, body, url_id)
+            return await _hand_over(relay, provider_name, provider, headers, body, url_id)
     finally:
         budget.release(len(body))
 
 
-async def _accept(
+async def _hand_over(
     relay: Relay,
     provider_name: str,
     provider: Provider,
@@ -101,60 +101,54 @@ async def _accept(
     body: bytes,
     url_id: str | None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Verify, parse, normalize and commit a received callback: (the 2xx answer, its log
-    fields)."""
+    """Verify and parse a received callback, hand it to ``Relay.receive``: (the 2xx answer,
+    its log fields)."""
     provider.verify(headers, body, relay.settings)
     payload = parse_callback(body)
     normalized = provider.normalize(payload)
-    if normalized.unknown_status:
-        log.warning(
-            "unknown_status",
-            provider=provider_name,
-            task_id=normalized.task_id,
-            raw_status=normalized.raw_status,
-        )
-    if normalized.outputs and not normalized.terminal and confirms(relay.settings, provider_name):
-        # Unconfirmed progress is forwarded at once, but what subscribers would fetch is not:
-        # only the confirmed terminal event carries outputs (anyone holding a URL could forge
-        # a "processing" with links of their choosing).
-        normalized.outputs = ()
-    fields: dict[str, Any] = {"task_id": normalized.task_id}
-    if url_id is not None:
-        await relay.bind_url(url_id, normalized.task_id)
-    # A terminal callback that must be confirmed is held (committed) instead of emitted,
-    # unless the task already has its terminal event (then it is ingested as usual).
-    held = (
-        await hold_callback(relay, provider_name, normalized, body, url_id)
-        if needs_confirmation(relay.settings, provider_name, normalized)
-        else None
+    received = await relay.receive(
+        provider_name, normalized, payload=payload, body=body, url_id=url_id
     )
-    if held is not None:
-        fields.update(outcome="held", generation_status=normalized.status)
-        answer = {
+    return _answer(received), _log_fields(received, normalized)
+
+
+def _answer(received: Received) -> dict[str, Any]:
+    """The 2xx body: ``event_id`` (None while held), ``duplicate``, and ``superseded`` or
+    ``held`` (with ``watch_id``) when they apply."""
+    if isinstance(received, Held):
+        return {
             "received": True,
             "event_id": None,
             "duplicate": False,
             "held": True,
-            "watch_id": held.id,
+            "watch_id": received.watch_id,
         }
-        return answer, fields
-    result = await relay.accept(
-        provider_name, normalized, raw=payload, raw_body=body, url_id=url_id, raw_is_body=True
-    )
-    fields.update(
-        event_id=result.event_id, outcome=result.outcome, generation_status=normalized.status
-    )
-    answer = {
+    answer: dict[str, Any] = {
         "received": True,
-        "event_id": result.event_id,
-        "duplicate": result.outcome == "duplicate",
+        "event_id": received.event_id,
+        "duplicate": isinstance(received, Duplicate),
     }
-    if result.outcome == "superseded" or (
-        # A retry of an update that was stored as superseded is still one (a rare read).
-        result.outcome == "duplicate" and await relay.is_superseded(result.event_id)
+    if isinstance(received, Superseded) or (
+        isinstance(received, Duplicate) and received.superseded
     ):
         answer["superseded"] = True
-    return answer, fields
+    return answer
+
+
+def _log_fields(received: Received, normalized: Normalized) -> dict[str, Any]:
+    """What the callback's access log line says about it."""
+    if isinstance(received, Held):
+        return {
+            "task_id": normalized.task_id,
+            "outcome": received.outcome,
+            "generation_status": normalized.status,
+        }
+    return {
+        "task_id": normalized.task_id,
+        "event_id": received.event_id,
+        "outcome": received.outcome,
+        "generation_status": normalized.status,
+    }
 
 
 class CallbackEndpoint:
@@ -169,6 +163,7 @@ class CallbackEndpoint:
         relay: Relay = scope["app"].state.relay
         params: Mapping[str, str] = scope["path_params"]
         provider_name = params["provider"]
+        failed: RelayError | None
         try:
             token = params.get("token")
             answer, fields = await _receive(relay, provider_name, token, scope, receive)

@@ -1,14 +1,18 @@
 """The relay's core, free of HTTP: secrets, callback URLs and the intake pipeline.
 
 ``Relay.start(settings)`` opens the store and fills in generated secrets. The HTTP layer
-(``receiver``, ``admin``) and the CLI both work through one ``Relay``; so will pollers.
+(``receiver``, ``admin``), the CLI and the watch service all work through one ``Relay``.
+
+The intake pipeline: ``receive`` takes a callback the endpoint authenticated and parsed, and
+decides what becomes of it (``service.intake``): held for confirmation with the provider's API
+(``service.holds``), or stored by ``accept`` as accepted, a duplicate or superseded. ``accept``
+is also where a watch's poll, a released suspect callback and a relay-made failure enter.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import secrets
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +27,8 @@ from service.clock import Clock, rfc3339, system_clock
 from service.errors import Conflict, InvalidInput
 from service.events import Normalized, build_cloudevent, dumps, verbatim_json
 from service.forwarding import MAX_RAW_DEPTH, forwardable_outputs, raw_too_deep
+from service.holds import confirms, hold_callback
+from service.intake import Accepted, Duplicate, Held, Received, Superseded
 from service.providers import get_provider
 from service.settings import Settings
 from service.store import open_store
@@ -51,7 +57,7 @@ class Relay:
     generated_admin_token: str | None = None
     #: Called after an accepted event created deliveries (wakes the delivery worker).
     on_deliveries: Callable[[], None] = lambda: None
-    #: Called after a watch became due now (wakes the watch worker; see ``service.watches``).
+    #: Called after a watch became due now (wakes the watch worker, ``service.watch_worker``).
     on_watch_due: Callable[[], None] = lambda: None
     #: Where the relay reads the time (``service.clock``); unit tests pass a fake one.
     clock: Clock = system_clock
@@ -118,7 +124,7 @@ class Relay:
             raise InvalidInput("metadata must be a JSON object.", code="invalid_metadata")
         if len(dumps(metadata)) > 16_384:
             raise InvalidInput("metadata must be at most 16 KiB of JSON.", code="invalid_metadata")
-        now = time.time()
+        now = self.clock()
         expires_at = int(now) + ttl
         url_id = self.tokens.new_url_id()
         await self.store.create_callback_url(
@@ -168,6 +174,56 @@ class Relay:
         event = await self.store.get_event(event_id)
         return event is not None and event.get("relay", {}).get("state") == "superseded"
 
+    async def receive(
+        self,
+        provider: str,
+        normalized: Normalized,
+        *,
+        payload: Any,
+        body: bytes,
+        url_id: str | None,
+    ) -> Received:
+        """Decide what becomes of one authenticated callback (``payload``: ``body`` parsed,
+        ``normalized`` by its provider; ``url_id``: the callback URL it came through, None on
+        a tokenless route) and make it durable.
+
+        Raises ``UrlBoundToOtherTask`` (409), ``TooManyHeldForUrl`` (429), ``HoldsFull``
+        (503) or ``StorageUnavailable`` (503); nothing is stored then.
+        """
+        if normalized.unknown_status:
+            log.warning(
+                "unknown_status",
+                provider=provider,
+                task_id=normalized.task_id,
+                raw_status=normalized.raw_status,
+            )
+        confirmed = confirms(self.settings, provider)
+        if confirmed and normalized.outputs and not normalized.terminal:
+            # Unconfirmed progress is forwarded at once, but what subscribers would fetch is
+            # not: only the confirmed terminal event carries outputs (anyone holding a URL
+            # could forge a "processing" with links of their choosing).
+            normalized = dataclasses.replace(normalized, outputs=())
+        if url_id is not None:
+            await self.bind_url(url_id, normalized.task_id)
+        if confirmed and normalized.terminal:
+            held = await hold_callback(
+                self.store, self.settings, provider, normalized, body, url_id, self.clock()
+            )
+            if held is not None:
+                if not held.conflict_url_ids:  # (a conflict waits for an operator instead)
+                    self.on_watch_due()
+                return Held(held.id)
+            # None: the task already has its terminal event; ingested as usual below.
+        result = await self.accept(
+            provider, normalized, raw=payload, raw_body=body, url_id=url_id, raw_is_body=True
+        )
+        if result.outcome == "accepted":
+            return Accepted(result.event_id)
+        if result.outcome == "superseded":
+            return Superseded(result.event_id)
+        # A retry of an update that was stored as superseded is still one (a rare read).
+        return Duplicate(result.event_id, superseded=await self.is_superseded(result.event_id))
+
     async def accept(
         self,
         provider: str,
@@ -185,7 +241,7 @@ class Relay:
         ``raw_is_body``: ``raw_body`` is strict JSON whose parse is ``raw`` (a callback body),
         so ``data.raw`` is spliced from it verbatim.
         """
-        now = time.time()
+        now = self.clock()
         event_id = ids.new_id("evt")
         url_metadata = await self.metadata_for(url_id) if url_id else {}
         metadata = {**url_metadata, **metadata} if metadata else url_metadata
@@ -247,7 +303,7 @@ class Relay:
                 event_id=result.event_id,
             )
             metrics.count_succeeded_without_outputs(provider)
-        if normalized.unknown_status:  # (logged where it was read: receiver, watches)
+        if normalized.unknown_status:  # (logged where it was read: receive, the watch service)
             metrics.count_unknown_status(provider)
         if result.deliveries:
             self.on_deliveries()

@@ -13,7 +13,6 @@ a request about many replays the others and reports what it skipped.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from service import subscribers
@@ -61,7 +60,7 @@ async def replay_one(relay: Relay, delivery_id: str, *, force: bool) -> tuple[di
     if delivery is None:
         raise NotFound("No delivery with this id.")
     await subscribers.require_enabled(relay.store, delivery["subscriber_id"])
-    result = await relay.store.replay(DeliveryFilter(), [delivery_id], time.time(), force=force)
+    result = await relay.store.replay(DeliveryFilter(), [delivery_id], relay.clock(), force=force)
     if delivery_id in result.newer:
         raise NewerEventDelivered(replay_refusal(delivery_id, result.newer[delivery_id]))
     if result.count:
@@ -73,7 +72,7 @@ async def replay_many(
     relay: Relay, filters: DeliveryFilter, delivery_ids: list[str] | None, *, force: bool
 ) -> ReplayResult:
     """Replay what the filters or ids select; those the rule holds back are in ``newer``."""
-    result = await relay.store.replay(filters, delivery_ids, time.time(), force=force)
+    result = await relay.store.replay(filters, delivery_ids, relay.clock(), force=force)
     if result.count:
         relay.on_deliveries()
     return result

@@ -13,11 +13,12 @@ is still superseded, never emitted again.
 from __future__ import annotations
 
 import asyncio
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 
+from service.clock import Clock, system_clock
 from service.errors import StorageUnavailable
 from service.store.base import Store
 
@@ -45,24 +46,37 @@ class Retention:
 
 
 async def prune_once(
-    store: Store, retention: Retention, *, batch: int = BATCH, now: float | None = None
+    store: Store,
+    retention: Retention,
+    *,
+    clock: Clock = system_clock,
+    batch: int = BATCH,
+    pause: float = BATCH_PAUSE_SECONDS,
+    progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Prune everything currently past retention; returns how many events were removed."""
-    before, failed_before = retention.cutoffs(time.time() if now is None else now)
+    """Prune everything past retention at ``clock()``; returns how many events were removed.
+
+    Batches of ``batch`` events, ``pause`` seconds apart (so callbacks get the store in
+    between); ``progress`` is told the running total after each batch.
+    """
+    before, failed_before = retention.cutoffs(clock())
     total = 0
     while True:
         removed = await store.prune(before, batch, failed_before)
         total += removed
+        if progress is not None:
+            progress(total)
         if removed < batch:
             return total
-        await asyncio.sleep(BATCH_PAUSE_SECONDS)
+        if pause:
+            await asyncio.sleep(pause)
 
 
-async def prune_forever(store: Store, retention: Retention) -> None:
+async def prune_forever(store: Store, retention: Retention, clock: Clock = system_clock) -> None:
     """Run ``prune_once`` every minute until cancelled; storage outages are waited out."""
     while True:
         try:
-            removed = await prune_once(store, retention)
+            removed = await prune_once(store, retention, clock=clock)
             if removed:
                 log.info(
                     "retention_pruned",

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 import httpx
 
 from service import __version__
-from service.clock import rfc3339
+from service.clock import Clock, rfc3339, system_clock
 from service.errors import InvalidInput
 from service.logs import mask_callback_path
 from service.providers import get_provider
@@ -191,10 +191,15 @@ def url_notes(provider: str, url: str) -> list[str]:
 
 
 def build_callback(
-    provider: str, status: str, task_id: str | None, settings: Settings, now: float | None = None
+    provider: str,
+    status: str,
+    task_id: str | None,
+    settings: Settings,
+    clock: Clock = system_clock,
 ) -> SimulatedCallback:
-    """The callback ``provider`` would send for a task in ``status``."""
-    now = time.time() if now is None else now
+    """The callback ``provider`` would send for a task in ``status``, dated ``clock()`` (a
+    signed one signs each attempt at the time it is sent)."""
+    now = clock()
     get_provider(provider)
     if provider not in RETRY_DELAYS:
         raise InvalidInput(
@@ -238,7 +243,7 @@ def build_callback(
         msg_id = f"msg_{secrets.token_hex(12)}"
 
         def headers(body: bytes) -> dict[str, str]:
-            timestamp = int(time.time())
+            timestamp = int(clock())
             return {
                 **base,
                 "webhook-id": msg_id,

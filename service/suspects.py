@@ -1,7 +1,7 @@
 """An operator's decision about a suspect callback: release it (forward it as received) or
 dismiss it (drop it), recorded on its watch.
 
-A held callback the provider's API did not confirm ends *suspect* (``service.watches``): its
+A held callback the provider's API did not confirm ends *suspect* (``service.watch_service``): its
 watch keeps the callback, the API's last answer and the reason, and nothing is emitted. The
 relay cannot know more than the API told it, so an operator decides:
 
@@ -19,7 +19,6 @@ unavailable) forgets its decision again, so the operator can retry.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import structlog
@@ -62,7 +61,7 @@ async def decide(relay: Relay, watch_id: str, decision: str, decided_by: str) ->
     Raises ``NotFound``, ``NotSuspect`` or ``AlreadyDecided`` (409), and ``StorageUnavailable``
     (the decision is then not recorded)."""
     assert decision in ("released", "dismissed")
-    choice = Decision(watch_id, decision, decided_by, time.time())
+    choice = Decision(watch_id, decision, decided_by, relay.clock())
     watch, recorded = await relay.store.decide_suspect(choice)
     if watch is None:
         raise NotFound("No watch with this id.")

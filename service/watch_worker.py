@@ -7,10 +7,11 @@ is logged and retried, never fatal; every poll moves the watch's next poll forwa
 ``WatchService.poll``), so no watch can make the worker spin. ``stop()`` stops claiming, lets
 polls in flight finish within the provider timeout, and frees the leases of any that did not.
 
-Slots are shared between providers: one provider may have at most its share of ``concurrency``
-polls in flight (``share``), and the claim asks only for what each provider has left. A share
-is kept free for a provider whose watches come due next, so a provider whose API hangs until
-the timeout (or a flood of held callbacks for one provider) never delays another's polls.
+Slots are shared between providers (``service.watch_slots``): one provider may have at most
+its share of ``concurrency`` polls in flight, and the claim asks only for what each provider
+has left. A share is kept free for a provider whose watches come due next, so a provider whose
+API hangs until the timeout (or a flood of held callbacks for one provider) never delays
+another's polls.
 
 Every provider's API has a request budget (``RELAY_<PROVIDER>_API_RATE`` per
 ``RELAY_API_RATE_WINDOW`` seconds, ``service.store.budget``) kept in the store, so it holds
@@ -25,8 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections import Counter
 
 import structlog
 
@@ -37,7 +36,8 @@ from service.providers import PROVIDERS
 from service.relay import Relay
 from service.store.budget import ApiBudget
 from service.store.watch_model import Watch
-from service.watches import WatchService
+from service.watch_service import WatchService
+from service.watch_slots import PollSlots
 
 log = structlog.get_logger("service.watch_worker")
 
@@ -45,8 +45,6 @@ log = structlog.get_logger("service.watch_worker")
 IDLE_POLL_SECONDS = 0.25
 PRUNE_INTERVAL_SECONDS = 600.0
 PRUNE_BATCH = 500
-#: The fewest polls a provider may have in flight when it has to share the slots.
-MIN_SHARE = 2
 
 
 class WatchWorker:
@@ -55,17 +53,16 @@ class WatchWorker:
     ) -> None:
         self.relay = relay
         self.service = WatchService(relay, clients)
-        self.concurrency = concurrency
         # A lease covers the request (at most the provider timeout) and the store writes after.
         self.lease_seconds = 2 * relay.settings.provider_timeout + 30
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        #: Polls in flight, by provider.
-        self._in_flight: Counter[str] = Counter()
-        #: Providers the relay can poll (an API key): those a share is kept free for.
-        self._configured = frozenset(
-            name for name in PROVIDERS if polling_configured(relay.settings, name)
+        #: Polls in flight, by provider, shared fairly; a share is kept free for the providers
+        #: the relay can poll (an API key).
+        self.slots = PollSlots(
+            concurrency,
+            frozenset(name for name in PROVIDERS if polling_configured(relay.settings, name)),
         )
         self._run_task: asyncio.Task[None] | None = None
         self.budget = ApiBudget(relay.settings.api_rates, relay.settings.api_rate_window)
@@ -93,22 +90,14 @@ class WatchWorker:
                     await self._wakeup.wait()
             self._wakeup.clear()
 
-    def share(self, provider: str) -> int:
-        """How many polls ``provider`` may have in flight: an equal part of the slots among
-        the providers with polls in flight (itself included), plus one part kept free while
-        another provider the relay can poll has none. A provider alone takes every slot."""
-        sharing = {p for p, count in self._in_flight.items() if count} | {provider}
-        parts = len(sharing) + (not self._configured <= sharing)
-        return min(self.concurrency, max(MIN_SHARE, self.concurrency // parts))
-
     async def _claim(self) -> None:
-        free = self.concurrency - len(self._tasks)
+        free = self.slots.free
         if free <= 0:
             return
-        shares = {p: max(0, self.share(p) - self._in_flight[p]) for p in PROVIDERS}
+        shares = self.slots.claimable(PROVIDERS)
         if not any(shares.values()):
             return
-        now = time.time()
+        now = self.relay.clock()
         try:
             claimed = await self.relay.store.claim_due_watches(
                 now, free, self.lease_seconds, shares, self.budget
@@ -123,7 +112,7 @@ class WatchWorker:
             return
         for watch in claimed:
             metrics.observe_budget_wait(watch.provider, now - watch.next_poll_at)
-            self._in_flight[watch.provider] += 1
+            self.slots.take(watch.provider)
             self._tasks[watch.id] = asyncio.create_task(self._poll(watch))
 
     async def _poll(self, watch: Watch) -> None:
@@ -140,11 +129,11 @@ class WatchWorker:
             log.exception("watch_poll_error", watch_id=watch.id, provider=watch.provider)
         finally:
             del self._tasks[watch.id]
-            self._in_flight[watch.provider] -= 1
+            self.slots.release(watch.provider)
             self._wakeup.set()
 
     async def _prune(self) -> None:
-        now = time.time()
+        now = self.relay.clock()
         if now - self._pruned_at < PRUNE_INTERVAL_SECONDS:
             return
         self._pruned_at = now

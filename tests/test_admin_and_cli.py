@@ -145,7 +145,12 @@ def test_cli_serve_generates_secrets_and_never_logs_tokens(tmp_path: Path) -> No
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(200):
+        # A fresh interpreter, migrations and uvicorn: seconds on a busy machine. Waited for
+        # (with a generous bound) rather than assumed.
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, "relay serve exited"
+            assert time.monotonic() < deadline, "relay serve did not answer /healthz in 60 s"
             try:
                 if httpx.get(f"{base}/healthz").status_code == 200:
                     break

@@ -9,16 +9,17 @@ from __future__ import annotations
 import base64
 import copy
 import re
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 from starlette.datastructures import Secret
 
+from service.clock import system_clock
 from service.ops import session as sessions
 from service.ops.session import SignInThrottle
 from tests.conftest import ADMIN_TOKEN, EVOLINK_COMPLETED, RelayServer
+from tests.fakes import FakeClock
 
 
 def evolink(task_id: str, status: str = "completed", progress: int = 100) -> dict[str, object]:
@@ -49,11 +50,14 @@ def sign_in(
 
 
 @pytest.fixture(autouse=True)
-def fresh_throttle(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test starts with no failed sign-ins on record (the throttle is per process)."""
-    from service.ops import console
+def throttle_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClock]:
+    """Each test starts with no failed sign-ins on record (the throttle is per process), on a
+    clock the test moves: a lockout ends when the test says so, not after a sleep."""
+    from service.ops import sign_in as sign_in_module
 
-    monkeypatch.setattr(console, "throttle", SignInThrottle())
+    clock = FakeClock()
+    monkeypatch.setattr(sign_in_module, "throttle", SignInThrottle(clock=clock))
+    yield clock
 
 
 def test_pages_need_a_session(relay_server: RelayServer) -> None:
@@ -136,7 +140,9 @@ def test_wrong_token_and_forged_forms_are_refused(relay_server: RelayServer) -> 
         assert same_site.headers["location"] == "/ops/deliveries"
 
 
-def test_failed_sign_ins_are_slowed_down(relay_server: RelayServer) -> None:
+def test_failed_sign_ins_are_slowed_down(
+    relay_server: RelayServer, throttle_clock: FakeClock
+) -> None:
     """After three failures an address must wait (1 s, then 2, 4...), even with the right
     token; a success clears it."""
     with browser(relay_server) as client:
@@ -144,9 +150,11 @@ def test_failed_sign_ins_are_slowed_down(relay_server: RelayServer) -> None:
             assert sign_in(client, token="wrong").status_code == 401
         locked = sign_in(client)
         assert locked.status_code == 429
-        assert int(locked.headers["retry-after"]) >= 1
+        assert locked.headers["retry-after"] == "1"
         assert "Too many failed sign-ins" in locked.text
-        time.sleep(1.1)
+        throttle_clock.advance(0.9)
+        assert sign_in(client).status_code == 429  # not yet
+        throttle_clock.advance(0.1)
         assert sign_in(client).status_code == 303
         client.cookies.clear()
         assert sign_in(client, token="wrong").status_code == 401  # counting starts over
@@ -154,24 +162,29 @@ def test_failed_sign_ins_are_slowed_down(relay_server: RelayServer) -> None:
 
 
 def test_throttle_backs_off_exponentially() -> None:
-    throttle = SignInThrottle(free=3, longest=10)
-    now = 1000.0
+    clock = FakeClock()
+    throttle = SignInThrottle(free=3, longest=10, clock=clock)
     for _ in range(3):
-        assert throttle.wait("a", now) == 0
-        throttle.failed("a", now)
-    assert throttle.wait("a", now) == 1
-    throttle.failed("a", now)
-    assert throttle.wait("a", now) == 2
+        assert throttle.wait("a") == 0
+        throttle.failed("a")
+    assert throttle.wait("a") == 1
+    throttle.failed("a")
+    assert throttle.wait("a") == 2
+    clock.advance(0.5)
+    assert throttle.wait("a") == 1.5  # counted from the last failure
     for _ in range(10):
-        throttle.failed("a", now)
-    assert throttle.wait("a", now) == 10
-    assert throttle.wait("a", now + 10) == 0
-    assert throttle.wait("b", now) == 0
+        throttle.failed("a")
+    assert throttle.wait("a") == 10
+    clock.advance(10)
+    assert throttle.wait("a") == 0
+    throttle.failed("a")  # one more failure after the lockout: locked out again at once
+    assert throttle.wait("a") == 10
+    assert throttle.wait("b") == 0
     throttle.succeeded("a")
-    assert throttle.wait("a", now) == 0
-    small = SignInThrottle(max_tracked=2)
+    assert throttle.wait("a") == 0
+    small = SignInThrottle(max_tracked=2, clock=clock)
     for address in ("x", "y", "z"):
-        small.failed(address, now)
+        small.failed(address)
     assert "x" not in small._failures and len(small._failures) == 2
 
 
@@ -191,9 +204,9 @@ def test_session_does_not_survive_a_new_admin_token(relay_server: RelayServer) -
         "headers": [(b"cookie", request.headers["cookie"].encode())],
     }
     settings = relay_server.relay.settings
-    assert sessions.load(Request(scope), settings) is not None
+    assert sessions.load(Request(scope), settings, system_clock) is not None
     rotated = settings.with_changes(admin_token=Secret("another-token"))
-    assert sessions.load(Request(scope), rotated) is None
+    assert sessions.load(Request(scope), rotated, system_clock) is None
 
 
 def test_no_open_redirect_after_sign_in(relay_server: RelayServer) -> None:
@@ -303,3 +316,28 @@ def test_pages_explain_a_store_that_cannot_answer(relay_server: RelayServer) -> 
         assert page.status_code == 503
         assert "The store is not open." in page.text
         assert page.headers["content-type"].startswith("text/html")
+
+
+def test_times_on_a_page_are_seen_from_the_relays_clock() -> None:
+    from service.ops.rendering import when
+
+    clock = FakeClock(1_795_230_000.0)  # 2026-11-21 03:00:00 UTC
+    assert when(clock.now - 75, clock.now) == "2026-11-21 02:58:45 UTC (1 min 15 s ago)"
+    assert when("2026-11-21T05:00:00Z", clock.now) == "2026-11-21 05:00:00 UTC (in 2 h 0 min)"
+    assert when(None, clock.now) == when("", clock.now) == "-"
+    assert when("not a time", clock.now) == "not a time"
+
+
+def test_the_deliveries_time_filter() -> None:
+    from service.errors import InvalidInput
+    from service.ops.deliveries import time_filter
+
+    clock = FakeClock()
+    assert time_filter("2h", "since", clock) == clock.now - 7200
+    assert time_filter(" 30 m ", "since", clock) == clock.now - 1800
+    assert time_filter("", "since", clock) is None
+    assert time_filter("2026-11-21T03:00", "since", clock) == 1_795_230_000.0  # datetime-local
+    assert time_filter("2026-11-21T03:00:00Z", "since", clock) == 1_795_230_000.0
+    assert time_filter("90", "since", clock) == 90.0  # a bare number is Unix seconds here
+    with pytest.raises(InvalidInput, match="since must be an RFC 3339 time"):
+        time_filter("yesterday", "since", clock)

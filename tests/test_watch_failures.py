@@ -25,8 +25,8 @@ from service.relay import Relay
 from service.settings import Settings
 from service.store.base import Store
 from service.store.watch_model import Watch
+from service.watch_service import WatchService
 from service.watch_worker import WatchWorker
-from service.watches import WatchService
 from tests.test_store_contract import (  # noqa: F401 (fixtures)
     anyio_backend,
     make_store,

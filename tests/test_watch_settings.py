@@ -6,7 +6,7 @@ import pytest
 
 from service.settings import DOCUMENTED, ConfigError, Settings
 from service.signing import new_secret
-from service.watches import backoff_delay
+from service.watch_service import backoff_delay
 
 NEW = (
     "EVOLINK_BASE_URL",

@@ -10,6 +10,9 @@ console's own origin when the browser says where it comes from.
 A signed cookie alone cannot be taken back, so the session id names a row in the store
 (``ops_sessions``), read on every console request (``verify``): signing out revokes it, and
 from that moment the old cookie opens nothing, on any replica.
+
+Time comes from the ``clock`` each function is given (the relay's): the cookie's signature
+carries it, and it decides when a session has expired, here and in the store.
 """
 
 from __future__ import annotations
@@ -17,14 +20,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from itsdangerous import BadSignature, URLSafeTimedSerializer
+from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.clock import Clock, system_clock
 from service.settings import Settings
 from service.store.base import Store
 
@@ -43,25 +46,39 @@ class Session:
     sid: str | None = None
 
     @classmethod
-    def fresh(cls, *, signed_in: bool) -> Session:
+    def fresh(cls, *, signed_in: bool, now: float) -> Session:
         sid = secrets.token_urlsafe(24) if signed_in else None
-        return cls(secrets.token_urlsafe(24), signed_in, time.time(), sid)
+        return cls(secrets.token_urlsafe(24), signed_in, now, sid)
 
 
-def _serializer(settings: Settings) -> URLSafeTimedSerializer:
+class _ClockedSigner(TimestampSigner):
+    """itsdangerous's timestamped signer, reading the time from a ``Clock``: the cookie's age,
+    and so its expiry, follows the relay's clock (a fake one in unit tests)."""
+
+    def __init__(self, *args: Any, clock: Clock = system_clock, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.clock = clock
+
+    def get_timestamp(self) -> int:
+        return int(self.clock())
+
+
+def _serializer(settings: Settings, clock: Clock) -> URLSafeTimedSerializer:
     key = str(settings.secret_keys[0]).encode() if settings.secret_keys else b""
     admin = str(settings.admin_token or "").encode()
     derived = hmac.new(key, b"relay-ops-session\x00" + admin, hashlib.sha256).digest()
-    return URLSafeTimedSerializer(derived, salt="ops-session")
+    return URLSafeTimedSerializer(
+        derived, salt="ops-session", signer=_ClockedSigner, signer_kwargs={"clock": clock}
+    )
 
 
-def load(request: Request, settings: Settings) -> Session | None:
+def load(request: Request, settings: Settings, clock: Clock) -> Session | None:
     """The request's valid session, or None (absent, forged, expired or from an old key)."""
     raw = request.cookies.get(COOKIE)
     if not raw:
         return None
     try:
-        data: Any = _serializer(settings).loads(raw, max_age=SESSION_SECONDS)
+        data: Any = _serializer(settings, clock).loads(raw, max_age=SESSION_SECONDS)
     except BadSignature:  # SignatureExpired is one too
         return None
     if not isinstance(data, dict) or not isinstance(data.get("csrf"), str):
@@ -70,21 +87,23 @@ def load(request: Request, settings: Settings) -> Session | None:
     return Session(data["csrf"], data.get("in") is True, float(data.get("at", 0)), sid)
 
 
-async def verify(request: Request, settings: Settings, store: Store) -> Session | None:
+async def verify(
+    request: Request, settings: Settings, store: Store, clock: Clock
+) -> Session | None:
     """``load``, then a signed-in session counts only while its store record is live: after
     sign-out (or a cookie from before session records) it is a signed-out one, keeping its
     CSRF token for the sign-in form. Raises ``StorageUnavailable`` if the store cannot say."""
-    session = load(request, settings)
+    session = load(request, settings, clock)
     if session is None or not session.signed_in:
         return session
-    if session.sid is not None and await store.ops_session_live(session.sid, time.time()):
+    if session.sid is not None and await store.ops_session_live(session.sid, clock()):
         return session
     return replace(session, signed_in=False, sid=None)
 
 
-async def start(store: Store) -> Session:
+async def start(store: Store, clock: Clock) -> Session:
     """A new signed-in session, recorded in the store (call it at sign-in)."""
-    session = Session.fresh(signed_in=True)
+    session = Session.fresh(signed_in=True, now=clock())
     assert session.sid is not None
     await store.create_ops_session(
         session.sid, session.issued_at, session.issued_at + SESSION_SECONDS
@@ -92,14 +111,15 @@ async def start(store: Store) -> Session:
     return session
 
 
-async def end(store: Store, session: Session) -> None:
+async def end(store: Store, session: Session, clock: Clock) -> None:
     """Sign-out: the session's record is revoked, so its cookie opens nothing any more."""
     if session.sid is not None:
-        await store.revoke_ops_session(session.sid, time.time())
+        await store.revoke_ops_session(session.sid, clock())
 
 
-def store(response: Response, session: Session, settings: Settings) -> None:
-    value = _serializer(settings).dumps(
+def store(response: Response, session: Session, settings: Settings, clock: Clock) -> None:
+    """Set the session's cookie on ``response``, signed at ``clock()``."""
+    value = _serializer(settings, clock).dumps(
         {"csrf": session.csrf, "in": session.signed_in, "at": session.issued_at, "sid": session.sid}
     )
     response.set_cookie(
@@ -152,25 +172,30 @@ class SignInThrottle:
     process; a success clears the address. At most ``max_tracked`` addresses are kept.
     """
 
-    def __init__(self, free: int = 3, longest: float = 300.0, max_tracked: int = 10_000) -> None:
+    def __init__(
+        self,
+        free: int = 3,
+        longest: float = 300.0,
+        max_tracked: int = 10_000,
+        clock: Clock = system_clock,
+    ) -> None:
         self.free = free
         self.longest = longest
         self.max_tracked = max_tracked
+        self.clock = clock
         self._failures: dict[str, tuple[int, float]] = {}
 
-    def wait(self, address: str, now: float | None = None) -> float:
+    def wait(self, address: str) -> float:
         """Seconds this address must still wait before its next attempt (0: go ahead)."""
         count, last = self._failures.get(address, (0, 0.0))
         if count < self.free:
             return 0.0
-        now = time.time() if now is None else now
         lockout = min(self.longest, 2.0 ** (count - self.free))
-        return max(0.0, last + lockout - now)
+        return max(0.0, last + lockout - self.clock())
 
-    def failed(self, address: str, now: float | None = None) -> None:
-        now = time.time() if now is None else now
+    def failed(self, address: str) -> None:
         count, _ = self._failures.pop(address, (0, 0.0))
-        self._failures[address] = (count + 1, now)
+        self._failures[address] = (count + 1, self.clock())
         if len(self._failures) > self.max_tracked:
             # Forget the address that failed longest ago (dicts keep insertion order).
             del self._failures[next(iter(self._failures))]

@@ -272,7 +272,7 @@ class Store(ABC):
     async def revoke_ops_session(self, session_id: str, now: float) -> None:
         """End a session (sign-out): ``ops_session_live`` is False from now on."""
 
-    # -- watches (service.watches): tasks the relay polls at their provider's status API -----
+    # -- watches (service.watch_service): tasks the relay polls at their provider's status API -----
 
     @abstractmethod
     async def create_watch(self, watch: Watch) -> tuple[Watch, bool]:

@@ -52,7 +52,7 @@ class Watch:
     event_id: str | None = None
     #: Callback URLs other than ``url_id`` through which callbacks for this task were held.
     #: While there are any, the watch is neither polled nor emits: an operator picks whose
-    #: the result is (``service.watches.resolve_conflict``).
+    #: the result is (``service.watch_requests.resolve_conflict``).
     conflict_url_ids: tuple[str, ...] = ()
     #: Why a callback held on this watch was not confirmed by the provider's API (one of
     #: ``SUSPECT_REASONS``); None while nothing held was found suspect. Kept once set.

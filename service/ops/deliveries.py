@@ -1,0 +1,159 @@
+"""The console's deliveries: the failed ones first (filtered by status, subscriber, provider
+and time), one delivery with its attempts, and replaying one or all of those shown."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service import replays
+from service.clock import Clock
+from service.durations import duration_seconds
+from service.errors import RelayError
+from service.http import parse_time
+from service.ops import session as sessions
+from service.ops.guards import Form, form_value
+from service.ops.rendering import PAGE_ROWS, message, redirect_back, relay_of, render
+from service.providers import PROVIDERS
+from service.store.base import DeliveryFilter
+
+log = structlog.get_logger("service.ops")
+
+DELIVERY_STATUSES = ("failed", "pending", "succeeded", "canceled")
+_DATETIME_LOCAL = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?")
+
+
+def time_filter(value: str, name: str, clock: Clock) -> float | None:
+    """``2h`` (ago), ``2026-11-21T17:30`` (UTC, as a datetime-local field sends it), an RFC
+    3339 time or Unix seconds; None when empty. ``InvalidInput`` otherwise."""
+    value = value.strip()
+    if not value:
+        return None
+    seconds = duration_seconds(value, bare_number=False)
+    if seconds is not None:
+        return clock() - seconds
+    if _DATETIME_LOCAL.fullmatch(value):
+        value += "Z"
+    return parse_time(value, name)
+
+
+async def deliveries_page(request: Request, session: sessions.Session) -> Response:
+    relay = relay_of(request)
+    query = request.query_params
+    values = {
+        "status": query.get("status", "failed"),
+        "subscriber": query.get("subscriber", ""),
+        "provider": query.get("provider", ""),
+        "since": query.get("since", ""),
+        "until": query.get("until", ""),
+    }
+    error = None
+    items: list[dict[str, Any]] = []
+    if values["status"] not in (*DELIVERY_STATUSES, "any"):
+        values["status"] = "failed"
+    if values["provider"] and values["provider"] not in PROVIDERS:
+        error = f"Unknown provider {values['provider']!r}."
+    try:
+        since = time_filter(values["since"], "since", relay.clock)
+        until = time_filter(values["until"], "until", relay.clock)
+    except RelayError as exc:
+        error, since, until = exc.message, None, None
+    if error is None:
+        items = await relay.store.delivery_details(
+            DeliveryFilter(
+                status=None if values["status"] == "any" else values["status"],  # type: ignore[arg-type]
+                subscriber_id=values["subscriber"] or None,
+                since=since,
+                until=until,
+            ),
+            values["provider"] or None,
+            PAGE_ROWS,
+        )
+    page_subscribers = await relay.store.list_subscribers(None, 500)
+    return render(
+        request,
+        "deliveries.html",
+        {
+            "items": items,
+            "filters": values,
+            "error": error,
+            "more": len(items) == PAGE_ROWS,
+            "page_rows": PAGE_ROWS,
+            "statuses": (*DELIVERY_STATUSES, "any"),
+            "providers": sorted(PROVIDERS),
+            "subscribers": page_subscribers.items,
+            "back": str(request.url.path) + (f"?{request.url.query}" if request.url.query else ""),
+        },
+        status_code=400 if error else 200,
+        session=session,
+    )
+
+
+async def delivery_page(request: Request, session: sessions.Session) -> Response:
+    relay = relay_of(request)
+    delivery = await relay.store.get_delivery(request.path_params["delivery_id"])
+    if delivery is None:
+        return message(request, "Not found", "No delivery with this id.", 404, session)
+    subscriber = await relay.store.get_subscriber(delivery["subscriber_id"])
+    newer = None
+    if delivery["status"] == "failed":  # would a replay be held back? (see service.replays)
+        line = await relay.store.delivery_details(
+            DeliveryFilter(
+                event_id=delivery["event_id"],
+                subscriber_id=delivery["subscriber_id"],
+                status="failed",
+            ),
+            None,
+            PAGE_ROWS,
+        )
+        newer = next((d["newer_delivery_id"] for d in line if d["id"] == delivery["id"]), None)
+    return render(
+        request,
+        "delivery.html",
+        {"d": delivery, "subscriber": subscriber, "newer": newer, "back": request.url.path},
+        session=session,
+    )
+
+
+async def replay_one(request: Request, _session: sessions.Session, form: Form) -> Response:
+    relay = relay_of(request)
+    delivery_id = request.path_params["delivery_id"]
+    back = form_value(form, "back", f"/ops/deliveries/{delivery_id}")
+    force = form_value(form, "force") == "1"
+    delivery, count = await replays.replay_one(relay, delivery_id, force=force)
+    if count:
+        log.info(
+            "ops_replay",
+            delivery_id=delivery_id,
+            subscriber_id=delivery["subscriber_id"],
+            forced=force,
+        )
+        return redirect_back(request, back, f"Replaying {delivery_id}: a fresh retry cycle.")
+    return redirect_back(
+        request, back, f"{delivery_id} is {delivery['status']}, not failed: nothing to replay."
+    )
+
+
+async def replay_shown(request: Request, _session: sessions.Session, form: Form) -> Response:
+    relay = relay_of(request)
+    ids = list(dict.fromkeys(i for i in form.get("ids", []) if i))[:PAGE_ROWS]
+    back = form_value(form, "back", "/ops/deliveries")
+    if not ids:
+        return redirect_back(request, back, "Nothing shown, nothing replayed.")
+    # Never forced: rows held back by a newer delivery are not in the form, and one that
+    # became so since the page was shown is skipped here and named in the notice.
+    result = await replays.replay_many(relay, DeliveryFilter(), ids, force=False)
+    count = result.count
+    log.info("ops_replay_shown", shown=len(ids), replayed=count, held=len(result.newer))
+    skipped = len(ids) - count - len(result.newer)
+    note = f"; {skipped} skipped (no longer failed, or subscriber disabled)" if skipped else ""
+    if result.newer:
+        note += (
+            f"; {len(result.newer)} held back, a later event of their task already delivered:"
+            f" {', '.join(result.newer)}"
+        )
+    return redirect_back(request, back, f"Replayed {count} of {len(ids)} shown{note}.")
