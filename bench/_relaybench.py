@@ -347,6 +347,30 @@ class PgMonitor:
                 out["background"][pid] = cpu_seconds(pid)
         return out
 
+    def maintenance(self, schema: str) -> dict[str, int]:
+        """Counters of the server's own work that can stall commits: checkpoints (of the whole
+        server), and autovacuum / autoanalyze runs on the tables of ``schema``. Take the
+        difference of two readings (``maintenance_delta``)."""
+        counts: dict[str, int] = {}
+        row = self.conn.execute(
+            "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+        ).fetchone()
+        counts["checkpoint"] = int(row[0]) if row else 0
+        for table, vacuums, analyzes in self.conn.execute(
+            "SELECT relname, autovacuum_count, autoanalyze_count FROM pg_stat_user_tables"
+            " WHERE schemaname = %s",
+            (schema,),
+        ).fetchall():
+            counts[f"autovacuum {table}"] = int(vacuums)
+            counts[f"autoanalyze {table}"] = int(analyzes)
+        return counts
+
+    @staticmethod
+    def maintenance_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+        """What ran between two ``maintenance`` readings (only what did)."""
+        out = {key: value - before.get(key, 0) for key, value in after.items()}
+        return {key: value for key, value in out.items() if value > 0}
+
     @staticmethod
     def delta(
         start: dict[str, dict[int, float]], end: dict[str, dict[int, float]]
@@ -370,10 +394,14 @@ class RelayConfig:
     """One relay's store, secrets and environment; ``start`` runs it on a fresh port.
 
     ``store`` is a ``SqliteFile`` (the default, on ``db``) or a ``PgSchema``. ``replica()``
-    gives another process's config on the same store, with the same secrets.
+    gives another process's config on the same store, with the same secrets. ``code`` is the
+    checkout whose ``service`` the processes import (``PYTHONPATH``; see ``bench/_checkout.py``):
+    by default the one the bench runs from.
     """
 
-    def __init__(self, db: Path | None, log_path: Path, store: Any = None) -> None:
+    def __init__(
+        self, db: Path | None, log_path: Path, store: Any = None, code: Path = REPO
+    ) -> None:
         if store is None:
             assert db is not None
             store = SqliteFile(db)
@@ -384,15 +412,17 @@ class RelayConfig:
         self.secret_key = secrets.token_urlsafe(32)
         self.port = free_port()
         self.base = f"http://{HOST}:{self.port}"
+        self.code = code
 
     def replica(self, log_path: Path) -> RelayConfig:
-        other = RelayConfig(self.db, log_path, self.store)
+        other = RelayConfig(self.db, log_path, self.store, self.code)
         other.admin_token, other.secret_key = self.admin_token, self.secret_key
         return other
 
     def env(self) -> dict[str, str]:
         return {
             **base_env(),
+            "PYTHONPATH": str(self.code),
             "RELAY_DATABASE_URL": self.store.url,
             "RELAY_ADMIN_TOKEN": self.admin_token,
             "RELAY_SECRET_KEY": self.secret_key,
@@ -402,21 +432,11 @@ class RelayConfig:
         }
 
     def launch(self, procs: Processes, *, worker: bool = True) -> subprocess.Popen[bytes]:
-        """Start the process and return at once (``wait_ready`` it)."""
-        if worker:
-            cmd = [str(RELAY), "serve", "--host", HOST, "--port", str(self.port)]
-        else:
-            cmd = [
-                str(VENV_PYTHON),
-                str(BENCH / "_relay_noworker.py"),
-                "--host",
-                HOST,
-                "--port",
-                str(self.port),
-            ]
-        return procs.start(
-            "relay" if worker else "relay (no worker)", cmd, self.log_path, self.env()
-        )
+        """Start ``relay serve`` and return at once (``wait_ready`` it); without its delivery
+        worker (``RELAY_RUN_WORKER=false``: the intake only) unless ``worker``."""
+        cmd = [str(RELAY), "serve", "--host", HOST, "--port", str(self.port)]
+        env = {**self.env(), "RELAY_RUN_WORKER": "true" if worker else "false"}
+        return procs.start("relay" if worker else "relay (no worker)", cmd, self.log_path, env)
 
     def wait_ready(self, proc: subprocess.Popen[bytes]) -> None:
         wait_ready("relay", f"{self.base}/healthz", proc, self.log_path)

@@ -1,16 +1,4 @@
-"""Admin API for watches (bearer ``RELAY_ADMIN_TOKEN``): register, list, show, cancel.
-
-POST   /v1/watches       {"provider", "task_id", "metadata"?, "deadline_seconds"?,
-                          "poll_after_seconds"?}                   -> 201, the watch
-GET    /v1/watches       ?state=&provider=&task_id=&suspect=true|undecided&held=true
-                         &flag=unknown_status&cursor=&limit=
-                                                   -> {"items", "next_cursor"}
-GET    /v1/watches/{id}                                            -> the watch
-DELETE /v1/watches/{id}                                            -> the canceled watch
-POST   /v1/watches/{id}/resolve {"url_id": "..." | null}            -> the resolved watch
-POST   /v1/watches/{id}/release   -> {"watch", "outcome", "event_id"}: the suspect callback
-                                     forwarded as received (service.suspects)
-POST   /v1/watches/{id}/dismiss   -> {"watch"}: the suspect callback dropped, recorded
+"""Admin API: watches (register, list, show, cancel, resolve a conflict, decide a suspect).
 
 Held and suspect callbacks are listed here, on the watches that hold them, rather than under a
 resource of their own: ``?held=true`` (awaiting confirmation), ``?suspect=true`` (ended
@@ -23,116 +11,166 @@ decision).
 
 from __future__ import annotations
 
-from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from service import suspects, watch_requests
-from service.errors import InvalidInput, NotFound
-from service.http import JSONResponse, parse_limit, read_json_object, require_admin
-from service.relay import Relay
+from service.errors import NotFound
+from service.http.responses import JSONResponse
+from service.operations import Call, NoBody, NoQuery, operation
+from service.shapes.base import present
+from service.shapes.watches import (
+    ConflictResolution,
+    Dismissed,
+    NewWatch,
+    Released,
+    Watch,
+    WatchPage,
+    WatchQuery,
+)
 from service.store.budget import BudgetState
-from service.store.watch_model import WATCH_STATES, WatchFilter
+from service.store.watch_model import WatchFilter
+
+TAG = "watches"
+NO_SUCH = {404: "`not_found`."}
 
 
-def _relay(request: Request) -> Relay:
-    require_admin(request)
-    return request.app.state.relay  # type: ignore[no-any-return]
+@operation(
+    "POST",
+    "/watches",
+    tag=TAG,
+    summary="Watch a task: poll its provider's status API until it ends",
+    success=(201, Watch, "Watching."),
+    errors={
+        400: "`invalid_watch`, `invalid_provider`, `invalid_task_id`, `invalid_metadata`, "
+        "`invalid_deadline`, `invalid_poll_after`.",
+        404: "`unknown_provider`.",
+        409: "`watch_exists`: the task has an active watch.",
+        422: "`provider_not_configured`: no API key for its status API.",
+    },
+)
+async def create_watch(call: Call[NoQuery, NewWatch]) -> Response:
+    watch = await watch_requests.register_watch(call.relay, call.body)
+    return JSONResponse(watch_requests.shown(watch), status_code=201)
 
 
-async def create_watch(request: Request) -> Response:
-    relay = _relay(request)
-    watch = await watch_requests.create_watch(relay, await read_json_object(request))
-    return JSONResponse(watch_requests.watch_json(watch), status_code=201)
-
-
-async def list_watches(request: Request) -> Response:
-    relay = _relay(request)
-    query = request.query_params
-    state = query.get("state")
-    if state is not None and state not in WATCH_STATES:
-        raise InvalidInput(f"state must be one of {', '.join(WATCH_STATES)}.", code="invalid_query")
-    suspect = query.get("suspect", "false")
-    if suspect not in ("true", "false", "undecided"):
-        raise InvalidInput("suspect must be true, false or undecided.", code="invalid_query")
-    held = query.get("held", "false")
-    flag = query.get("flag")
-    if held not in ("true", "false"):
-        raise InvalidInput("held must be true or false.", code="invalid_query")
-    if flag not in (None, "unknown_status"):
-        raise InvalidInput("flag must be unknown_status.", code="invalid_query")
+@operation(
+    "GET",
+    "/watches",
+    tag=TAG,
+    summary="List watches, newest first",
+    success=(200, WatchPage, "A page of watches."),
+)
+async def list_watches(call: Call[WatchQuery, NoBody]) -> Response:
+    relay, query = call.relay, call.query
     page = await relay.store.list_watches(
         WatchFilter(
-            state=state,
-            provider=query.get("provider"),
-            task_id=query.get("task_id"),
-            suspect=suspect == "true",
-            undecided=suspect == "undecided",
-            held=held == "true",
-            flagged=flag == "unknown_status",
+            state=present(query.state),
+            provider=present(query.provider),
+            task_id=present(query.task_id),
+            suspect=query.suspect == "true",
+            undecided=query.suspect == "undecided",
+            held=query.held,
+            flagged=query.flag == "unknown_status",
         ),
-        query.get("cursor"),
-        parse_limit(query.get("limit")),
+        present(query.cursor),
+        query.limit,
     )
     budgets: dict[str, BudgetState] = {}  # one look at each provider's budget per page
-    return JSONResponse(
-        {
-            "items": [
-                await watch_requests.watch_view(relay, w, budgets, whole=False) for w in page.items
-            ],
-            "next_cursor": page.next_cursor,
-        }
-    )
+    items = [await watch_requests.view(relay, w, budgets, whole=False) for w in page.items]
+    return JSONResponse(WatchPage(items=items, next_cursor=page.next_cursor))
 
 
-async def get_watch(request: Request) -> Response:
-    relay = _relay(request)
-    watch = await relay.store.get_watch(request.path_params["watch_id"])
+@operation(
+    "GET",
+    "/watches/{watch_id}",
+    tag=TAG,
+    summary="One watch",
+    success=(200, Watch, "The watch."),
+    errors=NO_SUCH,
+)
+async def get_watch(call: Call[NoQuery, NoBody]) -> Response:
+    watch = await call.relay.store.get_watch(call.path("watch_id"))
     if watch is None:
         raise NotFound("No watch with this id.")
-    return JSONResponse(await watch_requests.watch_view(relay, watch))
+    return JSONResponse(await watch_requests.view(call.relay, watch))
 
 
-async def cancel_watch(request: Request) -> Response:
-    relay = _relay(request)
-    watch = await watch_requests.cancel_watch(relay, request.path_params["watch_id"])
-    return JSONResponse(watch_requests.watch_json(watch))
+@operation(
+    "DELETE",
+    "/watches/{watch_id}",
+    tag=TAG,
+    summary="Cancel an active watch",
+    success=(200, Watch, "The canceled watch."),
+    errors={**NO_SUCH, 409: "`watch_not_active`."},
+)
+async def cancel_watch(call: Call[NoQuery, NoBody]) -> Response:
+    watch = await watch_requests.cancel_watch(call.relay, call.path("watch_id"))
+    return JSONResponse(watch_requests.shown(watch))
 
 
-async def resolve_conflict(request: Request) -> Response:
-    relay = _relay(request)
-    body = await read_json_object(request)
-    watch = await watch_requests.resolve_conflict(relay, request.path_params["watch_id"], body)
-    return JSONResponse(await watch_requests.watch_view(relay, watch))
+@operation(
+    "POST",
+    "/watches/{watch_id}/resolve",
+    tag=TAG,
+    summary="Resolve an attribution conflict: whose callback URL the result is for",
+    success=(200, Watch, "Resolved: the watch polls at once."),
+    errors={
+        **NO_SUCH,
+        400: "`invalid_url_id`.",
+        409: "`no_conflict`: the watch is not waiting for this.",
+    },
+)
+async def resolve_conflict(call: Call[NoQuery, ConflictResolution]) -> Response:
+    relay = call.relay
+    watch = await watch_requests.resolve_conflict(relay, call.path("watch_id"), call.body.url_id)
+    return JSONResponse(await watch_requests.view(relay, watch))
 
 
-async def release_suspect(request: Request) -> Response:
-    relay = _relay(request)
-    decided = await suspects.decide(relay, request.path_params["watch_id"], "released", "admin_api")
+@operation(
+    "POST",
+    "/watches/{watch_id}/release",
+    tag=TAG,
+    summary="Release a suspect callback: forward it as received, once",
+    success=(200, Released, "Released, recorded on the watch (suspect.decision)."),
+    errors={
+        **NO_SUCH,
+        409: "`not_suspect`: nothing to decide (no suspect callback kept, or still awaiting "
+        "confirmation); `already_decided`.",
+    },
+)
+async def release_suspect(call: Call[NoQuery, NoBody]) -> Response:
+    relay = call.relay
+    decided = await suspects.decide(relay, call.path("watch_id"), "released", "admin_api")
     result = decided.result
     return JSONResponse(
-        {
-            "watch": await watch_requests.watch_view(relay, decided.watch),
-            "outcome": None if result is None else result.outcome,
-            "event_id": None if result is None else result.event_id,
-        }
+        Released(
+            watch=await watch_requests.view(relay, decided.watch),
+            outcome=None if result is None else result.outcome,
+            event_id=None if result is None else result.event_id,
+        )
     )
 
 
-async def dismiss_suspect(request: Request) -> Response:
-    relay = _relay(request)
-    decided = await suspects.decide(
-        relay, request.path_params["watch_id"], "dismissed", "admin_api"
-    )
-    return JSONResponse({"watch": await watch_requests.watch_view(relay, decided.watch)})
+@operation(
+    "POST",
+    "/watches/{watch_id}/dismiss",
+    tag=TAG,
+    summary="Dismiss a suspect callback: nothing is emitted, the choice is recorded",
+    success=(200, Dismissed, "Dismissed, recorded on the watch (suspect.decision)."),
+    errors={**NO_SUCH, 409: "`not_suspect`; `already_decided`."},
+)
+async def dismiss_suspect(call: Call[NoQuery, NoBody]) -> Response:
+    relay = call.relay
+    decided = await suspects.decide(relay, call.path("watch_id"), "dismissed", "admin_api")
+    return JSONResponse(Dismissed(watch=await watch_requests.view(relay, decided.watch)))
 
 
-routes = [
-    Route("/v1/watches", create_watch, methods=["POST"]),
-    Route("/v1/watches", list_watches, methods=["GET"]),
-    Route("/v1/watches/{watch_id}", get_watch, methods=["GET"]),
-    Route("/v1/watches/{watch_id}", cancel_watch, methods=["DELETE"]),
-    Route("/v1/watches/{watch_id}/resolve", resolve_conflict, methods=["POST"]),
-    Route("/v1/watches/{watch_id}/release", release_suspect, methods=["POST"]),
-    Route("/v1/watches/{watch_id}/dismiss", dismiss_suspect, methods=["POST"]),
+operations = [
+    create_watch,
+    list_watches,
+    get_watch,
+    cancel_watch,
+    resolve_conflict,
+    release_suspect,
+    dismiss_suspect,
 ]

@@ -13,24 +13,13 @@ import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from service import (
-    admin,
-    admin_deliveries,
-    admin_watches,
-    health,
-    memory,
-    metrics,
-    openapi,
-    ops,
-)
+from service import admin, health, memory, metrics, openapi, ops
 from service.access_log import AccessLogMiddleware
-from service.errors import InternalError, RelayError
-from service.http import JSONResponse, http_error_handler, relay_error_handler
+from service.errors import RelayError
+from service.http.error_handlers import http_error_handler, internal_error, relay_error_handler
 from service.http_protocol import BoundedHttpToolsProtocol, ConnectionLimits
 from service.receiver import CallbackEndpoint
 from service.relay import Relay
@@ -52,12 +41,6 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # A partial (not a subclass made here) so that worker processes can unpickle it.
         "http": functools.partial(BoundedHttpToolsProtocol, limits=limits),
     }
-
-
-async def internal_error(_request: Request, exc: Exception) -> Response:
-    log.exception("unhandled_error", exc_info=exc)
-    failure = InternalError()
-    return JSONResponse(failure.as_json(), status_code=failure.status_code)
 
 
 class RelayApp(Starlette):
@@ -163,9 +146,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> RelayApp:
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", metrics.metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi.openapi_endpoint, methods=["GET"]),
-        *admin.routes,
-        *admin_deliveries.routes,
-        *admin_watches.routes,
+        admin.mount(),
         *ops.routes,
     ]
     app = RelayApp(
@@ -183,3 +164,20 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> RelayApp:
     # empty 307 to a URL built from the request's Host header.
     app.router.redirect_slashes = False
     return app
+
+
+def route_table(app: Starlette) -> list[tuple[str, str]]:
+    """``(method, path)`` of every route ``app`` serves, the admin mount's included."""
+
+    def walk(routes: list[BaseRoute], prefix: str) -> list[tuple[str, str]]:
+        found = []
+        for route in routes:
+            if isinstance(route, Mount):
+                found += walk(route.routes, prefix + route.path)
+            elif isinstance(route, Route):
+                found += [(method, prefix + route.path) for method in sorted(route.methods or ())]
+            else:
+                raise TypeError(f"{route!r}: not a route the relay knows how to list")
+        return found
+
+    return walk(app.routes, "")

@@ -1,40 +1,39 @@
-"""One delivery attempt: a signed POST of the CloudEvent to a subscriber.
+"""One delivery attempt: a signed POST of the CloudEvent to a subscriber, through aiohttp.
 
 ``Deliverer.attempt`` never raises for the subscriber's behaviour: every outcome (status code,
-timeout, refused connection, blocked address) comes back as an ``Attempt``. The whole attempt,
-connect to last byte read, is bounded by ``RELAY_DELIVERY_TIMEOUT``, and at most 1 KiB of the
-answer is read, so a slow or huge answer costs nothing more.
+timeout, refused or reset connection, failed DNS lookup or TLS handshake, blocked address)
+comes back as an ``Attempt`` whose ``error`` names what happened (``failure_text``). The whole
+attempt, connect to last byte read, is bounded by ``RELAY_DELIVERY_TIMEOUT``, and at most
+1 KiB of the answer is read, so a slow or huge answer costs nothing more.
+
+The session is ``service.targets.guarded_session``: its resolver drops refused addresses after
+every lookup (so DNS rebinding never reaches a private address) and its middleware refuses
+IP-literal hosts; both raise ``TargetBlocked``. No redirect is followed (a 3xx is a failed
+attempt), no cookie is kept, and the answer is not decompressed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
+import ssl
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
-import httpx
-from httpx_aiohttp.transport import (
-    AiohttpResponseStream,
-    AiohttpTransport,
-    map_aiohttp_exceptions,
-)
 
 from service import __version__
+from service.clock import Clock, system_clock
 from service.signing import sign
 from service.store.base import Claim
-from service.targets import (
-    TargetNotAllowed,
-    TargetPolicy,
-    guarded_session,
-    is_target_blocked,
-)
+from service.targets import TargetBlocked, TargetPolicy, guarded_session
 
 EXCERPT_BYTES = 1024
 USER_AGENT = f"callback-relay/{__version__}"
-_USER_AGENT = USER_AGENT.encode()
+
+#: Longest error text kept with an attempt (it may quote what the subscriber sent).
+ERROR_CHARS = 500
 
 
 @functools.lru_cache(maxsize=4096)
@@ -50,57 +49,51 @@ def storable_text(raw: bytes | str, limit: int = EXCERPT_BYTES) -> str | None:
     return text.replace("\x00", "\ufffd") or None
 
 
-def _parsed_url(url: str) -> httpx.URL:
-    return httpx.URL(url)
+def _reason(exc: BaseException) -> str:
+    """The operating system's or the TLS library's words for ``exc``."""
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason).replace("_", " ").lower()
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
 
 
-class InMemoryBody(httpx.ByteStream):
-    """A request body already in memory: ``DeliveryTransport`` hands its bytes to aiohttp."""
+def failure_text(exc: BaseException, timeout: float) -> str:
+    """What went wrong with an attempt, named for what it was (kept with the attempt).
 
-    def __init__(self, data: bytes) -> None:
-        super().__init__(data)
-        self.data = data
-
-
-class DeliveryTransport(AiohttpTransport):
-    """httpx-aiohttp's transport, trimmed to what a delivery sends.
-
-    A delivery is a request whose body is in memory and whose headers are already encoded,
-    sent without a proxy under one timeout. So the headers go to aiohttp as they are, not
-    through httpx's ``Headers`` view (which decodes every one of them again), and the
-    ``ClientTimeout`` is built once; exception mapping and the response stream are the
-    parent's. The answer is an ``httpx.Response`` like any transport's.
+    ``timed out after ...``, ``target not allowed: ...``, ``DNS lookup failed: ...``,
+    ``connection refused: ...``, ``connection reset: ...``, ``connection closed: ...``,
+    ``TLS handshake failed: ...``, ``TLS certificate rejected: ...``, ``connection failed:
+    ...`` (unreachable and other socket errors), ``invalid answer: ...`` (not HTTP); anything
+    else as its type and message.
     """
-
-    def __init__(self, session: Callable[[], aiohttp.ClientSession], timeout: float) -> None:
-        super().__init__(client=session)
-        self._timeout = aiohttp.ClientTimeout(
-            sock_connect=timeout, sock_read=timeout, connect=timeout
-        )
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if not isinstance(self.client, aiohttp.ClientSession):
-            self.client = self.get_client()
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
-        stream = request.stream
-        body = stream.data if isinstance(stream, InMemoryBody) else request.read()
-        with map_aiohttp_exceptions():
-            response = await self.client.request(
-                request.method,
-                str(request.url),
-                headers=headers,
-                data=body or None,
-                allow_redirects=False,
-                auto_decompress=False,
-                compress=False,
-                timeout=self._timeout,
-            )
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.raw_headers,
-            stream=AiohttpResponseStream(response),
-            request=request,
-        )
+    if isinstance(exc, TimeoutError):  # asyncio.timeout, and aiohttp's socket timeouts
+        return f"timed out after {timeout:g} s"
+    if isinstance(exc, TargetBlocked | aiohttp.InvalidURL):
+        return f"target not allowed: {exc}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        where = f"{exc.host}:{exc.port}"
+        cause = exc.os_error
+        if isinstance(exc, aiohttp.ClientConnectorDNSError):
+            return f"DNS lookup failed: {exc.host}: {_reason(cause)}"
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            return f"TLS certificate rejected: {where}: {_reason(exc.certificate_error)}"
+        if isinstance(exc, aiohttp.ClientSSLError):
+            return f"TLS handshake failed: {where}: {_reason(cause)}"
+        if cause.errno == errno.ECONNREFUSED:
+            return f"connection refused: {where}"
+        if cause.errno == errno.ECONNRESET:
+            return f"connection reset: {where}"
+        return f"connection failed: {where}: {_reason(cause)}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "connection closed: the subscriber closed the connection without answering"
+    if isinstance(exc, ConnectionResetError) or (
+        isinstance(exc, OSError) and exc.errno == errno.ECONNRESET
+    ):
+        return "connection reset: the subscriber reset the connection"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"invalid answer: {' '.join(str(exc.message).split())}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 @dataclass(frozen=True)
@@ -117,78 +110,91 @@ class Attempt:
 
 
 class Deliverer:
-    """Sends signed deliveries through one pooled, address-guarded HTTP client.
+    """Sends signed deliveries through one pooled, address-guarded aiohttp session.
 
     Args:
         policy: which addresses subscribers may resolve to.
         timeout: seconds one attempt may take in all.
         max_connections: open connections in total (per-subscriber concurrency is the
             worker's business).
+        clock: where an attempt's start time (and so its signature's timestamp) is read.
     """
 
-    def __init__(self, policy: TargetPolicy, timeout: float, max_connections: int = 512) -> None:
+    def __init__(
+        self,
+        policy: TargetPolicy,
+        timeout: float,
+        max_connections: int = 512,
+        *,
+        clock: Clock = system_clock,
+    ) -> None:
         self.policy = policy
         self.timeout = timeout
-        # The transport is called directly with httpx Requests: the client's layers (cookies,
-        # auth, redirects) are all things a delivery must not do, and they cost a third of
-        # the CPU of an attempt. No redirect is followed (a 3xx is a failed attempt) and no
-        # cookie a subscriber sets is kept or sent back.
-        self.transport = DeliveryTransport(
-            lambda: guarded_session(policy, limit=max_connections, limit_per_host=0), timeout
+        self.max_connections = max_connections
+        self.clock = clock
+        # Each phase is bounded too, so aiohttp says which one took too long; the attempt as a
+        # whole is bounded by asyncio.timeout in ``attempt``.
+        self._client_timeout = aiohttp.ClientTimeout(
+            total=None, connect=timeout, sock_connect=timeout, sock_read=timeout
         )
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The guarded session, opened on first use (it needs the running event loop)."""
+        if self._session is None:
+            self._session = guarded_session(
+                self.policy, limit=self.max_connections, limit_per_host=0
+            )
+        return self._session
 
     async def aclose(self) -> None:
-        await self.transport.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
-    def headers(self, claim: Claim, timestamp: int, body: bytes) -> list[tuple[bytes, bytes]]:
-        """The delivery's headers, already encoded (httpx then skips normalizing them)."""
-        return [
-            (b"content-type", b"application/cloudevents+json"),
-            (b"user-agent", _USER_AGENT),
-            (b"webhook-id", claim.event_id.encode()),
-            (b"webhook-timestamp", str(timestamp).encode()),
-            (b"webhook-signature", sign(claim.secrets, claim.event_id, timestamp, body).encode()),
-        ]
+    def headers(self, claim: Claim, timestamp: int, body: bytes) -> dict[str, str]:
+        """The delivery's headers (Standard Webhooks: id, timestamp, signature)."""
+        return {
+            "content-type": "application/cloudevents+json",
+            "user-agent": USER_AGENT,
+            "webhook-id": claim.event_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(claim.secrets, claim.event_id, timestamp, body),
+        }
 
     async def attempt(self, claim: Claim) -> Attempt:
-        started_at = time.time()
+        started_at = self.clock()
         started = time.perf_counter()
         body = claim.body.encode()
         status: int | None = None
         error: str | None = None
         excerpt = bytearray()
         try:
-            # The body as a stream: httpx then skips computing Host and Content-Length,
-            # which aiohttp sets anyway from the URL and the bytes (DeliveryTransport).
-            request = httpx.Request(
-                "POST",
-                _parsed_url(claim.url),
-                stream=InMemoryBody(body),
-                headers=self.headers(claim, int(started_at), body),
-            )
-            # The guarded session checks the address of every connection it opens.
-            async with asyncio.timeout(self.timeout):
-                response = await self.transport.handle_async_request(request)
-                stream = response.stream
-                assert isinstance(stream, httpx.AsyncByteStream)
-                try:
-                    status = response.status_code
-                    async for chunk in stream:
-                        excerpt += chunk
-                        if len(excerpt) >= EXCERPT_BYTES:
-                            break
-                finally:
-                    await stream.aclose()
-        except TimeoutError:
-            error = f"timed out after {self.timeout:g} s"
-        except (TargetNotAllowed, httpx.InvalidURL) as exc:
-            error = storable_text(f"target not allowed: {exc}", 500)
-        except httpx.HTTPError as exc:
-            if is_target_blocked(exc):
-                error = storable_text(f"target not allowed: {exc}", 500)
-            elif status is None:
-                # The message may quote what the subscriber sent (a malformed status line).
-                error = storable_text(f"{type(exc).__name__}: {exc}", 500)
+            async with (
+                asyncio.timeout(self.timeout),
+                self.session.post(
+                    claim.url,
+                    data=body,
+                    headers=self.headers(claim, int(started_at), body),
+                    allow_redirects=False,
+                    auto_decompress=False,
+                    timeout=self._client_timeout,
+                ) as response,
+            ):
+                status = response.status
+                while len(excerpt) < EXCERPT_BYTES:
+                    chunk = await response.content.readany()
+                    if not chunk:
+                        break
+                    excerpt += chunk
+            # Leaving the block releases the connection; one whose answer was not read to
+            # its end is closed rather than reused.
+        except (TimeoutError, TargetBlocked, aiohttp.InvalidURL) as exc:
+            error = storable_text(failure_text(exc, self.timeout), ERROR_CHARS)
+        except (aiohttp.ClientError, OSError) as exc:
+            if status is None:
+                error = storable_text(failure_text(exc, self.timeout), ERROR_CHARS)
             # An error while reading the body after the status arrived: the status stands.
         return Attempt(
             started_at=started_at,

@@ -78,7 +78,21 @@ def build_cloudevent(
 
     ``raw_omitted``: why ``raw`` is left out (``service.forwarding``), when it is.
     """
-    event = {
+    data: dict[str, Any] = {
+        "provider": provider,
+        "task_id": normalized.task_id,
+        "status": normalized.status,
+        "progress": normalized.progress,
+        "model": normalized.model,
+        "media_type": normalized.media_type,
+        "outputs": [output.as_json() for output in normalized.outputs],
+        "error": normalized.error,
+        "metadata": metadata,
+        "raw": raw,
+    }
+    if raw_omitted is not None:
+        data["raw_omitted"] = raw_omitted
+    return {
         "specversion": "1.0",
         "id": event_id,
         "source": f"/providers/{provider}",
@@ -86,22 +100,8 @@ def build_cloudevent(
         "subject": normalized.task_id,
         "time": rfc3339(received_at),
         "datacontenttype": "application/json",
-        "data": {
-            "provider": provider,
-            "task_id": normalized.task_id,
-            "status": normalized.status,
-            "progress": normalized.progress,
-            "model": normalized.model,
-            "media_type": normalized.media_type,
-            "outputs": [output.as_json() for output in normalized.outputs],
-            "error": normalized.error,
-            "metadata": metadata,
-            "raw": raw,
-        },
+        "data": data,
     }
-    if raw_omitted is not None:
-        event["data"]["raw_omitted"] = raw_omitted
-    return event
 
 
 def dumps(value: Any) -> str:

@@ -71,9 +71,13 @@ class Relay:
         self.body_budget = BodyBudget(self.settings.body_memory)
 
     @classmethod
-    async def start(cls, settings: Settings, store: Store | None = None) -> Relay:
+    async def start(
+        cls, settings: Settings, store: Store | None = None, clock: Clock = system_clock
+    ) -> Relay:
         """Open the store and resolve the secrets that were not configured."""
-        store = store or open_store(settings.database_url, migrate=settings.migrate_on_start)
+        store = store or open_store(
+            settings.database_url, migrate=settings.migrate_on_start, clock=clock
+        )
         await store.open()
         keys = [str(key) for key in settings.secret_keys]
         if not keys:
@@ -88,7 +92,9 @@ class Relay:
         settings = settings.with_changes(
             secret_keys=tuple(Secret(k) for k in keys), admin_token=admin
         )
-        return cls(settings, store, CallbackTokens(keys), generated_admin_token=generated)
+        return cls(
+            settings, store, CallbackTokens(keys), generated_admin_token=generated, clock=clock
+        )
 
     async def close(self) -> None:
         await self.store.close()

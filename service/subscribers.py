@@ -1,78 +1,80 @@
-"""Subscribers: validating what operators register, before it reaches the store."""
+"""Subscribers: what operators register, checked before it reaches the store, and shown.
+
+The shapes (``NewSubscriber``, ``SubscriberChanges``, ``Subscriber``...) are declared in
+``service.shapes.subscribers``; this module adds what a shape cannot check alone (the target
+URL against the SSRF policy) and the store's side.
+"""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
+from msgspec import UNSET, structs
+
 from service import ids
-from service.clock import rfc3339
-from service.errors import Conflict, InvalidInput, NotFound
-from service.events import EVENT_TYPES
-from service.providers import PROVIDERS
+from service.clock import Clock, rfc3339, system_clock
+from service.errors import Conflict, NotFound
+from service.shapes.base import decode
+from service.shapes.subscribers import (
+    EVENT_TYPE_PATTERNS,
+    NewSubscriber,
+    RotatedSubscriber,
+    SubscriberChanges,
+    SubscriberWithSecret,
+)
+from service.shapes.subscribers import Subscriber as SubscriberShape
 from service.signing import new_secret
 from service.store.base import Store, Subscriber
 from service.targets import TargetPolicy, check_target
+
+__all__ = ["EVENT_TYPE_PATTERNS", "ROTATION_OVERLAP_SECONDS"]
 
 #: How long a rotated-out secret keeps signing beside the new one.
 ROTATION_OVERLAP_SECONDS = 24 * 3600
 
 
-def _string_list(body: dict[str, Any], key: str, allowed: set[str]) -> tuple[str, ...] | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise InvalidInput(f"{key} must be a list of strings.", code="invalid_subscriber")
-    unknown = [item for item in value if item not in allowed]
-    if unknown:
-        raise InvalidInput(
-            f"{key}: unknown value(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}.",
-            code="invalid_subscriber",
-        )
-    return tuple(value)
-
-
-EVENT_TYPE_PATTERNS = {*EVENT_TYPES, "generation.*", "*"}
+async def checked_changes(shape: SubscriberChanges, policy: TargetPolicy) -> dict[str, Any]:
+    """The fields ``shape`` gives, as the store takes them; a new URL is checked against the
+    SSRF policy (``target_not_allowed``...)."""
+    changes: dict[str, Any] = {}
+    for name, value in structs.asdict(shape).items():
+        if value is UNSET:
+            continue
+        changes[name] = tuple(value) if isinstance(value, list) else value
+    if "url" in changes:
+        await check_target(changes["url"], policy)
+    return changes
 
 
 async def validate_changes(
     body: dict[str, Any], policy: TargetPolicy, *, creating: bool
 ) -> dict[str, Any]:
-    """The checked fields of a create or PATCH body; raises ``InvalidInput``."""
-    known = {"url", "description", "providers", "event_types", "enabled"}
-    extra = set(body) - known
-    if extra:
-        raise InvalidInput(
-            f"Unknown field(s): {', '.join(sorted(extra))}.", code="invalid_subscriber"
-        )
-    changes: dict[str, Any] = {}
-    if "url" in body or creating:
-        url = body.get("url")
-        if not isinstance(url, str) or not url:
-            raise InvalidInput("url is required.", code="invalid_subscriber")
-        await check_target(url, policy)
-        changes["url"] = url
-    if "description" in body:
-        description = body["description"]
-        if description is not None and (not isinstance(description, str) or len(description) > 500):
-            raise InvalidInput(
-                "description must be a string of at most 500 characters.", code="invalid_subscriber"
-            )
-        changes["description"] = description
-    if "providers" in body:
-        changes["providers"] = _string_list(body, "providers", set(PROVIDERS))
-    if "event_types" in body:
-        changes["event_types"] = _string_list(body, "event_types", EVENT_TYPE_PATTERNS)
-    if "enabled" in body:
-        if not isinstance(body["enabled"], bool):
-            raise InvalidInput("enabled must be true or false.", code="invalid_subscriber")
-        changes["enabled"] = body["enabled"]
-    return changes
+    """The checked fields of a create or PATCH body (a JSON object); raises ``InvalidInput``."""
+    shape = NewSubscriber if creating else SubscriberChanges
+    return await checked_changes(decode(shape, body), policy)
 
 
-def subscriber_json(sub: Subscriber, *, with_secret: bool = False) -> dict[str, Any]:
-    answer: dict[str, Any] = {
+def shown(sub: Subscriber) -> SubscriberShape:
+    """A subscriber as the admin API lists it."""
+    return SubscriberShape(**_fields(sub))
+
+
+def shown_with_secret(sub: Subscriber) -> SubscriberWithSecret:
+    """A subscriber just registered, with the secret it signs with."""
+    return SubscriberWithSecret(**_fields(sub), secret=sub.secrets[0])
+
+
+def shown_rotated(sub: Subscriber, now: float) -> RotatedSubscriber:
+    """A subscriber just rotated: the new secret, and until when the previous one signs."""
+    return RotatedSubscriber(
+        **_fields(sub),
+        secret=sub.secrets[0],
+        previous_secret_valid_until=rfc3339(now + ROTATION_OVERLAP_SECONDS),
+    )
+
+
+def _fields(sub: Subscriber) -> dict[str, Any]:
+    return {
         "id": sub.id,
         "url": sub.url,
         "description": sub.description,
@@ -83,14 +85,14 @@ def subscriber_json(sub: Subscriber, *, with_secret: bool = False) -> dict[str, 
         "created_at": rfc3339(sub.created_at),
         "updated_at": rfc3339(sub.updated_at),
     }
-    if with_secret:
-        answer["secret"] = sub.secrets[0]
-    return answer
 
 
-async def create(store: Store, body: dict[str, Any], policy: TargetPolicy) -> Subscriber:
-    changes = await validate_changes(body, policy, creating=True)
-    now = time.time()
+async def register(
+    store: Store, new: NewSubscriber, policy: TargetPolicy, clock: Clock = system_clock
+) -> Subscriber:
+    """Store a new subscriber, with a fresh secret."""
+    changes = await checked_changes(new, policy)
+    now = clock()
     subscriber = Subscriber(
         id=ids.new_id("sub"),
         url=changes["url"],
@@ -106,10 +108,17 @@ async def create(store: Store, body: dict[str, Any], policy: TargetPolicy) -> Su
     return subscriber
 
 
-async def rotate(store: Store, subscriber_id: str) -> Subscriber:
+async def create(
+    store: Store, body: dict[str, Any], policy: TargetPolicy, clock: Clock = system_clock
+) -> Subscriber:
+    """``register`` from a JSON object (the console's form, ``relay subscribers add``)."""
+    return await register(store, decode(NewSubscriber, body), policy, clock)
+
+
+async def rotate(store: Store, subscriber_id: str, clock: Clock = system_clock) -> Subscriber:
     secret = new_secret()
     subscriber = await store.rotate_secret(
-        subscriber_id, secret, time.time() + ROTATION_OVERLAP_SECONDS
+        subscriber_id, secret, clock() + ROTATION_OVERLAP_SECONDS
     )
     if subscriber is None:
         raise NotFound("No subscriber with this id.")

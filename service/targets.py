@@ -22,13 +22,11 @@ into the network it runs in. The contract:
   address, and a name that does not resolve (unless private targets are allowed, in which case
   nothing is resolved).
 * At delivery the connection goes only to addresses that were checked: ``guarded_session``
-  builds the aiohttp session for ``httpx_aiohttp.AiohttpTransport`` whose resolver
-  (``GuardedResolver``) drops refused addresses after each lookup, so a name re-pointed to a
-  private address after registration (DNS rebinding) is never connected to, and whose
-  middleware refuses IP-literal hosts (aiohttp does not resolve those) on every request,
-  redirects included. Both show up as a connection error (an ``httpx.TransportError``;
-  httpx-aiohttp 0.2.0 raises ``httpx.ConnectTimeout`` for every connector error) for which
-  ``is_target_blocked`` is true.
+  builds the aiohttp session delivery uses, whose resolver (``GuardedResolver``) drops refused
+  addresses after each lookup, so a name re-pointed to a private address after registration
+  (DNS rebinding) is never connected to, and whose middleware refuses IP-literal hosts
+  (aiohttp does not resolve those) and proxies on every request, redirects included. Both
+  raise ``TargetBlocked``, which aiohttp lets through as it is (it wraps only ``OSError``).
   ``guard_request_url`` makes the same literal check before a request, as a ``TargetNotAllowed``
   the delivery code can treat as permanent.
 """
@@ -37,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import functools
 import ipaddress
 import re
@@ -140,33 +137,12 @@ class InvalidTargetUrl(TargetNotAllowed):
     code = "invalid_url"
 
 
-class TargetBlocked(OSError):
-    """A connection was refused by the target policy (raised inside aiohttp, seen as a
-    connection error by httpx)."""
+class TargetBlocked(Exception):
+    """A guarded session refused to connect: the target policy does not allow the address.
 
-    def __init__(self, message: str) -> None:
-        super().__init__(errno.EACCES, message)
-
-
-def is_target_blocked(exc: BaseException) -> bool:
-    """Whether ``exc`` (e.g. the ``httpx.TransportError`` of a delivery) comes from the target
-    policy refusing the connection.
-
-    httpx-aiohttp reports every aiohttp connector error as ``httpx.ConnectTimeout`` (0.2.0), so
-    the exception type alone does not tell a blocked target from a slow one; this follows the
-    ``__cause__``/``__context__`` chain and aiohttp's ``os_error`` to a ``TargetBlocked``.
+    Raised by ``GuardedResolver`` and the session's middleware, out of the request as it is:
+    not an ``OSError``, so aiohttp does not wrap it in a connection error.
     """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, TargetBlocked):
-            return True
-        if isinstance(current, aiohttp.ClientConnectorError):
-            current = current.os_error
-            continue
-        current = current.__cause__ or current.__context__
-    return False
 
 
 def _classify(ip: IPAddress) -> str | None:
@@ -442,8 +418,9 @@ class GuardedResolver(AbstractResolver):
 
     Wraps ``inner`` (default: aiohttp's ``ThreadedResolver`` with a thread per lookup, see
     ``_LookupThreads``; it needs a running event loop).
-    When every address is refused, ``resolve`` raises ``TargetBlocked`` (an ``OSError``), which
-    aiohttp reports as ``ClientConnectorDNSError`` and httpx as a ``TransportError``.
+    When every address is refused, ``resolve`` raises ``TargetBlocked``, which leaves the
+    request as it is; a failed lookup is an ``OSError``, which aiohttp reports as
+    ``ClientConnectorDNSError``.
     """
 
     def __init__(self, policy: TargetPolicy, inner: AbstractResolver | None = None) -> None:
@@ -514,7 +491,7 @@ class _LiteralGuard:
             else _literal_host_refusal(self.policy, request.url.raw_host or "")
         )
         if why is not None:
-            raise aiohttp.ClientConnectorError(request.connection_key, TargetBlocked(why))
+            raise TargetBlocked(why)
         return await handler(request)
 
 
@@ -526,12 +503,11 @@ def guarded_session(
 ) -> aiohttp.ClientSession:
     """An aiohttp session that connects only to addresses ``policy`` allows.
 
-    Pass it as ``httpx_aiohttp.AiohttpTransport(client=...)``; closing the httpx client closes
-    it. Its connector resolves through ``GuardedResolver`` and caches answers for
+    Its connector resolves through ``GuardedResolver`` and caches answers for
     ``DNS_CACHE_TTL`` seconds; a middleware refuses IP-literal hosts and proxies on every
-    request. Certificates are verified; cookies are not kept (httpx handles them). ``limit``
-    caps open connections in total, ``limit_per_host`` per host (0: no cap). Must be called
-    inside a running event loop.
+    request. Both raise ``TargetBlocked``. Certificates are verified; cookies are not kept.
+    ``limit`` caps open connections in total, ``limit_per_host`` per host (0: no cap). Must
+    be called inside a running event loop.
 
     Raises:
         RuntimeError: no event loop is running.

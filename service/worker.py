@@ -1,11 +1,9 @@
 """The delivery worker: claims due deliveries, attempts them, records what happened.
 
 Concurrency is bounded overall (``concurrency`` deliveries leased at once) and per subscriber
-(``per_subscriber`` requests in flight; a saturated subscriber is left out of the next claim),
-so one slow or dead subscriber never delays the others. Slots are also shared fairly among
-many stalled ones: while several subscribers have deliveries leased, none may hold more than
-``concurrency // (subscribers + 1)`` (a claim's surplus is released at once). So however many
-subscribers hang until the timeout, the slots they hold leave room for a healthy one.
+(``per_subscriber`` requests in flight). The slots are shared among subscribers by
+``service.fair_shares``: each contender holds at most its share and one share is kept free, so
+one slow, dead or stalled subscriber (or many at once) never makes a healthy one wait.
 
 The store's claim keeps per-task order. A lease covers an attempt; if this process dies, the
 lease lapses and the delivery is attempted again (at least once). ``stop()`` stops claiming,
@@ -18,19 +16,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import time
-from collections import defaultdict
 from collections.abc import Sequence
 
 import structlog
 
 from service import metrics
+from service.attempt_outcome import attempt_outcome
+from service.clock import Clock, system_clock
 from service.delivery import Attempt, Deliverer
 from service.errors import StorageUnavailable
+from service.fair_shares import FairShares
 from service.relay import Relay
 from service.retention import Retention, prune_forever
-from service.retry import next_delay
-from service.store.base import AttemptRecord, Claim, Store
+from service.store.base import Claim, Store
 from service.targets import TargetPolicy
 
 log = structlog.get_logger("service.worker")
@@ -52,6 +50,7 @@ class DeliveryWorker:
         concurrency: int = 512,
         per_subscriber: int = 64,
         claim_batch: int = 256,
+        clock: Clock = system_clock,
     ) -> None:
         self.store = store
         self.deliverer = deliverer
@@ -59,12 +58,13 @@ class DeliveryWorker:
         self.concurrency = concurrency
         self.per_subscriber = per_subscriber
         self.claim_batch = claim_batch
+        self.clock = clock
         # Claimed deliveries may wait for their subscriber's slot before their attempt starts.
         self.lease_seconds = 3 * deliverer.timeout + 10
+        self.shares = FairShares(concurrency, per_subscriber, clock=clock)
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._per_subscriber: dict[str, int] = defaultdict(int)
         self._slots: dict[str, asyncio.Semaphore] = {}
         self.last_claim_at = 0.0
         # (subscribers left out, when) of the last claim that found nothing: see ``_claim``.
@@ -87,8 +87,7 @@ class DeliveryWorker:
         self.running = True
         try:
             while not self._stopping:
-                claimed = await self._claim()
-                if claimed and claimed == self.claim_batch:
+                if await self._claim():
                     await asyncio.sleep(0)  # more may be due right away; let attempts start
                     continue
                 with contextlib.suppress(TimeoutError):
@@ -98,21 +97,14 @@ class DeliveryWorker:
         finally:
             self.running = False
 
-    def limit(self, active: int) -> int:
-        """How many deliveries one subscriber may have leased while ``active`` subscribers
-        have some: ``per_subscriber``, or its fair share of the slots when there are several
-        (one share kept free for a subscriber whose work comes next)."""
-        if active > 1:
-            return min(self.per_subscriber, max(1, self.concurrency // (active + 1)))
-        return self.per_subscriber
-
-    async def _claim(self) -> int:
-        free = self.concurrency - len(self._tasks)
-        if free <= 0:
-            return 0
-        limit = self.limit(len(self._per_subscriber))
-        saturated = frozenset(sub for sub, count in self._per_subscriber.items() if count >= limit)
-        now = time.time()
+    async def _claim(self) -> bool:
+        """Claim a batch and start what its subscribers' shares allow; True when the store
+        may hold more due deliveries that could start now."""
+        limit = min(self.shares.free, self.claim_batch)
+        if limit <= 0:
+            return False
+        saturated = self.shares.saturated()
+        now = self.clock()
         if self._found_nothing is not None:
             # Every attempt that ends wakes the worker, but while the same subscribers are
             # saturated a claim leaving them out finds what the last one found: nothing, after
@@ -121,36 +113,26 @@ class DeliveryWorker:
             # make it worth asking again.
             left_out, at = self._found_nothing
             if saturated >= left_out and now - at < IDLE_POLL_SECONDS:
-                return 0
+                return False
             self._found_nothing = None
         try:
-            claims = await self.store.claim_due(
-                now, min(free, self.claim_batch), self.lease_seconds, saturated
-            )
+            claims = await self.store.claim_due(now, limit, self.lease_seconds, saturated)
         except StorageUnavailable as exc:
             log.warning("claim_failed", error=exc.message)
             await asyncio.sleep(1)
-            return 0
+            return False
         self.last_claim_at = now
         if not claims and saturated:
             self._found_nothing = (saturated, now)
-        surplus: list[str] = []
-        for claim in claims:
-            sub = claim.subscriber_id
-            active = len(self._per_subscriber) + (sub not in self._per_subscriber)
-            # One subscriber alone may queue a whole batch behind its slots; among several,
-            # what is over a subscriber's share goes back at once for the next claim.
-            if active > 1 and self._per_subscriber.get(sub, 0) >= self.limit(active):
-                surplus.append(claim.delivery_id)
-                continue
-            self._per_subscriber[sub] += 1
+        admission = self.shares.admit(claims)
+        for claim in admission.started:
             self._tasks[claim.delivery_id] = asyncio.create_task(self._deliver(claim))
-        if surplus:
+        if admission.surplus:
             with contextlib.suppress(StorageUnavailable):  # else their leases lapse
-                await self.store.release_leases(surplus)
-        # Started, not fetched: a batch given back entirely must not make run() claim again
-        # at once (the subscribers it was for are saturated until an attempt ends).
-        return len(claims) - len(surplus)
+                await self.store.release_leases([claim.delivery_id for claim in admission.surplus])
+        # A full batch: more may be due. What went back belongs to subscribers now saturated,
+        # which the next claim leaves out, so claiming again at once cannot loop.
+        return len(claims) == limit and self.shares.free > 0
 
     def _slot(self, subscriber_id: str) -> asyncio.Semaphore:
         slot = self._slots.get(subscriber_id)
@@ -178,39 +160,13 @@ class DeliveryWorker:
             log.exception("delivery_error")
         finally:
             del self._tasks[claim.delivery_id]
-            self._per_subscriber[claim.subscriber_id] -= 1
-            if not self._per_subscriber[claim.subscriber_id]:
-                del self._per_subscriber[claim.subscriber_id]
+            self.shares.release(claim.subscriber_id)
+            if claim.subscriber_id not in self.shares.held:
                 self._slots.pop(claim.subscriber_id, None)
             self._wakeup.set()
 
-    def decide(self, claim: Claim, attempt: Attempt) -> AttemptRecord:
-        """What an attempt's result means for its delivery (pure)."""
-        done_at = attempt.started_at + attempt.latency_ms / 1000
-        disable = None
-        if attempt.ok:
-            outcome, next_at = "succeeded", None
-        elif attempt.status_code == 410:
-            outcome, next_at = "failed", None
-            disable = "the subscriber answered 410 Gone"
-        else:
-            delay = next_delay(self.retry_delays, claim.cycle_attempts + 1)
-            outcome, next_at = ("failed", None) if delay is None else ("pending", done_at + delay)
-        return AttemptRecord(
-            delivery_id=claim.delivery_id,
-            attempted_at=attempt.started_at,
-            trigger=claim.trigger,
-            latency_ms=attempt.latency_ms,
-            status_code=attempt.status_code,
-            error=attempt.error,
-            response_excerpt=attempt.response_excerpt,
-            outcome=outcome,  # type: ignore[arg-type]
-            next_attempt_at=next_at,
-            disable_subscriber=disable,
-        )
-
     async def _record(self, claim: Claim, attempt: Attempt) -> None:
-        record = self.decide(claim, attempt)
+        record = attempt_outcome(claim, attempt, self.retry_delays)
         metrics.count_attempt(record.outcome, attempt.latency_ms)
         fields = {
             "status_code": attempt.status_code,
@@ -267,12 +223,15 @@ class BackgroundWork:
     def __init__(self, relay: Relay) -> None:
         settings = relay.settings
         self.relay = relay
-        self.deliverer = Deliverer(TargetPolicy.from_settings(settings), settings.delivery_timeout)
+        self.deliverer = Deliverer(
+            TargetPolicy.from_settings(settings), settings.delivery_timeout, clock=relay.clock
+        )
         self.worker = DeliveryWorker(
             relay.store,
             self.deliverer,
             settings.retry_delays,
             concurrency=settings.delivery_concurrency,
+            clock=relay.clock,
         )
         from service.watch_worker import WatchWorker
 
@@ -294,6 +253,7 @@ class BackgroundWork:
                         self.relay.settings.retention_days,
                         self.relay.settings.failed_retention_days,
                     ),
+                    clock=self.relay.clock,
                 ),
                 name="retention",
             ),

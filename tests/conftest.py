@@ -207,6 +207,21 @@ class RelayServer:
     def stop(self) -> None:
         self.client.close()
         self.thread.stop()
+        _running_relays[:] = [server for server in _running_relays if server is not self]
+
+
+#: Relays started by ``relay_factory`` and not stopped yet. pytest tears a test's fixtures down
+#: in the reverse order of its parameters, so a database fixture listed after ``relay_factory``
+#: ends first: ``stop_relays_on`` lets it stop the relays on its database before dropping it
+#: (a relay left running claims against a schema being dropped: its claims and the DROP take
+#: their table locks in different orders and deadlock).
+_running_relays: list[RelayServer] = []
+
+
+def stop_relays_on(database_url: str) -> None:
+    """Stop the relays started by ``relay_factory`` that are still running on this database."""
+    for server in [s for s in _running_relays if s.settings.database_url == database_url]:
+        server.stop()
 
 
 def make_settings(tmp_path: Path, port: int, **overrides: Any) -> Settings:
@@ -233,6 +248,7 @@ def relay_factory(tmp_path: Path) -> Iterator[Callable[..., RelayServer]]:
         thread = ServerThread(create_app(settings), sock, settings).start()
         server = RelayServer(f"http://127.0.0.1:{port}", settings, thread)
         started.append(server)
+        _running_relays.append(server)
         return server
 
     yield start

@@ -11,16 +11,19 @@ A task moves along a timeline (seconds after it was added -> state) as real task
 can be queued per task: 429 with ``Retry-After``, 5xx, or hanging past the relay's timeout, or
 any answer of one's own (a redirect, a gzip bomb); ``always`` answers every request with one.
 Every request is recorded (when, which task, what was answered). Unknown tasks are 404, and
-Evolink answers 400 to an id that is not ``task-unified-...``, as its API does.
+Evolink answers 400 to an id that is not ``task-unified-...``, as its API does. A test may
+close the gate (``with emulator.gate_closed(): ...``): requests then arrive but are answered
+only once it opens, so what the relay does before an answer does not race the test's clock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -143,6 +146,8 @@ class ProviderEmulator:
     #: in the last ``seconds`` (a sliding window, the strictest reading) is answered 429 with
     #: Retry-After, and counts too, as a provider counts it.
     rate_limits: dict[str, tuple[int, float]] = field(default_factory=dict)
+    #: Set while requests are answered; cleared by ``gate_closed`` to hold every answer back.
+    gate: threading.Event = field(default_factory=lambda: _opened(threading.Event()))
 
     @property
     def url(self) -> str:
@@ -203,6 +208,22 @@ class ProviderEmulator:
         with self.lock:
             return [hit for hit in self.hits if hit.task_id == task_id]
 
+    @contextlib.contextmanager
+    def gate_closed(self) -> Iterator[None]:
+        """Hold every answer back until the block ends (opened again even if it fails, so
+        that no relay waits for its poll timeout when it stops)."""
+        self.gate.clear()
+        try:
+            yield
+        finally:
+            self.gate.set()
+
+    async def _through_gate(self) -> None:
+        # A threading.Event looked at every 10 ms: the test's thread opens it, and has no
+        # handle on this server's loop to set an asyncio.Event through.
+        while not self.gate.is_set():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
     # -- the HTTP side ----------------------------------------------------------------------
 
     def _authorized(self, provider: str, request: Request) -> bool:
@@ -221,6 +242,7 @@ class ProviderEmulator:
             fault = task.faults.pop(0) if task is not None and task.faults else None
             if fault is None and task is not None:
                 fault = task.always
+        await self._through_gate()
         if limited is not None:
             fault = Fault(429, retry_after=limited)
         if not self._authorized(provider, request):
@@ -293,6 +315,11 @@ class ProviderEmulator:
     def stop(self) -> None:
         if self.thread is not None:
             self.thread.stop()
+
+
+def _opened(gate: threading.Event) -> threading.Event:
+    gate.set()
+    return gate
 
 
 # -- each provider's documented answer --------------------------------------------------------

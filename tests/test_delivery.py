@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -10,6 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.conftest import EVOLINK_COMPLETED, RelayServer, bound_socket
+from tests.edge import fake_dns
 from tests.subscriber_server import SubscriberServer
 
 
@@ -337,7 +339,7 @@ def test_private_target_refused_again_at_delivery(
 
 
 def test_connection_errors_are_retried(relay_factory: Callable[..., RelayServer]) -> None:
-    """A refused connection is a failed attempt, retried by the policy, with its error kept."""
+    """A refused connection is a failed attempt, retried by the policy, recorded as refused."""
     relay = relay_factory(retry_delays=(0.1, 0.1))
     closed = bound_socket()  # bound, never listening: connections are refused
     port = closed.getsockname()[1]
@@ -347,6 +349,42 @@ def test_connection_errors_are_retried(relay_factory: Callable[..., RelayServer]
         (failed,) = relay.wait_deliveries(1, "failed")
         assert failed["attempt_count"] == 3
         detail = relay.delivery(failed["id"])
-        assert all(a["status_code"] is None and a["error"] for a in detail["attempts"])
+        assert [(a["status_code"], a["error"]) for a in detail["attempts"]] == [
+            (None, f"connection refused: 127.0.0.1:{port}")
+        ] * 3
+        assert failed["last_error"] == f"connection refused: 127.0.0.1:{port}"
     finally:
         closed.close()
+
+
+def test_a_stalled_subscriber_is_recorded_as_timed_out(
+    relay_factory: Callable[..., RelayServer], subscriber_factory: Callable[..., SubscriberServer]
+) -> None:
+    """An attempt the subscriber does not answer within the delivery timeout says so."""
+    relay = relay_factory(delivery_timeout=0.5, retry_delays=())
+    sink = subscriber_factory(script=lambda n: (204, 2.0))
+    register(relay, sink)
+    relay.post_callback(relay.mint(reusable=True), EVOLINK_COMPLETED)
+    (failed,) = relay.wait_deliveries(1, "failed")
+    (only,) = relay.delivery(failed["id"])["attempts"]
+    assert (only["status_code"], only["error"]) == (None, "timed out after 0.5 s")
+    assert 450 <= only["latency_ms"] < 1500
+    assert sink.requests == 1
+
+
+def test_a_name_that_does_not_resolve_is_recorded_as_a_dns_failure(
+    relay_factory: Callable[..., RelayServer],
+) -> None:
+    """A subscriber whose name stopped resolving: the attempt says DNS, not a connection."""
+
+    def not_found() -> list[str]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    relay = relay_factory(retry_delays=())
+    relay.add_subscriber("http://gone.example:8080/hook")  # private targets: not resolved
+    with fake_dns(fallback=True) as table:
+        table["gone.example"] = not_found
+        relay.post_callback(relay.mint(reusable=True), EVOLINK_COMPLETED)
+        (failed,) = relay.wait_deliveries(1, "failed")
+    assert "gone.example" in table.lookups
+    assert failed["last_error"] == "DNS lookup failed: gone.example: Name or service not known"

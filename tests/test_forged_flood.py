@@ -28,18 +28,21 @@ from tests.test_watches import get_watch, post_watch, subscribe, wait_watch
 #: The bounds the tests run with: a few holds per URL, a few more in all, short-lived.
 PER_URL, TOTAL = 20, 30
 FLOOD = 200
-#: Polls 0.2 s apart, then 0.4 s; a hold waits 4 s for confirmation (the flood is sent well
-#: within that: the bounds count active holds, and one that ended frees its place).
+#: Polls 0.2 s apart, then 0.4 s; a hold waits 4 s for confirmation. The bounds count active
+#: holds, and one that ended frees its place, so each flood is sent with the emulator's gate
+#: closed: a hold ends only once a poll is answered (its third 404, or any answer past its
+#: deadline), and its first poll waits at the gate, so every hold stays active until the last
+#: forged callback was answered, however slowly a loaded machine sends them. The poll timeout
+#: only has to outlast the flood.
 HOLD_SETTINGS = {
     "watch_backoff": (0.2, 0.4),
-    "provider_timeout": 0.5,
+    "provider_timeout": 60.0,
     "holds_per_url": PER_URL,
     "holds_max": TOTAL,
     "hold_deadline": 4.0,
 }
-#: Three 404s take 6 s (polls at 0, 2 and 6 s): the whole flood arrives while the first
-#: holds are active.
-SLOW_REJECTION = {**HOLD_SETTINGS, "watch_backoff": (2.0, 4.0)}
+#: For holds that end on their third 404, long before a deadline.
+NO_DEADLINE = {**HOLD_SETTINGS, "hold_deadline": 600.0}
 
 
 def forged_ids(prefix: str, count: int) -> list[str]:
@@ -92,13 +95,16 @@ def test_a_flood_for_unknown_tasks_is_bounded_and_ends_suspect(
     """200 forged ``completed`` through one URL, for tasks the API does not know (404): 20
     are held, the rest refused 429; each hold costs 3 requests, ends rejected and suspect,
     and nothing is emitted (the old relay held all 200: 600 requests, 200 undeliverable
-    holds)."""
-    relay = relay_factory(**emulator.relay_settings(**SLOW_REJECTION, **database))
+    holds). The API answers nothing until the flood is over: the 20 holds are all active
+    throughout it, which is what the bound counts."""
+    relay = relay_factory(**emulator.relay_settings(**NO_DEADLINE, **database))
     subscribe(relay, sink)
     before = scrape(relay)
     url = relay.mint("evolink", reusable=True, metadata={"who": "forger"})
     task_ids = forged_ids("unknown", FLOOD)
-    answers = [relay.post_callback(url, forged(task)) for task in task_ids]
+    with emulator.gate_closed():
+        answers = [relay.post_callback(url, forged(task)) for task in task_ids]
+        assert evolink_hits(emulator, task_ids) == 0  # no hold has had an answer yet
     held = [a for a in answers if a.status_code == 200]
     assert len(held) == PER_URL and all(a.json()["held"] for a in held)
     for answer in answers[PER_URL:]:
@@ -132,15 +138,18 @@ def test_a_flood_while_the_api_fails_is_bounded_and_emits_nothing_at_the_deadlin
 ) -> None:
     """The API answers 503: 20 holds through one URL, 10 more through another, then 503 for
     the relay's bound; each hold polls with its back-off only until its 4 s deadline, then
-    ends expired and suspect, without the ``generation.failed`` the old relay emitted."""
+    ends expired and suspect, without the ``generation.failed`` the old relay emitted. (The
+    API answers nothing until the flood is over: were it sent slower than the deadline, the
+    holds would expire at their first answer, after the flood, still within the bound.)"""
     relay = relay_factory(**emulator.relay_settings(**HOLD_SETTINGS, **database))
     subscribe(relay, sink)
     first, second = (relay.mint("evolink", reusable=True) for _ in range(2))
     task_ids = forged_ids("down", 50)
     for task in task_ids:
         emulator.add_task("evolink", task, always=Fault(503))
-    answers = [relay.post_callback(first, forged(task)) for task in task_ids[:25]]
-    answers += [relay.post_callback(second, forged(task)) for task in task_ids[25:]]
+    with emulator.gate_closed():
+        answers = [relay.post_callback(first, forged(task)) for task in task_ids[:25]]
+        answers += [relay.post_callback(second, forged(task)) for task in task_ids[25:]]
     assert [a.status_code for a in answers[:PER_URL]] == [200] * PER_URL
     for answer in answers[PER_URL:25]:
         assert_refused(answer, 429, "too_many_held_callbacks")

@@ -44,7 +44,7 @@ from service.store.base import (
 from service.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
 from service.store.postgres import PostgresStore
 from service.store.sqlite import SQLiteStore
-from tests.conftest import EVOLINK_COMPLETED, RelayServer
+from tests.conftest import EVOLINK_COMPLETED, RelayServer, stop_relays_on
 from tests.subscriber_server import SubscriberServer
 
 pytestmark = pytest.mark.anyio
@@ -99,16 +99,22 @@ def require_postgres() -> None:
 
 @contextlib.contextmanager
 def fresh_schema() -> Iterator[str]:
-    """A database URL whose ``search_path`` is a new, empty schema, dropped afterwards."""
+    """A database URL whose ``search_path`` is a new, empty schema, dropped afterwards.
+
+    The relays of ``relay_factory`` still running on it are stopped before the drop, whatever
+    the order of the test's fixtures (``tests.conftest.stop_relays_on``).
+    """
     require_postgres()
     schema = f"relay_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     # A URL (not a key=value string) so that open_store and a whole relay accept it too.
     separator = "&" if "?" in POSTGRES_URL else "?"
+    url = f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
     try:
-        yield f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
+        yield url
     finally:
+        stop_relays_on(url)
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
@@ -1597,6 +1603,21 @@ def test_two_relays_share_one_database(
             assert [r.event_id for r in receipts if r.data["task_id"] == task] == event_ids
     finally:
         sink.stop()
+
+
+@pytest.mark.postgres
+def test_a_fresh_schema_outlives_the_relays_on_it(
+    relay_factory: Callable[..., RelayServer],
+) -> None:
+    """Its relays are stopped before it is dropped, even when ``relay_factory`` would stop them
+    only later (a test listing ``database`` after it): a relay left running claims while the
+    DROP takes its tables one by one, and the two deadlock on their table locks."""
+    with fresh_schema() as url:
+        relay = relay_factory(database_url=url)
+        other = relay_factory()  # on SQLite: not this schema's to stop
+        assert relay.client.get("/readyz").status_code == 200
+    assert not relay.thread.thread.is_alive()
+    assert other.thread.thread.is_alive() and other.client.get("/readyz").status_code == 200
 
 
 # -- retention ----------------------------------------------------------------------------------

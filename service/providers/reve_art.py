@@ -55,7 +55,9 @@ class ReveArt(Provider):
         if url:
             outputs.append(output(url, "image"))
         outputs += urls_to_outputs(body.get("urls"), "image")
-        metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        metadata = body.get("metadata")
+        if not isinstance(metadata, dict):
+            metadata = {}
         return Normalized(
             task_id=task_id,
             status=status,

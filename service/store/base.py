@@ -1,21 +1,34 @@
 """The store port: everything the relay keeps, behind one async interface.
 
-Implementations: ``SQLiteStore`` (the embedded default). Each method is one transaction; the
-docstrings are the contract every implementation honours (``tests/test_store_contract.py``).
-Times are Unix seconds (float). Storage failures raise ``StorageUnavailable``.
+Implementations: ``SQLiteStore`` (the embedded default) and ``PostgresStore`` (replicas). Each
+method is one transaction; the docstrings are the contract every implementation honours
+(``tests/test_store_contract.py``). Times are Unix seconds (float). Storage failures raise
+``StorageUnavailable``. The values that cross the port are in ``service.store.records`` (and
+re-exported here, where callers have always found them).
+
+Over 400 lines: it is one interface, and most of it is the contract, written once here.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from service.errors import InvalidInput
 from service.store.budget import ApiBudget, BudgetState
+from service.store.paging import Page
+from service.store.records import (
+    AttemptRecord,
+    Claim,
+    DeliveryFilter,
+    DeliveryStatus,
+    EventFilter,
+    IncomingEvent,
+    IngestResult,
+    Outcome,
+    ReplayResult,
+    Subscriber,
+)
 from service.store.watch_model import (
     Decision,
     HoldLimits,
@@ -25,175 +38,20 @@ from service.store.watch_model import (
     WatchFilter,
 )
 
-Outcome = Literal["accepted", "duplicate", "superseded"]
-
-
-# Built for every callback, so not frozen (a frozen dataclass costs six times as much to build);
-# nothing changes them once built.
-@dataclass(slots=True)
-class IncomingEvent:
-    """A normalized callback about to be stored. ``body`` is the CloudEvent JSON."""
-
-    event_id: str
-    provider: str
-    task_id: str
-    status: str
-    progress: int | None
-    event_type: str
-    terminal: bool
-    dedup_key: str
-    received_at: float
-    url_id: str | None
-    body: str
-    raw_body: bytes
-
-
-@dataclass(slots=True)
-class IngestResult:
-    outcome: Outcome
-    event_id: str
-    deliveries: int = 0
-
-
-@dataclass(frozen=True)
-class EventFilter:
-    provider: str | None = None
-    task_id: str | None = None
-    status: str | None = None
-    since: float | None = None
-
-
-@dataclass(frozen=True)
-class Subscriber:
-    id: str
-    url: str
-    description: str | None
-    providers: tuple[str, ...] | None
-    event_types: tuple[str, ...] | None
-    enabled: bool
-    created_at: float
-    updated_at: float
-    disabled_reason: str | None = None
-    #: Signing secrets (``whsec_...``), newest first; the previous one stays while rotating.
-    secrets: tuple[str, ...] = field(default=(), repr=False)
-
-    def wants(self, provider: str, event_type: str) -> bool:
-        """Whether this subscriber's filters select an event."""
-        if self.providers is not None and provider not in self.providers:
-            return False
-        if self.event_types is None:
-            return True
-        for pattern in self.event_types:
-            if pattern == event_type or pattern == "*":
-                return True
-            if pattern.endswith(".*") and event_type.startswith(pattern[:-1]):
-                return True
-        return False
-
-
-#: ``canceled``: its subscriber was deleted before it succeeded (terminal, like the others).
-DeliveryStatus = Literal["pending", "succeeded", "failed", "canceled"]
-
-
-@dataclass(frozen=True)
-class DeliveryFilter:
-    status: DeliveryStatus | None = None
-    subscriber_id: str | None = None
-    event_id: str | None = None
-    since: float | None = None
-    until: float | None = None
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A delivery leased to this worker, with everything needed to attempt it."""
-
-    delivery_id: str
-    event_id: str
-    subscriber_id: str
-    url: str
-    secrets: tuple[str, ...]
-    body: str
-    cycle_attempts: int
-    trigger: str
-    #: ``provider/task_id`` of the event (for the log lines of the attempt).
-    task_key: str = ""
-
-    @classmethod
-    def from_row(cls, row: Any, now: float) -> Claim:
-        """A claim from the stores' claim query, whose columns are: delivery id, event id,
-        subscriber id, url, secret, previous secret, its expiry, body, cycle attempts,
-        attempt count, task key."""
-        return cls(
-            delivery_id=row[0],
-            event_id=row[1],
-            subscriber_id=row[2],
-            url=row[3],
-            # The previous secret signs beside the new one until its expiry.
-            secrets=(row[4], row[5]) if row[5] and row[6] and row[6] > now else (row[4],),
-            body=row[7],
-            cycle_attempts=row[8],
-            # A fresh cycle after earlier attempts can only be an operator's replay.
-            trigger="replay" if row[8] == 0 and row[9] > 0 else "scheduled",
-            task_key=row[10],
-        )
-
-
-@dataclass(frozen=True)
-class AttemptRecord:
-    """What one HTTP attempt did, and what happens next."""
-
-    delivery_id: str
-    attempted_at: float
-    trigger: str
-    latency_ms: float
-    status_code: int | None
-    error: str | None
-    response_excerpt: str | None
-    #: ``succeeded``, ``failed``, or ``pending`` (retry at ``next_attempt_at``).
-    outcome: DeliveryStatus
-    next_attempt_at: float | None = None
-    #: Set when the subscriber answered 410 Gone: it is disabled with this reason.
-    disable_subscriber: str | None = None
-
-
-@dataclass(frozen=True)
-class ReplayResult:
-    """What ``replay`` or ``redeliver`` did.
-
-    ``count``: deliveries replayed (``replay``) or created (``redeliver``). ``newer``: what was
-    left alone because the subscriber already has a delivery of a later event of the same task
-    (see ``Store.replay``): delivery id (``replay``) or subscriber id (``redeliver``) -> that
-    newer delivery's id. Empty when ``force`` was given.
-    """
-
-    count: int
-    newer: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Page:
-    items: list[Any]
-    next_cursor: str | None
-
-
-def encode_cursor(position: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps([position]).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str | None) -> int | None:
-    """The position a cursor stands for; raises ``InvalidInput`` for a forged one."""
-    if not cursor:
-        return None
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        (position,) = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        # Positions are 64-bit row numbers: a larger integer is forged (and overflows SQLite).
-        if isinstance(position, int) and not isinstance(position, bool) and 0 <= position < 2**63:
-            return position
-    except (ValueError, TypeError, UnicodeError):
-        pass
-    raise InvalidInput("The cursor is not one this API returned.", code="invalid_cursor")
+__all__ = [
+    "AttemptRecord",
+    "Claim",
+    "DeliveryFilter",
+    "DeliveryStatus",
+    "EventFilter",
+    "IncomingEvent",
+    "IngestResult",
+    "Outcome",
+    "Page",
+    "ReplayResult",
+    "Store",
+    "Subscriber",
+]
 
 
 class Store(ABC):

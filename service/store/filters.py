@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.store.base import DeliveryFilter, EventFilter
+from service.store.records import DeliveryFilter, EventFilter
 from service.store.watch_model import DECIDABLE, WatchFilter
 
 
@@ -17,17 +17,14 @@ def _clauses(conditions: list[tuple[str, Any]], mark: str) -> tuple[list[str], l
     return [clause for clause, _ in kept], [value for _, value in kept]
 
 
-def event_clauses(
-    filters: EventFilter, before: int | None, mark: str
-) -> tuple[list[str], list[Any]]:
-    """Clauses and parameters for ``list_events`` (``before``: the cursor's position)."""
+def event_clauses(filters: EventFilter, mark: str) -> tuple[list[str], list[Any]]:
+    """Clauses and parameters for ``list_events``."""
     return _clauses(
         [
             ("provider = {}", filters.provider),
             ("task_id = {}", filters.task_id),
             ("status = {}", filters.status),
             ("received_at >= {}", filters.since),
-            ("seq < {}", before),
         ],
         mark,
     )
@@ -75,16 +72,13 @@ def newer_delivery(mark: str, table: str = "deliveries") -> str:
     )
 
 
-def watch_clauses(
-    filters: WatchFilter, before: int | None, mark: str
-) -> tuple[list[str], list[Any]]:
-    """Clauses and parameters for ``list_watches`` (``before``: the cursor's position)."""
+def watch_clauses(filters: WatchFilter, mark: str) -> tuple[list[str], list[Any]]:
+    """Clauses and parameters for ``list_watches``."""
     clauses, params = _clauses(
         [
             ("state = {}", filters.state),
             ("provider = {}", filters.provider),
             ("task_id = {}", filters.task_id),
-            ("seq < {}", before),
         ],
         mark,
     )
@@ -97,3 +91,9 @@ def watch_clauses(
     if filters.flagged:
         clauses.append("unknown_status IS NOT NULL AND state = 'active'")
     return clauses, params
+
+
+def newer_column(mark: str) -> str:
+    """The console's delivery details' last column: for a failed delivery (alias ``d``), the
+    one that holds back its replay (``Store.replay``), else NULL. One parameter: now."""
+    return f"CASE WHEN d.status = 'failed' THEN {newer_delivery(mark, table='d')} END"

@@ -5,28 +5,32 @@ Each runs in one transaction on a pooled connection, so a page shows one snapsho
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from psycopg import AsyncConnection
 
-from service.store.base import DeliveryFilter
-from service.store.filters import delivery_clauses
-from service.store.sqlite_deliveries import DELIVERY_COLUMNS, attempt_json, delivery_json
-from service.store.sqlite_ops import detail_json, newer_column
+from service.store.filters import delivery_clauses, newer_column
+from service.store.records import DeliveryFilter
+from service.store.rows import (
+    ATTEMPT_COLUMNS,
+    DELIVERY_COLUMNS,
+    attempt_json,
+    delivery_json,
+    detail_json,
+    event_counts,
+    qualified,
+)
 from service.store.watch_model import DECIDABLE
 
-_D_COLUMNS = ", ".join(f"d.{column.strip()}" for column in DELIVERY_COLUMNS.split(","))
+_D_COLUMNS = qualified(DELIVERY_COLUMNS, "d")
 
 
 async def activity(conn: AsyncConnection[Any], since: float) -> dict[str, Any]:
-    events: dict[str, dict[str, int]] = {}
     cursor = await conn.execute(
         "SELECT status, state, count(*) FROM events WHERE received_at >= %s GROUP BY 1, 2",
         (since,),
     )
-    for status, state, count in await cursor.fetchall():
-        events.setdefault(f"generation.{status}", {"emitted": 0, "superseded": 0})[state] = count
+    events = event_counts(await cursor.fetchall())
     cursor = await conn.execute(
         "SELECT count(*) FILTER (WHERE status = 'pending'),"
         " count(*) FILTER (WHERE status = 'succeeded'),"
@@ -49,7 +53,11 @@ async def activity(conn: AsyncConnection[Any], since: float) -> dict[str, Any]:
 
 
 async def delivery_details(
-    conn: AsyncConnection[Any], filters: DeliveryFilter, provider: str | None, limit: int
+    conn: AsyncConnection[Any],
+    filters: DeliveryFilter,
+    provider: str | None,
+    limit: int,
+    now: float,
 ) -> list[dict[str, Any]]:
     clauses, params = delivery_clauses(filters, "%s", table="d", provider=provider)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
@@ -57,14 +65,14 @@ async def delivery_details(
         f"SELECT {_D_COLUMNS}, e.provider, e.task_id, e.status, {newer_column('%s')}"
         f" FROM deliveries d LEFT JOIN events e ON e.id = d.event_id {where}"
         " ORDER BY d.seq DESC LIMIT %s",
-        (time.time(), *params, limit),
+        (now, *params, limit),
     )
     rows = await cursor.fetchall()
     attempts: dict[str, list[dict[str, Any]]] = {row[1]: [] for row in rows}
     if attempts:
         cursor = await conn.execute(
-            "SELECT delivery_id, attempted_at, trigger, status_code, latency_ms, error,"
-            " response_excerpt FROM attempts WHERE delivery_id = ANY(%s::text[]) ORDER BY id",
+            f"SELECT delivery_id, {ATTEMPT_COLUMNS} FROM attempts"
+            " WHERE delivery_id = ANY(%s::text[]) ORDER BY id",
             (list(attempts),),
         )
         for delivery_id, *attempt in await cursor.fetchall():

@@ -14,9 +14,9 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from service.errors import StorageUnavailable
-from service.store.base import Page, decode_cursor, encode_cursor
 from service.store.budget import ApiBudget, BudgetState
 from service.store.filters import watch_clauses
+from service.store.paging import Page, page_of, paged_query
 from service.store.watch_model import (
     DECIDABLE,
     WATCH_COLUMN_COUNT,
@@ -145,18 +145,15 @@ async def resolve_conflict(
 
 
 async def list_watches(conn: Conn, filters: WatchFilter, cursor: str | None, limit: int) -> Page:
-    clauses, params = watch_clauses(filters, decode_cursor(cursor), "%s")
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    result = await conn.execute(
-        f"SELECT seq, {WATCH_COLUMNS} FROM watches {where} ORDER BY seq DESC LIMIT %s",
-        (*params, limit + 1),
+    sql, params = paged_query(
+        f"SELECT seq, {WATCH_COLUMNS} FROM watches",
+        watch_clauses(filters, "%s"),
+        cursor,
+        limit,
+        "%s",
     )
-    rows = await result.fetchall()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page(
-        [watch_from_row(row[1:]) for row in rows], encode_cursor(rows[-1][0]) if more else None
-    )
+    result = await conn.execute(sql, params)
+    return page_of(await result.fetchall(), limit, lambda row: watch_from_row(row[1:]))
 
 
 async def cancel_watch(conn: Conn, watch_id: str, now: float) -> Watch | None:

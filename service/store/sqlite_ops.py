@@ -1,46 +1,40 @@
 """SQLite queries for operators (the ops console, ``relay status``): reads only.
 
-They run on a read-only connection of their own in a worker thread, never in the store's
-group-commit batch on the event loop: an operator counting an hour of events must not hold
-up callbacks. In WAL mode such a reader sees the last commit and blocks no writer; SQLite
-releases the GIL while it works.
+``SQLiteStore.read`` runs them on a read-only connection of their own (``read_only``) in a
+worker thread, never in the store's group-commit batch on the event loop: an operator counting
+an hour of events must not hold up callbacks. In WAL mode such a reader sees the last commit
+and blocks no writer; SQLite releases the GIL while it works.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from service.errors import StorageUnavailable
-from service.store.base import DeliveryFilter
-from service.store.filters import delivery_clauses, newer_delivery
-from service.store.sqlite_deliveries import DELIVERY_COLUMNS, attempt_json, delivery_json
+from service.store.filters import delivery_clauses, newer_column
+from service.store.records import DeliveryFilter
+from service.store.rows import (
+    ATTEMPT_COLUMNS,
+    DELIVERY_COLUMNS,
+    attempt_json,
+    delivery_json,
+    detail_json,
+    event_counts,
+    qualified,
+)
 from service.store.watch_model import DECIDABLE
-
-if TYPE_CHECKING:
-    from service.store.sqlite import SQLiteStore
 
 T = TypeVar("T")
 
-_D_COLUMNS = ", ".join(f"d.{column.strip()}" for column in DELIVERY_COLUMNS.split(","))
+_D_COLUMNS = qualified(DELIVERY_COLUMNS, "d")
 
 
-async def read(store: SQLiteStore, fn: Callable[[sqlite3.Connection], T]) -> T:
-    """``fn(connection)`` on a read-only connection in a thread (in the batch for ``:memory:``)."""
-    if store._conn is None:
-        raise StorageUnavailable("The store is not open.")
-    if store._lost is not None:  # the file at the path is not the relay's any more
-        raise StorageUnavailable(store._lost)
-    if store.path == ":memory:":
-        return await store._run(fn)
-    return await asyncio.to_thread(_read_once, store.path, fn)
-
-
-def _read_once(path: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+def read_only(path: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """``fn(connection)`` on a read-only connection to ``path``, in one snapshot (blocking:
+    ``SQLiteStore.read`` runs it in a thread)."""
     try:
         conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
     except sqlite3.Error as exc:
@@ -56,12 +50,12 @@ def _read_once(path: str, fn: Callable[[sqlite3.Connection], T]) -> T:
 
 
 def activity(conn: sqlite3.Connection, since: float) -> dict[str, Any]:
-    events: dict[str, dict[str, int]] = {}
-    for status, state, count in conn.execute(
-        "SELECT status, state, count(*) FROM events WHERE received_at >= ? GROUP BY 1, 2",
-        (since,),
-    ):
-        events.setdefault(f"generation.{status}", {"emitted": 0, "superseded": 0})[state] = count
+    events = event_counts(
+        conn.execute(
+            "SELECT status, state, count(*) FROM events WHERE received_at >= ? GROUP BY 1, 2",
+            (since,),
+        )
+    )
     deliveries = {
         status: conn.execute(
             "SELECT count(*) FROM deliveries WHERE status = ? AND updated_at >= ?",
@@ -80,29 +74,12 @@ def activity(conn: sqlite3.Connection, since: float) -> dict[str, Any]:
     }
 
 
-def detail_json(row: tuple[Any, ...], attempts: list[dict[str, Any]]) -> dict[str, Any]:
-    """A ``DELIVERY_COLUMNS`` row followed by provider, task_id and status of its event, and
-    (``NEWER``) the delivery that keeps a failed one from being replayed."""
-    delivery = delivery_json(row)
-    provider, task_id, status, newer = row[-4:]
-    delivery.update(
-        provider=provider,
-        task_id=task_id,
-        event_type=None if status is None else f"generation.{status}",
-        newer_delivery_id=newer,
-        attempts=attempts,
-    )
-    return delivery
-
-
-def newer_column(mark: str) -> str:
-    """``delivery_details``' last column: for a failed delivery, the one that holds back its
-    replay (``Store.replay``), else NULL. One parameter: now."""
-    return f"CASE WHEN d.status = 'failed' THEN {newer_delivery(mark, table='d')} END"
-
-
 def delivery_details(
-    conn: sqlite3.Connection, filters: DeliveryFilter, provider: str | None, limit: int
+    conn: sqlite3.Connection,
+    filters: DeliveryFilter,
+    provider: str | None,
+    limit: int,
+    now: float,
 ) -> list[dict[str, Any]]:
     clauses, params = delivery_clauses(filters, "?", table="d", provider=provider)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
@@ -110,14 +87,14 @@ def delivery_details(
         f"SELECT {_D_COLUMNS}, e.provider, e.task_id, e.status, {newer_column('?')}"
         f" FROM deliveries d LEFT JOIN events e ON e.id = d.event_id {where}"
         " ORDER BY d.seq DESC LIMIT ?",
-        (time.time(), *params, limit),
+        (now, *params, limit),
     ).fetchall()
     attempts: dict[str, list[dict[str, Any]]] = {row[1]: [] for row in rows}
     if attempts:
         marks = ",".join("?" * len(attempts))
         for delivery_id, *attempt in conn.execute(
-            "SELECT delivery_id, attempted_at, trigger, status_code, latency_ms, error,"
-            f" response_excerpt FROM attempts WHERE delivery_id IN ({marks}) ORDER BY id",
+            f"SELECT delivery_id, {ATTEMPT_COLUMNS} FROM attempts"
+            f" WHERE delivery_id IN ({marks}) ORDER BY id",
             list(attempts),
         ):
             attempts[delivery_id].append(attempt_json(tuple(attempt)))

@@ -10,9 +10,9 @@ import json
 import sqlite3
 from collections.abc import Mapping
 
-from service.store.base import Page, decode_cursor, encode_cursor
 from service.store.budget import ApiBudget, BudgetState
 from service.store.filters import watch_clauses
+from service.store.paging import Page, page_of, paged_query
 from service.store.watch_model import (
     DECIDABLE,
     WATCH_COLUMN_COUNT,
@@ -129,17 +129,10 @@ def resolve_conflict(
 def list_watches(
     conn: sqlite3.Connection, filters: WatchFilter, cursor: str | None, limit: int
 ) -> Page:
-    clauses, params = watch_clauses(filters, decode_cursor(cursor), "?")
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    rows = conn.execute(
-        f"SELECT seq, {WATCH_COLUMNS} FROM watches {where} ORDER BY seq DESC LIMIT ?",
-        (*params, limit + 1),
-    ).fetchall()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page(
-        [watch_from_row(row[1:]) for row in rows], encode_cursor(rows[-1][0]) if more else None
+    sql, params = paged_query(
+        f"SELECT seq, {WATCH_COLUMNS} FROM watches", watch_clauses(filters, "?"), cursor, limit, "?"
     )
+    return page_of(conn.execute(sql, params).fetchall(), limit, lambda row: watch_from_row(row[1:]))
 
 
 def cancel_watch(conn: sqlite3.Connection, watch_id: str, now: float) -> Watch | None:

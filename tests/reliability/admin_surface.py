@@ -13,10 +13,9 @@ import time
 from collections.abc import Iterator
 
 import httpx
-from starlette.routing import Route
 
 from service import http as service_http
-from service.app import create_app
+from service.app import create_app, route_table
 from service.ops import session as sessions
 from service.settings import Settings
 from tests.relay_process import ADMIN, RelayProcess
@@ -53,11 +52,9 @@ PUBLIC = {
 def served_routes() -> Iterator[tuple[str, str]]:
     """(method, path with example parameters) of every route the app serves."""
     app = create_app(Settings(database_url="sqlite:///:memory:"), run_worker=False)
-    for route in app.routes:
-        assert isinstance(route, Route), f"{route!r} is not a plain route"
-        path = re.sub(r"\{(\w+)(:\w+)?\}", lambda m: f"{m.group(1).split('_')[0]}_x", route.path)
-        for method in sorted(route.methods or ()):
-            yield method, path
+    for method, route_path in route_table(app):
+        path = re.sub(r"\{(\w+)(:\w+)?\}", lambda m: f"{m.group(1).split('_')[0]}_x", route_path)
+        yield method, path
 
 
 def _start(ctx: Context, name: str) -> RelayProcess:

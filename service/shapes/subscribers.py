@@ -1,0 +1,100 @@
+"""Subscribers: registering, changing and showing one."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from service.errors import InvalidInput
+from service.events import EVENT_TYPES
+from service.providers import PROVIDERS
+from service.shapes.base import PageQuery, Shape, Time
+
+#: What ``event_types`` accepts: the event types, and ``generation.*`` or ``*`` for all.
+EVENT_TYPE_PATTERNS = frozenset({*EVENT_TYPES, "generation.*", "*"})
+
+ProviderList = Annotated[
+    list[Annotated[str, Meta(extra_json_schema={"enum": sorted(PROVIDERS)})]],
+    Meta(description="Only events of these providers; null: all."),
+]
+EventTypeList = Annotated[
+    list[Annotated[str, Meta(extra_json_schema={"enum": sorted(EVENT_TYPE_PATTERNS)})]],
+    Meta(description="Only these event types (`generation.*` and `*`: all); null: all."),
+]
+Description = Annotated[str, Meta(max_length=500)]
+TargetUrl = Annotated[str, Meta(min_length=1, description="Where events are posted.")]
+
+
+def _refuse_unknown(
+    key: str, values: list[str] | UnsetType | None, allowed: frozenset[str]
+) -> None:
+    if not isinstance(values, list):
+        return
+    unknown = [value for value in values if value not in allowed]
+    if unknown:
+        raise InvalidInput(
+            f"{key}: unknown value(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}.",
+            code="invalid_subscriber",
+        )
+
+
+class SubscriberChanges(Shape, kw_only=True):
+    """``PATCH /v1/subscribers/{id}``: the fields given change, the others stay."""
+
+    error_code: ClassVar[str] = "invalid_subscriber"
+
+    url: TargetUrl | UnsetType = UNSET
+    description: Description | UnsetType | None = UNSET
+    providers: ProviderList | UnsetType | None = UNSET
+    event_types: EventTypeList | UnsetType | None = UNSET
+    enabled: bool | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        _refuse_unknown("providers", self.providers, frozenset(PROVIDERS))
+        _refuse_unknown("event_types", self.event_types, EVENT_TYPE_PATTERNS)
+
+
+class NewSubscriber(SubscriberChanges, kw_only=True):
+    """``POST /v1/subscribers``: ``url`` is required; the others default to all, enabled."""
+
+    url: TargetUrl
+
+
+class Subscriber(msgspec.Struct, kw_only=True):
+    """A subscriber as listed (its secret is never shown again after it is issued)."""
+
+    id: str
+    url: str
+    description: str | None
+    providers: ProviderList | None
+    event_types: EventTypeList | None
+    enabled: bool
+    disabled_reason: str | None
+    created_at: Time
+    updated_at: Time
+
+
+class SubscriberWithSecret(Subscriber, kw_only=True):
+    """A subscriber just registered or rotated, with its signing secret."""
+
+    secret: Annotated[
+        str,
+        Meta(pattern="^whsec_", description="The signing secret, shown in full only here."),
+    ]
+
+
+class RotatedSubscriber(SubscriberWithSecret, kw_only=True):
+    """A rotated subscriber: the previous secret signs beside the new one until then."""
+
+    previous_secret_valid_until: Time
+
+
+class SubscriberPage(msgspec.Struct, kw_only=True):
+    items: list[Subscriber]
+    next_cursor: str | None
+
+
+class SubscriberListQuery(PageQuery, kw_only=True):
+    """``GET /v1/subscribers``: oldest first."""

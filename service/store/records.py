@@ -1,0 +1,154 @@
+"""The values that cross the store port: what the relay hands a store and what it gets back.
+
+Plain dataclasses, no storage in them; ``service.store.base.Store`` is the port that takes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Outcome = Literal["accepted", "duplicate", "superseded"]
+
+
+# Built for every callback, so not frozen (a frozen dataclass costs six times as much to build);
+# nothing changes them once built.
+@dataclass(slots=True)
+class IncomingEvent:
+    """A normalized callback about to be stored. ``body`` is the CloudEvent JSON."""
+
+    event_id: str
+    provider: str
+    task_id: str
+    status: str
+    progress: int | None
+    event_type: str
+    terminal: bool
+    dedup_key: str
+    received_at: float
+    url_id: str | None
+    body: str
+    raw_body: bytes
+
+
+@dataclass(slots=True)
+class IngestResult:
+    outcome: Outcome
+    event_id: str
+    deliveries: int = 0
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    provider: str | None = None
+    task_id: str | None = None
+    status: str | None = None
+    since: float | None = None
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    id: str
+    url: str
+    description: str | None
+    providers: tuple[str, ...] | None
+    event_types: tuple[str, ...] | None
+    enabled: bool
+    created_at: float
+    updated_at: float
+    disabled_reason: str | None = None
+    #: Signing secrets (``whsec_...``), newest first; the previous one stays while rotating.
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+
+    def wants(self, provider: str, event_type: str) -> bool:
+        """Whether this subscriber's filters select an event."""
+        if self.providers is not None and provider not in self.providers:
+            return False
+        if self.event_types is None:
+            return True
+        for pattern in self.event_types:
+            if pattern == event_type or pattern == "*":
+                return True
+            if pattern.endswith(".*") and event_type.startswith(pattern[:-1]):
+                return True
+        return False
+
+
+#: ``canceled``: its subscriber was deleted before it succeeded (terminal, like the others).
+DeliveryStatus = Literal["pending", "succeeded", "failed", "canceled"]
+
+
+@dataclass(frozen=True)
+class DeliveryFilter:
+    status: DeliveryStatus | None = None
+    subscriber_id: str | None = None
+    event_id: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A delivery leased to this worker, with everything needed to attempt it."""
+
+    delivery_id: str
+    event_id: str
+    subscriber_id: str
+    url: str
+    secrets: tuple[str, ...]
+    body: str
+    cycle_attempts: int
+    trigger: str
+    #: ``provider/task_id`` of the event (for the log lines of the attempt).
+    task_key: str = ""
+
+    @classmethod
+    def from_row(cls, row: Any, now: float) -> Claim:
+        """A claim from the stores' claim query, whose columns are: delivery id, event id,
+        subscriber id, url, secret, previous secret, its expiry, body, cycle attempts,
+        attempt count, task key."""
+        return cls(
+            delivery_id=row[0],
+            event_id=row[1],
+            subscriber_id=row[2],
+            url=row[3],
+            # The previous secret signs beside the new one until its expiry.
+            secrets=(row[4], row[5]) if row[5] and row[6] and row[6] > now else (row[4],),
+            body=row[7],
+            cycle_attempts=row[8],
+            # A fresh cycle after earlier attempts can only be an operator's replay.
+            trigger="replay" if row[8] == 0 and row[9] > 0 else "scheduled",
+            task_key=row[10],
+        )
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """What one HTTP attempt did, and what happens next."""
+
+    delivery_id: str
+    attempted_at: float
+    trigger: str
+    latency_ms: float
+    status_code: int | None
+    error: str | None
+    response_excerpt: str | None
+    #: ``succeeded``, ``failed``, or ``pending`` (retry at ``next_attempt_at``).
+    outcome: DeliveryStatus
+    next_attempt_at: float | None = None
+    #: Set when the subscriber answered 410 Gone: it is disabled with this reason.
+    disable_subscriber: str | None = None
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """What ``replay`` or ``redeliver`` did.
+
+    ``count``: deliveries replayed (``replay``) or created (``redeliver``). ``newer``: what was
+    left alone because the subscriber already has a delivery of a later event of the same task
+    (see ``Store.replay``): delivery id (``replay``) or subscriber id (``redeliver``) -> that
+    newer delivery's id. Empty when ``force`` was given.
+    """
+
+    count: int
+    newer: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,100 @@
+"""SQLite statements for events: intake (``ingest``, which fans out to the subscribers) and
+the reads of stored events. Each function runs inside one of ``SQLiteStore``'s batches.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from service import ids
+from service.store.filters import event_clauses
+from service.store.paging import Page, page_of, paged_query
+from service.store.records import EventFilter, IncomingEvent, IngestResult, Subscriber
+from service.store.rows import event_json
+from service.store.sqlite_subscribers import SubscriberCache
+
+
+def fan_out(conn: sqlite3.Connection, event: IncomingEvent, subscribers: list[Subscriber]) -> int:
+    rows = [
+        (
+            ids.new_id("dlv"),
+            event.event_id,
+            sub.id,
+            f"{event.provider}/{event.task_id}",
+            event.received_at,
+            event.received_at,
+            event.received_at,
+        )
+        for sub in subscribers
+        if sub.wants(event.provider, event.event_type)
+    ]
+    if rows:
+        conn.executemany(
+            "INSERT INTO deliveries (id, event_id, subscriber_id, task_key, status,"
+            " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)",
+            rows,
+        )
+    return len(rows)
+
+
+def ingest(
+    conn: sqlite3.Connection, event: IncomingEvent, subscribers: SubscriberCache
+) -> IngestResult:
+    """``Store.ingest``; the enabled subscribers come from ``subscribers``."""
+    # One statement decides duplicate (conflict: no row), superseded (the task already has a
+    # terminal event) or emitted, so the hot path costs one round trip in the common case.
+    row = conn.execute(
+        "INSERT INTO events (id, provider, task_id, status, progress, dedup_key, state,"
+        " received_at, url_id, body, raw_body) VALUES (?, ?, ?, ?, ?, ?,"
+        " CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE provider = ? AND task_id = ?)"
+        " THEN 'superseded' ELSE 'emitted' END, ?, ?, ?, ?)"
+        " ON CONFLICT (dedup_key) DO NOTHING RETURNING state",
+        (
+            event.event_id,
+            event.provider,
+            event.task_id,
+            event.status,
+            event.progress,
+            event.dedup_key,
+            event.provider,
+            event.task_id,
+            event.received_at,
+            event.url_id,
+            event.body,
+            event.raw_body,
+        ),
+    ).fetchone()
+    if row is None:
+        (existing,) = conn.execute(
+            "SELECT id FROM events WHERE dedup_key = ?", (event.dedup_key,)
+        ).fetchone()
+        return IngestResult("duplicate", existing)
+    if row[0] == "superseded":
+        return IngestResult("superseded", event.event_id)
+    if event.terminal:
+        conn.execute(
+            "INSERT INTO tasks (provider, task_id, terminal_status, event_id) VALUES (?, ?, ?, ?)",
+            (event.provider, event.task_id, event.status, event.event_id),
+        )
+    created = fan_out(conn, event, subscribers.enabled(conn, event.received_at))
+    return IngestResult("accepted", event.event_id, created)
+
+
+def get_event(conn: sqlite3.Connection, event_id: str) -> dict[str, Any] | None:
+    row = conn.execute("SELECT body, state FROM events WHERE id = ?", (event_id,)).fetchone()
+    return None if row is None else event_json(row[0], row[1])
+
+
+def get_event_raw(conn: sqlite3.Connection, event_id: str) -> bytes | None:
+    row = conn.execute("SELECT raw_body FROM events WHERE id = ?", (event_id,)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def list_events(
+    conn: sqlite3.Connection, filters: EventFilter, cursor: str | None, limit: int
+) -> Page:
+    sql, params = paged_query(
+        "SELECT seq, body FROM events", event_clauses(filters, "?"), cursor, limit, "?"
+    )
+    return page_of(conn.execute(sql, params).fetchall(), limit, lambda row: row[1])
