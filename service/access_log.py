@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextvars
 import time
 from typing import Any
 
@@ -10,7 +9,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import ids, metrics
-from service.logs import info_line, mask_callback_path
+from service.logs import mask_callback_path
 from service.providers import PROVIDERS
 
 log = structlog.get_logger("service.access")
@@ -18,18 +17,6 @@ log = structlog.get_logger("service.access")
 #: The scope key where an endpoint leaves what its request's line should also say (the
 #: callback endpoint: ``provider``, ``task_id``, ``event_id``, ``outcome`` or ``error_code``).
 ACCESS_FIELDS = "relay.access_fields"
-
-
-def _request_id_variable() -> contextvars.ContextVar[Any]:
-    # The context variable structlog binds ``request_id`` in, found through its public API
-    # (the token of a bind names its variable): setting it directly is what
-    # ``bind_contextvars(request_id=...)`` does, without its per-call name building and look-up.
-    token = structlog.contextvars.bind_contextvars(request_id=None)["request_id"]
-    token.var.reset(token)
-    return token.var
-
-
-_REQUEST_ID = _request_id_variable()
 
 
 def add_access_fields(scope: Scope, **fields: Any) -> None:
@@ -61,26 +48,23 @@ class AccessLogMiddleware:
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
             await send(message)
 
-        bound = _REQUEST_ID.set(request_id)
+        bound = structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            _REQUEST_ID.reset(bound)
+            structlog.contextvars.reset_contextvars(**bound)
             path = scope["path"]
             fields = scope.get(ACCESS_FIELDS) or {}
             if path.startswith("/callbacks/"):
                 _count_callback(path, status, fields)
-            info_line(
-                log,
+            log.info(
                 "request",
-                {
-                    "method": scope["method"],
-                    "path": _logged_path(scope, path),
-                    "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "request_id": request_id,
-                    **fields,
-                },
+                method=scope["method"],
+                path=_logged_path(scope, path),
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                request_id=request_id,
+                **fields,
             )
 
 

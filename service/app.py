@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
-from starlette._utils import get_route_path
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -61,13 +59,24 @@ class RelayApp(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            params = callback_path_params(get_route_path(scope))
+            params = callback_path_params(route_path(scope))
             if params is not None:
                 scope["app"] = self
                 scope["path_params"] = params
                 await self._callbacks(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
+
+
+def route_path(scope: Scope) -> str:
+    """The request's path below where the app is mounted, as Starlette's routes match it:
+    ASGI's ``path`` includes the ``root_path`` (the mount point a proxy or a parent app routes
+    by), which they do not."""
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if root_path and (path == root_path or path.startswith(root_path + "/")):
+        return path[len(root_path) :]
+    return path
 
 
 def callback_path_params(path: str) -> dict[str, str] | None:
@@ -119,13 +128,6 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> RelayApp:
             public_url=settings.public_url,
             worker=run_worker,
         )
-        # Everything loaded so far lives as long as the process: move it out of the collector's
-        # reach, so full collections stay short (they showed up as 25-50 ms latency spikes).
-        gc.freeze()
-        # A young-generation collection every 700 net allocations (the default) ran every other
-        # callback under load, each looking at the objects of every request in flight; most of
-        # them are freed by reference counting anyway. Every 10,000 costs a tenth as much.
-        gc.set_threshold(10_000, *gc.get_threshold()[1:])
         try:
             yield
         finally:

@@ -125,6 +125,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app, uvicorn_options
+    from service.tuning import tune_for_serving
 
     if args.workers > 1 and settings.database_url.startswith("sqlite"):
         print("relay: SQLite serves one process; use --workers 1 or PostgreSQL.", file=sys.stderr)
@@ -151,7 +152,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             if metrics_dir is not None:
                 shutil.rmtree(metrics_dir, ignore_errors=True)
     else:
-        uvicorn.run(create_app(settings, run_worker=settings.run_worker), **options)
+        app = create_app(settings, run_worker=settings.run_worker)
+        tune_for_serving()  # (worker processes: service.asgi does it)
+        uvicorn.run(app, **options)
     return 0
 
 

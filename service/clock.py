@@ -4,9 +4,9 @@
 throttles) reads it: production passes ``system_clock``, unit tests a ``tests.fakes.FakeClock``
 they advance by hand, so time-based logic is tested without sleeping.
 
-Times as text are RFC 3339 in UTC, for events (milliseconds) and log lines (microseconds). Both
-are written for every callback, so the date and time to the second is formatted once a
-second and shared; the fraction is added each time.
+Times as text are RFC 3339 in UTC with milliseconds, for events. One is written for every
+callback, so the date and time to the second is formatted once a second and shared; the
+fraction is added each time.
 """
 
 from __future__ import annotations
@@ -31,12 +31,6 @@ def rfc3339(timestamp: float) -> str:
     if micros >= 1_000_000:
         seconds, micros = seconds + 1, micros - 1_000_000
     return f"{utc_second(seconds)}.{micros // 1000:03d}Z"
-
-
-def rfc3339_micro(timestamp: float) -> str:
-    """``2026-01-01T00:00:00.000000Z``: UTC, microseconds (truncated), for log lines."""
-    seconds = math.floor(timestamp)
-    return f"{utc_second(seconds)}.{int((timestamp - seconds) * 1e6):06d}Z"
 
 
 @functools.lru_cache(maxsize=8)

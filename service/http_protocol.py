@@ -1,18 +1,10 @@
 """The HTTP/1.1 protocol the relay serves with: uvicorn's httptools protocol, with a bounded
-request head and JSON for the errors it answers itself.
+request head, bounded slow clients and JSON for the errors it answers itself.
 
-httptools keeps every byte of a request line and headers until the head is complete, with
-no limit of its own, so a client sending an endless header could make the process grow
-without bound. Here a head (request line and headers) over ``MAX_HEAD_BYTES`` is answered
-``431 header_too_large`` and the connection closed; a request httptools cannot parse is
-``400 malformed_request``. Both bodies are the relay's usual ``{"error": {code, message}}``.
-Selected through ``service.app.uvicorn_options`` (``http=``), so the CLI, tests and
-benchmarks all use it.
-
-A response that declares its length leaves in one write (``_OneWriteResponse``): uvicorn
-writes the head when the app starts the response and the body when it comes, two ``send``
-system calls, each running the TCP stack and waking the client, where one does. Measured under
-load: 4-5 us less kernel time per callback, about 5 % of its whole cost.
+A head over ``service.request_head.MAX_HEAD_BYTES`` is answered ``431 header_too_large`` and
+the connection closed; a request httptools cannot parse is ``400 malformed_request``. Both
+bodies are the relay's usual ``{"error": {code, message}}``. Selected through
+``service.app.uvicorn_options`` (``http=``), so the CLI, tests and benchmarks all use it.
 
 Slow clients are bounded too (``ConnectionLimits``, from ``RELAY_HEADER_TIMEOUT``,
 ``RELAY_BODY_TIMEOUT`` and ``RELAY_MAX_CONNECTIONS``):
@@ -39,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import socket
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -48,12 +41,10 @@ import structlog
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from service.request_head import TOO_LARGE, HeadSize
 from service.settings import Settings
 
 log = structlog.get_logger("service.http_protocol")
-
-#: The largest request head accepted (nginx's default buffers allow 32 KiB of headers).
-MAX_HEAD_BYTES = 64 * 1024
 
 #: The scope key set (to the 408's message) when a request's body timed out: the app, which
 #: then sees the client disconnect, logs and counts it as the 408 the client was answered.
@@ -123,63 +114,24 @@ _WAITING: weakref.WeakKeyDictionary[ServerState, dict[BoundedHttpToolsProtocol, 
 )
 
 
-class _HeadTooLarge(Exception):
-    """Raised from a parser callback: httptools stops and uvicorn calls send_400_response."""
+def _send_without_delay(transport: asyncio.Transport) -> None:
+    """Switch Nagle's algorithm off for a TCP connection (``TCP_NODELAY``).
 
-
-class _OneWriteResponse:
-    """The transport as one request's cycle sees it: a response head that announces a body
-    (``content-length`` over 0, not a HEAD request) is held until the body's first write and
-    leaves with it in one ``send``. Everything else passes straight through: a ``100 Continue``
-    (written before the response starts), chunked heads (a stream shows its head at once),
-    later body chunks, and every other transport call.
-
-    The cycle is let go once its head is seen: the cycle holds this object, so keeping it
-    would make each request's objects a reference cycle, freed by the collector rather than
-    at once (measured: more CPU than the saved system call).
+    uvicorn writes a response's head, then its body: with Nagle's algorithm, the body waits
+    until the client acknowledges the head, and clients delay acknowledgements by up to 40 ms,
+    so each response on a kept-alive connection would take that long. uvloop sets the option on
+    every TCP connection; asyncio's own loop only on sockets created for protocol
+    ``IPPROTO_TCP``, which uvicorn's listening socket is not (it leaves the protocol 0).
     """
-
-    __slots__ = ("_cycle", "_head", "_transport")
-
-    def __init__(self, transport: Any, cycle: Any) -> None:
-        self._transport = transport
-        self._cycle = cycle  # until the head is seen
-        self._head: bytes | None = None
-
-    def write(self, data: bytes) -> None:
-        if self._head is not None:
-            data, self._head = self._head + data, None
-        elif self._cycle is not None and self._cycle.response_started:
-            cycle, self._cycle = self._cycle, None
-            if (
-                cycle.chunked_encoding is False
-                and cycle.expected_content_length > 0
-                and cycle.scope["method"] != "HEAD"
-            ):
-                self._head = data
-                return
-        self._transport.write(data)
-
-    def close(self) -> None:
-        # An app that fails between head and body: the head goes out, as it would have.
-        if self._head is not None:
-            data, self._head = self._head, None
-            self._transport.write(data)
-        self._transport.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """``HttpToolsProtocol`` that refuses request heads over ``MAX_HEAD_BYTES`` and bounds
-    slow clients by ``limits`` (see the module's docstring).
-
-    Two counts for the head's size: the bytes received while a head is incomplete (what
-    httptools is holding, checked after each chunk), and the head's parsed size (URL and
-    headers, checked as each header arrives), so a head is refused whether it trickles in or
-    comes in one piece.
-    """
+    """``HttpToolsProtocol`` that refuses request heads over the bound
+    (``service.request_head``) and bounds slow clients by ``limits`` (see the module's
+    docstring)."""
 
     def __init__(
         self, *args: Any, limits: ConnectionLimits = ConnectionLimits(), **kwargs: Any
@@ -187,9 +139,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._limits = limits
         self._in_head = True
-        self._received = 0
-        self._parsed = 0
-        self._too_large = False
+        self._head = HeadSize()
         #: What the relay waits for from the client ("head", "body"), None when nothing (its
         #: turn, or idle between requests under uvicorn's keep-alive timeout); until when.
         self._phase: str | None = None
@@ -199,6 +149,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        _send_without_delay(transport)
         self._waiting[self] = None
         self._expect("head", self._limits.header_timeout)
         if len(self.connections) > self._limits.max_connections:
@@ -219,33 +170,28 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:
-            self._received += len(data)
+            self._head.add_received(len(data))
         super().data_received(data)
-        # Counted before parsing, judged after: a chunk that also carries the end of the head
-        # (and the start of the body) is not held against it.
-        if self._in_head and self._received > MAX_HEAD_BYTES and not self.transport.is_closing():
-            self._refuse_head()
+        if self._in_head and self._head.received_too_much() and not self.transport.is_closing():
+            self._refuse(*TOO_LARGE)
 
     def on_url(self, url: bytes) -> None:
-        self._count(len(url))
+        self._head.add_parsed(len(url))
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4)
+        self._head.add_parsed(len(name) + len(value) + 4)
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._expect("body", self._limits.body_timeout)
         super().on_headers_complete()
-        cycle = self.cycle
-        if cycle is not None and cycle.transport is self.transport:  # a new cycle (no upgrade)
-            cycle.transport = _OneWriteResponse(self.transport, cycle)  # see the class
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_head = True
-        self._received = self._parsed = 0
+        self._head.reset()
         self._phase = None  # the relay's turn: its answer is not the client's to hurry
         self._waiting.pop(self, None)
 
@@ -301,7 +247,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _close_waiting(self, status: int, code: str, message: str) -> None:
         """Close a connection waiting for its client, answering ``status`` if part of a
         request came and nothing was answered yet (a silent or idle one is just closed)."""
-        started = (self._phase == "head" and self._received > 0) or (
+        started = (self._phase == "head" and self._head.received > 0) or (
             self._phase == "body" and self.cycle is not None and not self.cycle.response_started
         )
         self._phase = None
@@ -315,23 +261,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         return self.client[0] if self.client else None
 
     def send_400_response(self, msg: str) -> None:
-        if self._too_large:
-            self._refuse_head()
+        if self._head.too_large:
+            self._refuse(*TOO_LARGE)
         else:
             self._refuse(400, "malformed_request", f"{msg} The request is not valid HTTP/1.1.")
-
-    def _count(self, size: int) -> None:
-        self._parsed += size
-        if self._parsed > MAX_HEAD_BYTES:
-            self._too_large = True
-            raise _HeadTooLarge
-
-    def _refuse_head(self) -> None:
-        self._refuse(
-            431,
-            "header_too_large",
-            f"The request line and headers are over {MAX_HEAD_BYTES} bytes.",
-        )
 
     def _refuse(self, status: int, code: str, message: str) -> None:
         body = orjson.dumps({"error": {"code": code, "message": message}})

@@ -3,6 +3,9 @@
 Production lines are one JSON object each; ``RELAY_LOG_FORMAT=console`` gives readable lines
 on a terminal. uvicorn's own loggers go through the same renderer. uvicorn's access log is
 switched off by the app: ``service.access_log`` writes one with callback tokens masked.
+
+Every line, whoever writes it, has its secrets (``_SECRET_KEYS``) replaced by ``***`` and the
+token of any callback URL in it masked (``/callbacks/evolink/***``).
 """
 
 from __future__ import annotations
@@ -13,14 +16,10 @@ import logging
 import re
 import sys
 import threading
-import time
-from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any, TextIO
 
 import orjson
 import structlog
-
-from service.clock import rfc3339_micro
 
 #: Keys whose values are never written, whoever binds them.
 _SECRET_KEYS = frozenset(
@@ -32,43 +31,21 @@ _SECRET_KEYS = frozenset(
 _CALLBACK_PATH = re.compile(r"(/callbacks/[^/\s?]+/)(?!\*\*\*(?![^/\s?\"'\x1b]))[^/\s?\"'\x1b]+")
 
 
-def mask_callback_path(path: str) -> str:
+def _masked(found: re.Match[str]) -> str:
+    return found[1] + "***"
+
+
+def mask_callback_path(text: str) -> str:
     """``/callbacks/evolink/<token>`` -> ``/callbacks/evolink/***``, every occurrence."""
-    if "/callbacks/" not in path:
-        return path
-    # What ``_CALLBACK_PATH.sub(r"\1***", path)`` does, spliced by hand: the template
-    # expansion of ``sub`` runs in Python and cost ten times the search (every callback's
-    # access line masks its path).
-    found = _CALLBACK_PATH.search(path)
-    if found is None:
-        return path
-    parts = []
-    start = 0
-    while found is not None:
-        parts += (path[start : found.end(1)], "***")
-        start = found.end()
-        found = _CALLBACK_PATH.search(path, start)
-    parts.append(path[start:])
-    return "".join(parts)
+    # (A function, not the template r"\1***": re runs a template through Python code on every
+    # call, match or not, which cost ten times the search; a function runs only on a match.)
+    return _CALLBACK_PATH.sub(_masked, text)
 
 
-_LEVELS = {"warn": "warning", "exception": "error"}
-
-
-def _stamp(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """Level, UTC time, secrets redacted and any exception written out: what structlog's
-    ``add_log_level``, ``TimeStamper(fmt="iso", utc=True)`` and ``format_exc_info`` do, plus
-    the redaction, in one step (every line pays for it; under load, for every callback)."""
-    event_dict["level"] = _LEVELS.get(method_name, method_name)
-    event_dict["timestamp"] = rfc3339_micro(time.time())
+def _redact_secrets(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     for key in event_dict.keys() & _SECRET_KEYS:
         event_dict[key] = "***"
-    if "exc_info" in event_dict:
-        return _format_exc_info(logger, method_name, event_dict)
     return event_dict
-
-
-_format_exc_info = structlog.processors.format_exc_info
 
 
 def _mask_callback_tokens(_logger: Any, _method: str, line: str) -> str:
@@ -84,79 +61,84 @@ def _orjson_text(value: Any, **_kwargs: Any) -> str:
 
 
 class LineWriter:
-    """structlog's logger: writes each rendered line to ``file``, once per loop iteration.
+    """structlog's logger: writes rendered lines to ``stream``, those of one event-loop
+    iteration together.
 
-    On the event loop, lines are gathered and written together when the loop iteration ends
-    (one write call for every line the iteration produced, instead of a write and a flush per
-    line: at a few thousand callbacks per second, the writes alone cost more than rendering).
-    Elsewhere (the CLI, other threads) a line is written at once, or with the lines a loop has
-    gathered when it comes while they wait for their iteration's end. Lines still gathered at a
-    normal exit are written on the way out (``relay serve`` never gets there: uvicorn ends it
-    with the signal that stopped it, after its last iteration has flushed); a killed process
-    loses at most one loop iteration's lines.
+    On an event loop, a line is kept until the loop's current iteration ends, then written
+    with every other line it logged, in one write and flush (a write and flush per line cost
+    about 3 us, at thousands of callbacks a second more than rendering the line). Off a loop
+    (the CLI, other threads), a line is written at once, with any a loop is about to write.
+    Lines still kept at a normal exit are written on the way out; a killed process loses at
+    most one iteration's lines.
     """
 
-    def __init__(self, file: IO[str]) -> None:
-        self._file = file
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
         self._lines: list[str] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # (in tests, loops of several threads log)
         atexit.register(self.flush)
 
-    def msg(self, message: str) -> None:
-        with self._lock:  # (tests run loops on several threads)
-            self._lines.append(message)
+    def msg(self, line: str) -> None:
+        with self._lock:
+            self._lines.append(line)
             if len(self._lines) > 1:
-                return  # a flush is due already
-        # The first line since the last flush: on a loop, flush when this iteration ends; off a
-        # loop, now. (Only the first line asks: on Python 3.11 asking costs a getpid call.)
-        loop = asyncio._get_running_loop()
-        if loop is None:
+                return  # the first line since the last write has arranged the next one
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop in this thread
             self.flush()
         else:
             loop.call_soon(self.flush)
 
-    log = debug = info = warn = warning = error = err = critical = exception = fatal = msg
+    # The method names structlog's bound logger calls.
+    debug = info = warning = error = critical = exception = msg
 
     def flush(self) -> None:
+        """Write the lines kept so far."""
         with self._lock:
             lines, self._lines = self._lines, []
             if lines:
-                self._file.write("\n".join(lines) + "\n")
-                self._file.flush()
+                self._stream.write("\n".join(lines) + "\n")
+                self._stream.flush()
 
 
-def configure_logging(log_format: str = "json", level: str = "info") -> None:
-    """Configure structlog and the standard library's root logger once per process."""
-    shared: list[Any] = [structlog.contextvars.merge_contextvars, _stamp]
+def configure_logging(
+    log_format: str = "json", level: str = "info", stream: TextIO | None = None
+) -> None:
+    """Configure structlog and the standard library's root logger to write lines of
+    ``log_format`` (``json`` or ``console``) at ``level`` and above to ``stream`` (stderr by
+    default), through a ``LineWriter``."""
+    stream = stream if stream is not None else sys.stderr
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact_secrets,
+        structlog.processors.format_exc_info,
+    ]
     renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        structlog.dev.ConsoleRenderer(colors=stream.isatty())
         if log_format == "console"
         else structlog.processors.JSONRenderer(serializer=_orjson_text)
     )
+    rendering: list[Any] = [renderer, _mask_callback_tokens]
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         numeric = logging.INFO
-    # The relay's own lines skip the standard library (a LogRecord per line cost about half
-    # of each line's time); only foreign loggers (uvicorn) go through the handler below.
-    processors = [*shared, renderer, _mask_callback_tokens]
-    writer = LineWriter(sys.stderr)
-    logger_factory = _line_writer_factory(writer)
+    # The relay's own lines go from structlog straight to the stream (a standard library
+    # LogRecord per line would cost about half of each line's time); only foreign loggers
+    # (uvicorn) go through the handler below.
+    writer = LineWriter(stream)
     structlog.configure(
-        processors=processors,
-        logger_factory=logger_factory,
+        processors=[*shared, *rendering],
+        logger_factory=lambda *_args: writer,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
     )
-    global _direct
-    _direct = _DirectJson(processors, tuple(processors), logger_factory, writer, numeric)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[
-                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                renderer,
-                _mask_callback_tokens,
-            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendering],
             foreign_pre_chain=shared,
         )
     )
@@ -170,53 +152,3 @@ def configure_logging(log_format: str = "json", level: str = "info") -> None:
     # subscriber's path) and no context; the relay's own lines (``watch_polled``,
     # ``delivery_attempt``) say the same with the watch or delivery it was for.
     logging.getLogger("httpx").setLevel(max(numeric, logging.WARNING))
-
-
-def _line_writer_factory(writer: LineWriter) -> Any:
-    return lambda *_args: writer
-
-
-@dataclass(frozen=True, slots=True)
-class _DirectJson:
-    """What ``info_line`` needs to write a line itself, and what shows it is still in force."""
-
-    processors: list[Any]  # the list handed to structlog (``capture_logs`` edits it in place)
-    as_configured: tuple[Any, ...]
-    logger_factory: Any
-    writer: LineWriter
-    min_level: int
-
-
-#: What ``configure_logging`` configured; None before (every line then goes via structlog).
-_direct: _DirectJson | None = None
-
-
-def info_line(log: Any, event: str, fields: dict[str, Any]) -> None:
-    """``log.info(event, **fields)``: the same line, for less than half the cost.
-
-    For the line every request writes (``service.access_log``). structlog's bound logger
-    spends more of a line's time in its generic layers (the lazy proxy, the method lookup,
-    the context copy) than in the processors. While the configuration ``configure_logging``
-    made is in force, the line is made here by that configuration's own processors, in order,
-    and handed to its writer. Anything else (the console format, ``capture_logs`` in tests, a
-    reconfiguration) goes through ``log.info``.
-    """
-    direct = _direct
-    config = structlog.get_config()
-    if (
-        direct is None
-        or config["processors"] is not direct.processors
-        or config["logger_factory"] is not direct.logger_factory
-        or tuple(direct.processors) != direct.as_configured
-    ):
-        log.info(event, **fields)
-        return
-    if direct.min_level > logging.INFO:
-        return
-    line: Any = {**fields, "event": event}
-    try:
-        for processor in direct.as_configured:
-            line = processor(direct.writer, "info", line)
-    except structlog.DropEvent:
-        return
-    direct.writer.msg(line)

@@ -1,10 +1,9 @@
 """Prometheus metrics: counted on the hot paths, the rest read from the store at scrape time.
 
-Counters and the latency histogram are incremented where things happen; on the callback path
-a count is one increment in a dict, added to its counter once per event-loop iteration.
-Gauges about the backlog (pending and failed deliveries, the oldest pending one) are not kept
-in memory at all: ``GET /metrics`` asks the store (``Store.delivery_counts``) when it is
-scraped, so every replica reports the truth.
+Counters and the latency histogram are incremented where things happen. Gauges about the
+backlog (pending and failed deliveries, the oldest pending one) are not kept in memory at all:
+``GET /metrics`` asks the store (``Store.delivery_counts``) when it is scraped, so every
+replica reports the truth.
 
 Several uvicorn workers: set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory before the
 processes start (``prometheus_client`` reads it at import). Each process then writes its
@@ -46,11 +45,8 @@ counters to files there and a scrape, answered by any one of them, adds up all o
 
 from __future__ import annotations
 
-import asyncio
-import atexit
 import os
 import threading
-import time
 from collections import Counter as Tally
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -69,6 +65,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.clock import Clock, system_clock
 from service.errors import StorageUnavailable
 from service.events import EVENT_TYPES
 from service.http import require_admin
@@ -190,9 +187,6 @@ _ATTEMPT_OUTCOMES = {"succeeded": "succeeded", "pending": "retry", "failed": "fa
 _STATUS_OUTCOMES = {404: "not_found", 405: "method_not_allowed", 500: "internal_error"}
 _KNOWN_TYPES = frozenset(EVENT_TYPES)
 
-# Label children, cached: ``labels()`` costs more than the increment itself. Keys are built
-# from bounded values only (known providers, error codes, event types), never raw input.
-_children: dict[tuple[str, str, str], Any] = {}
 _attempt_children = {
     outcome: ATTEMPTS.labels(outcome) for outcome in sorted(set(_ATTEMPT_OUTCOMES.values()))
 }
@@ -205,27 +199,31 @@ class RecentTally:
     "how many in the last hour". Sixty one-minute buckets answer that for a few bytes each.
     """
 
-    def __init__(self, minutes: int = 60) -> None:
+    def __init__(self, minutes: int = 60, clock: Clock = system_clock) -> None:
         self.minutes = minutes
-        self.started_at = time.time()
+        self.clock = clock
+        self.started_at = clock()
         self._buckets: dict[int, Tally[str]] = {}
+        self._lock = threading.Lock()  # (tests run relays on several threads of one process)
 
-    def add(self, key: str, now: float | None = None, count: int = 1) -> None:
-        minute = int((time.time() if now is None else now) // 60)
-        bucket = self._buckets.get(minute)
-        if bucket is None:
-            bucket = self._buckets[minute] = Tally()
-            for old in [m for m in self._buckets if m <= minute - self.minutes]:
-                del self._buckets[old]
-        bucket[key] += count
+    def add(self, key: str, count: int = 1) -> None:
+        minute = int(self.clock() // 60)
+        with self._lock:
+            bucket = self._buckets.get(minute)
+            if bucket is None:
+                bucket = self._buckets[minute] = Tally()
+                for old in [m for m in self._buckets if m <= minute - self.minutes]:
+                    del self._buckets[old]
+            bucket[key] += count
 
-    def totals(self, now: float | None = None) -> dict[str, int]:
+    def totals(self) -> dict[str, int]:
         """Counts of the last ``minutes`` minutes (the current one included)."""
-        minute = int((time.time() if now is None else now) // 60)
+        minute = int(self.clock() // 60)
         total: Tally[str] = Tally()
-        for start, bucket in self._buckets.items():
-            if start > minute - self.minutes:
-                total.update(bucket)
+        with self._lock:
+            for start, bucket in self._buckets.items():
+                if start > minute - self.minutes:
+                    total.update(bucket)
         return dict(total)
 
 
@@ -234,8 +232,7 @@ RECENT_CALLBACKS = RecentTally()
 
 
 def recent_callbacks() -> dict[str, int]:
-    """``RECENT_CALLBACKS.totals()``, every count taken so far included."""
-    fold()
+    """``RECENT_CALLBACKS.totals()``: callback outcomes of the last hour in this process."""
     return RECENT_CALLBACKS.totals()
 
 
@@ -253,7 +250,8 @@ def count_callback(provider: str, outcome: str) -> None:
     ``unknown`` so that nobody can create series by posting to made-up paths."""
     if provider not in PROVIDERS:
         provider = "unknown"
-    _count(("callbacks", provider, outcome))
+    CALLBACKS.labels(provider, outcome).inc()
+    RECENT_CALLBACKS.add(f"{provider}:{outcome}")
 
 
 def count_event(event_type: str, outcome: str) -> None:
@@ -261,7 +259,7 @@ def count_event(event_type: str, outcome: str) -> None:
     ``superseded`` kept but never delivered; a duplicate is no new event."""
     if outcome not in ("accepted", "superseded") or event_type not in _KNOWN_TYPES:
         return
-    _count(("events", event_type, "emitted" if outcome == "accepted" else "superseded"))
+    EVENTS.labels(event_type, "emitted" if outcome == "accepted" else "superseded").inc()
 
 
 def count_unknown_status(provider: str) -> None:
@@ -273,52 +271,6 @@ def count_unknown_status(provider: str) -> None:
 def count_succeeded_without_outputs(provider: str) -> None:
     """A succeeded event emitted without any output (rare, so counted directly)."""
     SUCCEEDED_WITHOUT_OUTPUTS.labels(provider).inc()
-
-
-# Callbacks and events are counted on the hot path: there a count is one increment in a dict,
-# and the counts are added to their Prometheus counters (and the ops console's tally) once per
-# event-loop iteration, by ``fold``. (Each ``inc()`` of prometheus_client takes a lock and
-# three Python calls; with the tally, counting cost a callback more than its log line's JSON.)
-# Whatever reads the counters folds first, so a scrape never misses a count.
-_unfolded: dict[tuple[str, str, str], int] = {}
-_unfolded_lock = threading.Lock()  # (tests run relays on several threads of one process)
-_fold_scheduled = False
-
-
-def _count(key: tuple[str, str, str]) -> None:
-    global _fold_scheduled
-    with _unfolded_lock:
-        _unfolded[key] = _unfolded.get(key, 0) + 1
-        if _fold_scheduled:
-            return
-        _fold_scheduled = True
-    loop = asyncio._get_running_loop()
-    if loop is None:
-        fold()
-    else:
-        loop.call_soon(fold)
-
-
-def fold() -> None:
-    """Add the counts taken since the last fold to the Prometheus counters and the tally."""
-    global _fold_scheduled
-    with _unfolded_lock:
-        counts = _unfolded.copy()
-        _unfolded.clear()
-        _fold_scheduled = False
-    now = time.time()
-    for key, count in counts.items():
-        kind, first, second = key
-        child = _children.get(key)
-        if child is None:
-            family = CALLBACKS if kind == "callbacks" else EVENTS
-            child = _children[key] = family.labels(first, second)
-        child.inc(count)
-        if kind == "callbacks":
-            RECENT_CALLBACKS.add(f"{first}:{second}", now, count)
-
-
-atexit.register(fold)  # (with PROMETHEUS_MULTIPROC_DIR, the files outlive the process)
 
 
 def count_dropped_outputs(dropped: Mapping[str, int]) -> None:
@@ -436,10 +388,9 @@ async def scrape_gauges(relay: Relay) -> list[GaugeMetricFamily]:
 
 def exposition(gauges: list[GaugeMetricFamily]) -> bytes:
     """The text format: this process's (or every process's) counters, then ``gauges``."""
-    fold()
     if MULTIPROCESS:
         counters = CollectorRegistry()
-        MultiProcessCollector(counters)
+        MultiProcessCollector(counters)  # type: ignore[no-untyped-call]  # (not annotated)
     else:
         counters = REGISTRY
     snapshot = CollectorRegistry(auto_describe=False)

@@ -14,7 +14,7 @@ import hmac
 import os
 from collections.abc import Sequence
 
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the Standard Webhooks key prefix, not a secret
 
 
 def new_secret() -> str:

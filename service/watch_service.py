@@ -455,7 +455,7 @@ class WatchService:
     ) -> PollRecord:
         """Record a poll (``answer``: the provider's, whose start the watch keeps for the
         operator; ``unknown``: its status word the relay does not know)."""
-        assert state in WATCH_STATES
+        assert state in WATCH_STATES  # noqa: S101 - callers pass one of the module's own states
         record = PollRecord(
             watch_id=watch.id,
             polled_at=now,

@@ -6,10 +6,10 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 
 import httpx
 import pytest
@@ -17,7 +17,9 @@ import uvicorn
 from starlette.datastructures import Secret
 
 from service.app import create_app, uvicorn_options
+from service.logs import configure_logging
 from service.settings import Settings
+from tests.log_capture import PhaseStream
 
 ADMIN_TOKEN = "test-admin-token"
 
@@ -32,6 +34,39 @@ EVOLINK_COMPLETED = {
     "type": "video",
     "task_info": {"can_cancel": False},
 }
+
+
+# -- logging: the relay's own configuration, its lines in pytest's capture (tests.log_capture)
+
+LOG_STREAM = PhaseStream()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    configure_logging("console", "info", cast(TextIO, LOG_STREAM))
+
+
+# ``trylast``: inside pytest's capture of the phase, so that it is in place when lines flow.
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    return (yield from _log_phase())
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    return (yield from _log_phase())
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    return (yield from _log_phase())
+
+
+def _log_phase() -> Generator[None, None, None]:
+    LOG_STREAM.open()
+    try:
+        return (yield)
+    finally:
+        LOG_STREAM.close()
 
 
 def bound_socket(host: str = "127.0.0.1") -> socket.socket:
@@ -168,6 +203,20 @@ class RelayServer:
                 assert len(items) >= count, f"{len(items)} {status} deliveries, wanted {count}"
                 return items
             time.sleep(0.05)
+
+    def wait_settled(self, timeout: float = 15.0) -> None:
+        """Wait until no delivery is pending: each one stored so far has been answered (or has
+        given up), so its subscriber has received all it will ever receive of it.
+
+        "Nothing more arrived" is asserted after this, against what the store holds, rather
+        than after a fixed sleep: a late delivery cannot hide behind a slow machine."""
+        deadline = time.time() + timeout
+        while True:
+            pending = self.deliveries(status="pending", limit=500)
+            if not pending or time.time() > deadline:
+                assert pending == [], f"{len(pending)} deliveries still pending"
+                return
+            time.sleep(0.02)
 
     def stop(self) -> None:
         self.client.close()

@@ -104,6 +104,9 @@ class EmulatedTask:
     words: dict[str, str] = field(default_factory=dict)
     #: Apiframe's ``result`` once succeeded, where a test wants another of its shapes.
     result: Any = None
+    #: While unset, the task's requests wait (``add_task(gated=True)``): a test sees the relay
+    #: before any poll is answered, then ``ProviderEmulator.open`` starts the timeline.
+    gate: threading.Event | None = None
 
     def word(self, state: str) -> str:
         return self.words.get(state) or WORDS[self.provider][state]
@@ -179,6 +182,7 @@ class ProviderEmulator:
         always: Fault | None = None,
         words: dict[str, str] | None = None,
         result: Any = None,
+        gated: bool = False,
     ) -> str:
         if task_id is None:
             stamp = f"{time.time_ns() % 10**12:012d}"
@@ -201,8 +205,17 @@ class ProviderEmulator:
                 always,
                 dict(words or {}),
                 result,
+                threading.Event() if gated else None,
             )
         return task_id
+
+    def open(self, provider: str, task_id: str) -> None:
+        """Let a gated task's requests through; its timeline starts now."""
+        with self.lock:
+            task = self.tasks[(provider, task_id)]
+            task.created = time.time()
+        assert task.gate is not None, "the task was not added with gated=True"
+        task.gate.set()
 
     def hits_for(self, task_id: str) -> list[Hit]:
         with self.lock:
@@ -234,10 +247,14 @@ class ProviderEmulator:
 
     async def _answer(self, provider: str, request: Request) -> Response:
         task_id = request.path_params["task_id"]
+        with self.lock:
+            self.arrivals.append((provider, task_id))
+            gated = self.tasks.get((provider, task_id))
+        if gated is not None and gated.gate is not None:
+            await asyncio.to_thread(gated.gate.wait, 30)
         now = time.time()
         with self.lock:
             limited = self._over_limit(provider, now)
-            self.arrivals.append((provider, task_id))
             task = self.tasks.get((provider, task_id))
             fault = task.faults.pop(0) if task is not None and task.faults else None
             if fault is None and task is not None:

@@ -50,14 +50,18 @@ class RelayProcess:
         )
         if log is not None:
             log.close()  # the child holds its own descriptor
-        deadline = time.time() + 20
-        while time.time() < deadline:
+        # A generous bound: it only matters when the relay cannot start, and a busy two-core
+        # machine (another suite beside this one, coverage measuring) starts it slowly.
+        deadline = time.time() + 60
+        while time.time() < deadline and self.process.poll() is None:
             try:
                 if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
                     return self
             except httpx.TransportError:
                 time.sleep(0.05)
-        raise AssertionError("relay did not start")
+        code = self.process.poll()
+        self.kill()  # not left running (or unreaped) behind the failure
+        raise AssertionError(f"relay did not start (exit status {code})")
 
     def _limit_open_files(self) -> None:
         assert self.open_files is not None

@@ -13,6 +13,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -31,7 +32,14 @@ from tests.test_store_contract import (  # noqa: F401 (fixtures)
     store_kind,
 )
 from tests.test_store_watches import watch
-from tests.test_watches import get_watch, of_task, subscribe, wait_task_events
+from tests.test_watches import (
+    get_watch,
+    of_task,
+    post_watch,
+    subscribe,
+    wait_task_events,
+    wait_watch,
+)
 
 # -- the store: binding and conflicts -------------------------------------------------------
 
@@ -80,6 +88,7 @@ async def test_store_records_a_conflict_and_the_operator_resolves_it(store: Stor
 
 #: Slow polls after the first: the tests decide what the relay sees, not the back-off.
 SETTLED = {"watch_backoff": (5.0, 10.0), "provider_timeout": 0.5}
+PACED = {"watch_backoff": (1.0, 1.0), "provider_timeout": 0.5}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -214,7 +223,8 @@ def test_callbacks_through_two_urls_wait_for_the_operator(
     """Two held terminal callbacks for one task through two URLs (the API unreachable
     meanwhile): nothing is emitted, the watch shows the conflict and stops polling; the
     operator's choice is what the event carries."""
-    relay = relay_factory(**emulator.relay_settings(**SETTLED, **database))
+    # A poll a second after the last: time to send the second callback before it.
+    relay = relay_factory(**emulator.relay_settings(**PACED, **database))
     try:
         subscribe(relay, sink)
         task_id = emulator.add_task(
@@ -230,9 +240,14 @@ def test_callbacks_through_two_urls_wait_for_the_operator(
         assert shown["state"] == "active"
         urls = shown["conflict"]["urls"]
         assert [u["metadata"] for u in urls] == [{"user_id": "ATTACKER"}, {"user_id": "victim"}]
-        # Parked: not polled again (the held callbacks' polls are done), nothing emitted.
+        # Parked: due again by its back-off, yet not polled. A watch made after that moment is
+        # polled and ends; the poller, which takes the earliest due first, has passed it.
+        due = datetime.fromisoformat(shown["next_poll_at"]).timestamp()
+        time.sleep(max(0.0, due - time.time()) + 0.05)
         polls = len(emulator.hits_for(task_id))
-        time.sleep(0.5)
+        later = emulator.add_task("evolink", timeline=((0.0, "succeeded"),))
+        marker = post_watch(relay, provider="evolink", task_id=later, poll_after_seconds=0)
+        wait_watch(relay, marker["id"], "completed")
         assert len(emulator.hits_for(task_id)) == polls
         assert of_task(sink.receipts, task_id) == [] and relay.events(task_id=task_id) == []
         listed = relay.client.get(

@@ -38,6 +38,9 @@ from tests.test_watches import (
     wait_watch,
 )
 
+#: As FAST, but a poll the emulator holds back (a gated task) is waited for, not retried.
+UNHURRIED = {**FAST, "provider_timeout": 5.0}
+
 
 def forged(task_id: str, status: str = "completed", **changes: Any) -> dict[str, Any]:
     payload = copy.deepcopy(EVOLINK_COMPLETED)
@@ -56,9 +59,11 @@ def test_forged_completed_is_refused_and_the_real_result_follows(
 ) -> None:
     """A forged "completed" is held; the API says running: that is emitted, never the forgery,
     and without the URL's metadata (a contradicted callback names nobody)."""
-    relay = relay_factory(**emulator.relay_settings(**FAST))
+    relay = relay_factory(**emulator.relay_settings(**UNHURRIED))
     subscribe(relay, sink)
-    task_id = emulator.add_task("evolink", timeline=((0.0, "running"), (1.0, "succeeded")))
+    task_id = emulator.add_task(
+        "evolink", timeline=((0.0, "running"), (1.0, "succeeded")), gated=True
+    )
     url = relay.mint("evolink", metadata={"user_id": "u-42"})
     evil = "https://evil.example/malware.mp4"
     answer = relay.post_callback(url, forged(task_id, results=[evil]))
@@ -66,10 +71,13 @@ def test_forged_completed_is_refused_and_the_real_result_follows(
     body = answer.json()
     assert body["received"] is True and body["held"] is True and body["event_id"] is None
     held = get_watch(relay, body["watch_id"])
-    assert (held["origin"], held["held_status"]) in (
-        ("callback", "succeeded"),
-        ("callback", None),  # already polled and judged
+    # The API has not answered yet (the emulator holds the poll): the watch keeps the claim.
+    assert (held["state"], held["origin"], held["held_status"]) == (
+        "active",
+        "callback",
+        "succeeded",
     )
+    emulator.open("evolink", task_id)
 
     receipts = wait_task_events(sink, task_id, 2)
     assert types(receipts) == ["generation.running", "generation.succeeded"]
@@ -84,10 +92,10 @@ def test_forged_completed_is_refused_and_the_real_result_follows(
     # Evolink retries the forgery (or the real callback arrives): a duplicate, nothing new.
     again = relay.post_callback(url, forged(task_id, results=[evil]))
     assert again.status_code == 200 and again.json()["duplicate"] is True
-    time.sleep(0.2)
-    assert len(of_task(sink.receipts, task_id)) == 2
     stored = relay.events(task_id=task_id)
-    assert all(evil not in json.dumps(event) for event in stored)
+    assert len(stored) == 2 and all(evil not in json.dumps(event) for event in stored)
+    relay.wait_settled()  # each stored event's delivery answered: the sink has all it will get
+    assert len(of_task(sink.receipts, task_id)) == 2
     logged = capfd.readouterr().out
     assert "suspect_callback" in logged and "callback_status=succeeded" in logged
 
@@ -95,21 +103,28 @@ def test_forged_completed_is_refused_and_the_real_result_follows(
 def test_genuine_callback_is_confirmed_and_emitted_once(
     emulator: ProviderEmulator, relay_factory: Callable[..., RelayServer], sink: SubscriberServer
 ) -> None:
-    relay = relay_factory(**emulator.relay_settings(**FAST))
+    relay = relay_factory(**emulator.relay_settings(**UNHURRIED))
     subscribe(relay, sink)
-    task_id = emulator.add_task("evolink", timeline=((0.0, "succeeded"),))
+    task_id = emulator.add_task("evolink", timeline=((0.0, "succeeded"),), gated=True)
     url = relay.mint("evolink", metadata={"order": 7})
     real = {**forged(task_id), "results": [f"https://cdn.evolink.example/{task_id}.png"]}
-    assert relay.post_callback(url, real).json()["held"] is True
-    # Evolink's own retry of it joins the same hold, or is a duplicate once it was confirmed.
+    first = relay.post_callback(url, real).json()
+    assert first["held"] is True
+    # Evolink's own retry of it, before the API has answered (the emulator holds the poll),
+    # joins the same hold.
     retry = relay.post_callback(url, real).json()
-    assert retry.get("held") is True or retry["duplicate"] is True
+    assert retry["held"] is True and retry["watch_id"] == first["watch_id"], retry
+    emulator.open("evolink", task_id)
     (receipt,) = wait_task_events(sink, task_id, 1)
     assert receipt.event.get_type() == "generation.succeeded"
     assert receipt.data["metadata"] == {"order": 7}
     assert receipt.data["raw"]["object"] == "image.generation.task"  # the API's answer
-    assert 1 <= len(emulator.hits_for(task_id)) <= 2
-    time.sleep(0.2)
+    assert len(emulator.hits_for(task_id)) == 1  # one poll confirmed both
+    # Once confirmed, a retry is a duplicate.
+    again = relay.post_callback(url, real).json()
+    assert again["duplicate"] is True, again
+    assert len(relay.events(task_id=task_id)) == 1
+    relay.wait_settled()
     assert len(of_task(sink.receipts, task_id)) == 1
     (watch,) = relay.client.get(
         "/v1/watches", params={"task_id": task_id}, headers=relay.admin
@@ -135,7 +150,7 @@ def test_forged_callback_for_an_unknown_task_is_dropped(
     watch = wait_watch(relay, answer.json()["watch_id"], "rejected")
     assert watch["event_id"] is None and watch["polls"] == 3
     assert relay.events(task_id="task-unified-1-invented") == []
-    time.sleep(0.2)
+    relay.wait_settled()
     assert sink.receipts == []
     out = capfd.readouterr().out
     assert "does not know this task; the callback is dropped" in out
@@ -156,8 +171,13 @@ def test_held_while_the_api_is_unreachable_then_confirmed(
     url = relay.mint("evolink")
     answer = relay.post_callback(url, forged(task_id, "failed", error={"code": "x"}))
     assert answer.json()["held"] is True
-    time.sleep(0.3)
-    assert of_task(sink.receipts, task_id) == []  # nothing emitted unconfirmed
+    # Once a failed poll is recorded (the first of four, the answer comes a second later at
+    # the earliest), nothing is stored for the task and the callback is still held.
+    deadline = time.time() + 10
+    while not get_watch(relay, answer.json()["watch_id"])["last_error"]:
+        assert time.time() < deadline, "no failed poll recorded"
+        time.sleep(0.02)
+    assert relay.events(task_id=task_id) == []  # nothing emitted unconfirmed
     pending = get_watch(relay, answer.json()["watch_id"])
     assert pending["last_error"] and pending["held_status"] == "failed"  # still held
     (receipt,) = wait_task_events(sink, task_id, 1, timeout=10)

@@ -166,9 +166,15 @@ def test_a_flood_while_the_api_fails_is_bounded_and_emits_nothing_at_the_deadlin
         assert (shown["state"], shown["event_id"]) == ("expired", None)
         claimed = {"reason": "deadline_unconfirmed", "callback_status": "succeeded"}
         assert suspect_of(shown) == claimed
-    time.sleep(0.5)  # the polls stopped with the holds
+    # The polls stopped with the holds: a watch made now is polled and ends, and none of them
+    # was polled meanwhile (each was due before it).
+    later = emulator.add_task("evolink", timeline=((0.0, "succeeded"),))
+    marker = post_watch(relay, provider="evolink", task_id=later, poll_after_seconds=0)
+    wait_watch(relay, marker["id"], "completed")
     assert evolink_hits(emulator, task_ids) == requests
-    assert relay.events() == [] and sink.receipts == []
+    relay.wait_settled()  # the marker's event delivered: the sink has all it will get
+    assert [e["data"]["task_id"] for e in relay.events()] == [later]
+    assert [r.data["task_id"] for r in sink.receipts] == [later]
 
 
 def test_a_repost_joins_the_hold_without_restarting_it(
@@ -249,5 +255,5 @@ def test_a_watch_canceled_while_its_poll_is_in_flight_emits_nothing(
     assert relay.events(task_id=task_id) == []
     shown = get_watch(relay, watch["id"])
     assert (shown["state"], shown["event_id"]) == ("canceled", None)
-    time.sleep(0.3)  # a delivery would have started by now
+    relay.wait_settled()  # nothing stored, nothing pending: nothing can arrive
     assert sink.receipts == []

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
 from service.health import CLAIM_STALE_SECONDS, worker_problem
+from service.metrics import RecentTally
 from tests.conftest import (
     EVOLINK_COMPLETED,
     RelayServer,
@@ -25,6 +26,7 @@ from tests.conftest import (
     bound_socket,
     make_settings,
 )
+from tests.fakes import FakeClock
 from tests.subscriber_server import SubscriberServer
 
 
@@ -144,7 +146,8 @@ def test_callback_outcomes_and_events_are_counted(relay_server: RelayServer) -> 
     late = relay_server.post_callback(url, evolink("t-m1", "processing", 50))
     assert late.json()["superseded"] is True
     assert relay_server.post_callback(url + "x", evolink("t-m2")).status_code == 401
-    assert relay_server.post_callback(url, "not json").status_code in (400, 422)
+    not_json = relay_server.client.post(url, content=b"not json")
+    assert (not_json.status_code, not_json.json()["error"]["code"]) == (400, "invalid_json")
     made_up = relay_server.client.post("/callbacks/made-up-provider-123/tok", json={})
     assert made_up.status_code == 404
     after = scrape(relay_server)
@@ -157,6 +160,7 @@ def test_callback_outcomes_and_events_are_counted(relay_server: RelayServer) -> 
     assert delta(callbacks, provider="evolink", outcome="duplicate") == 1
     assert delta(callbacks, provider="evolink", outcome="superseded") == 1
     assert delta(callbacks, provider="evolink", outcome="invalid_token") == 1
+    assert delta(callbacks, provider="evolink", outcome="invalid_json") == 1
     assert delta(callbacks, provider="unknown", outcome="unknown_provider") == 1
     assert not any("made-up" in str(key) for key in after)
     events = "relay_events_total"
@@ -165,6 +169,23 @@ def test_callback_outcomes_and_events_are_counted(relay_server: RelayServer) -> 
     assert value(after, "relay_store_up") == 1
     for provider in ("evolink", "apiframe", "rivya"):  # no watch registered: 0, but exported
         assert ("relay_watches_active", (("provider", provider),)) in after
+
+
+def test_the_recent_tally_counts_the_last_hour_by_minute() -> None:
+    """The ops console's "last hour": a count stays for the minutes it covers, then leaves."""
+    clock = FakeClock(60 * 1_000_000 + 30)  # half a minute into a minute
+    tally = RecentTally(minutes=60, clock=clock)
+    tally.add("evolink:accepted")
+    tally.add("evolink:accepted", count=2)
+    clock.advance(60)
+    tally.add("evolink:duplicate")
+    assert tally.totals() == {"evolink:accepted": 3, "evolink:duplicate": 1}
+    clock.advance(59 * 60)  # the first minute is now an hour old: out of the window
+    assert tally.totals() == {"evolink:duplicate": 1}
+    tally.add("apiframe:accepted")  # a new minute's bucket drops the expired ones
+    clock.advance(60)
+    assert tally.totals() == {"apiframe:accepted": 1}
+    assert tally.started_at == 60 * 1_000_000 + 30
 
 
 def test_delivery_attempts_latency_and_backlog_gauges(

@@ -7,6 +7,7 @@ Unit tests call the normalizers and checks directly; the rest go through a real 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -359,20 +360,25 @@ def test_watches_end_on_failure_words_and_read_every_result_shape(
 ) -> None:
     """Polled tasks that end with words the pages do not list end their watch with a failed
     or canceled event, and an Apiframe job whose result is a list of URLs has its outputs."""
-    relay = relay_factory(**emulator.relay_settings(**FAST, **store_settings))
+    # Each task's first poll waits at the emulator's gate, and its timeline starts when the
+    # gate opens: that first answer is "queued" however late the poll came.
+    relay = relay_factory(
+        **emulator.relay_settings(**{**FAST, "provider_timeout": 5.0}, **store_settings)
+    )
     try:
         subscribe(relay, sink)
         done = ((0.0, "queued"), (0.3, "failed"))
+        failing = {"timeline": done, "gated": True}
         tasks = {
-            emulator.add_task("reve-art", timeline=done, words={"failed": "Rejected"}): (
+            emulator.add_task("reve-art", words={"failed": "Rejected"}, **failing): (
                 "reve-art",
                 "generation.failed",
             ),
-            emulator.add_task("apiframe", timeline=done, words={"failed": "TIMED_OUT"}): (
+            emulator.add_task("apiframe", words={"failed": "TIMED_OUT"}, **failing): (
                 "apiframe",
                 "generation.failed",
             ),
-            emulator.add_task("rivya", timeline=done, words={"failed": "canceled"}): (
+            emulator.add_task("rivya", words={"failed": "canceled"}, **failing): (
                 "rivya",
                 "generation.canceled",
             ),
@@ -380,12 +386,19 @@ def test_watches_end_on_failure_words_and_read_every_result_shape(
                 "apiframe",
                 timeline=((0.0, "queued"), (0.3, "succeeded")),
                 result=["https://cdn.apiframe.example/a.png", "https://cdn.apiframe.example/b"],
+                gated=True,
             ): ("apiframe", "generation.succeeded"),
         }
         watches = {
             task_id: post_watch(relay, provider=provider, task_id=task_id)["id"]
             for task_id, (provider, _) in tasks.items()
         }
+        for task_id, (provider, _) in tasks.items():
+            deadline = time.time() + 10
+            while (provider, task_id) not in emulator.arrivals:
+                assert time.time() < deadline, f"{task_id} was not polled"
+                time.sleep(0.02)
+            emulator.open(provider, task_id)
         for task_id, (_, last_type) in tasks.items():
             receipts = wait_task_events(sink, task_id, 2)
             assert types(receipts) == ["generation.queued", last_type]

@@ -54,10 +54,10 @@ class Locker:
         self.process.wait(timeout=10)
 
     def kill(self) -> None:
-        """Make sure the process is gone (a no-op once released)."""
+        """Make sure the process is gone and its pipes closed (a no-op once released)."""
         if self.process.poll() is None:
             self.process.kill()
-            self.process.wait(timeout=10)
+        self.process.communicate(timeout=10)  # waits, then closes stdin and stdout
 
 
 def payload(task: str) -> dict[str, object]:

@@ -30,6 +30,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from service import ids
 from service.clock import rfc3339
 from service.errors import InvalidInput, StorageUnavailable
+from service.events import STATUSES, Normalized
 from service.settings import ConfigError
 from service.store import open_store
 from service.store.base import (
@@ -53,13 +54,6 @@ POSTGRES_URL = os.environ.get(
     "RELAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 LEASE = 30.0
-
-EVENT_TYPES = {
-    "completed": "generation.succeeded",
-    "failed": "generation.failed",
-    "processing": "generation.progress",
-    "queued": "generation.queued",
-}
 
 
 @pytest.fixture
@@ -161,26 +155,35 @@ async def store(make_store: Callable[[], Store]) -> AsyncIterator[Store]:
 
 def incoming(
     task: str = "task-1",
-    status: str = "completed",
+    status: str = "succeeded",
     *,
     provider: str = "evolink",
     key: str | None = None,
     at: float | None = None,
     progress: int | None = None,
 ) -> IncomingEvent:
+    """An event as the intake pipeline stores it: ``status`` is one of the relay's own
+    (``service.events.STATUSES``), and the type, terminality and dedup key are the ones
+    ``Normalized`` gives the pipeline."""
+    assert status in STATUSES, f"{status!r} is not a status the relay produces"
+    update = Normalized(task_id=task, status=status, progress=progress)
     event_id = ids.new_id("evt")
-    event_type = EVENT_TYPES[status]
     received = time.time() if at is None else at
-    body = {"id": event_id, "type": event_type, "subject": task, "data": {"provider": provider}}
+    body = {
+        "id": event_id,
+        "type": update.event_type,
+        "subject": task,
+        "data": {"provider": provider},
+    }
     return IncomingEvent(
         event_id=event_id,
         provider=provider,
         task_id=task,
         status=status,
         progress=progress,
-        event_type=event_type,
-        terminal=status in ("completed", "failed"),
-        dedup_key=key or f"{provider}:{task}:{status}:{progress}",
+        event_type=update.event_type,
+        terminal=update.terminal,
+        dedup_key=key or update.dedup_key(provider),
         received_at=received,
         url_id=None,
         body=json.dumps(body, separators=(",", ":")),
@@ -356,7 +359,7 @@ async def test_a_statement_postgresql_refuses_fails_alone_in_its_batch(
         await store.create_subscriber(subscriber())
         await store.ingest(incoming("warm-up"))  # the subscriber list is cached: one batch
         normal = [incoming(f"task-{n}") for n in range(40)]
-        bad = incoming(poison, key=f"evolink:{poison}:completed:None")
+        bad = incoming(poison, key=f"evolink:{poison}:succeeded:None")
         batch = [*normal[:20], bad, *normal[20:]]
         results = await asyncio.gather(*(store.ingest(e) for e in batch), return_exceptions=True)
         assert isinstance(results[20], Exception)
@@ -395,9 +398,9 @@ async def test_an_attempt_record_the_store_cannot_hold_fails_alone(store: Store)
 
 async def test_duplicate_writes_nothing(store: Store) -> None:
     await store.create_subscriber(subscriber())
-    first = incoming(key="evolink:task-1:completed")
+    first = incoming(key="evolink:task-1:succeeded")
     assert (await store.ingest(first)).outcome == "accepted"
-    again = incoming(key="evolink:task-1:completed")
+    again = incoming(key="evolink:task-1:succeeded")
     result = await store.ingest(again)
     assert (result.outcome, result.event_id, result.deliveries) == (
         "duplicate",
@@ -411,9 +414,9 @@ async def test_duplicate_writes_nothing(store: Store) -> None:
 
 async def test_update_after_terminal_is_superseded(store: Store) -> None:
     await store.create_subscriber(subscriber())
-    done = incoming(status="completed")
+    done = incoming(status="succeeded")
     assert (await store.ingest(done)).outcome == "accepted"
-    late = incoming(status="processing", progress=90)
+    late = incoming(status="running", progress=90)
     result = await store.ingest(late)
     assert (result.outcome, result.event_id, result.deliveries) == (
         "superseded",
@@ -429,7 +432,7 @@ async def test_update_after_terminal_is_superseded(store: Store) -> None:
 
 async def test_second_terminal_status_is_superseded(store: Store) -> None:
     await store.create_subscriber(subscriber())
-    assert (await store.ingest(incoming(status="completed"))).outcome == "accepted"
+    assert (await store.ingest(incoming(status="succeeded"))).outcome == "accepted"
     failed = incoming(status="failed")
     assert (await store.ingest(failed)).outcome == "superseded"
     assert (await store.get_event(failed.event_id))["relay"]["state"] == "superseded"  # type: ignore[index]
@@ -442,13 +445,13 @@ async def test_updates_before_terminal_are_all_emitted(store: Store) -> None:
     await store.create_subscriber(subscriber())
     outcomes = [
         (await store.ingest(incoming(status=status, progress=progress))).outcome
-        for status, progress in (("queued", 0), ("processing", 10), ("processing", 60))
+        for status, progress in (("queued", 0), ("running", 10), ("running", 60))
     ]
-    outcomes.append((await store.ingest(incoming(status="completed"))).outcome)
+    outcomes.append((await store.ingest(incoming(status="succeeded"))).outcome)
     assert outcomes == ["accepted"] * 4
     assert len(await deliveries(store)) == 4
     # Another task is not affected by this one's terminal status.
-    assert (await store.ingest(incoming("task-2", "processing"))).outcome == "accepted"
+    assert (await store.ingest(incoming("task-2", "running"))).outcome == "accepted"
 
 
 async def test_fan_out_respects_filters_and_enabled(store: Store) -> None:
@@ -501,11 +504,11 @@ async def test_fan_out_follows_subscriber_changes(store: Store) -> None:
 async def test_list_events_filters_and_pages_newest_first(store: Store) -> None:
     base = time.time() - 100
     events = [
-        incoming("t1", "processing", at=base, progress=10),
-        incoming("t1", "completed", at=base + 10),
+        incoming("t1", "running", at=base, progress=10),
+        incoming("t1", "succeeded", at=base + 10),
         incoming("t2", "failed", at=base + 20),
-        incoming("t3", "processing", provider="apiframe", at=base + 30, progress=5),
-        incoming("t3", "completed", provider="apiframe", at=base + 40),
+        incoming("t3", "running", provider="apiframe", at=base + 30, progress=5),
+        incoming("t3", "succeeded", provider="apiframe", at=base + 40),
     ]
     for event in events:
         await store.ingest(event)
@@ -530,7 +533,7 @@ async def test_list_events_filters_and_pages_newest_first(store: Store) -> None:
 
     assert await ids_for(provider="apiframe") == newest_first[:2]
     assert await ids_for(task_id="t1") == newest_first[3:]
-    assert await ids_for(status="completed") == [events[4].event_id, events[1].event_id]
+    assert await ids_for(status="succeeded") == [events[4].event_id, events[1].event_id]
     assert await ids_for(since=base + 20) == newest_first[:3]
     assert await ids_for(provider="evolink", status="failed") == [events[2].event_id]
     with pytest.raises(InvalidInput):
@@ -716,9 +719,9 @@ async def test_claim_due_keeps_per_task_order(store: Store) -> None:
     await store.create_subscriber(sub)
     base = time.time() - 100
     line = [
-        incoming("t1", "processing", at=base, progress=10),
-        incoming("t1", "processing", at=base + 1, progress=50),
-        incoming("t1", "completed", at=base + 2),
+        incoming("t1", "running", at=base, progress=10),
+        incoming("t1", "running", at=base + 1, progress=50),
+        incoming("t1", "succeeded", at=base + 2),
     ]
     other = incoming("t2", at=base + 3)
     for event in (*line, other):
@@ -749,8 +752,8 @@ async def test_per_task_order_is_per_subscriber(store: Store) -> None:
     await store.create_subscriber(subscriber("sub_a"))
     await store.create_subscriber(subscriber("sub_b"))
     base = time.time() - 100
-    await store.ingest(incoming("t1", "processing", at=base, progress=10))
-    await store.ingest(incoming("t1", "completed", at=base + 1))
+    await store.ingest(incoming("t1", "running", at=base, progress=10))
+    await store.ingest(incoming("t1", "succeeded", at=base + 1))
     claims = await claim_all(store, base + 10)
     # One head per subscriber: a slow subscriber does not hold back another one.
     assert sorted(c.subscriber_id for c in claims) == ["sub_a", "sub_b"]
@@ -1027,9 +1030,9 @@ async def test_replay_by_filter_only_failed_of_enabled_subscribers(store: Store)
 async def test_redeliver_emitted_events_only(store: Store) -> None:
     await store.create_subscriber(subscriber("sub_a"))
     await store.create_subscriber(subscriber("sub_b"))
-    done = incoming("t1", "completed")
+    done = incoming("t1", "succeeded")
     await store.ingest(done)
-    late = incoming("t1", "processing", progress=99)
+    late = incoming("t1", "running", progress=99)
     await store.ingest(late)
     now = time.time() + 1
     assert (await store.redeliver(done.event_id, ["sub_a", "sub_b"], now)).count == 2
@@ -1054,18 +1057,18 @@ async def test_redeliver_emitted_events_only(store: Store) -> None:
 
 
 async def _line(store: Store, now: float) -> tuple[str, str]:
-    """sub_a's line for task t: ``processing`` failed, then ``completed`` delivered."""
-    await store.ingest(incoming("t", "processing", at=now - 10, progress=50))
+    """sub_a's line for task t: ``running`` failed, then ``succeeded`` delivered."""
+    await store.ingest(incoming("t", "running", at=now - 10, progress=50))
     (running,) = await claim_all(store, now - 9)
     await store.record_attempt(attempt(running, "failed", at=now - 9))
-    await store.ingest(incoming("t", "completed", at=now - 8))
+    await store.ingest(incoming("t", "succeeded", at=now - 8))
     (done,) = await claim_all(store, now - 7)
     await store.record_attempt(attempt(done, "succeeded", at=now - 7))
     return running.delivery_id, done.delivery_id
 
 
 async def test_replay_never_sends_an_older_status_after_a_newer_one(store: Store) -> None:
-    """A failed ``processing`` is not replayed once ``completed`` reached the subscriber, by
+    """A failed ``running`` is not replayed once ``succeeded`` reached the subscriber, by
     id or by filter; ``force`` replays it all the same."""
     await store.create_subscriber(subscriber("sub_a"))
     now = time.time()
@@ -1088,10 +1091,10 @@ async def test_replay_waits_for_no_later_event_still_pending(store: Store) -> No
     back: the replayed one keeps its place and goes first. One in flight does."""
     await store.create_subscriber(subscriber("sub_a"))
     now = time.time()
-    await store.ingest(incoming("t", "processing", at=now - 10, progress=50))
+    await store.ingest(incoming("t", "running", at=now - 10, progress=50))
     (running,) = await claim_all(store, now - 9)
     await store.record_attempt(attempt(running, "failed", at=now - 9))
-    await store.ingest(incoming("t", "completed", at=now - 8))
+    await store.ingest(incoming("t", "succeeded", at=now - 8))
     (done,) = await claim_all(store, now - 7)  # in flight: leased until now - 7 + LEASE
     result = await store.replay(DeliveryFilter(), [running.delivery_id], now)
     assert (result.count, result.newer) == (0, {running.delivery_id: done.delivery_id})
@@ -1104,7 +1107,7 @@ async def test_replay_waits_for_no_later_event_still_pending(store: Store) -> No
 
 
 async def test_redeliver_never_queues_an_older_event_behind_a_newer_one(store: Store) -> None:
-    """Redelivering ``processing`` to a subscriber that has a delivery of ``completed`` (in
+    """Redelivering ``running`` to a subscriber that has a delivery of ``succeeded`` (in
     any status) is refused for that subscriber unless forced; others get it."""
     await store.create_subscriber(subscriber("sub_a"))
     now = time.time()
@@ -1173,7 +1176,7 @@ async def test_activity_counts_what_happened_since(store: Store) -> None:
     await store.create_subscriber(subscriber("sub_a"))
     now = time.time()
     await store.ingest(incoming("t-old", at=now - 7200))  # before the window
-    await store.ingest(incoming("t1", "processing", at=now - 50, progress=10))
+    await store.ingest(incoming("t1", "running", at=now - 50, progress=10))
     await store.ingest(incoming("t1", at=now - 40))
     await store.ingest(incoming("t1", "failed", at=now - 30))  # superseded
     await store.ingest(incoming("t2", at=now - 20))
@@ -1182,8 +1185,8 @@ async def test_activity_counts_what_happened_since(store: Store) -> None:
     await store.record_attempt(attempt(claim, "failed", at=now - 10))
     activity = await store.activity(now - 3600)
     assert activity["events"] == {
-        "generation.processing": {"emitted": 1, "superseded": 0},
-        "generation.completed": {"emitted": 2, "superseded": 0},  # the builder's own words
+        "generation.running": {"emitted": 1, "superseded": 0},
+        "generation.succeeded": {"emitted": 2, "superseded": 0},
         "generation.failed": {"emitted": 0, "superseded": 1},
     }
     # The delivery of t-old failed just now: a change inside the window.
@@ -1213,7 +1216,7 @@ async def test_delivery_details_filter_by_provider_with_attempts(store: Store) -
     ]
     first = failed[1]
     assert first["task_id"] == "t1"
-    assert first["event_type"] == "generation.completed"
+    assert first["event_type"] == "generation.succeeded"
     assert [(a["status_code"], a["error"]) for a in first["attempts"]] == [
         (500, None),
         (None, "timed out"),
@@ -1304,16 +1307,16 @@ async def opened(*stores: PostgresStore) -> AsyncIterator[None]:
 
 @pytest.mark.postgres
 async def test_replay_is_not_overtaken_by_a_claim_of_the_later_delivery(pg_url: str) -> None:
-    """A worker leasing ``completed`` while ``processing`` is replayed: the replay waits for
-    that claim to commit, then sees it in flight and leaves ``processing`` failed."""
+    """A worker leasing ``succeeded`` while ``running`` is replayed: the replay waits for
+    that claim to commit, then sees it in flight and leaves ``running`` failed."""
     store = postgres_store(pg_url)
     async with opened(store):
         await store.create_subscriber(subscriber("sub_a"))
         now = time.time()
-        await store.ingest(incoming("t", "processing", at=now - 10, progress=50))
+        await store.ingest(incoming("t", "running", at=now - 10, progress=50))
         (running,) = await claim_all(store, now - 9)
         await store.record_attempt(attempt(running, "failed", at=now - 9))
-        await store.ingest(incoming("t", "completed", at=now - 8))
+        await store.ingest(incoming("t", "succeeded", at=now - 8))
         (done,) = await deliveries(store, status="pending")
         async with await psycopg.AsyncConnection.connect(pg_url) as worker:
             async with worker.transaction():  # a claim, between its row lock and its commit
@@ -1350,10 +1353,10 @@ async def test_concurrent_claims_never_share_a_delivery(pg_url: str) -> None:
         base = time.time() - 100
         heads = set()
         for n in range(60):
-            head = incoming(f"t{n}", "processing", at=base + n * 0.01, progress=10)
+            head = incoming(f"t{n}", "running", at=base + n * 0.01, progress=10)
             await first.ingest(head)
             heads.add(head.event_id)
-            await first.ingest(incoming(f"t{n}", "completed", at=base + n * 0.01 + 0.005))
+            await first.ingest(incoming(f"t{n}", "succeeded", at=base + n * 0.01 + 0.005))
         claimed: list[list[Claim]] = []
 
         async def worker(store: PostgresStore) -> None:
@@ -1376,7 +1379,7 @@ async def test_concurrent_ingest_of_one_callback_accepts_it_once(pg_url: str) ->
     async with opened(first, second):
         await first.create_subscriber(subscriber())
         for n in range(25):
-            key = f"evolink:t{n}:completed"
+            key = f"evolink:t{n}:succeeded"
             a, b = incoming(f"t{n}", key=key), incoming(f"t{n}", key=key)
             results = await asyncio.gather(first.ingest(a), second.ingest(b))
             assert sorted(r.outcome for r in results) == ["accepted", "duplicate"]
@@ -1393,7 +1396,7 @@ async def test_concurrent_terminal_statuses_emit_only_one(pg_url: str) -> None:
         await first.create_subscriber(subscriber())
         for n in range(25):
             results = await asyncio.gather(
-                first.ingest(incoming(f"t{n}", "completed")),
+                first.ingest(incoming(f"t{n}", "succeeded")),
                 second.ingest(incoming(f"t{n}", "failed")),
             )
             assert sorted(r.outcome for r in results) == ["accepted", "superseded"]
@@ -1683,12 +1686,12 @@ async def test_a_pruned_tasks_late_updates_stay_superseded(store: Store) -> None
     assert await store.prune(time.time() - 30 * 86_400, 10) == 1
     assert await store.get_event(done.event_id) is None
 
-    late = await store.ingest(incoming("t-done", "processing", progress=50))
+    late = await store.ingest(incoming("t-done", "running", progress=50))
     assert (late.outcome, late.deliveries) == ("superseded", 0)
     again = await store.ingest(incoming("t-done"))
     assert (again.outcome, again.deliveries) == ("superseded", 0)
     assert (await store.delivery_counts())["pending"] == 0
-    other = await store.ingest(incoming("t-other", "processing", progress=50))
+    other = await store.ingest(incoming("t-other", "running", progress=50))
     assert other.outcome == "accepted"
 
 

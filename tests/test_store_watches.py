@@ -242,10 +242,10 @@ async def test_due_watch_of_a_finished_task_completes_without_a_claim(store: Sto
     running = watch("running", due=now - 1)
     for w in (done, later, running):
         await store.create_watch(w)
-    terminal = incoming("done", "completed")
+    terminal = incoming("done", "succeeded")
     await store.ingest(terminal)
-    await store.ingest(incoming("later", "completed"))
-    await store.ingest(incoming("running", "processing", progress=10))
+    await store.ingest(incoming("later", "succeeded"))
+    await store.ingest(incoming("running", "running", progress=10))
     assert await claim(store, now) == [running.id]
     after = await store.get_watch(done.id)
     assert after is not None and (after.state, after.event_id) == ("completed", terminal.event_id)
@@ -330,7 +330,7 @@ async def test_a_repost_joins_the_hold_without_restarting_it(store: Store) -> No
 
 
 async def test_hold_after_the_task_ended_holds_nothing(store: Store) -> None:
-    await store.ingest(incoming("t1", "completed"))
+    await store.ingest(incoming("t1", "succeeded"))
     assert await store.hold_for_confirmation(watch("t1", held_status="succeeded")) is None
     assert await all_watches(store) == []
 

@@ -89,6 +89,7 @@ def test_removal_under_a_callback_stream_leaves_nothing_pending(
         url = relay.mint(reusable=True)
         stop = threading.Event()
         sent: list[int] = []
+        streamed = [0]  # callbacks answered so far
 
         def stream() -> None:
             with httpx.Client(timeout=10) as client:
@@ -99,6 +100,7 @@ def test_removal_under_a_callback_stream_leaves_nothing_pending(
                     response = client.post(url, json=payload)
                     assert response.status_code == 200, response.text
                     n += 1
+                    streamed[0] = n
                     time.sleep(0.005)
             sent.append(n)
 
@@ -113,8 +115,12 @@ def test_removal_under_a_callback_stream_leaves_nothing_pending(
                 assert response.status_code in (200, 204), response.text
             else:
                 remove_with_cli(relay, subscriber_id)
-            # Longer than any cache of the subscriber list (1 s) keeps callbacks coming in.
-            time.sleep(2.0)
+            # Longer than any cache of the subscriber list (1 s) keeps callbacks coming in, and
+            # enough of them however slow the machine is.
+            removed_at = time.time()
+            while time.time() < removed_at + 2.0 or streamed[0] <= 50:
+                assert time.time() < removed_at + 60, f"only {streamed[0]} callbacks answered"
+                time.sleep(0.05)
         finally:
             stop.set()
             streamer.join(timeout=30)

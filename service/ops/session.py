@@ -104,7 +104,7 @@ async def verify(
 async def start(store: Store, clock: Clock) -> Session:
     """A new signed-in session, recorded in the store (call it at sign-in)."""
     session = Session.fresh(signed_in=True, now=clock())
-    assert session.sid is not None
+    assert session.sid is not None  # noqa: S101 - narrows the type: a fresh session has an id
     await store.create_ops_session(
         session.sid, session.issued_at, session.issued_at + SESSION_SECONDS
     )

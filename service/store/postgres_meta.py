@@ -33,7 +33,7 @@ async def get_or_create_meta(conn: Conn, key: str, value: str) -> str:
         (key, value),
     )
     row = await cursor.fetchone()
-    assert row is not None
+    assert row is not None  # noqa: S101 - narrows the type: the statement returns a row
     return str(row[0])
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -117,10 +116,6 @@ class SQLiteStore(Store):
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        # When a commit's fsync ends, the committer thread waits for the GIL; with a busy loop
-        # that wait lasts up to the switch interval (5 ms by default), and the next batch waits
-        # behind it. 1 ms bounds that at a negligible cost (only one other thread ever asks).
-        sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
         try:
             conn = connect(
                 self.path, self.synchronous, migrate=self.migrate, progress=self.on_migration

@@ -53,7 +53,7 @@ def create_watch(conn: sqlite3.Connection, watch: Watch) -> tuple[Watch, bool]:
     if conn.execute(_INSERT, watch_values(watch)).rowcount:
         return watch, True
     existing = _active(conn, watch.provider, watch.task_id)
-    assert existing is not None  # the conflict was with it, in this same transaction
+    assert existing is not None  # noqa: S101 - the conflict was with it, in this transaction
     return existing, False
 
 

@@ -27,8 +27,8 @@ import httpx
 import orjson
 
 from service.callback_json import parse_callback
-from service.http_protocol import MAX_HEAD_BYTES
 from service.providers import PROVIDERS
+from service.request_head import MAX_HEAD_BYTES
 from tests.relay_process import ADMIN, RelayProcess
 from tests.reliability import Context, Row, free_port
 

@@ -102,9 +102,7 @@ def sqlite_locked_by_another_process(ctx: Context) -> list[Row]:
                 time.sleep(0.05)
         assert locker.stdin is not None
         releasing_at = time.monotonic()  # from here on the relay may take the lock again
-        locker.stdin.write("\n")
-        locker.stdin.flush()
-        locker.wait(timeout=10)
+        locker.communicate("\n", timeout=10)  # releases the lock; closes the pipes
         released_at = time.monotonic()
         # A callback sent after the release is answered 200 again.
         back = wait_until(
