@@ -6,7 +6,7 @@ comes back as an ``Attempt`` whose ``error`` names what happened (``failure_text
 attempt, connect to last byte read, is bounded by ``RELAY_DELIVERY_TIMEOUT``, and at most
 1 KiB of the answer is read, so a slow or huge answer costs nothing more.
 
-The session is ``service.targets.guarded_session``: its resolver drops refused addresses after
+The session is ``service.guarded_session``'s: its resolver drops refused addresses after
 every lookup (so DNS rebinding never reaches a private address) and its middleware refuses
 IP-literal hosts; both raise ``TargetBlocked``. No redirect is followed (a 3xx is a failed
 attempt), no cookie is kept, and the answer is not decompressed.
@@ -25,9 +25,10 @@ import aiohttp
 
 from service import __version__
 from service.clock import Clock, system_clock
+from service.guarded_session import guarded_session
 from service.signing import sign
 from service.store.base import Claim
-from service.targets import TargetBlocked, TargetPolicy, guarded_session
+from service.targets import TargetBlocked, TargetPolicy
 
 EXCERPT_BYTES = 1024
 USER_AGENT = f"callback-relay/{__version__}"

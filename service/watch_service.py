@@ -33,6 +33,12 @@ an operator releases or dismisses it (``service.suspects``).
 
 Registering, cancelling and showing watches (the admin API, ``relay watch``) is
 ``service.watch_requests``; scheduling the polls is ``service.watch_worker``.
+
+Why one module of about 480 lines: it is one class, ``WatchService``, whose methods are the
+outcomes of one poll (an answer, a failure, a provider's 429, the deadline, a rejection, the
+judgement of a held callback). Each reads and writes the same watch under the same rule (a
+poll always moves ``next_poll_at`` forward), which is easier to check in one place than
+across modules passing that state along.
 """
 
 from __future__ import annotations

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 from service import targets
 from service.errors import InvalidPayload
+from service.guarded_session import GuardedResolver, guarded_session
 from service.settings import Settings
 from service.targets import (
-    GuardedResolver,
     InvalidTargetUrl,
     TargetBlocked,
     TargetNotAllowed,
@@ -30,7 +30,6 @@ from service.targets import (
     check_target,
     check_url_syntax,
     guard_request_url,
-    guarded_session,
 )
 from tests.edge import DnsTable, TinyServer
 from tests.edge import fake_dns as edge_dns
