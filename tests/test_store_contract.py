@@ -1498,8 +1498,17 @@ class ThreadedProxy:
     def close(self) -> None:
         if self.proxy.server is not None:
             self.cut()
+
+        async def end_the_rest() -> None:  # connections' pipes still running
+            rest = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        self.call(end_the_rest())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)
+        self.loop.close()  # its self-pipe sockets too, or they leak (a ResourceWarning later)
 
 
 @pytest.mark.postgres
