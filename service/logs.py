@@ -13,13 +13,17 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import math
 import re
 import sys
 import threading
+import time
 from typing import Any, TextIO
 
 import orjson
 import structlog
+
+from service.clock import utc_second
 
 #: Keys whose values are never written, whoever binds them.
 _SECRET_KEYS = frozenset(
@@ -40,6 +44,17 @@ def mask_callback_path(text: str) -> str:
     # (A function, not the template r"\1***": re runs a template through Python code on every
     # call, match or not, which cost ten times the search; a function runs only on a match.)
     return _CALLBACK_PATH.sub(_masked, text)
+
+
+def _add_timestamp(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """``timestamp``: UTC to the microsecond, ``2026-01-01T00:00:00.123456Z``, as structlog's
+    ``TimeStamper(fmt="iso", utc=True)`` writes it."""
+    # (TimeStamper builds a datetime and formats all of it for every line: about a fifth of a
+    # line's cost. Here the date and time to the second are formatted once a second.)
+    now = time.time()
+    seconds = math.floor(now)
+    event_dict["timestamp"] = f"{utc_second(seconds)}.{int((now - seconds) * 1e6):06d}Z"
+    return event_dict
 
 
 def _redact_secrets(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -112,7 +127,7 @@ def configure_logging(
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _add_timestamp,
         _redact_secrets,
         structlog.processors.format_exc_info,
     ]

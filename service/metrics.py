@@ -45,6 +45,7 @@ counters to files there and a scrape, answered by any one of them, adds up all o
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections import Counter as Tally
@@ -245,12 +246,20 @@ def callback_outcome(status: int, context: Mapping[str, Any]) -> str:
     return _STATUS_OUTCOMES.get(status, f"http_{status}")
 
 
+@functools.cache
+def _child(metric: Counter, *labels: str) -> Any:
+    """``metric.labels(*labels)``, looked up once per label set. ``labels()`` checks its
+    arguments and takes a lock on every call; the metrics counted for every callback keep their
+    children here. Label sets are few: providers, outcomes and event types are closed sets."""
+    return metric.labels(*labels)
+
+
 def count_callback(provider: str, outcome: str) -> None:
     """One callback answered. ``provider`` comes from the URL: unknown names count as
     ``unknown`` so that nobody can create series by posting to made-up paths."""
     if provider not in PROVIDERS:
         provider = "unknown"
-    CALLBACKS.labels(provider, outcome).inc()
+    _child(CALLBACKS, provider, outcome).inc()
     RECENT_CALLBACKS.add(f"{provider}:{outcome}")
 
 
@@ -259,7 +268,7 @@ def count_event(event_type: str, outcome: str) -> None:
     ``superseded`` kept but never delivered; a duplicate is no new event."""
     if outcome not in ("accepted", "superseded") or event_type not in _KNOWN_TYPES:
         return
-    EVENTS.labels(event_type, "emitted" if outcome == "accepted" else "superseded").inc()
+    _child(EVENTS, event_type, "emitted" if outcome == "accepted" else "superseded").inc()
 
 
 def count_unknown_status(provider: str) -> None:

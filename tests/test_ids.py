@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from service.ids import new_id, new_request_id
+from service.ids import _spell, new_id, new_request_id
 
 _FROM_CROCKFORD = bytes.maketrans(
     b"0123456789abcdefghjkmnpqrstvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
@@ -77,3 +77,13 @@ def test_request_ids_are_unique_across_processes_and_forks() -> None:
     os.close(read)
     parent = new_request_id()
     assert child[:20] != parent[:20]  # the child drew its own prefix
+
+
+def test_spelling_matches_the_standard_base32_at_every_length() -> None:
+    to_crockford = bytes.maketrans(
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789abcdefghjkmnpqrstvwxyz"
+    )
+    for length in range(0, 21):
+        for raw in (bytes(length), b"\xff" * length, os.urandom(length)):
+            expected = base64.b32encode(raw).translate(to_crockford).decode().rstrip("=")
+            assert _spell(raw) == expected, (length, raw.hex())

@@ -27,7 +27,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from service.logs import LineWriter, mask_callback_path
+from service.logs import LineWriter, _add_timestamp, mask_callback_path
 from tests.conftest import EVOLINK_COMPLETED, RelayServer, bound_socket
 from tests.log_capture import PhaseStream
 from tests.subscriber_server import SubscriberServer
@@ -330,3 +330,18 @@ def test_access_line_masks_tokens_in_misrouted_callback_paths(
     assert leaked == []
     for shown in paths.values():
         assert f"path={shown} " in logged, shown
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        (1767225600.5, "2026-01-01T00:00:00.500000Z"),
+        (1767225661.25, "2026-01-01T00:01:01.250000Z"),
+        (1767225600.0, "2026-01-01T00:00:00.000000Z"),
+    ],
+)
+def test_line_timestamp_is_utc_to_the_microsecond(
+    monkeypatch: pytest.MonkeyPatch, now: float, expected: str
+) -> None:
+    monkeypatch.setattr(time, "time", lambda: now)
+    assert _add_timestamp(None, "info", {})["timestamp"] == expected
