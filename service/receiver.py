@@ -103,7 +103,7 @@ async def _hand_over(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Verify and parse a received callback, hand it to ``Relay.receive``: (the 2xx answer,
     its log fields)."""
-    provider.verify(headers, body, relay.settings)
+    provider.verify(headers, body, relay.settings, now=relay.clock())
     payload = parse_callback(body)
     normalized = provider.normalize(payload)
     received = await relay.receive(

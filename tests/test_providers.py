@@ -30,6 +30,9 @@ from service.tokens import CallbackTokens, InvalidToken, TokenExpired
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "service/schemas/generation-event.schema.json"
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
+#: The clock's reading wherever a check takes one (tokens, signatures).
+NOW = 1_767_225_600.0
+
 
 def _format_checker() -> FormatChecker:
     """The draft 2020-12 format checker, with ``date-time`` enforced.
@@ -695,13 +698,15 @@ def sign(body: bytes, api_key: str = "k") -> str:
 )
 def test_apiframe_verify_accepts_valid_signature(header: str) -> None:
     """A v2 signature over the raw body is accepted with or without the sha256= prefix."""
-    assert Apiframe().verify({"x-webhook-signature": header}, BODY, API_KEY_SETTINGS) is None
+    assert (
+        Apiframe().verify({"x-webhook-signature": header}, BODY, API_KEY_SETTINGS, now=NOW) is None
+    )
 
 
 def test_apiframe_verify_reads_headers_case_insensitively() -> None:
     """Starlette request headers match whatever case the provider sent."""
     headers = Headers(headers={"X-Webhook-Signature": f"sha256={sign(BODY)}"})
-    assert Apiframe().verify(headers, BODY, API_KEY_SETTINGS) is None
+    assert Apiframe().verify(headers, BODY, API_KEY_SETTINGS, now=NOW) is None
 
 
 @pytest.mark.parametrize(
@@ -725,20 +730,20 @@ def test_apiframe_verify_reads_headers_case_insensitively() -> None:
 def test_apiframe_verify_refuses_bad_signature(headers: dict[str, str], body: bytes) -> None:
     """Signatures required: missing, wrong or foreign-body ones raise InvalidSignature (401)."""
     with pytest.raises(InvalidSignature) as caught:
-        Apiframe().verify(headers, body, API_KEY_SETTINGS)
+        Apiframe().verify(headers, body, API_KEY_SETTINGS, now=NOW)
     assert caught.value.code == "invalid_signature"
     assert caught.value.status_code == 401
 
 
 def test_apiframe_verify_accepts_anything_when_unconfigured() -> None:
     """With neither an API key nor a webhook secret configured there is nothing to check."""
-    assert Apiframe().verify({}, BODY, Settings()) is None
-    assert Apiframe().verify({"x-webhook-signature": "junk"}, BODY, Settings()) is None
+    assert Apiframe().verify({}, BODY, Settings(), now=NOW) is None
+    assert Apiframe().verify({"x-webhook-signature": "junk"}, BODY, Settings(), now=NOW) is None
 
 
 def test_evolink_verify_accepts_anything() -> None:
     """Evolink signs nothing: its callbacks rely on the URL token alone."""
-    assert Evolink().verify({}, b"{}", API_KEY_SETTINGS) is None
+    assert Evolink().verify({}, b"{}", API_KEY_SETTINGS, now=NOW) is None
 
 
 SECRET_SETTINGS = Settings(apiframe_webhook_secret=Secret("s3cret"))
@@ -753,7 +758,7 @@ V1_BODY = APIFRAME_V1_KLING_FINISHED.strip().encode()
 @pytest.mark.parametrize("settings", [SECRET_SETTINGS, BOTH_SETTINGS], ids=["secret", "both"])
 def test_apiframe_verify_accepts_v1_secret(settings: Settings) -> None:
     """A v1 callback echoing the configured x-webhook-secret is accepted."""
-    assert Apiframe().verify({"x-webhook-secret": "s3cret"}, V1_BODY, settings) is None
+    assert Apiframe().verify({"x-webhook-secret": "s3cret"}, V1_BODY, settings, now=NOW) is None
 
 
 @pytest.mark.parametrize("settings", [SECRET_SETTINGS, BOTH_SETTINGS], ids=["secret", "both"])
@@ -762,29 +767,32 @@ def test_apiframe_verify_refuses_wrong_v1_secret(settings: Settings, presented: 
     """A wrong x-webhook-secret is refused, even next to a valid v2 signature."""
     headers = {"x-webhook-secret": presented, "x-webhook-signature": sign(V1_BODY)}
     with pytest.raises(InvalidSignature):
-        Apiframe().verify(headers, V1_BODY, settings)
+        Apiframe().verify(headers, V1_BODY, settings, now=NOW)
 
 
 def test_apiframe_verify_refuses_missing_v1_secret() -> None:
     """With only a webhook secret configured, a callback without it is refused."""
     with pytest.raises(InvalidSignature):
-        Apiframe().verify({}, V1_BODY, SECRET_SETTINGS)
+        Apiframe().verify({}, V1_BODY, SECRET_SETTINGS, now=NOW)
     with pytest.raises(InvalidSignature):
-        Apiframe().verify({"x-webhook-signature": sign(V1_BODY)}, V1_BODY, SECRET_SETTINGS)
+        Apiframe().verify({"x-webhook-signature": sign(V1_BODY)}, V1_BODY, SECRET_SETTINGS, now=NOW)
 
 
 def test_apiframe_verify_both_configured_checks_v2_signature() -> None:
     """Signatures required and a v1 secret set: a v2 callback must carry a valid signature."""
-    assert Apiframe().verify({"x-webhook-signature": sign(BODY)}, BODY, BOTH_SETTINGS) is None
+    assert (
+        Apiframe().verify({"x-webhook-signature": sign(BODY)}, BODY, BOTH_SETTINGS, now=NOW) is None
+    )
     with pytest.raises(InvalidSignature):
-        Apiframe().verify({}, BODY, BOTH_SETTINGS)
+        Apiframe().verify({}, BODY, BOTH_SETTINGS, now=NOW)
     with pytest.raises(InvalidSignature):
-        Apiframe().verify({"x-webhook-signature": sign(BODY, "other")}, BODY, BOTH_SETTINGS)
+        Apiframe().verify(
+            {"x-webhook-signature": sign(BODY, "other")}, BODY, BOTH_SETTINGS, now=NOW
+        )
 
 
 # --- callback-URL tokens ---------------------------------------------------------------------
 
-NOW = 1_767_225_600.0
 EXPIRES = int(NOW) + 3600
 
 

@@ -63,7 +63,9 @@ class Apiframe(Provider):
         "canceled": "canceled",
     }
 
-    def verify(self, headers: Mapping[str, str], body: bytes, settings: Settings) -> None:
+    def verify(
+        self, headers: Mapping[str, str], body: bytes, settings: Settings, *, now: float
+    ) -> None:
         """Each credential a callback presents must be right; what a callback must present
         depends on its version (the URL token, checked before, is required of all).
 

@@ -59,8 +59,11 @@ class Provider:
             "this relay (POST /v1/callback-urls)."
         )
 
-    def verify(self, headers: Mapping[str, str], body: bytes, settings: Settings) -> None:
-        """Check the provider's own signature over the raw ``body``; raise ``Unauthorized``.
+    def verify(
+        self, headers: Mapping[str, str], body: bytes, settings: Settings, *, now: float
+    ) -> None:
+        """Check the provider's own signature over the raw ``body`` at ``now`` (Unix seconds,
+        from the relay's clock: signatures carry a timestamp); raise ``Unauthorized``.
 
         The default accepts: the callback URL's token is then the only source check.
         """

@@ -13,7 +13,6 @@ The body is "the same public generation serializer as the status endpoint"
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -107,11 +106,13 @@ class Rivya(Provider):
             "webhook was registered), and it is not set on this relay."
         )
 
-    def verify(self, headers: Mapping[str, str], body: bytes, settings: Settings) -> None:
+    def verify(
+        self, headers: Mapping[str, str], body: bytes, settings: Settings, *, now: float
+    ) -> None:
         secret = settings.rivya_webhook_secret
         if secret is None:
             return  # a tokenized URL; the token is the source check
-        RivyaSignature(str(secret)).verify(headers, body, time.time())
+        RivyaSignature(str(secret)).verify(headers, body, now)
 
     def normalize(self, payload: Any) -> Normalized:
         body = require_object(payload)
