@@ -305,7 +305,7 @@ def test_apiframe_verify_arbitrary_input(
 ) -> None:
     """Any headers and body are accepted (None) or refused with InvalidSignature only."""
     try:
-        result = Apiframe().verify(headers, body, config)
+        result = Apiframe().verify(headers, body, config, now=NOW)
     except InvalidSignature:
         return
     assert result is None
@@ -321,10 +321,10 @@ def test_apiframe_verify_accepts_every_correct_signature(
     signature = hmac.new(key, body, hashlib.sha256).hexdigest()
     header = f"sha256={signature}" if prefixed else signature
     config = Settings(apiframe_api_key=Secret(api_key))
-    assert Apiframe().verify({"x-webhook-signature": header}, body, config) is None
+    assert Apiframe().verify({"x-webhook-signature": header}, body, config, now=NOW) is None
     # The same signature never vouches for a different body.
     try:
-        Apiframe().verify({"x-webhook-signature": header}, body + b"\x00", config)
+        Apiframe().verify({"x-webhook-signature": header}, body + b"\x00", config, now=NOW)
     except InvalidSignature:
         pass
     else:
