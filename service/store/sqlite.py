@@ -39,7 +39,6 @@ from service.store.records import (
     ReplayResult,
     Subscriber,
 )
-from service.store.sqlite_checkpoint import Checkpointer
 from service.store.sqlite_commit import LOCK_WAIT_SECONDS as LOCK_WAIT_SECONDS
 from service.store.sqlite_commit import GroupCommit
 from service.store.sqlite_file import DatabaseFile
@@ -88,8 +87,6 @@ class SQLiteStore(Store):
         self._commits: GroupCommit | None = None
         self._file: DatabaseFile | None = None
         self._subscribers = subs.SubscriberCache()
-        # WAL checkpoints run beside the writer, not inside its commits (sqlite_checkpoint).
-        self._checkpointer: Checkpointer | None = None
 
     # -- running operations ---------------------------------------------------------------------
 
@@ -123,36 +120,18 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise StorageUnavailable(f"Cannot open SQLite database {self.path!r}: {exc}") from exc
         self._file = DatabaseFile(self.path)
-        if self.path != ":memory:":
-            conn.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer's job
-            self._checkpointer = Checkpointer(self.path)
         # The loop that opened the store: its operations run on it.
         self._commits = GroupCommit(
             conn,
             asyncio.get_running_loop(),
             begin=self._subscribers.check,  # another process may have changed them
             refuse=self._file.check_if_due,
-            commit=self._commit,
-            after_commit=self._after_commit,
         )
-
-    def _commit(self, conn: sqlite3.Connection) -> None:
-        """On the committer thread."""
-        conn.execute("COMMIT")
-        if self._checkpointer is not None:
-            self._checkpointer.finish_in_writer(conn)
-
-    def _after_commit(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.after_commit()
 
     async def close(self) -> None:
         if self._commits is None:
             return
         await self._commits.close()  # answers everything queued first
-        if self._checkpointer is not None:
-            self._checkpointer.close()
-            self._checkpointer = None
         self._commits.conn.close()
         self._commits = None
 
