@@ -271,16 +271,31 @@ def sqlite_disk_full(ctx: Context) -> list[Row]:
         with _relayed(work, f"sqlite:///{mnt / 'relay.db'}") as r:
             filler = mnt / "filler"
 
+            free_before_fill: list[int] = []
+            filler_made: list[bool] = []
+
             def fill() -> None:
-                with open(filler, "wb") as out:
+                stats = os.statvfs(mnt)
+                free_before_fill.append(stats.f_bavail * stats.f_frsize)
+                # Even creating the filler can meet ENOSPC when the file system is already
+                # full: that is the state this step makes, so it is not an error here.
+                with contextlib.suppress(OSError), open(filler, "wb") as out:
+                    filler_made.append(True)
                     with contextlib.suppress(OSError):  # ENOSPC: the disk is full
                         while True:
                             out.write(b"\0" * 65536)
                             out.flush()
-                    with contextlib.suppress(OSError):
-                        os.fsync(out.fileno())
+                    os.fsync(out.fileno())
 
-            figures, problems = exercise(r, fill, filler.unlink, outage_seconds=ctx.pick(2.0, 5.0))
+            def free() -> None:
+                filler.unlink(missing_ok=True)
+
+            figures, problems = exercise(r, fill, free, outage_seconds=ctx.pick(2.0, 5.0))
+            figures["free before the fill (KiB)"] = free_before_fill[0] // 1024
+            if not filler_made and free_before_fill[0] > 1024 * 1024:
+                problems.append(
+                    f"the filler could not be created with {free_before_fill[0]} bytes free"
+                )
     return [
         Row(
             SECTION,
