@@ -1937,3 +1937,24 @@ async def test_concurrent_archive_claims_never_share_a_job(pg_url: str) -> None:
         every = [event_id for mine in claimed for event_id in mine]
         assert len(every) == len(set(every)) == 40
         assert sum(1 for mine in claimed if mine) > 1
+
+
+async def test_a_redelivery_while_outputs_are_archived_waits_with_the_others(
+    store: Store,
+) -> None:
+    await store.create_subscriber(subscriber("sub_a"))
+    await store.create_subscriber(subscriber("sub_b", providers=("rivya",)))
+    event = archived(incoming(at=time.time() - 5))
+    await store.ingest(event)
+    now = time.time()
+    assert (await store.redeliver(event.event_id, ["sub_b"], now)).count == 1
+    assert await claim_all(store, now + 60) == []
+    (job,) = await store.claim_archive_jobs(now, 10, LEASE)
+    await store.record_archive_outcome(archive_outcome(job, now + 1))
+    claims = await claim_all(store, now + 2)
+    assert sorted(c.subscriber_id for c in claims) == ["sub_a", "sub_b"]
+    # After the archive, a redelivery is due at once.
+    assert (await store.redeliver(event.event_id, ["sub_b"], now + 3)).count == 1
+    assert [d["next_attempt_at"] for d in await deliveries(store, subscriber_id="sub_b")][0] == (
+        rfc3339(now + 3)
+    )
