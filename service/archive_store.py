@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import glob
 import secrets
 from collections.abc import AsyncIterable, Sequence
 from pathlib import Path
@@ -87,6 +88,18 @@ class ArchiveStore:
             chunk_size=PART_BYTES,
             max_concurrency=PARTS_AT_ONCE,
         )
+        if self.root is not None:
+            self._remove_staging_leftovers(key)
+
+    def _remove_staging_leftovers(self, key: str) -> None:
+        """A local directory's upload is staged beside its key (``<key>#<n>``) and renamed when
+        complete; a run killed mid-upload leaves its staging file behind. The relay's keys
+        never contain ``#``, and a job never runs twice at once, so once the key is written,
+        any such file beside it is a dead run's and goes."""
+        path = self.local_path(key)
+        if path is not None:
+            for leftover in path.parent.glob(f"{glob.escape(path.name)}#*"):
+                leftover.unlink(missing_ok=True)
 
     async def check_writable(self) -> None:
         """Write and delete a small object; raises what the store raised (``/readyz``)."""

@@ -315,10 +315,12 @@ def test_the_archive_route_serves_only_what_the_relay_signed(
     ranged = httpx.get(output["url"], headers={"range": "bytes=0-9"})
     assert ranged.status_code == 206 and ranged.content == cdn.expected_bytes("/s.png")[:10]
     assert httpx.head(output["url"]).headers["content-length"] == "4096"
-    for forged in (token[:-2] + "xx", "ZXZvbGluaw.abc", "..%2F..%2Fetc%2Fpasswd"):
+    for forged in (token[:-2] + "xx", "ZXZvbGluaw.abc", "Li4vLi4vZXRjL3Bhc3N3ZA"):
         answer = relay.client.get(f"/archive/{forged}")
         assert answer.status_code == 404
         assert answer.json()["error"]["code"] == "archived_output_not_found"
+    # A path that leaves /archive/ matches no route at all.
+    assert relay.client.get("/archive/..%2F..%2Fetc%2Fpasswd").status_code == 404
     # A key the relay signed, whose object is gone: 404 too, never a 500.
     for path in (tmp_path / "archive").rglob("*.png"):
         path.unlink()
@@ -367,7 +369,7 @@ def test_kill_9_mid_upload_resumes_and_the_object_ends_complete(
             f"{relay.base}/v1/callback-urls", json={"provider": "evolink"}, headers=headers
         ).json()["url"]
         # 24 MiB over 3 s: the kill lands with several parts written.
-        url = cdn.add("/big.mp4", size=24 * 1024 * 1024, prefix=MP4, duration=3.0)
+        url = cdn.add("/big.mp4", size=24 * 1024 * 1024, content_type="video/mp4", duration=3.0)
         answer = httpx.post(minted, json=completed("task-unified-kill", url))
         assert answer.status_code == 200
         event_id = answer.json()["event_id"]
@@ -383,7 +385,9 @@ def test_kill_9_mid_upload_resumes_and_the_object_ends_complete(
         (output,) = receipt.data["outputs"]
         assert output["sha256"] == cdn.expected_sha256("/big.mp4")
         assert output["bytes"] == 24 * 1024 * 1024
+        # One file: the dead run's staging file is gone too.
         (kept,) = [p for p in archive_dir.rglob("*") if p.is_file()]
+        assert kept.name == "0.mp4"
         assert hashlib.sha256(kept.read_bytes()).hexdigest() == output["sha256"]
         assert len(cdn.requests("/big.mp4")) == 2
     finally:
