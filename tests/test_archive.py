@@ -321,6 +321,16 @@ def test_the_archive_route_serves_only_what_the_relay_signed(
         assert answer.json()["error"]["code"] == "archived_output_not_found"
     # A path that leaves /archive/ matches no route at all.
     assert relay.client.get("/archive/..%2F..%2Fetc%2Fpasswd").status_code == 404
+    # Served from the relay's own origin: whatever it is, it never runs script there.
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(document.cookie)</script></svg>'
+    event_id = post(
+        relay, completed("task-unified-svg", cdn.add("/x.svg", svg, content_type="image/svg+xml"))
+    )
+    (drawing,) = delivered(sink, event_id).data["outputs"]
+    served = httpx.get(drawing["url"])
+    assert served.content == svg and served.headers["content-type"] == "image/svg+xml"
+    assert served.headers["content-security-policy"] == "default-src 'none'; sandbox"
+    assert served.headers["x-content-type-options"] == "nosniff"
     # A key the relay signed, whose object is gone: 404 too, never a 500.
     for path in (tmp_path / "archive").rglob("*.png"):
         path.unlink()
