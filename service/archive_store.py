@@ -34,10 +34,10 @@ from service.settings import ArchiveSettings
 
 #: How long a presigned URL the relay redirects to stays valid.
 PRESIGNED_SECONDS = 15 * 60
-#: Parts of a multipart upload, and how many go up at once: 8 MiB x 4 bounds what an upload
+#: Parts of a multipart upload, and how many go up at once: 8 MiB x 2 bounds what an upload
 #: buffers (object stores want parts of at least 5 MiB).
 PART_BYTES = 8 * 1024 * 1024
-PARTS_AT_ONCE = 4
+PARTS_AT_ONCE = 2
 #: Where ``check_writable`` writes its probes (outside every provider's keys).
 PROBE_PREFIX = ".relay-probe"
 
