@@ -402,3 +402,27 @@ def test_kill_9_mid_upload_resumes_and_the_object_ends_complete(
         assert len(cdn.requests("/big.mp4")) == 2
     finally:
         relay.stop()
+
+
+def test_metrics_count_what_was_archived_and_what_waits(
+    start: Callable[..., RelayServer], sink: SubscriberServer, cdn: CdnEmulator, tmp_path: Path
+) -> None:
+    def sample(text: str, name: str) -> float:
+        lines = [line for line in text.splitlines() if line.startswith(name + " ")]
+        return float(lines[0].split()[-1]) if lines else 0.0
+
+    relay = start(ArchiveSettings(url=f"file://{tmp_path / 'archive'}"))
+    before = relay.client.get("/metrics", headers=relay.admin).text
+    event_id = post(relay, completed("task-unified-metrics", cdn.add("/m.png", size=12_345)))
+    delivered(sink, event_id)
+    after = relay.client.get("/metrics", headers=relay.admin).text
+    archived = 'relay_archive_outputs_total{outcome="archived"}'
+    assert sample(after, archived) - sample(before, archived) == 1
+    assert (
+        sample(after, "relay_archive_bytes_total") - sample(before, "relay_archive_bytes_total")
+        == 12_345
+    )
+    jobs = 'relay_archive_jobs_total{result="archived"}'
+    assert sample(after, jobs) - sample(before, jobs) == 1
+    assert sample(after, "relay_archive_jobs_pending") == 0
+    assert "relay_archive_oldest_pending_age_seconds 0.0" in after
