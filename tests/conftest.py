@@ -294,3 +294,12 @@ def sink() -> Iterator[Any]:
     server = SubscriberServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def cdn() -> Iterator[Any]:
+    """A provider's CDN, emulated on loopback (``tests.cdn_emulator``)."""
+    from tests.cdn_emulator import CdnEmulator  # it imports this module
+
+    with CdnEmulator() as server:
+        yield server
