@@ -303,3 +303,12 @@ def cdn() -> Iterator[Any]:
 
     with CdnEmulator() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[Any]:
+    """An S3-compatible server on loopback, moto's (``tests.s3_server``)."""
+    from tests.s3_server import S3Server  # moto and boto3 load only for tests that use it
+
+    with S3Server() as server:
+        yield server

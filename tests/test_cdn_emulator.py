@@ -23,8 +23,11 @@ def no_server_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     """uvicorn logs no error: a connection the emulator cuts is its own doing, not a crash of
     the application (whose connection uvicorn would close too, so a client cannot tell)."""
     yield
-    phases = ("setup", "call", "teardown")
-    records = [r for phase in phases for r in caplog.get_records(phase)]
+    records = [
+        *caplog.get_records("setup"),
+        *caplog.get_records("call"),
+        *caplog.get_records("teardown"),
+    ]
     assert [r.getMessage() for r in records if r.levelno >= logging.ERROR] == []
 
 
