@@ -40,7 +40,7 @@ Conn = AsyncConnection[Any]
 #: One statement: ``relay_ingest`` (migration 3) takes the locks and decides server-side.
 INGEST_SQL = (
     "SELECT outcome, event_id, deliveries FROM relay_ingest(%s, %s, %s, %s, %s,"
-    " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s::text[])"
+    " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s::text[], %s)"
 )
 
 
@@ -65,6 +65,7 @@ def ingest_params(event: IncomingEvent, version: str, wanted: list[str]) -> tupl
         version,
         [ids.new_id("dlv") for _ in wanted],
         wanted,
+        event.archive_deadline,
     )
 
 
@@ -286,17 +287,25 @@ async def redeliver(
         )
         newer = {row[0]: row[1] for row in await cursor.fetchall()}
     targets = [sub_id for sub_id in subscriber_ids if sub_id not in newer]
+    # While the event's outputs are being archived, a new delivery waits with the others. The
+    # job's row is locked: a run finishing meanwhile releases these deliveries too, or
+    # finished before and they are due now.
+    cursor = await conn.execute(
+        "SELECT 1 FROM archive_jobs WHERE event_id = %s AND status = 'pending' FOR UPDATE",
+        (event_id,),
+    )
+    due = None if await cursor.fetchone() else now
     # Only to subscribers that exist: a delivery to a deleted one could never be claimed and
     # would stay pending for ever.
     cursor = await conn.execute(
         "INSERT INTO deliveries (id, event_id, subscriber_id, task_key, status,"
         " next_attempt_at, created_at, updated_at)"
-        " SELECT u.id, %s, u.subscriber_id, %s, 'pending', %s, %s, %s"
+        " SELECT u.id, %s, u.subscriber_id, %s, 'pending', %s::double precision, %s, %s"
         " FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY"
         " AS u(id, subscriber_id, n)"
         " WHERE EXISTS (SELECT 1 FROM subscribers s WHERE s.id = u.subscriber_id)"
         " ORDER BY u.n",
-        (event_id, task_key, now, now, now, [ids.new_id("dlv") for _ in targets], targets),
+        (event_id, task_key, due, now, now, [ids.new_id("dlv") for _ in targets], targets),
     )
     return ReplayResult(cursor.rowcount, newer)
 
@@ -308,6 +317,8 @@ async def prune(conn: Conn, before: float, limit: int, failed_before: float | No
         " SELECT 1 FROM deliveries d WHERE d.event_id = e.id"
         " AND (d.status = 'pending' OR (d.status = 'failed'"
         "  AND (%s::double precision IS NULL OR d.updated_at >= %s))))"
+        " AND NOT EXISTS (SELECT 1 FROM archive_jobs a WHERE a.event_id = e.id"
+        "  AND a.status = 'pending')"
         " ORDER BY e.received_at LIMIT %s FOR UPDATE SKIP LOCKED",
         (before, failed_before, failed_before, limit),
     )
@@ -319,6 +330,7 @@ async def prune(conn: Conn, before: float, limit: int, failed_before: float | No
             (event_ids,),
         )
         await conn.execute("DELETE FROM deliveries WHERE event_id = ANY(%s)", (event_ids,))
+        await conn.execute("DELETE FROM archive_jobs WHERE event_id = ANY(%s)", (event_ids,))
         # The task's terminal status stays (see the SQLite store).
         await conn.execute("DELETE FROM events WHERE id = ANY(%s)", (event_ids,))
     await conn.execute("DELETE FROM callback_urls WHERE expires_at < %s", (before,))

@@ -212,11 +212,16 @@ def redeliver(
             if later is not None:
                 newer[sub_id] = later[0]
     targets = [sub_id for sub_id in known if sub_id not in newer]
+    # While the event's outputs are being archived, a new delivery waits with the others.
+    archiving = conn.execute(
+        "SELECT 1 FROM archive_jobs WHERE event_id = ? AND status = 'pending'", (event_id,)
+    ).fetchone()
+    due = None if archiving else now
     conn.executemany(
         "INSERT INTO deliveries (id, event_id, subscriber_id, task_key, status,"
         " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)",
         [
-            (ids.new_id("dlv"), event_id, sub_id, f"{provider}/{task_id}", now, now, now)
+            (ids.new_id("dlv"), event_id, sub_id, f"{provider}/{task_id}", due, now, now)
             for sub_id in targets
         ],
     )
@@ -244,6 +249,8 @@ def prune(conn: sqlite3.Connection, before: float, limit: int, failed_before: fl
             " SELECT 1 FROM deliveries d WHERE d.event_id = e.id"
             " AND (d.status = 'pending' OR (d.status = 'failed'"
             "  AND (? IS NULL OR d.updated_at >= ?))))"
+            " AND NOT EXISTS (SELECT 1 FROM archive_jobs a WHERE a.event_id = e.id"
+            "  AND a.status = 'pending')"
             " ORDER BY e.received_at LIMIT ?",
             (before, failed_before, failed_before, limit),
         )
@@ -257,6 +264,7 @@ def prune(conn: sqlite3.Connection, before: float, limit: int, failed_before: fl
             seqs,
         )
         conn.execute(f"DELETE FROM deliveries WHERE event_id IN ({chosen})", seqs)
+        conn.execute(f"DELETE FROM archive_jobs WHERE event_id IN ({chosen})", seqs)
         # The task's row (its terminal status) stays: it is what supersedes a late update
         # once the events and their dedup keys are gone.
         conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", seqs)
