@@ -300,9 +300,7 @@ def _public_paths() -> dict[str, Any]:
                     " A local archive's file is answered directly (ranges allowed); an object"
                     " store's with a redirect to a presigned URL valid for 15 minutes."
                 ),
-                "parameters": [
-                    _path_parameter("token", "The output's key, signed by the relay.")
-                ],
+                "parameters": [_path_parameter("token", "The output's key, signed by the relay.")],
                 "responses": {
                     "200": {"description": "The output's bytes (local archive)."},
                     "302": {"description": "A presigned URL of the object (object store)."},
