@@ -68,6 +68,13 @@ def _failed_entry(index: int, source_url: str, failure: ArchiveFailure) -> dict[
     }
 
 
+def _source(output: dict[str, Any]) -> str:
+    """Where an output is fetched from: the provider's URL, which an output archived by an
+    earlier run keeps as ``source_url`` (its ``url`` is then the archived copy)."""
+    source: str = output.get("source_url") or output["url"]
+    return source
+
+
 async def run_job(
     job: ArchiveJob,
     copier: OutputCopier,
@@ -87,10 +94,11 @@ async def run_job(
             progress.append(done[index])
             continue
         place = OutputPlace(job.provider, job.created_at, job.task_id, index)
+        source = _source(output)
         try:
-            progress.append(_archived_entry(index, await copier.archive(output["url"], place)))
+            progress.append(_archived_entry(index, await copier.archive(source, place)))
         except ArchiveFailure as failure:
-            progress.append(_failed_entry(index, output["url"], failure))
+            progress.append(_failed_entry(index, source, failure))
     now = clock()
     failed = [entry for entry in progress if entry["state"] == "failed"]
     last_error = "; ".join(f"output {e['index']}: {e['error']}" for e in failed) or None
@@ -107,15 +115,16 @@ async def run_job(
         )
     for entry in progress:
         if entry["state"] == "archived":
-            source = outputs[entry["index"]]
+            output = outputs[entry["index"]]
             outputs[entry["index"]] = {
                 "url": url_for(entry["key"]),
-                "source_url": source["url"],
-                "media_type": source.get("media_type"),
+                "source_url": _source(output),
+                "media_type": output.get("media_type"),
                 "content_type": entry["content_type"],
                 "bytes": entry["bytes"],
                 "sha256": entry["sha256"],
             }
+    event["data"].pop("archive", None)  # (an earlier run's, when an operator retried)
     if failed:
         event["data"]["archive"] = {
             "state": "failed",

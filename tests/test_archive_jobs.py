@@ -208,3 +208,27 @@ def test_object_keys_are_deterministic_dated_and_safe() -> None:
     assert segment.endswith(digest)
     assert task_segment("a/b") != task_segment("a_b")  # the hash keeps them apart
     assert len(task_segment("x" * 10_000)) < 128
+
+
+async def test_a_retried_job_fetches_from_the_provider_and_forgets_the_old_failure() -> None:
+    """An operator retried a failed job whose first output was archived: the event body has
+    that output rewritten and ``data.archive`` set. The run fetches only the missing output,
+    from the provider's URL, and the finished event keeps every ``source_url`` and no
+    ``data.archive``."""
+    clock = FakeClock()
+    copier = FakeCopier(
+        {RAW["results"][0]: stored("k/0.png"), RAW["results"][1]: ArchiveFailure("blocked", "no")}
+    )
+    first = await run_job(job(clock), copier, url_for, clock)
+    assert first.status == "failed"
+    copier.script[RAW["results"][1]] = stored("k/1.mp4")
+    retried = ArchiveJob(
+        **{**job(clock).__dict__, "body": first.body, "progress": first.progress, "attempts": 1}
+    )
+    copier.asked.clear()
+    done = await run_job(retried, copier, url_for, clock)
+    assert [url for url, _ in copier.asked] == [RAW["results"][1]]
+    data = json.loads(done.body or "")["data"]
+    assert [o["source_url"] for o in data["outputs"]] == RAW["results"]
+    assert [o["url"] for o in data["outputs"]] == [url_for("k/0.png"), url_for("k/1.mp4")]
+    assert "archive" not in data and done.status == "archived"

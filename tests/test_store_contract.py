@@ -1884,7 +1884,7 @@ async def test_an_operator_retries_only_a_failed_archive_job(store: Store) -> No
     assert retried is not None
     assert (retried.status, retried.progress, retried.last_error, retried.deadline_at) == (
         "pending",
-        [],
+        failure,
         None,
         now + 61,
     )

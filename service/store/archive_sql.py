@@ -48,10 +48,11 @@ RELEASE_DELIVERIES = (
 )
 GET = f"SELECT {ARCHIVE_COLUMNS} FROM archive_jobs WHERE event_id = {{m}}"
 LIST = f"SELECT seq, {ARCHIVE_COLUMNS} FROM archive_jobs"
-#: An operator's retry: a failed job runs again, from scratch, with a new deadline.
+#: An operator's retry: a failed job runs again with a new deadline; the outputs it archived
+#: stay archived (the run tries the others).
 RETRY = (
     "UPDATE archive_jobs SET status = 'pending', next_attempt_at = {m}, deadline_at = {m},"
-    " progress = '[]', last_error = NULL, lease_until = NULL, lease_token = NULL,"
+    " last_error = NULL, lease_until = NULL, lease_token = NULL,"
     " updated_at = {m} WHERE event_id = {m} AND status = 'failed'"
 )
 COUNTS = (

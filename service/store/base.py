@@ -437,8 +437,9 @@ class Store(ABC):
     async def retry_archive_job(
         self, event_id: str, now: float, deadline_at: float
     ) -> ArchiveJob | None:
-        """A failed job runs again from scratch, due at ``now``, until ``deadline_at``; a job
-        in any other status is left as it is. Returns the job as it is now, or None."""
+        """A failed job runs again, due at ``now``, until ``deadline_at`` (its ``progress``
+        kept: what it archived stays archived); a job in any other status is left as it is.
+        Returns the job as it is now, or None."""
 
     @abstractmethod
     async def archive_counts(self, now: float) -> dict[str, Any]:
