@@ -232,3 +232,24 @@ async def test_a_retried_job_fetches_from_the_provider_and_forgets_the_old_failu
     assert [o["source_url"] for o in data["outputs"]] == RAW["results"]
     assert [o["url"] for o in data["outputs"]] == [url_for("k/0.png"), url_for("k/1.mp4")]
     assert "archive" not in data and done.status == "archived"
+
+
+async def test_outputs_not_reached_by_the_deadline_are_not_tried() -> None:
+    """The first output takes past the deadline: the second is not fetched, and the job ends."""
+    clock = FakeClock()
+
+    class SlowCopier(FakeCopier):
+        async def archive(self, source_url: str, place: OutputPlace) -> Archived:
+            clock.advance(4000)  # this download took longer than the whole deadline
+            return await super().archive(source_url, place)
+
+    copier = SlowCopier({RAW["results"][0]: stored("k/0.png"), RAW["results"][1]: stored("k/1")})
+    outcome = await run_job(job(clock), copier, url_for, clock)
+    assert [url for url, _ in copier.asked] == [RAW["results"][0]]
+    assert (outcome.finished, outcome.status) == (True, "failed")
+    failure = json.loads(outcome.body or "")["data"]["archive"]["failures"][0]
+    assert failure == {
+        "index": 1,
+        "reason": "timeout",
+        "error": "the archive deadline passed before it was tried",
+    }
