@@ -112,9 +112,16 @@ async def test_a_failure_that_may_pass_runs_again_later_keeping_what_was_archive
 async def test_past_the_deadline_the_event_goes_out_with_what_was_archived() -> None:
     clock = FakeClock()
     missing = ArchiveFailure("timeout", "the download took longer than 900 s")
-    copier = FakeCopier({RAW["results"][0]: stored("k/0.png"), RAW["results"][1]: missing})
+
+    class TimingOut(FakeCopier):
+        async def archive(self, source_url: str, place: OutputPlace) -> Archived:
+            if source_url == RAW["results"][1]:
+                clock.advance(900)  # the download ran into its timeout, past the deadline
+            return await super().archive(source_url, place)
+
+    copier = TimingOut({RAW["results"][0]: stored("k/0.png"), RAW["results"][1]: missing})
     late = job(clock)
-    clock.advance(3600)
+    clock.advance(3000)
     outcome = await run_job(late, copier, url_for, clock)
     assert (outcome.finished, outcome.status) == (True, "failed")
     data = json.loads(outcome.body or "")["data"]
