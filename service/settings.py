@@ -87,6 +87,7 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
     "ARCHIVE_ACCESS_KEY_ID": ("", "S3 access key; else AWS_ACCESS_KEY_ID"),
     "ARCHIVE_SECRET_ACCESS_KEY": ("", "S3 secret key; else AWS_SECRET_ACCESS_KEY"),
     "ARCHIVE_ALLOW_HTTP": ("false", "allow an http:// object-store endpoint (local MinIO)"),
+    "PORT": ("8000", "port `relay serve` listens on (--port overrides; the image's health check)"),
     "<SECRET>_FILE": (
         "(unset)",
         "read secret <SECRET> from this file (e.g. RELAY_ADMIN_TOKEN_FILE=/run/secrets/admin):"
@@ -362,6 +363,8 @@ class Settings:
 
     database_url: str = "sqlite:///./relay.db"
     public_url: str = "http://127.0.0.1:8000"
+    #: The port ``relay serve`` listens on unless ``--port`` says otherwise.
+    port: int = 8000
     secret_keys: tuple[Secret, ...] = ()
     admin_token: Secret | None = None
     max_body_bytes: int = 1024 * 1024
@@ -456,6 +459,7 @@ class Settings:
         return cls(
             database_url=env.get("DATABASE_URL", cls.database_url),
             public_url=env.get("PUBLIC_URL", cls.public_url).rstrip("/"),
+            port=_int("PORT", env.get("PORT", "8000")),
             secret_keys=keys,
             admin_token=secret("ADMIN_TOKEN"),
             max_body_bytes=_int(
