@@ -93,8 +93,8 @@ IDEMPOTENCY_KEY = {
     "schema": {"type": "string", "minLength": 1, "maxLength": MAX_LENGTH, "pattern": "^[ -~]+$"},
 }
 IDEMPOTENCY_REFUSAL = (
-    f"`invalid_idempotency_key`: the Idempotency-Key is empty, longer than {MAX_LENGTH} characters, "
-    "not printable ASCII, or given twice"
+    "`invalid_idempotency_key`: the Idempotency-Key is empty, longer than"
+    f" {MAX_LENGTH} characters, not printable ASCII, or given twice"
 )
 IDEMPOTENCY_CONFLICTS = (
     "`idempotency_key_reused`: the Idempotency-Key came with another request within 24 hours;"
