@@ -100,7 +100,9 @@ class ArchiveWorker:
 
     async def _run(self, job: ArchiveJob) -> None:
         started = time.perf_counter()
-        run = asyncio.create_task(run_job(job, self.archiver, self.store.url_for, self.relay.clock))
+        run = asyncio.create_task(
+            run_job(job, self.archiver, self.store.url_for, self.relay.clock, self.settings.timeout)
+        )
         renewing = asyncio.create_task(self._renew(job, run))
         try:
             outcome = await run

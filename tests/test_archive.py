@@ -302,6 +302,33 @@ def test_a_download_over_its_time_is_a_timeout(
     assert receipt.data["archive"]["failures"][0]["reason"] == "timeout"
 
 
+def test_outputs_trickling_one_after_another_do_not_hold_the_event_past_its_deadline(
+    start: Callable[..., RelayServer],
+    sink: SubscriberServer,
+    cdn: CdnEmulator,
+    database: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """A CDN that trickles (never silent long enough to stall) makes each output run to its
+    own timeout; outputs go one after another, so without the deadline bounding the run an
+    event with 100 of them would wait 100 timeouts. Here: 10 outputs of 1 s each, a 2 s
+    deadline."""
+    archive = ArchiveSettings(url=f"file://{tmp_path / 'archive'}", timeout=1.0, deadline=2.0)
+    relay = start(archive, **database)
+    slow = [
+        cdn.add(f"/trickle/{n}.png", size=640 * 1024, prefix=PNG, duration=30.0) for n in range(10)
+    ]
+    began = time.time()
+    event_id = post(relay, completed("task-unified-trickle", *slow))
+    receipt = delivered(sink, event_id, timeout=20)
+    assert time.time() - began < 6  # the deadline and some slack, far from 10 timeouts
+    assert receipt.data["outputs"] == [{"url": url, "media_type": "image"} for url in slow]
+    failures = receipt.data["archive"]["failures"]
+    assert [(f["index"], f["reason"]) for f in failures] == [(n, "timeout") for n in range(10)]
+    assert job(relay, event_id).status == "failed"
+    assert not any(p.is_file() for p in (tmp_path / "archive").rglob("*"))  # nothing half-kept
+
+
 # -- serving -------------------------------------------------------------------------------------
 
 
