@@ -22,6 +22,8 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
 from service.settings import ArchiveSettings
 from tests.cdn_emulator import CdnEmulator
@@ -268,6 +270,25 @@ def test_a_redirect_to_the_metadata_address_is_refused(
     receipt = delivered(sink, event_id, timeout=10)
     (failure,) = receipt.data["archive"]["failures"]
     assert failure["reason"] == "blocked" and "169.254.169.254" in failure["error"]
+
+
+def test_a_url_the_archiver_cannot_fetch_fails_for_good_and_its_query_is_not_logged(
+    start: Callable[..., RelayServer], sink: SubscriberServer, cdn: CdnEmulator, tmp_path: Path
+) -> None:
+    """An output URL no HTTP client can fetch (a port out of range) and a redirect to another
+    scheme: another try cannot change them, and their query strings (a CDN's signature) stay
+    out of the log."""
+    relay = start(ArchiveSettings(url=f"file://{tmp_path / 'archive'}"))
+    elsewhere = cdn.add("/ftp.png", redirect_to="ftp://files.example/0.png?Signature=sekret-one")
+    bad_port = "http://127.0.0.1:99999/1.png?Signature=sekret-two"
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        event_id = post(relay, completed("task-unified-unfetchable", elsewhere, bad_port))
+        receipt = delivered(sink, event_id, timeout=10)
+    failures = receipt.data["archive"]["failures"]
+    assert [(f["index"], f["reason"]) for f in failures] == [(0, "blocked"), (1, "blocked")]
+    assert job(relay, event_id).attempts == 1
+    assert any(entry["event"] == "archive_run" for entry in logs)
+    assert "sekret" not in json.dumps(logs, default=str)
 
 
 def test_a_connection_cut_mid_file_is_retried_and_the_object_is_whole(
