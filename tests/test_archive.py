@@ -25,6 +25,8 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from service import archive_worker
+from service.errors import StorageUnavailable
 from service.settings import ArchiveSettings
 from tests.cdn_emulator import CdnEmulator
 from tests.conftest import EVOLINK_COMPLETED, RelayServer, bound_socket
@@ -348,6 +350,43 @@ def test_outputs_trickling_one_after_another_do_not_hold_the_event_past_its_dead
     assert [(f["index"], f["reason"]) for f in failures] == [(n, "timeout") for n in range(10)]
     assert job(relay, event_id).status == "failed"
     assert not any(p.is_file() for p in (tmp_path / "archive").rglob("*"))  # nothing half-kept
+
+
+def test_a_job_claimed_again_after_its_lease_lapsed_mid_run_is_not_run_twice_at_once(
+    start: Callable[..., RelayServer],
+    sink: SubscriberServer,
+    cdn: CdnEmulator,
+    database: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The store cannot renew a running job's lease (an outage, here of that run's renewals
+    alone, so that nothing else tells the run): the lease lapses, and the same process claims
+    the job again while its first run still downloads. That run can no longer record
+    anything; it stops as the new one starts, not goes on beside it."""
+    monkeypatch.setattr(archive_worker, "LEASE_SECONDS", 2.0)
+    monkeypatch.setattr(archive_worker, "RENEW_SECONDS", 0.5)
+    relay = start(ArchiveSettings(url=f"file://{tmp_path / 'archive'}"), **database)
+    store = relay.relay.store
+    renew = store.extend_archive_lease
+    first_run: list[str] = []  # the lease token of the run whose renewals are lost
+
+    async def extend(event_id: str, lease_token: str, until: float) -> bool:
+        if not first_run:
+            first_run.append(lease_token)
+        if lease_token == first_run[0]:
+            raise StorageUnavailable("the store is away")
+        result: bool = await renew(event_id, lease_token, until)
+        return result
+
+    monkeypatch.setattr(store, "extend_archive_lease", extend)
+    url = cdn.add("/lapse.mp4", size=6 * 64 * 1024, prefix=MP4, duration=6.0)
+    event_id = post(relay, completed("task-unified-lapse", url))
+    (output,) = delivered(sink, event_id, timeout=20).data["outputs"]
+    assert output["sha256"] == cdn.expected_sha256("/lapse.mp4")
+    first, second = cdn.requests("/lapse.mp4")
+    assert not first.complete  # given up when the job was claimed again
+    assert second.complete
 
 
 # -- serving -------------------------------------------------------------------------------------
