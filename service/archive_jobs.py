@@ -88,12 +88,13 @@ async def run_job(
     ``created_at``, which is when its event was received.
 
     The downloads end by the job's deadline, or ``last_try`` seconds after the run began if
-    that is later (the back-off's last try is due at the deadline itself): a download cut
-    there is a ``timeout``."""
+    that is later (the back-off's last try is due at the deadline itself), and never later
+    than ``last_try`` past the deadline (a job claimed late, behind a backlog): a download
+    cut there is a ``timeout``."""
     assert job.body is not None and job.lease_token is not None  # noqa: S101 - a claim's
     # Each download has its own timeout, but the outputs go one after another (up to 100):
     # only this bounds them all, so that no event waits for hours.
-    ends_at = max(job.deadline_at, clock() + last_try)
+    ends_at = max(job.deadline_at, min(clock(), job.deadline_at) + last_try)
     event = orjson.loads(job.body)
     outputs: list[dict[str, Any]] = event["data"]["outputs"]
     done = {entry["index"]: entry for entry in job.progress if entry["state"] == "archived"}
