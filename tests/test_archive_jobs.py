@@ -115,9 +115,16 @@ async def test_a_failure_that_may_pass_runs_again_later_keeping_what_was_archive
 async def test_past_the_deadline_the_event_goes_out_with_what_was_archived() -> None:
     clock = FakeClock()
     missing = ArchiveFailure("timeout", "the download took longer than 900 s")
-    copier = FakeCopier({RAW["results"][0]: stored("k/0.png"), RAW["results"][1]: missing})
+
+    class TimingOut(FakeCopier):
+        async def archive(self, source_url: str, place: OutputPlace) -> Archived:
+            if source_url == RAW["results"][1]:
+                clock.advance(900)  # the download ran into its timeout, past the deadline
+            return await super().archive(source_url, place)
+
+    copier = TimingOut({RAW["results"][0]: stored("k/0.png"), RAW["results"][1]: missing})
     late = job(clock)
-    clock.advance(3600)
+    clock.advance(3000)
     outcome = await run_job(late, copier, url_for, clock)
     assert (outcome.finished, outcome.status) == (True, "failed")
     data = json.loads(outcome.body or "")["data"]
@@ -235,6 +242,27 @@ async def test_a_retried_job_fetches_from_the_provider_and_forgets_the_old_failu
     assert [o["source_url"] for o in data["outputs"]] == RAW["results"]
     assert [o["url"] for o in data["outputs"]] == [url_for("k/0.png"), url_for("k/1.mp4")]
     assert "archive" not in data and done.status == "archived"
+
+
+async def test_outputs_not_reached_by_the_deadline_are_not_tried() -> None:
+    """The first output takes past the deadline: the second is not fetched, and the job ends."""
+    clock = FakeClock()
+
+    class SlowCopier(FakeCopier):
+        async def archive(self, source_url: str, place: OutputPlace) -> Archived:
+            clock.advance(4000)  # this download took longer than the whole deadline
+            return await super().archive(source_url, place)
+
+    copier = SlowCopier({RAW["results"][0]: stored("k/0.png"), RAW["results"][1]: stored("k/1")})
+    outcome = await run_job(job(clock), copier, url_for, clock)
+    assert [url for url, _ in copier.asked] == [RAW["results"][0]]
+    assert (outcome.finished, outcome.status) == (True, "failed")
+    failure = json.loads(outcome.body or "")["data"]["archive"]["failures"][0]
+    assert failure == {
+        "index": 1,
+        "reason": "timeout",
+        "error": "the archive deadline passed before it was tried",
+    }
 
 
 async def test_a_run_ends_its_downloads_at_the_deadline_or_one_last_try_after_it() -> None:
