@@ -1860,7 +1860,10 @@ async def test_a_lapsed_archive_lease_is_claimed_again_and_the_old_run_cannot_fi
     other = archived(incoming("task-2", at=now))
     await store.ingest(other)
     (third,) = await store.claim_archive_jobs(now, 10, LEASE)
-    assert await store.release_archive_leases([third.event_id]) == 1
+    assert third.lease_token is not None
+    # Another process's lease (a token not ours) stays; ours goes.
+    assert await store.release_archive_leases([(third.event_id, "another-run")]) == 0
+    assert await store.release_archive_leases([(third.event_id, third.lease_token)]) == 1
     (fourth,) = await store.claim_archive_jobs(now, 10, LEASE)
     assert fourth.event_id == other.event_id
     assert await store.release_archive_leases(None) == 1
@@ -2060,3 +2063,16 @@ async def test_concurrent_claims_of_one_idempotency_key_get_it_once(pg_url: str)
             results = await asyncio.gather(*claims)
             assert results.count(None) == 1, results
             assert all(r == EarlierRequest("req-1", None) for r in results if r is not None)
+
+
+async def test_overdue_archive_jobs_are_claimed_apart(store: Store) -> None:
+    now = time.time()
+    soon = archived(incoming("task-soon", at=now - 100), deadline=50)  # deadline: now - 50
+    later = archived(incoming("task-later", at=now - 100), deadline=1000)
+    await store.ingest(soon)
+    await store.ingest(later)
+    (overdue,) = await store.claim_archive_jobs(now, 10, LEASE, overdue_at=now - 40)
+    assert overdue.event_id == soon.event_id
+    assert await store.claim_archive_jobs(now, 10, LEASE, overdue_at=now - 40) == []
+    (other,) = await store.claim_archive_jobs(now, 10, LEASE)
+    assert other.event_id == later.event_id

@@ -437,11 +437,12 @@ class Store(ABC):
 
     @abstractmethod
     async def claim_archive_jobs(
-        self, now: float, limit: int, lease_seconds: float
+        self, now: float, limit: int, lease_seconds: float, *, overdue_at: float | None = None
     ) -> list[ArchiveJob]:
         """Lease up to ``limit`` pending archive jobs that are due, earliest first, each with
         its event's ``body`` and a fresh ``lease_token``. Several processes claiming at once
-        never share a job; a job whose lease lapsed (its process died) is claimed again."""
+        never share a job; a job whose lease lapsed (its process died) is claimed again.
+        With ``overdue_at``, only jobs whose deadline is at or before it."""
 
     @abstractmethod
     async def extend_archive_lease(self, event_id: str, lease_token: str, until: float) -> bool:
@@ -476,9 +477,10 @@ class Store(ABC):
         """``{"pending": n, "failed": n, "oldest_pending_seconds": s | None}``."""
 
     @abstractmethod
-    async def release_archive_leases(self, event_ids: list[str] | None = None) -> int:
-        """Free the leases of these events' archive jobs (all when None): shutdown, and the
-        start of the one process owning the store."""
+    async def release_archive_leases(self, leases: list[tuple[str, str]] | None = None) -> int:
+        """Free these leases, ``(event_id, lease_token)``, where still held by that token
+        (shutdown: a lease another process took meanwhile stays), or every lease when None
+        (the start of the one process owning the store)."""
 
     # -- operators (the ops console, ``relay status``): reads that never hold up callbacks ----
 

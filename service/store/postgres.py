@@ -29,6 +29,7 @@ connection or transaction its SQL runs in; splitting the class would only scatte
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -348,10 +349,11 @@ class PostgresStore(Store):
     # -- archive jobs ---------------------------------------------------------------------------
 
     async def claim_archive_jobs(
-        self, now: float, limit: int, lease_seconds: float
+        self, now: float, limit: int, lease_seconds: float, *, overdue_at: float | None = None
     ) -> list[ArchiveJob]:
+        due_by = math.inf if overdue_at is None else overdue_at
         async with self._transaction() as conn:
-            return await pa.claim(conn, now, limit, now + lease_seconds)
+            return await pa.claim(conn, now, limit, now + lease_seconds, due_by)
 
     async def extend_archive_lease(self, event_id: str, lease_token: str, until: float) -> bool:
         async with self._connection() as conn:
@@ -379,9 +381,9 @@ class PostgresStore(Store):
         async with self._connection() as conn:
             return await pa.counts(conn, now)
 
-    async def release_archive_leases(self, event_ids: list[str] | None = None) -> int:
-        async with self._connection() as conn:
-            return await pa.release_leases(conn, event_ids)
+    async def release_archive_leases(self, leases: list[tuple[str, str]] | None = None) -> int:
+        async with self._transaction() as conn:
+            return await pa.release_leases(conn, leases)
 
     # -- subscribers ----------------------------------------------------------------------------
 

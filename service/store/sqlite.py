@@ -14,6 +14,7 @@ from then on. The SQL is in ``sqlite_events``, ``sqlite_subscribers``, ``sqlite_
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -262,9 +263,12 @@ class SQLiteStore(Store):
     # -- archive jobs ---------------------------------------------------------------------------
 
     async def claim_archive_jobs(
-        self, now: float, limit: int, lease_seconds: float
+        self, now: float, limit: int, lease_seconds: float, *, overdue_at: float | None = None
     ) -> list[ArchiveJob]:
-        return await self._run(lambda conn: arc.claim(conn, now, limit, now + lease_seconds))
+        due_by = math.inf if overdue_at is None else overdue_at
+        return await self._run(
+            lambda conn: arc.claim(conn, now, limit, now + lease_seconds, due_by)
+        )
 
     async def extend_archive_lease(self, event_id: str, lease_token: str, until: float) -> bool:
         return await self._run(lambda conn: arc.extend(conn, event_id, lease_token, until))
@@ -286,8 +290,8 @@ class SQLiteStore(Store):
     async def archive_counts(self, now: float) -> dict[str, Any]:
         return await self._run(lambda conn: arc.counts(conn, now))
 
-    async def release_archive_leases(self, event_ids: list[str] | None = None) -> int:
-        return await self._run(lambda conn: arc.release_leases(conn, event_ids))
+    async def release_archive_leases(self, leases: list[tuple[str, str]] | None = None) -> int:
+        return await self._run(lambda conn: arc.release_leases(conn, leases))
 
     # -- subscribers ----------------------------------------------------------------------------
 
