@@ -5,7 +5,10 @@ its method, path, summary and answers. The shapes of its query and body are the 
 arguments of its ``Call`` annotation (``Call[EventQuery, NoBody]``), so the one annotation
 types the handler for mypy, reads and checks the request at run time (``read_query``,
 ``decode``) and documents both in ``service.openapi``. Nothing is read from the request
-before the admin mount's authentication step (``service.http.auth.AdminAuth``) has passed.
+before the admin mount's authentication step (``service.http.auth.AdminAuth``) has passed
+and the credential's scope has been found to include the one the operation declares
+(``scope``, ``service.api_keys``): a key of a smaller scope is refused 403 before its query
+or body is looked at.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from service.api_keys import Scope, require
+from service.http.auth import credential_of
 from service.http.body import read_json_object
 from service.http.query import read_query
 from service.relay import Relay
@@ -73,6 +78,8 @@ class Operation:
     summary: str
     #: The successful answer: (status, content, description).
     success: tuple[int, Content, str]
+    #: The least scope of API key that may call it (``service.api_keys``).
+    scope: Scope
     #: Refusals beyond those every operation shares: status -> the codes, for people.
     errors: Mapping[int, str] = field(default_factory=dict)
     description: str | None = None
@@ -92,9 +99,10 @@ class Operation:
 
     def route(self) -> Route:
         query_shape, body_shape = self.shapes
-        handler = self.handler
+        handler, scope = self.handler, self.scope
 
         async def endpoint(request: Request) -> Response:
+            require(credential_of(request), scope)
             relay = relay_of(request)
             query = read_query(request, query_shape)
             body = (
@@ -120,6 +128,7 @@ def operation(
     path: str,
     *,
     tag: str,
+    scope: Scope,
     summary: str,
     success: tuple[int, Content, str],
     errors: Mapping[int, str] | None = None,
@@ -136,6 +145,7 @@ def operation(
             tag=tag,
             summary=summary,
             success=success,
+            scope=scope,
             errors=errors or {},
             description=description,
             body_required=body_required,
