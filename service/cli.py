@@ -3,7 +3,7 @@
 Every command reads the same ``RELAY_*`` variables as the server; flags override them. Each
 command's parser names its handler (``set_defaults(func=...)``, see ``service.cli_command``);
 the on-call commands live beside this module (``cli_ops``, ``cli_watch``, ``cli_archive``,
-``cli_status``).
+``cli_keys``, ``cli_status``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,15 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from service import __version__, cli_archive, cli_help, cli_ops, cli_status, cli_watch
+from service import (
+    __version__,
+    cli_archive,
+    cli_help,
+    cli_keys,
+    cli_ops,
+    cli_status,
+    cli_watch,
+)
 from service.cli_args import parse_duration, parse_meta
 from service.cli_command import Command, on_relay
 from service.errors import RelayError
@@ -86,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         " unless RELAY_FAILED_RETENTION_DAYS says otherwise",
     )
 
-    admin_token = commands.add_parser("admin-token", help="print the admin API's bearer token")
+    admin_token = commands.add_parser(
+        "admin-token", help="print the admin token (the bootstrap key of scope admin)"
+    )
 
     mint = commands.add_parser("mint-url", help="mint a signed callback URL for a provider")
     mint.add_argument("provider", help="evolink or apiframe")
@@ -118,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_ops.add_parsers(commands)
     cli_watch.add_parsers(commands)
     cli_archive.add_parsers(commands)
+    cli_keys.add_parsers(commands)
     cli_status.add_parser(commands)
     cli_help.document_defaults(parser)
     return parser
