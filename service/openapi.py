@@ -31,6 +31,7 @@ from service.admin import OPERATIONS, PREFIX
 from service.events import EVENT_TYPES
 from service.http.responses import JSONResponse
 from service.idempotency import HEADER, MAX_LENGTH, REPLAYED_HEADER
+from service.listeners import PUBLIC_PATHS, PUBLIC_PREFIXES
 from service.operations import NoBody, Operation
 from service.providers import PROVIDERS
 from service.shapes.base import Error, PageQuery
@@ -449,6 +450,18 @@ CALLBACK_ANSWER = {
 }
 
 
+#: Which listener serves which path (``service.listeners``).
+LISTENERS = (
+    "Listeners: by default one address serves every path. With `RELAY_ADMIN_LISTEN` "
+    "(`relay serve --admin-host/--admin-port`), the public listener serves only "
+    + ", ".join(f"`{p}...`" for p in PUBLIC_PREFIXES)
+    + ", "
+    + ", ".join(f"`{p}`" for p in PUBLIC_PATHS)
+    + " (any other path answers 404 `not_found` there); the admin listener serves every path: "
+    "the admin API (`/v1/...`), `/metrics`, this document and the console (`/ops`)."
+)
+
+
 @cache
 def document() -> dict[str, Any]:
     """The whole OpenAPI document (built once)."""
@@ -460,7 +473,10 @@ def document() -> dict[str, Any]:
             "version": __version__,
             "description": "Receives AI-generation callbacks, stores them durably, normalizes "
             "them into CloudEvents and relays them, signed, to subscribers. Errors answer "
-            '`{"error": {"code", "message"}}`. Event types: ' + ", ".join(EVENT_TYPES) + ".",
+            '`{"error": {"code", "message"}}`. Event types: '
+            + ", ".join(EVENT_TYPES)
+            + ". "
+            + LISTENERS,
         },
         "tags": TAGS,
         "paths": {**_public_paths(), **_admin_paths()},
