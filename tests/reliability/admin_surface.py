@@ -38,8 +38,10 @@ WRONG_AUTH: dict[str, str | None] = {
 }
 
 
-#: Routes outside /v1 and /ops: callbacks (their own token or signature), probes, the schema.
+#: Routes outside /v1 and /ops: callbacks (their own token or signature), archived outputs
+#: (their key signed by the relay), probes, the schema.
 PUBLIC = {
+    "/archive/token_x",
     "/callbacks/provider_x",
     "/callbacks/provider_x/token_x",
     "/healthz",
