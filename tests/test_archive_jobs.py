@@ -350,3 +350,24 @@ async def test_a_process_without_an_archive_ends_jobs_left_past_their_deadline(
         assert woken == [True]
     finally:
         await relay.close()
+
+
+def test_only_passive_types_are_stored_as_they_are() -> None:
+    from service.archive_media import stored_attributes
+
+    for media in ("image/png", "video/mp4", "audio/mpeg", "application/json"):
+        assert stored_attributes(media) == {"Content-Type": media}
+    for media in ("image/svg+xml", "text/html", "application/xhtml+xml", "text/javascript"):
+        assert stored_attributes(media) == {
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": "attachment",
+        }
+
+
+def test_a_content_type_that_is_no_media_type_is_sniffed_instead() -> None:
+    assert content_type("x" * 8000, PNG_HEAD) == "image/png"
+    assert content_type("image/png\r\nSet-Cookie: a=b", PNG_HEAD) == "image/png"
+    assert content_type("text/html; charset=utf-8", b"<html>") == "text/html"
+
+
+PNG_HEAD = b"\x89PNG\r\n\x1a\n...."
