@@ -67,7 +67,8 @@ lock: $(BIN)/.installed
 # each dependency's behaviour: uvicorn (http_protocol, receiver), orjson (callback_json,
 # watches), aiohttp (delivery, targets), psycopg (postgres_pipeline), msgspec (shapes),
 # prometheus-client (health_metrics), structlog (logs), httpx (watches). About three
-# minutes, most of it the tests' waiting. A floor that does not install or pass is raised in pyproject.toml.
+# minutes, most of it the tests' waiting. A floor that does not install or pass is raised
+# in pyproject.toml.
 FLOORS = .venv-floors
 FLOORS_TESTS ?= tests/test_http_protocol.py tests/test_receiver.py \
 	tests/test_callback_json.py tests/test_delivery.py tests/test_targets.py \
