@@ -167,3 +167,31 @@ def test_image_health_check_follows_relay_port(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["dev.txt", "runtime.txt", "build.txt"])
 def test_lock_names_how_it_is_refreshed(name: str) -> None:
     assert "make lock" in (ROOT / "requirements" / name).read_text().splitlines()[1]
+
+
+def _make_dry_run(*targets: str) -> str:
+    """What ``make`` would run for ``targets`` in a venv that does not exist yet."""
+    result = subprocess.run(
+        ["make", "-n", "-B", *targets, "VENV=/nonexistent/venv"],  # noqa: S607
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_make_install_installs_the_lock_with_hashes_then_the_project_alone() -> None:
+    commands = [line for line in _make_dry_run("install").splitlines() if " install " in line]
+    assert commands[-2].endswith("pip install --quiet --require-hashes -r requirements/dev.txt")
+    assert commands[-1].endswith("pip install --quiet --no-deps --no-build-isolation -e .")
+
+
+def test_make_test_runs_the_floors_in_a_venv_of_their_own() -> None:
+    commands = _make_dry_run("test")
+    floors = commands.index("--resolution lowest-direct")
+    assert "--python .venv-floors/bin/python" in commands[floors - 200 : floors]
+    assert commands.index(".venv-floors/bin/python -m pytest") > floors
+    assert commands.index("--cov") > floors  # then the suite, under coverage
