@@ -69,16 +69,20 @@ class AccessLogMiddleware:
 
 
 _CALLBACKS = "/callbacks/"
+_ARCHIVE = "/archive/"
 
 
 def _logged_path(scope: Scope, path: str) -> str:
     """The path as the line shows it: a callback URL's token segment is ``***`` whole (the
     route's parameters say where it is: no pattern to run); on any other path, every segment
     after ``/callbacks/`` that is not a provider's name is ``***``, since a token may sit
-    anywhere in a misrouted path (``/callbacks/<token>``, ``/callbacks/evolink/x/<token>``)."""
+    anywhere in a misrouted path (``/callbacks/<token>``, ``/callbacks/evolink/x/<token>``).
+    An archived output's path (``/archive/<signed key>``) is ``/archive/***``."""
     params = scope.get("path_params")
     if params is not None and "token" in params and path.startswith(_CALLBACKS):
         return f"/callbacks/{params['provider']}/***"
+    if path.startswith(_ARCHIVE):  # an archived output's signed key opens it: not logged
+        return _ARCHIVE + "***"
     start = path.find(_CALLBACKS)
     if start < 0:
         return mask_callback_path(path)

@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from service import admin, health, memory, metrics, openapi, ops
 from service.access_log import AccessLogMiddleware
+from service.archive_route import archived_output
 from service.errors import RelayError
 from service.http.error_handlers import http_error_handler, internal_error, relay_error_handler
 from service.http_protocol import BoundedHttpToolsProtocol, ConnectionLimits
@@ -142,6 +143,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> RelayApp:
         Route("/callbacks/{provider}/{token}", callbacks, methods=["POST"]),
         # Account-level webhooks (Rivya): no token; the provider's signature is the check.
         Route("/callbacks/{provider}", callbacks, methods=["POST"]),
+        Route("/archive/{token}", archived_output, methods=["GET", "HEAD"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", metrics.metrics_endpoint, methods=["GET"]),

@@ -7,7 +7,8 @@ with whatever JSON parser they have. So before an event is built:
 - an output must be an absolute ``http``/``https`` URL with a host, at most
   ``MAX_OUTPUT_URL_LENGTH`` characters, whose host is not a private, loopback or link-local
   address literal (``javascript:``, ``file:``, ``data:``, ``gopher:`` and
-  ``http://169.254.169.254/`` are dropped); at most ``MAX_OUTPUTS`` are kept, duplicates once;
+  ``http://169.254.169.254/`` are dropped), unless ``RELAY_TARGET_ALLOWLIST`` names its
+  address; at most ``MAX_OUTPUTS`` are kept, duplicates once;
 - ``raw`` is forwarded only when it nests at most ``MAX_RAW_DEPTH`` levels deep (Python's
   standard ``json`` fails near 1,000, other parsers sooner). A deeper callback is refused at
   intake (``service.callback_json``); a deeper status answer, which the relay cannot refuse, is
@@ -20,19 +21,24 @@ What is dropped is logged and counted (``relay_outputs_dropped_total{reason}``),
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from service.events import Output
+from service.settings import IPNetwork
 
 MAX_OUTPUTS = 100
 MAX_OUTPUT_URL_LENGTH = 4096
 MAX_RAW_DEPTH = 64
 
 
-def output_problem(url: str) -> str | None:
-    """Why ``url`` may not be forwarded as an output (a short reason), or None."""
+def output_problem(url: str, allowlist: Sequence[IPNetwork] = ()) -> str | None:
+    """Why ``url`` may not be forwarded as an output (a short reason), or None.
+
+    ``allowlist`` (``RELAY_TARGET_ALLOWLIST``) admits private address literals inside it: a
+    local setup whose provider serves files from a private host, and the tests' loopback CDN.
+    """
     if len(url) > MAX_OUTPUT_URL_LENGTH:
         return "too_long"
     try:
@@ -53,15 +59,19 @@ def output_problem(url: str) -> str | None:
         # Ends in a digit yet is no address: 2130706433 or 0x7f.1, which browsers read as
         # 127.0.0.1.
         return "private_address"
-    return None if address.is_global else "private_address"
+    if address.is_global or any(address in network for network in allowlist):
+        return None
+    return "private_address"
 
 
-def forwardable_outputs(outputs: Iterable[Output]) -> tuple[tuple[Output, ...], dict[str, int]]:
+def forwardable_outputs(
+    outputs: Iterable[Output], allowlist: Sequence[IPNetwork] = ()
+) -> tuple[tuple[Output, ...], dict[str, int]]:
     """(the outputs to forward, how many were dropped by reason; empty when none was)."""
     kept: dict[str, Output] = {}
     dropped: dict[str, int] = {}
     for output in outputs:
-        problem = output_problem(output.url)
+        problem = output_problem(output.url, allowlist)
         if problem is None and output.url not in kept and len(kept) >= MAX_OUTPUTS:
             problem = "over_limit"
         if problem is not None:

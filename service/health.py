@@ -1,6 +1,7 @@
 """``GET /healthz`` (the process answers) and ``GET /readyz`` (it can do its job).
 
-Ready means: the store commits a write now, and, where this process runs the delivery worker,
+Ready means: the store commits a write now, the archive (when ``RELAY_ARCHIVE_URL`` is set)
+takes a small object now, and, where this process runs the delivery worker,
 the worker is alive and claiming (its ``last_claim_at`` is recent, or it is saturated with
 attempts in flight). Otherwise 503 with the reason, so that a load balancer takes the replica
 out and a person reading the answer knows why.
@@ -14,6 +15,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.archive_store import ArchiveStore
 from service.errors import StorageUnavailable
 from service.http import JSONResponse
 
@@ -22,6 +24,8 @@ from service.http import JSONResponse
 CLAIM_STALE_SECONDS = 10.0
 #: How long /readyz waits for the store (a PostgreSQL pool waits 5 s for a connection).
 STORE_PING_SECONDS = 2.0
+#: How long /readyz waits for the archive's probe write (``RELAY_ARCHIVE_URL``).
+ARCHIVE_PROBE_SECONDS = 3.0
 
 
 async def healthz(_request: Request) -> Response:
@@ -42,6 +46,17 @@ def worker_problem(worker: Any, now: float) -> str | None:
     return None
 
 
+async def archive_problem(archive: ArchiveStore) -> str | None:
+    """Why the archive cannot be written (a probe object written and deleted), or None."""
+    try:
+        await asyncio.wait_for(asyncio.shield(archive.check_writable()), ARCHIVE_PROBE_SECONDS)
+    except TimeoutError:
+        return f"no answer within {ARCHIVE_PROBE_SECONDS:g} s"
+    except Exception as exc:  # obstore's errors, or the local directory's OSError
+        return " ".join(str(exc).split())[:300] or type(exc).__name__
+    return None
+
+
 async def readyz(request: Request) -> Response:
     relay = request.app.state.relay
     worker = getattr(request.app.state, "worker", None)
@@ -58,6 +73,11 @@ async def readyz(request: Request) -> Response:
     except TimeoutError:
         checks["store"] = f"no answer within {STORE_PING_SECONDS:g} s"
         problems.append(f"store: {checks['store']}")
+    if relay.archive is not None:
+        problem = await archive_problem(relay.archive)
+        checks["archive"] = problem or "ok"
+        if problem:
+            problems.append(f"archive: {problem}")
     if worker is None:
         checks["worker"] = "not run by this process"
     else:

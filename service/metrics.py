@@ -178,6 +178,30 @@ ATTEMPT_SECONDS = Histogram(
     registry=REGISTRY,
 )
 
+ARCHIVED_OUTPUTS = Counter(
+    "relay_archive_outputs_total",
+    "Outputs the archive worker tried to copy, by outcome: archived, or the failure's reason "
+    "(not_found, timeout, connection, http_error, store, too_large, blocked).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+ARCHIVED_BYTES = Counter(
+    "relay_archive_bytes_total", "Bytes of outputs written to the archive.", registry=REGISTRY
+)
+ARCHIVE_JOBS = Counter(
+    "relay_archive_jobs_total",
+    "Archive job runs, by result: archived, failed (the event went out with some outputs "
+    "unarchived) or retry.",
+    ["result"],
+    registry=REGISTRY,
+)
+ARCHIVE_JOB_SECONDS = Histogram(
+    "relay_archive_job_duration_seconds",
+    "How long one run of an archive job took (every output of one event).",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0),
+    registry=REGISTRY,
+)
+
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 if not MULTIPROCESS:
     # CPU, memory and file descriptors of this process (meaningless summed over processes).
@@ -319,6 +343,17 @@ def count_decision(provider: str, decision: str) -> None:
     SUSPECT_DECISIONS.labels(provider, decision).inc()
 
 
+def count_archive_run(result: str, seconds: float, outputs: list[dict[str, Any]]) -> None:
+    """One archive job run (``service.archive_worker``) with what it did to each output."""
+    _child(ARCHIVE_JOBS, result).inc()
+    ARCHIVE_JOB_SECONDS.observe(seconds)
+    for output in outputs:
+        archived = output["state"] == "archived"
+        _child(ARCHIVED_OUTPUTS, "archived" if archived else output["reason"]).inc()
+        if archived:
+            ARCHIVED_BYTES.inc(output["bytes"])
+
+
 def count_hold_refused(provider: str, scope: str) -> None:
     """A callback refused rather than held (``scope``: url or total)."""
     HOLDS_REFUSED.labels(provider, scope).inc()
@@ -350,6 +385,7 @@ async def scrape_gauges(relay: Relay) -> list[GaugeMetricFamily]:
         counts = await relay.store.delivery_counts()
         watches = await watches_active(relay)
         waiting = await relay.store.waiting_callback_counts()
+        archive = await relay.store.archive_counts(relay.clock())
     except StorageUnavailable:
         up = 0.0
     else:
@@ -387,6 +423,23 @@ async def scrape_gauges(relay: Relay) -> list[GaugeMetricFamily]:
         for state in ("held", "suspect"):
             callbacks.add_metric([state], waiting[state])
         families.append(callbacks)
+        families += [
+            GaugeMetricFamily(
+                "relay_archive_jobs_pending",
+                "Archive jobs waiting or running (their events' deliveries wait for them).",
+                value=archive["pending"],
+            ),
+            GaugeMetricFamily(
+                "relay_archive_jobs_failed",
+                "Archive jobs that ended with outputs not archived (see GET /v1/archive-jobs).",
+                value=archive["failed"],
+            ),
+            GaugeMetricFamily(
+                "relay_archive_oldest_pending_age_seconds",
+                "Age of the oldest pending archive job (0 when none is pending).",
+                value=archive["oldest_pending_seconds"] or 0.0,
+            ),
+        ]
     families.append(
         GaugeMetricFamily(
             "relay_store_up", "1 when the store answered the scrape-time queries.", value=up

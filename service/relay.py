@@ -22,6 +22,7 @@ import structlog
 from starlette.datastructures import Secret
 
 from service import ids, metrics
+from service.archive_store import ArchiveStore
 from service.body_budget import BodyBudget
 from service.clock import Clock, rfc3339, system_clock
 from service.errors import Conflict, InvalidInput
@@ -59,6 +60,10 @@ class Relay:
     on_deliveries: Callable[[], None] = lambda: None
     #: Called after a watch became due now (wakes the watch worker, ``service.watch_worker``).
     on_watch_due: Callable[[], None] = lambda: None
+    #: Called after an accepted event got an archive job (wakes ``service.archive_worker``).
+    on_archive: Callable[[], None] = lambda: None
+    #: Where outputs are archived (``RELAY_ARCHIVE_URL``), or None: not archived.
+    archive: ArchiveStore | None = None
     #: Where the relay reads the time (``service.clock``); unit tests pass a fake one.
     clock: Clock = system_clock
     _metadata: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
@@ -92,8 +97,18 @@ class Relay:
         settings = settings.with_changes(
             secret_keys=tuple(Secret(k) for k in keys), admin_token=admin
         )
+        archive = (
+            ArchiveStore(settings.archive, settings.public_url, keys)
+            if settings.archive is not None
+            else None
+        )
         return cls(
-            settings, store, CallbackTokens(keys), generated_admin_token=generated, clock=clock
+            settings,
+            store,
+            CallbackTokens(keys),
+            generated_admin_token=generated,
+            clock=clock,
+            archive=archive,
         )
 
     async def close(self) -> None:
@@ -251,7 +266,7 @@ class Relay:
         event_id = ids.new_id("evt")
         url_metadata = await self.metadata_for(url_id) if url_id else {}
         metadata = {**url_metadata, **metadata} if metadata else url_metadata
-        outputs, dropped = forwardable_outputs(normalized.outputs)
+        outputs, dropped = forwardable_outputs(normalized.outputs, self.settings.target_allowlist)
         if dropped:
             log.warning(
                 "outputs_dropped",
@@ -292,6 +307,7 @@ class Relay:
                 url_id=url_id,
                 body=dumps(cloudevent),
                 raw_body=raw_body,
+                archive_deadline=self._archive_deadline(provider, normalized, now),
             )
         )
         metrics.count_event(normalized.event_type, result.outcome)
@@ -313,4 +329,18 @@ class Relay:
             metrics.count_unknown_status(provider)
         if result.deliveries:
             self.on_deliveries()
+        if result.outcome == "accepted" and self._archive_deadline(provider, normalized, now):
+            self.on_archive()
         return result
+
+    def _archive_deadline(self, provider: str, normalized: Normalized, now: float) -> float | None:
+        """When archiving this update's outputs must end, or None if they are not archived:
+        only a succeeded update with outputs, of a provider the archive takes."""
+        archive = self.settings.archive
+        wanted = (
+            archive is not None
+            and normalized.status == "succeeded"
+            and bool(normalized.outputs)
+            and archive.wants(provider)
+        )
+        return now + archive.deadline if wanted and archive is not None else None

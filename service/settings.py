@@ -74,6 +74,19 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
     "REVE_ART_API_RATE": ("4", "requests to Reve Art's API per window (its limit: 10 a minute)"),
     "API_RATE_WINDOW": ("60", "seconds of the providers' request budgets (a sliding window)"),
     "METRICS_PUBLIC": ("false", "serve /metrics without the admin token (true for a scraper)"),
+    "ARCHIVE_URL": ("", "archive outputs: file:///dir, s3://bucket/prefix, gs://, az:// (off)"),
+    "ARCHIVE_PUBLIC_URL": ("", "public base of archived objects (else <PUBLIC_URL>/archive/...)"),
+    "ARCHIVE_PROVIDERS": ("(all)", "comma-separated providers whose outputs are archived"),
+    "ARCHIVE_MAX_BYTES": ("2147483648", "largest output archived; a larger one is not kept"),
+    "ARCHIVE_DEADLINE": ("3600", "seconds an event waits for its outputs; then sent unarchived"),
+    "ARCHIVE_TIMEOUT": ("900", "seconds one output's download may take in all"),
+    "ARCHIVE_RETENTION_DAYS": ("(RETENTION_DAYS)", "days archived objects are kept; 0: forever"),
+    "ARCHIVE_CONCURRENCY": ("4", "archive jobs one process runs at once"),
+    "ARCHIVE_ENDPOINT": ("", "S3-compatible endpoint (MinIO, R2); else AWS_ENDPOINT_URL"),
+    "ARCHIVE_REGION": ("", "S3 region; else AWS_REGION"),
+    "ARCHIVE_ACCESS_KEY_ID": ("", "S3 access key; else AWS_ACCESS_KEY_ID"),
+    "ARCHIVE_SECRET_ACCESS_KEY": ("", "S3 secret key; else AWS_SECRET_ACCESS_KEY"),
+    "ARCHIVE_ALLOW_HTTP": ("false", "allow an http:// object-store endpoint (local MinIO)"),
 }
 
 
@@ -208,6 +221,86 @@ DEFAULT_API_RATES: Mapping[str, int] = {
 }
 
 
+#: Object-store URL schemes ``RELAY_ARCHIVE_URL`` may use (``service.archive_store``).
+ARCHIVE_SCHEMES = ("file", "s3", "s3a", "gs", "az", "abfs", "abfss")
+
+
+@dataclass(frozen=True)
+class ArchiveSettings:
+    """Where and how outputs are archived (``service.archive_store``, ``service.archiver``)."""
+
+    url: str
+    #: Base URL of the archived objects as subscribers fetch them, or None: the relay serves
+    #: them at ``<public_url>/archive/<signed key>``.
+    public_url: str | None = None
+    #: Providers whose outputs are archived; None: all.
+    providers: tuple[str, ...] | None = None
+    max_bytes: int = 2 * 1024**3
+    deadline: float = 3600.0
+    timeout: float = 900.0
+    #: Days an archived object is kept; None: forever.
+    retention_days: int | None = 30
+    concurrency: int = 4
+    #: Object-store options (endpoint, region, keys) beside the AWS_* variables.
+    options: Mapping[str, str] = field(default_factory=dict, repr=False)
+    allow_http: bool = False
+
+    def wants(self, provider: str) -> bool:
+        return self.providers is None or provider in self.providers
+
+
+def _archive_settings(env: Mapping[str, str], retention_days: int) -> ArchiveSettings | None:
+    url = env.get("ARCHIVE_URL", "").strip()
+    if not url:
+        return None
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in ARCHIVE_SCHEMES:
+        raise ConfigError(
+            f"{PREFIX}ARCHIVE_URL must start with one of"
+            f" {', '.join(s + '://' for s in ARCHIVE_SCHEMES)}; got {url!r}"
+        )
+    public = env.get("ARCHIVE_PUBLIC_URL", "").strip()
+    providers = tuple(p.strip() for p in env.get("ARCHIVE_PROVIDERS", "").split(",") if p.strip())
+    retention_raw = env.get("ARCHIVE_RETENTION_DAYS", "").strip()
+    retention: int | None = retention_days
+    if retention_raw:
+        try:
+            retention = int(retention_raw)
+        except ValueError:
+            raise ConfigError(
+                f"{PREFIX}ARCHIVE_RETENTION_DAYS must be whole days (0: forever),"
+                f" got {retention_raw!r}"
+            ) from None
+        if retention < 0:
+            raise ConfigError(f"{PREFIX}ARCHIVE_RETENTION_DAYS must be 0 or more, got {retention}")
+        retention = retention or None
+    options = {
+        key: value.strip()
+        for name, key in (
+            ("ARCHIVE_ENDPOINT", "endpoint"),
+            ("ARCHIVE_REGION", "region"),
+            ("ARCHIVE_ACCESS_KEY_ID", "access_key_id"),
+            ("ARCHIVE_SECRET_ACCESS_KEY", "secret_access_key"),
+        )
+        for value in [env.get(name, "")]
+        if value.strip()
+    }
+    return ArchiveSettings(
+        url=url,
+        public_url=_base_url("ARCHIVE_PUBLIC_URL", public) if public else None,
+        providers=providers or None,
+        max_bytes=_int("ARCHIVE_MAX_BYTES", env.get("ARCHIVE_MAX_BYTES", str(2 * 1024**3))),
+        deadline=_positive_seconds(
+            "ARCHIVE_DEADLINE", env.get("ARCHIVE_DEADLINE", "3600"), 30 * 86_400
+        ),
+        timeout=_positive_seconds("ARCHIVE_TIMEOUT", env.get("ARCHIVE_TIMEOUT", "900"), 86_400),
+        retention_days=retention,
+        concurrency=_int("ARCHIVE_CONCURRENCY", env.get("ARCHIVE_CONCURRENCY", "4")),
+        options=options,
+        allow_http=_bool("ARCHIVE_ALLOW_HTTP", env.get("ARCHIVE_ALLOW_HTTP", "")),
+    )
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the relay is configured with. Build it with ``from_env``."""
@@ -270,6 +363,8 @@ class Settings:
     api_rate_window: float = 60.0
     #: ``GET /metrics`` answers without the admin bearer token.
     metrics_public: bool = False
+    #: Outputs archived before delivery (``RELAY_ARCHIVE_URL``); None: off.
+    archive: ArchiveSettings | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -339,6 +434,7 @@ class Settings:
             migrate_on_start=_bool("MIGRATE_ON_START", env.get("MIGRATE_ON_START", "true")),
             run_worker=_bool("RUN_WORKER", env.get("RUN_WORKER", "true")),
             metrics_public=_bool("METRICS_PUBLIC", env.get("METRICS_PUBLIC", "")),
+            archive=_archive_settings(env, retention_days),
             **_provider_api_settings(env, secret),
         )
 

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import structlog
 
 from service import metrics
+from service.archive_worker import ArchiveWorker
 from service.attempt_outcome import attempt_outcome
 from service.clock import Clock, system_clock
 from service.delivery import Attempt, Deliverer
@@ -236,6 +237,9 @@ class BackgroundWork:
         from service.watch_worker import WatchWorker
 
         self.watches = WatchWorker(relay)
+        self.archive: ArchiveWorker | None = None
+        if relay.archive is not None and settings.archive is not None:
+            self.archive = ArchiveWorker(relay, relay.archive, settings.archive)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -244,6 +248,8 @@ class BackgroundWork:
             await self.relay.store.release_leases(None)
         self.relay.on_deliveries = self.worker.wake
         await self.watches.start()
+        if self.archive is not None:
+            await self.archive.start()
         self._tasks = [
             asyncio.create_task(self.worker.run(), name="delivery-worker"),
             asyncio.create_task(
@@ -262,6 +268,8 @@ class BackgroundWork:
     async def stop(self) -> None:
         """Stop claiming, let attempts in flight finish, free the rest's leases."""
         await self.watches.stop()  # first: its polls may still emit events to deliver
+        if self.archive is not None:
+            await self.archive.stop()  # its runs may still release deliveries
         delivery, retention = self._tasks
         retention.cancel()
         await self.worker.stop()

@@ -18,6 +18,8 @@ from typing import Any
 from service.store.budget import ApiBudget, BudgetState
 from service.store.paging import Page
 from service.store.records import (
+    ArchiveJob,
+    ArchiveOutcome,
     AttemptRecord,
     Claim,
     DeliveryFilter,
@@ -400,6 +402,52 @@ class Store(ABC):
     @abstractmethod
     async def delivery_counts(self) -> dict[str, Any]:
         """How many deliveries are pending and failed, and the age of the oldest pending."""
+
+    # -- archive jobs (``service.archive_worker``) ---------------------------------------------
+
+    @abstractmethod
+    async def claim_archive_jobs(
+        self, now: float, limit: int, lease_seconds: float
+    ) -> list[ArchiveJob]:
+        """Lease up to ``limit`` pending archive jobs that are due, earliest first, each with
+        its event's ``body`` and a fresh ``lease_token``. Several processes claiming at once
+        never share a job; a job whose lease lapsed (its process died) is claimed again."""
+
+    @abstractmethod
+    async def extend_archive_lease(self, event_id: str, lease_token: str, until: float) -> bool:
+        """Keep a running job leased until ``until``; False if the run lost its lease."""
+
+    @abstractmethod
+    async def record_archive_outcome(self, outcome: ArchiveOutcome) -> bool:
+        """Write a run's outcome, if the run still holds the lease (else False, nothing
+        written): ``attempts`` + 1, ``progress``, ``last_error``, the lease freed. A finished
+        job takes ``outcome.status``, the event its rewritten ``body``, and the event's
+        deliveries that waited for the archive become due at ``outcome.at``, all in one
+        transaction; an unfinished one is due again at ``outcome.next_attempt_at``."""
+
+    @abstractmethod
+    async def get_archive_job(self, event_id: str) -> ArchiveJob | None:
+        """The event's archive job, or None."""
+
+    @abstractmethod
+    async def list_archive_jobs(self, status: str | None, cursor: str | None, limit: int) -> Page:
+        """Archive jobs, newest first (items are ``ArchiveJob``), of ``status`` if given."""
+
+    @abstractmethod
+    async def retry_archive_job(
+        self, event_id: str, now: float, deadline_at: float
+    ) -> ArchiveJob | None:
+        """A failed job runs again from scratch, due at ``now``, until ``deadline_at``; a job
+        in any other status is left as it is. Returns the job as it is now, or None."""
+
+    @abstractmethod
+    async def archive_counts(self, now: float) -> dict[str, Any]:
+        """``{"pending": n, "failed": n, "oldest_pending_seconds": s | None}``."""
+
+    @abstractmethod
+    async def release_archive_leases(self, event_ids: list[str] | None = None) -> int:
+        """Free the leases of these events' archive jobs (all when None): shutdown, and the
+        start of the one process owning the store."""
 
     # -- operators (the ops console, ``relay status``): reads that never hold up callbacks ----
 

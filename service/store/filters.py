@@ -110,3 +110,8 @@ def delivery_details_query(
         f" ORDER BY d.seq DESC LIMIT {mark}"
     )
     return sql, [now, *params, limit]
+
+
+def archive_clauses(status: str | None, mark: str) -> tuple[list[str], list[Any]]:
+    """Clauses and parameters for ``list_archive_jobs``."""
+    return _clauses([("status = {}", status)], mark)

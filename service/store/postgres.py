@@ -39,6 +39,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from service.clock import Clock, system_clock
 from service.errors import StorageUnavailable
+from service.store import postgres_archive as pa
 from service.store import postgres_deliveries as pd
 from service.store import postgres_meta as pm
 from service.store import postgres_ops
@@ -56,6 +57,8 @@ from service.store.postgres_connection import (
 from service.store.postgres_schema import MIGRATIONS as MIGRATIONS
 from service.store.postgres_schema import migrate, require_migrated
 from service.store.records import (
+    ArchiveJob,
+    ArchiveOutcome,
     AttemptRecord,
     Claim,
     DeliveryFilter,
@@ -319,6 +322,44 @@ class PostgresStore(Store):
     async def list_events(self, filters: EventFilter, cursor: str | None, limit: int) -> Page:
         async with self._connection() as conn:
             return await pm.list_events(conn, filters, cursor, limit)
+
+    # -- archive jobs ---------------------------------------------------------------------------
+
+    async def claim_archive_jobs(
+        self, now: float, limit: int, lease_seconds: float
+    ) -> list[ArchiveJob]:
+        async with self._transaction() as conn:
+            return await pa.claim(conn, now, limit, now + lease_seconds)
+
+    async def extend_archive_lease(self, event_id: str, lease_token: str, until: float) -> bool:
+        async with self._connection() as conn:
+            return await pa.extend(conn, event_id, lease_token, until)
+
+    async def record_archive_outcome(self, outcome: ArchiveOutcome) -> bool:
+        async with self._transaction() as conn:
+            return await pa.record(conn, outcome)
+
+    async def get_archive_job(self, event_id: str) -> ArchiveJob | None:
+        async with self._connection() as conn:
+            return await pa.get(conn, event_id)
+
+    async def list_archive_jobs(self, status: str | None, cursor: str | None, limit: int) -> Page:
+        async with self._connection() as conn:
+            return await pa.list_jobs(conn, status, cursor, limit)
+
+    async def retry_archive_job(
+        self, event_id: str, now: float, deadline_at: float
+    ) -> ArchiveJob | None:
+        async with self._transaction() as conn:
+            return await pa.retry(conn, event_id, now, deadline_at)
+
+    async def archive_counts(self, now: float) -> dict[str, Any]:
+        async with self._connection() as conn:
+            return await pa.counts(conn, now)
+
+    async def release_archive_leases(self, event_ids: list[str] | None = None) -> int:
+        async with self._connection() as conn:
+            return await pa.release_leases(conn, event_ids)
 
     # -- subscribers ----------------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ Conn = AsyncConnection[Any]
 #: One statement: ``relay_ingest`` (migration 3) takes the locks and decides server-side.
 INGEST_SQL = (
     "SELECT outcome, event_id, deliveries FROM relay_ingest(%s, %s, %s, %s, %s,"
-    " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s::text[])"
+    " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s::text[], %s)"
 )
 
 
@@ -65,6 +65,7 @@ def ingest_params(event: IncomingEvent, version: str, wanted: list[str]) -> tupl
         version,
         [ids.new_id("dlv") for _ in wanted],
         wanted,
+        event.archive_deadline,
     )
 
 
@@ -308,6 +309,8 @@ async def prune(conn: Conn, before: float, limit: int, failed_before: float | No
         " SELECT 1 FROM deliveries d WHERE d.event_id = e.id"
         " AND (d.status = 'pending' OR (d.status = 'failed'"
         "  AND (%s::double precision IS NULL OR d.updated_at >= %s))))"
+        " AND NOT EXISTS (SELECT 1 FROM archive_jobs a WHERE a.event_id = e.id"
+        "  AND a.status = 'pending')"
         " ORDER BY e.received_at LIMIT %s FOR UPDATE SKIP LOCKED",
         (before, failed_before, failed_before, limit),
     )
@@ -319,6 +322,7 @@ async def prune(conn: Conn, before: float, limit: int, failed_before: float | No
             (event_ids,),
         )
         await conn.execute("DELETE FROM deliveries WHERE event_id = ANY(%s)", (event_ids,))
+        await conn.execute("DELETE FROM archive_jobs WHERE event_id = ANY(%s)", (event_ids,))
         # The task's terminal status stays (see the SQLite store).
         await conn.execute("DELETE FROM events WHERE id = ANY(%s)", (event_ids,))
     await conn.execute("DELETE FROM callback_urls WHERE expires_at < %s", (before,))

@@ -24,6 +24,7 @@ MIGRATIONS = (
     "postgres_007_flood.sql",
     "postgres_008_budget.sql",
     "postgres_009_suspect.sql",
+    "postgres_010_archive.sql",
 )
 
 #: Advisory lock (one-key form, a lock space apart from the two-key locks of the other modules)

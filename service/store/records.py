@@ -29,6 +29,9 @@ class IncomingEvent:
     url_id: str | None
     body: str
     raw_body: bytes
+    #: When archiving its outputs must end (``service.archive_worker``); None: not archived.
+    #: An accepted event with one gets its archive job, and its deliveries wait for the job.
+    archive_deadline: float | None = None
 
 
 @dataclass(slots=True)
@@ -152,3 +155,48 @@ class ReplayResult:
 
     count: int
     newer: dict[str, str] = field(default_factory=dict)
+
+
+#: ``pending``: waiting or running; ``archived``: every output kept; ``failed``: the event went
+#: out (or will) with some outputs not archived.
+ArchiveStatus = Literal["pending", "archived", "failed"]
+
+
+@dataclass(frozen=True)
+class ArchiveJob:
+    """An event's archive job (``service.archive_worker``).
+
+    ``progress`` has one entry per output tried so far: archived ones carry ``key``,
+    ``content_type``, ``bytes`` and ``sha256``; failed ones ``reason`` and ``error``.
+    ``body`` (the event's CloudEvent JSON) and ``lease_token`` are filled in by a claim.
+    """
+
+    event_id: str
+    provider: str
+    task_id: str
+    status: ArchiveStatus
+    attempts: int
+    next_attempt_at: float | None
+    deadline_at: float
+    progress: list[dict[str, Any]]
+    last_error: str | None
+    created_at: float
+    updated_at: float
+    body: str | None = None
+    lease_token: str | None = None
+
+
+@dataclass(frozen=True)
+class ArchiveOutcome:
+    """What a run of an archive job wrote back: ``finished`` -> ``status`` with the event's
+    rewritten ``body`` (its deliveries start); otherwise retried at ``next_attempt_at``."""
+
+    event_id: str
+    lease_token: str
+    progress: list[dict[str, Any]]
+    last_error: str | None
+    at: float
+    finished: bool
+    status: ArchiveStatus = "pending"
+    body: str | None = None
+    next_attempt_at: float | None = None

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from service.clock import Clock, system_clock
 from service.errors import StorageUnavailable
+from service.store import sqlite_archive as arc
 from service.store import sqlite_deliveries as q
 from service.store import sqlite_events as e
 from service.store import sqlite_meta as m
@@ -30,6 +31,8 @@ from service.store.base import Store
 from service.store.budget import ApiBudget, BudgetState
 from service.store.paging import Page
 from service.store.records import (
+    ArchiveJob,
+    ArchiveOutcome,
     AttemptRecord,
     Claim,
     DeliveryFilter,
@@ -237,6 +240,36 @@ class SQLiteStore(Store):
 
     async def list_events(self, filters: EventFilter, cursor: str | None, limit: int) -> Page:
         return await self._run(lambda conn: e.list_events(conn, filters, cursor, limit))
+
+    # -- archive jobs ---------------------------------------------------------------------------
+
+    async def claim_archive_jobs(
+        self, now: float, limit: int, lease_seconds: float
+    ) -> list[ArchiveJob]:
+        return await self._run(lambda conn: arc.claim(conn, now, limit, now + lease_seconds))
+
+    async def extend_archive_lease(self, event_id: str, lease_token: str, until: float) -> bool:
+        return await self._run(lambda conn: arc.extend(conn, event_id, lease_token, until))
+
+    async def record_archive_outcome(self, outcome: ArchiveOutcome) -> bool:
+        return await self._run(lambda conn: arc.record(conn, outcome))
+
+    async def get_archive_job(self, event_id: str) -> ArchiveJob | None:
+        return await self._run(lambda conn: arc.get(conn, event_id))
+
+    async def list_archive_jobs(self, status: str | None, cursor: str | None, limit: int) -> Page:
+        return await self._run(lambda conn: arc.list_jobs(conn, status, cursor, limit))
+
+    async def retry_archive_job(
+        self, event_id: str, now: float, deadline_at: float
+    ) -> ArchiveJob | None:
+        return await self._run(lambda conn: arc.retry(conn, event_id, now, deadline_at))
+
+    async def archive_counts(self, now: float) -> dict[str, Any]:
+        return await self._run(lambda conn: arc.counts(conn, now))
+
+    async def release_archive_leases(self, event_ids: list[str] | None = None) -> int:
+        return await self._run(lambda conn: arc.release_leases(conn, event_ids))
 
     # -- subscribers ----------------------------------------------------------------------------
 

@@ -244,6 +244,8 @@ def prune(conn: sqlite3.Connection, before: float, limit: int, failed_before: fl
             " SELECT 1 FROM deliveries d WHERE d.event_id = e.id"
             " AND (d.status = 'pending' OR (d.status = 'failed'"
             "  AND (? IS NULL OR d.updated_at >= ?))))"
+            " AND NOT EXISTS (SELECT 1 FROM archive_jobs a WHERE a.event_id = e.id"
+            "  AND a.status = 'pending')"
             " ORDER BY e.received_at LIMIT ?",
             (before, failed_before, failed_before, limit),
         )
@@ -257,6 +259,7 @@ def prune(conn: sqlite3.Connection, before: float, limit: int, failed_before: fl
             seqs,
         )
         conn.execute(f"DELETE FROM deliveries WHERE event_id IN ({chosen})", seqs)
+        conn.execute(f"DELETE FROM archive_jobs WHERE event_id IN ({chosen})", seqs)
         # The task's row (its terminal status) stays: it is what supersedes a late update
         # once the events and their dedup keys are gone.
         conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", seqs)

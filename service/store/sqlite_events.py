@@ -16,13 +16,15 @@ from service.store.sqlite_subscribers import SubscriberCache
 
 
 def fan_out(conn: sqlite3.Connection, event: IncomingEvent, subscribers: list[Subscriber]) -> int:
+    # Deliveries of an event being archived wait (no due time) until its archive job ends.
+    due = event.received_at if event.archive_deadline is None else None
     rows = [
         (
             ids.new_id("dlv"),
             event.event_id,
             sub.id,
             f"{event.provider}/{event.task_id}",
-            event.received_at,
+            due,
             event.received_at,
             event.received_at,
         )
@@ -76,6 +78,20 @@ def ingest(
         conn.execute(
             "INSERT INTO tasks (provider, task_id, terminal_status, event_id) VALUES (?, ?, ?, ?)",
             (event.provider, event.task_id, event.status, event.event_id),
+        )
+    if event.archive_deadline is not None:
+        conn.execute(
+            "INSERT INTO archive_jobs (event_id, provider, task_id, status, next_attempt_at,"
+            " deadline_at, created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?)",
+            (
+                event.event_id,
+                event.provider,
+                event.task_id,
+                event.received_at,
+                event.archive_deadline,
+                event.received_at,
+                event.received_at,
+            ),
         )
     created = fan_out(conn, event, subscribers.enabled(conn, event.received_at))
     return IngestResult("accepted", event.event_id, created)
