@@ -661,9 +661,7 @@ def run_client(
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode != 0 or not done.stdout.strip():
-        raise RuntimeError(
-            f"{script} {args_list[0]} failed ({done.returncode}):\n{done.stderr}"
-        )
+        raise RuntimeError(f"{script} {args_list[0]} failed ({done.returncode}):\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1]), cpu
 
 
