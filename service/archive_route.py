@@ -48,7 +48,16 @@ async def archived_output(request: Request) -> Response:
     if path is None or not path.is_file():
         raise ArchivedOutputNotFound("The archived output is no longer kept.")
     media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    # The object under a key is replaced only by the same output archived again.
+    # The object under a key is replaced only by the same output archived again. The bytes are
+    # the provider's (or whoever forged the callback's), served from the relay's own origin,
+    # where the console lives: an SVG or an HTML file must not run script here, so the answer
+    # is sandboxed and its type never sniffed. Embedding it (<img>, <video>) is unaffected.
     return FileResponse(
-        path, media_type=media_type, headers={"cache-control": "public, max-age=86400"}
+        path,
+        media_type=media_type,
+        headers={
+            "cache-control": "public, max-age=86400",
+            "content-security-policy": "default-src 'none'; sandbox",
+            "x-content-type-options": "nosniff",
+        },
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import glob
 import secrets
 from collections.abc import AsyncIterable, Sequence
 from pathlib import Path
@@ -33,10 +34,10 @@ from service.settings import ArchiveSettings
 
 #: How long a presigned URL the relay redirects to stays valid.
 PRESIGNED_SECONDS = 15 * 60
-#: Parts of a multipart upload, and how many go up at once: 8 MiB x 4 bounds what an upload
+#: Parts of a multipart upload, and how many go up at once: 8 MiB x 2 bounds what an upload
 #: buffers (object stores want parts of at least 5 MiB).
 PART_BYTES = 8 * 1024 * 1024
-PARTS_AT_ONCE = 4
+PARTS_AT_ONCE = 2
 #: Where ``check_writable`` writes its probes (outside every provider's keys).
 PROBE_PREFIX = ".relay-probe"
 
@@ -87,6 +88,18 @@ class ArchiveStore:
             chunk_size=PART_BYTES,
             max_concurrency=PARTS_AT_ONCE,
         )
+        if self.root is not None:
+            self._remove_staging_leftovers(key)
+
+    def _remove_staging_leftovers(self, key: str) -> None:
+        """A local directory's upload is staged beside its key (``<key>#<n>``) and renamed when
+        complete; a run killed mid-upload leaves its staging file behind. The relay's keys
+        never contain ``#``, and a job never runs twice at once, so once the key is written,
+        any such file beside it is a dead run's and goes."""
+        path = self.local_path(key)
+        if path is not None:
+            for leftover in path.parent.glob(f"{glob.escape(path.name)}#*"):
+                leftover.unlink(missing_ok=True)
 
     async def check_writable(self) -> None:
         """Write and delete a small object; raises what the store raised (``/readyz``)."""

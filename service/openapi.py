@@ -52,6 +52,7 @@ TAGS = [
     {"name": "subscribers", "description": "Where events are delivered."},
     {"name": "deliveries", "description": "Events on their way to subscribers; replay."},
     {"name": "watches", "description": "Tasks polled at their provider's API."},
+    {"name": "archive", "description": "Outputs kept in storage the user owns."},
 ]
 
 
@@ -289,6 +290,25 @@ def _public_paths() -> dict[str, Any]:
     return {
         "/callbacks/{provider}/{token}": {"post": _callback_operation(True)},
         "/callbacks/{provider}": {"post": _callback_operation(False)},
+        "/archive/{token}": {
+            "get": {
+                "operationId": "get_archived_output",
+                "tags": ["archive"],
+                "summary": "An archived output, at the URL its event carries",
+                "description": (
+                    "Served when RELAY_ARCHIVE_URL is set and RELAY_ARCHIVE_PUBLIC_URL is not."
+                    " A local archive's file is answered directly (ranges allowed); an object"
+                    " store's with a redirect to a presigned URL valid for 15 minutes."
+                ),
+                "parameters": [_path_parameter("token", "The output's key, signed by the relay.")],
+                "responses": {
+                    "200": {"description": "The output's bytes (local archive)."},
+                    "302": {"description": "A presigned URL of the object (object store)."},
+                    "404": _error("`archived_output_not_found`: no such (or no longer) kept."),
+                    "503": _error("`archive_unavailable`: the store could not sign a URL."),
+                },
+            }
+        },
         "/healthz": {
             "get": {
                 "operationId": "healthz",

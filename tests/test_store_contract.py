@@ -34,6 +34,8 @@ from service.events import STATUSES, Normalized
 from service.settings import ConfigError
 from service.store import open_store
 from service.store.base import (
+    ArchiveJob,
+    ArchiveOutcome,
     AttemptRecord,
     Claim,
     DeliveryFilter,
@@ -1722,3 +1724,236 @@ async def test_prune_removes_expired_callback_urls(store: Store) -> None:
     await store.prune(now - 10, 10)
     assert await store.get_callback_metadata("cbu_old") is None
     assert await store.get_callback_metadata("cbu_live") == {"b": 2}
+
+
+# -- archive jobs -------------------------------------------------------------------------------
+
+
+def archived(event: IncomingEvent, deadline: float = 3600.0) -> IncomingEvent:
+    """``event`` as the intake pipeline stores it when its outputs are archived."""
+    return dataclasses.replace(event, archive_deadline=event.received_at + deadline)
+
+
+def archive_outcome(job: ArchiveJob, at: float, **fields: Any) -> ArchiveOutcome:
+    assert job.lease_token is not None
+    base: dict[str, Any] = {
+        "event_id": job.event_id,
+        "lease_token": job.lease_token,
+        "progress": [],
+        "last_error": None,
+        "at": at,
+        "finished": True,
+        "status": "archived",
+    }
+    return ArchiveOutcome(**{**base, **fields})
+
+
+async def test_an_archived_event_gets_its_job_and_its_deliveries_wait(store: Store) -> None:
+    await store.create_subscriber(subscriber("sub_a"))
+    await store.create_subscriber(subscriber("sub_b"))
+    event = archived(incoming(at=time.time() - 5))
+    result = await store.ingest(event)
+    assert (result.outcome, result.deliveries) == ("accepted", 2)
+    waiting = await deliveries(store)
+    assert [d["status"] for d in waiting] == ["pending", "pending"]
+    assert [d["next_attempt_at"] for d in waiting] == [None, None]
+    assert await claim_all(store, time.time() + 60) == []  # not due until archived
+    job = await store.get_archive_job(event.event_id)
+    assert job is not None
+    assert (job.status, job.attempts, job.progress, job.provider, job.task_id) == (
+        "pending",
+        0,
+        [],
+        "evolink",
+        "task-1",
+    )
+    assert (job.next_attempt_at, job.deadline_at) == (
+        event.received_at,
+        event.received_at + 3600,
+    )
+    # A duplicate of the callback makes no second job; a plain event makes none.
+    assert (await store.ingest(archived(incoming(at=time.time())))).outcome == "duplicate"
+    plain = incoming("task-2")
+    await store.ingest(plain)
+    assert await store.get_archive_job(plain.event_id) is None
+    assert (await store.list_archive_jobs(None, None, 10)).items == [job]
+
+
+async def test_finishing_an_archive_job_rewrites_the_event_and_releases_its_deliveries(
+    store: Store,
+) -> None:
+    await store.create_subscriber(subscriber("sub_a"))
+    event = archived(incoming(at=time.time() - 5))
+    await store.ingest(event)
+    now = time.time()
+    (job,) = await store.claim_archive_jobs(now, 10, LEASE)
+    assert job.body == event.body and job.lease_token
+    assert await store.claim_archive_jobs(now, 10, LEASE) == []  # leased
+    assert await store.extend_archive_lease(job.event_id, job.lease_token, now + 120)
+    assert not await store.extend_archive_lease(job.event_id, "not-the-token", now + 120)
+    body = json.dumps({"rewritten": True})
+    progress = [{"index": 0, "state": "archived", "key": "k", "bytes": 3, "sha256": "x"}]
+    outcome = archive_outcome(job, now, body=body, progress=progress)
+    # Only the run holding the lease writes its outcome.
+    assert not await store.record_archive_outcome(dataclasses.replace(outcome, lease_token="stale"))
+    assert await store.record_archive_outcome(outcome)
+    assert not await store.record_archive_outcome(outcome)  # once
+    assert await store.get_event(event.event_id) == {
+        "rewritten": True,
+        "relay": {"state": "emitted"},
+    }
+    done = await store.get_archive_job(event.event_id)
+    assert done is not None
+    assert (done.status, done.attempts, done.progress, done.next_attempt_at) == (
+        "archived",
+        1,
+        progress,
+        None,
+    )
+    (claim,) = await claim_all(store, now + 1)
+    assert claim.event_id == event.event_id and claim.body == body
+
+
+async def test_an_unfinished_archive_run_is_due_again_and_keeps_the_deliveries_waiting(
+    store: Store,
+) -> None:
+    await store.create_subscriber(subscriber("sub_a"))
+    event = archived(incoming(at=time.time() - 5))
+    await store.ingest(event)
+    now = time.time()
+    (job,) = await store.claim_archive_jobs(now, 10, LEASE)
+    failed = [{"index": 0, "state": "failed", "reason": "not_found", "error": "HTTP 404"}]
+    assert await store.record_archive_outcome(
+        archive_outcome(
+            job,
+            now,
+            finished=False,
+            progress=failed,
+            last_error="HTTP 404",
+            next_attempt_at=now + 5,
+        )
+    )
+    assert await store.claim_archive_jobs(now + 4, 10, LEASE) == []
+    assert await claim_all(store, now + 60) == []
+    (again,) = await store.claim_archive_jobs(now + 5, 10, LEASE)
+    assert (again.attempts, again.progress, again.last_error) == (1, failed, "HTTP 404")
+    assert again.lease_token != job.lease_token
+    assert await store.archive_counts(now + 5) == {
+        "pending": 1,
+        "failed": 0,
+        "oldest_pending_seconds": pytest.approx(now + 5 - event.received_at),
+    }
+
+
+async def test_a_lapsed_archive_lease_is_claimed_again_and_the_old_run_cannot_finish(
+    store: Store,
+) -> None:
+    event = archived(incoming(at=time.time() - 5))
+    await store.ingest(event)
+    now = time.time()
+    (first,) = await store.claim_archive_jobs(now, 10, LEASE)
+    (second,) = await store.claim_archive_jobs(now + LEASE, 10, LEASE)
+    assert not await store.record_archive_outcome(archive_outcome(first, now + LEASE))
+    assert await store.record_archive_outcome(archive_outcome(second, now + LEASE))
+    # Leases freed at shutdown: by event, or all.
+    other = archived(incoming("task-2", at=now))
+    await store.ingest(other)
+    (third,) = await store.claim_archive_jobs(now, 10, LEASE)
+    assert await store.release_archive_leases([third.event_id]) == 1
+    (fourth,) = await store.claim_archive_jobs(now, 10, LEASE)
+    assert fourth.event_id == other.event_id
+    assert await store.release_archive_leases(None) == 1
+
+
+async def test_an_operator_retries_only_a_failed_archive_job(store: Store) -> None:
+    event = archived(incoming(at=time.time() - 5))
+    await store.ingest(event)
+    now = time.time()
+    assert await store.retry_archive_job("evt_unknown", now, now + 60) is None
+    pending = await store.retry_archive_job(event.event_id, now, now + 60)
+    assert pending is not None and pending.status == "pending"  # not failed: left alone
+    (job,) = await store.claim_archive_jobs(now, 10, LEASE)
+    failure = [{"index": 0, "state": "failed", "reason": "too_large", "error": "big"}]
+    await store.record_archive_outcome(
+        archive_outcome(job, now, status="failed", progress=failure, last_error="big")
+    )
+    assert (await store.list_archive_jobs("failed", None, 10)).items[0].event_id == event.event_id
+    assert (await store.list_archive_jobs("pending", None, 10)).items == []
+    assert (await store.archive_counts(now))["failed"] == 1
+    retried = await store.retry_archive_job(event.event_id, now + 1, now + 61)
+    assert retried is not None
+    assert (retried.status, retried.progress, retried.last_error, retried.deadline_at) == (
+        "pending",
+        [],
+        None,
+        now + 61,
+    )
+    (again,) = await store.claim_archive_jobs(now + 1, 10, LEASE)
+    assert again.event_id == event.event_id
+
+
+async def test_archive_jobs_page_newest_first(store: Store) -> None:
+    events = [archived(incoming(f"task-{n}", at=time.time() - 10 + n)) for n in range(5)]
+    for event in events:
+        await store.ingest(event)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await store.list_archive_jobs(None, cursor, 2)
+        seen += [job.event_id for job in page.items]
+        if (cursor := page.next_cursor) is None:
+            break
+    assert seen == [event.event_id for event in reversed(events)]
+
+
+async def test_retention_keeps_an_event_whose_archive_job_is_pending(store: Store) -> None:
+    old = time.time() - 10 * 86_400
+    event = archived(incoming(at=old))
+    await store.ingest(event)  # no subscriber: nothing else keeps it
+    assert await store.prune(old + 1, 100) == 0
+    (job,) = await store.claim_archive_jobs(old, 10, LEASE)
+    await store.record_archive_outcome(archive_outcome(job, old))
+    assert await store.prune(old + 1, 100) == 1
+    assert await store.get_archive_job(event.event_id) is None
+
+
+@pytest.mark.postgres
+async def test_concurrent_archive_claims_never_share_a_job(pg_url: str) -> None:
+    """Archive workers of two replicas claim at once: each job once."""
+    first, second = postgres_store(pg_url), postgres_store(pg_url)
+    async with opened(first, second):
+        base = time.time() - 100
+        for n in range(40):
+            await first.ingest(archived(incoming(f"t{n}", at=base + n * 0.01)))
+        claimed: list[list[str]] = []
+
+        async def worker(store: PostgresStore) -> None:
+            mine: list[str] = []
+            while batch := await store.claim_archive_jobs(base + 10, 3, LEASE):
+                mine += [job.event_id for job in batch]
+            claimed.append(mine)
+
+        await asyncio.gather(*(worker(s) for s in (first, second) for _ in range(4)))
+        every = [event_id for mine in claimed for event_id in mine]
+        assert len(every) == len(set(every)) == 40
+        assert sum(1 for mine in claimed if mine) > 1
+
+
+async def test_a_redelivery_while_outputs_are_archived_waits_with_the_others(
+    store: Store,
+) -> None:
+    await store.create_subscriber(subscriber("sub_a"))
+    await store.create_subscriber(subscriber("sub_b", providers=("rivya",)))
+    event = archived(incoming(at=time.time() - 5))
+    await store.ingest(event)
+    now = time.time()
+    assert (await store.redeliver(event.event_id, ["sub_b"], now)).count == 1
+    assert await claim_all(store, now + 60) == []
+    (job,) = await store.claim_archive_jobs(now, 10, LEASE)
+    await store.record_archive_outcome(archive_outcome(job, now + 1))
+    claims = await claim_all(store, now + 2)
+    assert sorted(c.subscriber_id for c in claims) == ["sub_a", "sub_b"]
+    # After the archive, a redelivery is due at once.
+    assert (await store.redeliver(event.event_id, ["sub_b"], now + 3)).count == 1
+    newest = (await deliveries(store, subscriber_id="sub_b"))[0]
+    assert newest["next_attempt_at"] == rfc3339(now + 3)

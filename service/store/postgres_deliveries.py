@@ -287,17 +287,25 @@ async def redeliver(
         )
         newer = {row[0]: row[1] for row in await cursor.fetchall()}
     targets = [sub_id for sub_id in subscriber_ids if sub_id not in newer]
+    # While the event's outputs are being archived, a new delivery waits with the others. The
+    # job's row is locked: a run finishing meanwhile releases these deliveries too, or
+    # finished before and they are due now.
+    cursor = await conn.execute(
+        "SELECT 1 FROM archive_jobs WHERE event_id = %s AND status = 'pending' FOR UPDATE",
+        (event_id,),
+    )
+    due = None if await cursor.fetchone() else now
     # Only to subscribers that exist: a delivery to a deleted one could never be claimed and
     # would stay pending for ever.
     cursor = await conn.execute(
         "INSERT INTO deliveries (id, event_id, subscriber_id, task_key, status,"
         " next_attempt_at, created_at, updated_at)"
-        " SELECT u.id, %s, u.subscriber_id, %s, 'pending', %s, %s, %s"
+        " SELECT u.id, %s, u.subscriber_id, %s, 'pending', %s::double precision, %s, %s"
         " FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY"
         " AS u(id, subscriber_id, n)"
         " WHERE EXISTS (SELECT 1 FROM subscribers s WHERE s.id = u.subscriber_id)"
         " ORDER BY u.n",
-        (event_id, task_key, now, now, now, [ids.new_id("dlv") for _ in targets], targets),
+        (event_id, task_key, due, now, now, [ids.new_id("dlv") for _ in targets], targets),
     )
     return ReplayResult(cursor.rowcount, newer)
 

@@ -212,11 +212,16 @@ def redeliver(
             if later is not None:
                 newer[sub_id] = later[0]
     targets = [sub_id for sub_id in known if sub_id not in newer]
+    # While the event's outputs are being archived, a new delivery waits with the others.
+    archiving = conn.execute(
+        "SELECT 1 FROM archive_jobs WHERE event_id = ? AND status = 'pending'", (event_id,)
+    ).fetchone()
+    due = None if archiving else now
     conn.executemany(
         "INSERT INTO deliveries (id, event_id, subscriber_id, task_key, status,"
         " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)",
         [
-            (ids.new_id("dlv"), event_id, sub_id, f"{provider}/{task_id}", now, now, now)
+            (ids.new_id("dlv"), event_id, sub_id, f"{provider}/{task_id}", due, now, now)
             for sub_id in targets
         ],
     )

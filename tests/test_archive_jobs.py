@@ -1,0 +1,210 @@
+"""One run of an archive job (``service.archive_jobs``) and what an output is called
+(``service.archive_media``): logic inside one process, with a fake copier and a fake clock."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pytest
+
+from service.archive_jobs import FIRST_BACKOFF, MAX_BACKOFF, backoff, run_job
+from service.archive_media import content_type, extension, object_key, task_segment
+from service.archiver import Archived, ArchiveFailure, OutputPlace
+from service.store.records import ArchiveJob
+from tests.fakes import FakeClock
+
+pytestmark = pytest.mark.anyio
+
+RAW = {"id": "task-1", "results": ["https://cdn.example/a.png", "https://cdn.example/b.mp4"]}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class FakeCopier:
+    """Answers each source URL from a script: an ``Archived`` or the failure to raise."""
+
+    def __init__(self, script: dict[str, Archived | ArchiveFailure]) -> None:
+        self.script = script
+        self.asked: list[tuple[str, OutputPlace]] = []
+
+    async def archive(self, source_url: str, place: OutputPlace) -> Archived:
+        self.asked.append((source_url, place))
+        answer = self.script[source_url]
+        if isinstance(answer, ArchiveFailure):
+            raise answer
+        return answer
+
+
+def stored(key: str, size: int = 3) -> Archived:
+    return Archived(key=key, content_type="image/png", bytes=size, sha256="ab" * 32)
+
+
+def job(clock: FakeClock, *, attempts: int = 0, progress: list[Any] | None = None) -> ArchiveJob:
+    outputs = [{"url": url, "media_type": "image"} for url in RAW["results"]]
+    body = {"id": "evt_1", "data": {"outputs": outputs, "raw": RAW, "metadata": {"u": 1}}}
+    return ArchiveJob(
+        event_id="evt_1",
+        provider="evolink",
+        task_id="task-1",
+        status="pending",
+        attempts=attempts,
+        next_attempt_at=clock(),
+        deadline_at=clock.now + 3600,
+        progress=progress or [],
+        last_error=None,
+        created_at=clock.now - 10,
+        updated_at=clock.now - 10,
+        body=json.dumps(body),
+        lease_token="lease-1",
+    )
+
+
+def url_for(key: str) -> str:
+    return f"https://relay.example/archive/{key}"
+
+
+async def test_every_output_archived_rewrites_them_and_finishes() -> None:
+    clock = FakeClock()
+    copier = FakeCopier({RAW["results"][0]: stored("k/0.png"), RAW["results"][1]: stored("k/1")})
+    outcome = await run_job(job(clock), copier, url_for, clock)
+    assert (outcome.finished, outcome.status, outcome.last_error) == (True, "archived", None)
+    event = json.loads(outcome.body or "")
+    assert event["data"]["outputs"][0] == {
+        "url": "https://relay.example/archive/k/0.png",
+        "source_url": RAW["results"][0],
+        "media_type": "image",
+        "content_type": "image/png",
+        "bytes": 3,
+        "sha256": "ab" * 32,
+    }
+    assert "archive" not in event["data"]
+    assert event["data"]["raw"] == RAW and event["data"]["metadata"] == {"u": 1}
+    # Keys are dated by the job's creation (the event's reception), one place per output.
+    assert [place for _, place in copier.asked] == [
+        OutputPlace("evolink", clock.now - 10, "task-1", 0),
+        OutputPlace("evolink", clock.now - 10, "task-1", 1),
+    ]
+
+
+async def test_a_failure_that_may_pass_runs_again_later_keeping_what_was_archived() -> None:
+    clock = FakeClock()
+    missing = ArchiveFailure("not_found", "HTTP 404: the file is not there")
+    copier = FakeCopier({RAW["results"][0]: stored("k/0.png"), RAW["results"][1]: missing})
+    outcome = await run_job(job(clock), copier, url_for, clock)
+    assert (outcome.finished, outcome.body) == (False, None)
+    assert outcome.next_attempt_at == clock.now + FIRST_BACKOFF
+    assert outcome.last_error == "output 1: HTTP 404: the file is not there"
+    assert [entry["state"] for entry in outcome.progress] == ["archived", "failed"]
+    # The next run asks only for what is missing.
+    copier.script[RAW["results"][1]] = stored("k/1.mp4")
+    again = job(clock, attempts=1, progress=outcome.progress)
+    copier.asked.clear()
+    done = await run_job(again, copier, url_for, clock)
+    assert [url for url, _ in copier.asked] == [RAW["results"][1]]
+    assert (done.finished, done.status) == (True, "archived")
+
+
+async def test_past_the_deadline_the_event_goes_out_with_what_was_archived() -> None:
+    clock = FakeClock()
+    missing = ArchiveFailure("timeout", "the download took longer than 900 s")
+    copier = FakeCopier({RAW["results"][0]: stored("k/0.png"), RAW["results"][1]: missing})
+    late = job(clock)
+    clock.advance(3600)
+    outcome = await run_job(late, copier, url_for, clock)
+    assert (outcome.finished, outcome.status) == (True, "failed")
+    data = json.loads(outcome.body or "")["data"]
+    assert data["outputs"][0]["url"] == "https://relay.example/archive/k/0.png"
+    assert data["outputs"][1] == {"url": RAW["results"][1], "media_type": "image"}
+    assert data["archive"] == {
+        "state": "failed",
+        "failures": [
+            {"index": 1, "reason": "timeout", "error": "the download took longer than 900 s"}
+        ],
+    }
+
+
+@pytest.mark.parametrize("reason", ["too_large", "blocked"])
+async def test_a_failure_no_retry_can_change_ends_the_job_at_once(reason: str) -> None:
+    clock = FakeClock()
+    refused = ArchiveFailure(reason, "no")
+    copier = FakeCopier({RAW["results"][0]: refused, RAW["results"][1]: stored("k/1.mp4")})
+    outcome = await run_job(job(clock), copier, url_for, clock)
+    assert (outcome.finished, outcome.status) == (True, "failed")
+
+
+async def test_a_permanent_failure_beside_one_that_may_pass_waits_for_the_other() -> None:
+    clock = FakeClock()
+    copier = FakeCopier(
+        {
+            RAW["results"][0]: ArchiveFailure("too_large", "big"),
+            RAW["results"][1]: ArchiveFailure("connection", "reset"),
+        }
+    )
+    outcome = await run_job(job(clock), copier, url_for, clock)
+    assert not outcome.finished
+
+
+def test_backoff_doubles_up_to_its_cap() -> None:
+    assert [backoff(n) for n in (1, 2, 3)] == [FIRST_BACKOFF, 2 * FIRST_BACKOFF, 4 * FIRST_BACKOFF]
+    assert backoff(30) == MAX_BACKOFF
+
+
+async def test_a_retry_never_runs_past_the_deadline() -> None:
+    clock = FakeClock()
+    copier = FakeCopier({url: ArchiveFailure("not_found", "HTTP 404") for url in RAW["results"]})
+    close = job(clock, attempts=20)
+    clock.advance(3600 - 1)
+    outcome = await run_job(close, copier, url_for, clock)
+    assert outcome.next_attempt_at == close.deadline_at
+
+
+# -- names ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "head", "expected"),
+    [
+        ("image/PNG; charset=binary", b"", "image/png"),
+        ("video/mp4", b"\x89PNG\r\n\x1a\n", "video/mp4"),  # the answer's word wins
+        (None, b"\x89PNG\r\n\x1a\n....", "image/png"),
+        ("application/octet-stream", b"\xff\xd8\xff\xe0", "image/jpeg"),
+        ("", b"RIFF\x00\x00\x00\x00WEBPVP8 ", "image/webp"),
+        (None, b"\x00\x00\x00\x18ftypmp42", "video/mp4"),
+        (None, b"\x00\x00\x00\x14ftypqt  ", "video/quicktime"),
+        (None, b"\x1a\x45\xdf\xa3", "video/webm"),
+        (None, b"ID3\x04", "audio/mpeg"),
+        (None, b"plain words", "application/octet-stream"),
+    ],
+)
+def test_content_type_from_the_answer_or_sniffed(
+    header: str | None, head: bytes, expected: str
+) -> None:
+    assert content_type(header, head) == expected
+
+
+def test_extensions() -> None:
+    assert [extension(t) for t in ("image/png", "video/mp4", "image/jpeg", "x/unknown")] == [
+        "png",
+        "mp4",
+        "jpg",
+        "bin",
+    ]
+
+
+def test_object_keys_are_deterministic_dated_and_safe() -> None:
+    at = 1_796_227_864.0  # 2026-12-02 UTC
+    key = object_key("evolink", at, "task-unified-1-abc", 2, "png")
+    assert key == "evolink/2026/12/02/task-unified-1-abc/2.png"
+    assert object_key("evolink", at, "task-unified-1-abc", 2, "png") == key
+    hostile = "../../etc/passwd"
+    segment = task_segment(hostile)
+    assert "/" not in segment and ".." not in segment
+    digest = hashlib.sha256(hostile.encode()).hexdigest()[:16]
+    assert segment.endswith(digest)
+    assert task_segment("a/b") != task_segment("a_b")  # the hash keeps them apart
+    assert len(task_segment("x" * 10_000)) < 128
