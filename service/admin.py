@@ -11,6 +11,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Mount, Router
 
 from service import (
+    admin_archive,
     admin_callback_urls,
     admin_deliveries,
     admin_events,
@@ -28,6 +29,7 @@ OPERATIONS: list[Operation] = [
     *admin_subscribers.operations,
     *admin_deliveries.operations,
     *admin_watches.operations,
+    *admin_archive.operations,
 ]
 
 

@@ -2,7 +2,8 @@
 
 Every command reads the same ``RELAY_*`` variables as the server; flags override them. Each
 command's parser names its handler (``set_defaults(func=...)``, see ``service.cli_command``);
-the on-call commands live beside this module (``cli_ops``, ``cli_watch``, ``cli_status``).
+the on-call commands live beside this module (``cli_ops``, ``cli_watch``, ``cli_archive``,
+``cli_status``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from service import __version__, cli_help, cli_ops, cli_status, cli_watch
+from service import __version__, cli_archive, cli_help, cli_ops, cli_status, cli_watch
 from service.cli_args import parse_duration, parse_meta
 from service.cli_command import Command, on_relay
 from service.errors import RelayError
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     mint.set_defaults(func=on_relay(_mint_url))
     cli_ops.add_parsers(commands)
     cli_watch.add_parsers(commands)
+    cli_archive.add_parsers(commands)
     cli_status.add_parser(commands)
     cli_help.document_defaults(parser)
     return parser

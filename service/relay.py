@@ -293,6 +293,7 @@ class Relay:
             raw=None if raw_omitted else verbatim_json(raw_body) if raw_is_body else raw,
             raw_omitted=raw_omitted,
         )
+        archive_deadline = self._archive_deadline(provider, normalized, now)
         result = await self.store.ingest(
             IncomingEvent(
                 event_id=event_id,
@@ -307,7 +308,7 @@ class Relay:
                 url_id=url_id,
                 body=dumps(cloudevent),
                 raw_body=raw_body,
-                archive_deadline=self._archive_deadline(provider, normalized, now),
+                archive_deadline=archive_deadline,
             )
         )
         metrics.count_event(normalized.event_type, result.outcome)
@@ -329,7 +330,7 @@ class Relay:
             metrics.count_unknown_status(provider)
         if result.deliveries:
             self.on_deliveries()
-        if result.outcome == "accepted" and self._archive_deadline(provider, normalized, now):
+        if result.outcome == "accepted" and archive_deadline is not None:
             self.on_archive()
         return result
 

@@ -294,3 +294,21 @@ def sink() -> Iterator[Any]:
     server = SubscriberServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def cdn() -> Iterator[Any]:
+    """A provider's CDN, emulated on loopback (``tests.cdn_emulator``)."""
+    from tests.cdn_emulator import CdnEmulator  # it imports this module
+
+    with CdnEmulator() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[Any]:
+    """An S3-compatible server on loopback, moto's (``tests.s3_server``)."""
+    from tests.s3_server import S3Server  # moto and boto3 load only for tests that use it
+
+    with S3Server() as server:
+        yield server

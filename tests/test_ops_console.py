@@ -62,7 +62,13 @@ def throttle_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClock]:
 
 def test_pages_need_a_session(relay_server: RelayServer) -> None:
     with browser(relay_server) as client:
-        for path in ("/ops", "/ops/deliveries?status=failed", "/ops/subscribers", "/ops/events"):
+        for path in (
+            "/ops",
+            "/ops/deliveries?status=failed",
+            "/ops/subscribers",
+            "/ops/events",
+            "/ops/archive",
+        ):
             response = client.get(path)
             assert response.status_code == 303, path
             location = response.headers["location"]
@@ -70,9 +76,10 @@ def test_pages_need_a_session(relay_server: RelayServer) -> None:
             assert httpx.URL(location).params["next"] == path
         # The admin API's bearer token is not a console session.
         assert client.get("/ops", headers=relay_server.admin).status_code == 303
-        refused = client.post("/ops/deliveries/replay", data={"ids": "dlv_x"})
-        assert refused.status_code == 403
-        assert "sign in again" in refused.text
+        for action in ("/ops/deliveries/replay", "/ops/archive/evt_x/retry"):
+            refused = client.post(action, data={"ids": "dlv_x"})
+            assert refused.status_code == 403
+            assert "sign in again" in refused.text
 
 
 def test_sign_in_sets_a_strict_http_only_cookie_without_the_token(
@@ -235,6 +242,7 @@ def test_every_page_renders_with_security_headers(relay_server: RelayServer) -> 
             f"/ops/events/{event_id}": "t-pages",
             "/ops/subscribers": subscriber["id"],
             "/ops/watches": "No suspect callbacks.",
+            "/ops/archive": "No failed archive job waits for you.",
         }
         for path, expected in pages.items():
             response = client.get(path, follow_redirects=True)

@@ -1,10 +1,11 @@
 """The ops console at ``/ops``: server-rendered pages for the people on call.
 
 Sign in with the admin token; then the overview, failed deliveries (with their attempts, a
-Replay button per row and "Replay all shown"), events, watches waiting for a decision, and
-subscribers (enable, disable, filters, secret rotation). Plain HTML forms, no JavaScript:
-every change is a POST carrying the session's CSRF token, answered with a redirect back and a
-one-time notice (or, for a new secret, a page shown once and never cached).
+Replay button per row and "Replay all shown"), events (with their archived outputs), watches
+waiting for a decision, subscribers (enable, disable, filters, secret rotation) and failed
+archive jobs (a Retry button per job). Plain HTML forms, no JavaScript: every change is a POST
+carrying the session's CSRF token, answered with a redirect back and a one-time notice (or,
+for a new secret, a page shown once and never cached).
 
 This module is the console's map: every URL and its handler. The pages live by subject beside
 it; ``guards`` decides who may see or post, ``rendering`` how the console answers.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from service.ops import deliveries, events, sign_in, subscribers, watches
+from service.ops import archive, deliveries, events, sign_in, subscribers, watches
 from service.ops.guards import action, page
 from service.ops.overview import overview_page
 
@@ -30,6 +31,8 @@ routes = [
     Route("/ops/events", page(events.events_page), methods=["GET"]),
     Route("/ops/events/{event_id}", page(events.event_page), methods=["GET"]),
     Route("/ops/watches", page(watches.watches_page), methods=["GET"]),
+    Route("/ops/archive", page(archive.archive_page), methods=["GET"]),
+    Route("/ops/archive/{event_id}/retry", action(archive.retry), methods=["POST"]),
     Route("/ops/watches/{watch_id}/release", action(watches.release), methods=["POST"]),
     Route("/ops/watches/{watch_id}/dismiss", action(watches.dismiss), methods=["POST"]),
     Route("/ops/subscribers", page(subscribers.subscribers_page), methods=["GET"]),

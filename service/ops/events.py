@@ -1,5 +1,6 @@
 """The console's events: the latest, filtered by provider, status or task (an event id typed
-in the search box opens that event), and one event with its data and its deliveries."""
+in the search box opens that event), and one event with its data, its outputs (archived or
+not, and its archive job) and its deliveries."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from service.events import STATUSES
 from service.ops import session as sessions
 from service.ops.rendering import PAGE_ROWS, message, redirect, relay_of, render, render_list
 from service.providers import PROVIDERS
+from service.store.archive_sql import job_json
 from service.store.base import DeliveryFilter, EventFilter
 
 
@@ -62,6 +64,16 @@ async def event_page(request: Request, session: sessions.Session) -> Response:
         return message(request, "Not found", "No event with this id.", 404, session)
     found = await relay.store.list_deliveries(DeliveryFilter(event_id=event["id"]), None, 500)
     data = event.get("data") or {}
+    job = await relay.store.get_archive_job(event["id"])
+    outputs = data.get("outputs") or []
+    # ``data.archive`` is there when the event went out with outputs not archived: their
+    # failures, by the output's index (service.archive_jobs). An output archived since, by a
+    # retry, carries its sha256 and is no longer a failure.
+    failures = {
+        f["index"]: f
+        for f in (data.get("archive") or {}).get("failures", [])
+        if f["index"] < len(outputs) and "sha256" not in outputs[f["index"]]
+    }
     return render(
         request,
         "event.html",
@@ -70,6 +82,9 @@ async def event_page(request: Request, session: sessions.Session) -> Response:
             "data": data,
             "raw": data.get("raw"),
             "deliveries": found.items,
+            "outputs": outputs,
+            "failures": failures,
+            "job": None if job is None else job_json(job),
             "back": request.url.path,
         },
         session=session,

@@ -96,9 +96,24 @@ def pretty_json(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
 
 
+def file_size(value: int | None) -> str:
+    """``1.5 MiB``: a size in bytes for people (``-`` when unknown)."""
+    if value is None:
+        return "-"
+    if value < 1024:
+        return f"{value} B"
+    size = float(value)
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024 or unit == "GiB":
+            break
+    return f"{size:.1f} {unit}"
+
+
 templates.env.filters["when"] = _when_filter
 templates.env.filters["pretty_json"] = pretty_json
 templates.env.filters["age"] = human_age
+templates.env.filters["file_size"] = file_size
 
 
 # -- answers --------------------------------------------------------------------------------
@@ -146,6 +161,7 @@ def render(
             "flash": flash,
             "path": request.url.path,
             "now": relay.clock(),
+            "archiving": relay.archive is not None,
             **context,
         },
         status_code=status_code,
