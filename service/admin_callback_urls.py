@@ -14,6 +14,7 @@ from service.shapes.callback_urls import CallbackUrl, NewCallbackUrl
     "POST",
     "/callback-urls",
     tag="callback_urls",
+    scope="mint",
     summary="Mint a signed callback URL",
     success=(201, CallbackUrl, "Minted."),
     errors={
@@ -21,6 +22,7 @@ from service.shapes.callback_urls import CallbackUrl, NewCallbackUrl
         "`invalid_request`, `no_callbacks` (the provider sends none: use a watch).",
         404: "`unknown_provider`.",
     },
+    idempotent=True,
 )
 async def create_callback_url(call: Call[NoQuery, NewCallbackUrl]) -> Response:
     new = call.body

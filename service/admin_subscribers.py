@@ -28,9 +28,11 @@ SSRF = "`target_not_allowed`, `target_unresolvable`: the SSRF policy refuses the
     "POST",
     "/subscribers",
     tag=TAG,
+    scope="admin",
     summary="Register a subscriber (its secret is shown once, here)",
     success=(201, SubscriberWithSecret, "Registered."),
     errors={400: "`invalid_subscriber`, `invalid_url`.", 422: SSRF},
+    idempotent=True,
 )
 async def create_subscriber(call: Call[NoQuery, NewSubscriber]) -> Response:
     relay = call.relay
@@ -43,6 +45,7 @@ async def create_subscriber(call: Call[NoQuery, NewSubscriber]) -> Response:
     "GET",
     "/subscribers",
     tag=TAG,
+    scope="read",
     summary="List subscribers, oldest first",
     success=(200, SubscriberPage, "A page of subscribers."),
 )
@@ -59,6 +62,7 @@ async def list_subscribers(call: Call[SubscriberListQuery, NoBody]) -> Response:
     "GET",
     "/subscribers/{subscriber_id}",
     tag=TAG,
+    scope="read",
     summary="One subscriber",
     success=(200, Subscriber, "The subscriber."),
     errors=NO_SUCH,
@@ -74,6 +78,7 @@ async def get_subscriber(call: Call[NoQuery, NoBody]) -> Response:
     "PATCH",
     "/subscribers/{subscriber_id}",
     tag=TAG,
+    scope="admin",
     summary="Change url, description, filters or enabled",
     success=(200, Subscriber, "Changed."),
     errors={**NO_SUCH, 400: "`invalid_subscriber`, `invalid_url`.", 422: SSRF},
@@ -101,6 +106,7 @@ async def update_subscriber(call: Call[NoQuery, SubscriberChanges]) -> Response:
     "DELETE",
     "/subscribers/{subscriber_id}",
     tag=TAG,
+    scope="admin",
     summary="Remove a subscriber (its pending deliveries fail)",
     success=(204, None, "Removed."),
     errors=NO_SUCH,
@@ -116,6 +122,7 @@ async def delete_subscriber(call: Call[NoQuery, NoBody]) -> Response:
     "POST",
     "/subscribers/{subscriber_id}/rotate-secret",
     tag=TAG,
+    scope="admin",
     summary="Issue a new secret; the old one signs beside it for 24 hours",
     success=(200, RotatedSubscriber, "Rotated."),
     errors=NO_SUCH,

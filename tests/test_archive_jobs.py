@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 import json
+import time
 from typing import Any
 
 import pytest
@@ -112,9 +115,16 @@ async def test_a_failure_that_may_pass_runs_again_later_keeping_what_was_archive
 async def test_past_the_deadline_the_event_goes_out_with_what_was_archived() -> None:
     clock = FakeClock()
     missing = ArchiveFailure("timeout", "the download took longer than 900 s")
-    copier = FakeCopier({RAW["results"][0]: stored("k/0.png"), RAW["results"][1]: missing})
+
+    class TimingOut(FakeCopier):
+        async def archive(self, source_url: str, place: OutputPlace) -> Archived:
+            if source_url == RAW["results"][1]:
+                clock.advance(900)  # the download ran into its timeout, past the deadline
+            return await super().archive(source_url, place)
+
+    copier = TimingOut({RAW["results"][0]: stored("k/0.png"), RAW["results"][1]: missing})
     late = job(clock)
-    clock.advance(3600)
+    clock.advance(3000)
     outcome = await run_job(late, copier, url_for, clock)
     assert (outcome.finished, outcome.status) == (True, "failed")
     data = json.loads(outcome.body or "")["data"]
@@ -208,3 +218,156 @@ def test_object_keys_are_deterministic_dated_and_safe() -> None:
     assert segment.endswith(digest)
     assert task_segment("a/b") != task_segment("a_b")  # the hash keeps them apart
     assert len(task_segment("x" * 10_000)) < 128
+
+
+async def test_a_retried_job_fetches_from_the_provider_and_forgets_the_old_failure() -> None:
+    """An operator retried a failed job whose first output was archived: the event body has
+    that output rewritten and ``data.archive`` set. The run fetches only the missing output,
+    from the provider's URL, and the finished event keeps every ``source_url`` and no
+    ``data.archive``."""
+    clock = FakeClock()
+    copier = FakeCopier(
+        {RAW["results"][0]: stored("k/0.png"), RAW["results"][1]: ArchiveFailure("blocked", "no")}
+    )
+    first = await run_job(job(clock), copier, url_for, clock)
+    assert first.status == "failed"
+    copier.script[RAW["results"][1]] = stored("k/1.mp4")
+    retried = ArchiveJob(
+        **{**job(clock).__dict__, "body": first.body, "progress": first.progress, "attempts": 1}
+    )
+    copier.asked.clear()
+    done = await run_job(retried, copier, url_for, clock)
+    assert [url for url, _ in copier.asked] == [RAW["results"][1]]
+    data = json.loads(done.body or "")["data"]
+    assert [o["source_url"] for o in data["outputs"]] == RAW["results"]
+    assert [o["url"] for o in data["outputs"]] == [url_for("k/0.png"), url_for("k/1.mp4")]
+    assert "archive" not in data and done.status == "archived"
+
+
+async def test_outputs_not_reached_by_the_deadline_are_not_tried() -> None:
+    """The first output takes past the deadline: the second is not fetched, and the job ends."""
+    clock = FakeClock()
+
+    class SlowCopier(FakeCopier):
+        async def archive(self, source_url: str, place: OutputPlace) -> Archived:
+            clock.advance(4000)  # this download took longer than the whole deadline
+            return await super().archive(source_url, place)
+
+    copier = SlowCopier({RAW["results"][0]: stored("k/0.png"), RAW["results"][1]: stored("k/1")})
+    outcome = await run_job(job(clock), copier, url_for, clock)
+    assert [url for url, _ in copier.asked] == [RAW["results"][0]]
+    assert (outcome.finished, outcome.status) == (True, "failed")
+    failure = json.loads(outcome.body or "")["data"]["archive"]["failures"][0]
+    assert failure == {
+        "index": 1,
+        "reason": "timeout",
+        "error": "the archive deadline passed before it was tried",
+    }
+
+
+async def test_a_run_ends_its_downloads_at_the_deadline_or_one_last_try_after_it() -> None:
+    """Outputs go one after another, each within its own timeout: the run as a whole ends at
+    the deadline, or ``last_try`` after it for the try due there (and for a job claimed late)."""
+
+    class Stalling:
+        async def archive(self, source_url: str, place: OutputPlace) -> Archived:
+            await asyncio.sleep(3600)
+            raise AssertionError("never ends by itself")
+
+    for deadline_in, last_try, lasts in [(0.3, 0.0, 0.3), (0.0, 0.3, 0.3), (-60.0, 0.3, 0.0)]:
+        clock = FakeClock(time.time())  # the job's times; the run reads the real clock
+        due = dataclasses.replace(job(clock), deadline_at=clock.now + deadline_in)
+        copier = Stalling()
+        began = time.monotonic()
+        outcome = await run_job(due, copier, url_for, time.time, last_try)
+        assert lasts - 0.05 <= time.monotonic() - began < lasts + 0.25
+        assert [e["reason"] for e in outcome.progress] == ["timeout", "timeout"]
+        assert (outcome.finished, outcome.status) == (True, "failed")
+
+
+async def test_a_process_without_an_archive_ends_jobs_left_past_their_deadline(
+    tmp_path: Any,
+) -> None:
+    """Archiving was turned off (or this replica has none) while a job waited: once it is past
+    its deadline and the grace, it ends failed and its event's deliveries start."""
+    from service.archive_worker import OverdueArchiveJobs
+    from service.relay import Relay
+    from service.settings import Settings
+    from service.store.records import IncomingEvent, Subscriber
+
+    clock = FakeClock()
+    relay = await Relay.start(
+        Settings(database_url=f"sqlite:///{tmp_path / 'relay.db'}"), clock=clock
+    )
+    try:
+        store = relay.store
+        await store.create_subscriber(
+            Subscriber(
+                "sub_1",
+                "https://hooks.example/x",
+                None,
+                None,
+                None,
+                True,
+                0,
+                0,
+                secrets=("whsec_c2VjcmV0",),
+            )
+        )
+        outputs = [{"url": url, "media_type": "image"} for url in RAW["results"]]
+        body = json.dumps({"id": "evt_1", "data": {"outputs": outputs, "raw": RAW}})
+        await store.ingest(
+            IncomingEvent(
+                "evt_1",
+                "evolink",
+                "task-1",
+                "succeeded",
+                100,
+                "generation.succeeded",
+                True,
+                "k1",
+                clock.now,
+                None,
+                body,
+                b"{}",
+                archive_deadline=clock.now + 60,
+            )
+        )
+        woken: list[bool] = []
+        relay.on_deliveries = lambda: woken.append(True)
+        overdue = OverdueArchiveJobs(relay)
+        clock.advance(60 + overdue.GRACE_SECONDS - 1)
+        assert await overdue.end_overdue() == 0  # within the grace: an archive worker may come
+        assert await store.claim_due(clock.now, 10, 30, frozenset()) == []
+        clock.advance(2)
+        assert await overdue.end_overdue() == 1
+        job = await store.get_archive_job("evt_1")
+        assert job is not None and job.status == "failed"
+        (claim,) = await store.claim_due(clock.now, 10, 30, frozenset())
+        data = json.loads(claim.body)["data"]
+        assert data["outputs"] == outputs
+        assert [f["reason"] for f in data["archive"]["failures"]] == ["timeout", "timeout"]
+        assert woken == [True]
+    finally:
+        await relay.close()
+
+
+def test_only_passive_types_are_stored_as_they_are() -> None:
+    from service.archive_media import stored_attributes
+
+    for media in ("image/png", "video/mp4", "audio/mpeg", "application/json"):
+        assert stored_attributes(media) == {"Content-Type": media}
+    for media in ("image/svg+xml", "text/html", "application/xhtml+xml", "text/javascript"):
+        assert stored_attributes(media) == {
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": "attachment",
+        }
+
+
+def test_a_content_type_that_is_no_media_type_is_sniffed_instead() -> None:
+    assert content_type("x" * 8000, PNG_HEAD) == "image/png"
+    assert content_type("image/png\r\nSet-Cookie: a=b", PNG_HEAD) == "image/png"
+    assert content_type("text/html; charset=utf-8", b"<html>") == "text/html"
+
+
+PNG_HEAD = b"\x89PNG\r\n\x1a\n...."

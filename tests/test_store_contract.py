@@ -34,6 +34,7 @@ from service.events import STATUSES, Normalized
 from service.settings import ConfigError
 from service.store import open_store
 from service.store.base import (
+    ApiKey,
     ArchiveJob,
     ArchiveOutcome,
     AttemptRecord,
@@ -44,6 +45,7 @@ from service.store.base import (
     Store,
     Subscriber,
 )
+from service.store.idempotency_model import EarlierRequest, IdempotencyClaim, StoredAnswer
 from service.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
 from service.store.postgres import PostgresStore
 from service.store.sqlite import SQLiteStore
@@ -1859,7 +1861,10 @@ async def test_a_lapsed_archive_lease_is_claimed_again_and_the_old_run_cannot_fi
     other = archived(incoming("task-2", at=now))
     await store.ingest(other)
     (third,) = await store.claim_archive_jobs(now, 10, LEASE)
-    assert await store.release_archive_leases([third.event_id]) == 1
+    assert third.lease_token is not None
+    # Another process's lease (a token not ours) stays; ours goes.
+    assert await store.release_archive_leases([(third.event_id, "another-run")]) == 0
+    assert await store.release_archive_leases([(third.event_id, third.lease_token)]) == 1
     (fourth,) = await store.claim_archive_jobs(now, 10, LEASE)
     assert fourth.event_id == other.event_id
     assert await store.release_archive_leases(None) == 1
@@ -1884,7 +1889,7 @@ async def test_an_operator_retries_only_a_failed_archive_job(store: Store) -> No
     assert retried is not None
     assert (retried.status, retried.progress, retried.last_error, retried.deadline_at) == (
         "pending",
-        [],
+        failure,
         None,
         now + 61,
     )
@@ -1957,3 +1962,180 @@ async def test_a_redelivery_while_outputs_are_archived_waits_with_the_others(
     assert (await store.redeliver(event.event_id, ["sub_b"], now + 3)).count == 1
     newest = (await deliveries(store, subscriber_id="sub_b"))[0]
     assert newest["next_attempt_at"] == rfc3339(now + 3)
+
+
+# -- idempotency keys ---------------------------------------------------------------------------
+
+
+def key_claim(
+    token: str, *, key: str = "key-1", scope: str = "scope-a", request: str = "req-1", at: float
+) -> IdempotencyClaim:
+    """A claim at ``at``: the key expires a day later, an unanswered claim is stale after 60 s."""
+    return IdempotencyClaim(
+        scope=scope,
+        key=key,
+        request_hash=request,
+        token=token,
+        now=at,
+        expires_at=at + 86_400,
+        stale_before=at - 60,
+    )
+
+
+async def test_an_idempotency_key_is_claimed_once_and_then_answers(store: Store) -> None:
+    now = time.time()
+    assert await store.claim_idempotency_key(key_claim("t1", at=now)) is None
+    # Held and running: the next claim sees the first request, without an answer yet.
+    assert await store.claim_idempotency_key(
+        key_claim("t2", request="req-2", at=now + 1)
+    ) == EarlierRequest("req-1", None)
+    answer = StoredAnswer(201, "application/json", b'{"id":"sub_1"}')
+    assert not await store.record_idempotent_answer("scope-a", "key-1", "t2", answer)
+    assert await store.record_idempotent_answer("scope-a", "key-1", "t1", answer)
+    assert not await store.record_idempotent_answer("scope-a", "key-1", "t1", answer)  # kept
+    assert await store.claim_idempotency_key(key_claim("t3", at=now + 2)) == EarlierRequest(
+        "req-1", answer
+    )
+    # Keys are per scope; an empty body and no content type are kept as they are.
+    assert await store.claim_idempotency_key(key_claim("t4", scope="scope-b", at=now)) is None
+    empty = StoredAnswer(204, None, b"")
+    assert await store.record_idempotent_answer("scope-b", "key-1", "t4", empty)
+    assert await store.claim_idempotency_key(
+        key_claim("t5", scope="scope-b", at=now + 1)
+    ) == EarlierRequest("req-1", empty)
+
+
+async def test_an_idempotency_key_given_back_is_free_again(store: Store) -> None:
+    now = time.time()
+    assert await store.claim_idempotency_key(key_claim("t1", at=now)) is None
+    await store.release_idempotency_key("scope-a", "key-1", "t2")  # not its claim: no effect
+    assert await store.claim_idempotency_key(key_claim("t3", at=now)) == EarlierRequest(
+        "req-1", None
+    )
+    await store.release_idempotency_key("scope-a", "key-1", "t1")
+    assert await store.claim_idempotency_key(key_claim("t4", request="req-2", at=now)) is None
+    answer = StoredAnswer(200, "application/json", b"{}")
+    assert await store.record_idempotent_answer("scope-a", "key-1", "t4", answer)
+    await store.release_idempotency_key("scope-a", "key-1", "t4")  # answered: kept
+    assert await store.claim_idempotency_key(key_claim("t5", at=now)) == EarlierRequest(
+        "req-2", answer
+    )
+
+
+async def test_an_expired_or_abandoned_idempotency_key_is_taken_over(store: Store) -> None:
+    now = time.time()
+    answer = StoredAnswer(201, "application/json", b"{}")
+    # Answered, then a day goes by: the key serves a new request.
+    assert await store.claim_idempotency_key(key_claim("t1", at=now)) is None
+    assert await store.record_idempotent_answer("scope-a", "key-1", "t1", answer)
+    assert await store.claim_idempotency_key(key_claim("t2", at=now + 86_399)) is not None
+    assert await store.claim_idempotency_key(key_claim("t3", request="r3", at=now + 86_400)) is None
+    # Claimed and never answered: held for a minute, then taken over; the abandoned claim can
+    # no longer record its answer.
+    assert await store.claim_idempotency_key(key_claim("t4", key="k2", at=now)) is None
+    assert await store.claim_idempotency_key(key_claim("t5", key="k2", at=now + 59)) is not None
+    assert await store.claim_idempotency_key(key_claim("t6", key="k2", at=now + 61)) is None
+    assert not await store.record_idempotent_answer("scope-a", "k2", "t4", answer)
+    assert await store.record_idempotent_answer("scope-a", "k2", "t6", answer)
+
+
+async def test_prune_removes_expired_idempotency_keys(store: Store) -> None:
+    now = time.time()
+    for n, at in enumerate([now - 86_400 * 2, now - 86_400, now]):
+        assert await store.claim_idempotency_key(key_claim(f"t{n}", key=f"k{n}", at=at)) is None
+    assert await store.prune_idempotency_keys(now, 1) == 1
+    assert await store.prune_idempotency_keys(now, 10) == 1  # expires_at == now: gone too
+    assert await store.prune_idempotency_keys(now, 10) == 0
+    assert await store.claim_idempotency_key(key_claim("t9", key="k2", at=now)) is not None
+    assert await store.claim_idempotency_key(key_claim("t9", key="k0", at=now)) is None
+
+
+@pytest.mark.postgres
+async def test_concurrent_claims_of_one_idempotency_key_get_it_once(pg_url: str) -> None:
+    """Replicas receiving the same key at once: exactly one runs the request."""
+    stores = [postgres_store(pg_url) for _ in range(3)]
+    async with opened(*stores):
+        for n in range(20):
+            now = time.time()
+            claims = [
+                stores[i % 3].claim_idempotency_key(key_claim(f"t{i}", key=f"k{n}", at=now))
+                for i in range(6)
+            ]
+            results = await asyncio.gather(*claims)
+            assert results.count(None) == 1, results
+            assert all(r == EarlierRequest("req-1", None) for r in results if r is not None)
+
+
+async def test_overdue_archive_jobs_are_claimed_apart(store: Store) -> None:
+    now = time.time()
+    soon = archived(incoming("task-soon", at=now - 100), deadline=50)  # deadline: now - 50
+    later = archived(incoming("task-later", at=now - 100), deadline=1000)
+    await store.ingest(soon)
+    await store.ingest(later)
+    (overdue,) = await store.claim_archive_jobs(now, 10, LEASE, overdue_at=now - 40)
+    assert overdue.event_id == soon.event_id
+    assert await store.claim_archive_jobs(now, 10, LEASE, overdue_at=now - 40) == []
+    (other,) = await store.claim_archive_jobs(now, 10, LEASE)
+    assert other.event_id == later.event_id
+
+
+# -- scoped API keys ----------------------------------------------------------------------------
+
+
+def api_key(key_id: str, scope: str = "read", *, at: float = 1000.0) -> ApiKey:
+    return ApiKey(
+        id=key_id,
+        name=f"name of {key_id}",
+        scope=scope,
+        key_hash=f"hash-of-{key_id}",
+        created_at=at,
+    )
+
+
+async def test_api_keys_are_found_by_hash_and_listed_oldest_first(store: Store) -> None:
+    await store.create_api_key(api_key("key_b", "operate", at=1000.0))
+    await store.create_api_key(api_key("key_a", "admin", at=1001.0))
+    found = await store.api_key_by_hash("hash-of-key_b")
+    assert found == api_key("key_b", "operate", at=1000.0)
+    assert await store.api_key_by_hash("hash-of-nothing") is None
+    assert [k.id for k in await store.list_api_keys()] == ["key_b", "key_a"]
+
+
+async def test_a_revoked_api_key_keeps_its_first_revocation(store: Store) -> None:
+    await store.create_api_key(api_key("key_r"))
+    revoked = await store.revoke_api_key("key_r", 2000.0)
+    assert revoked is not None and revoked.revoked_at == 2000.0
+    again = await store.revoke_api_key("key_r", 3000.0)
+    assert again is not None and again.revoked_at == 2000.0
+    found = await store.api_key_by_hash("hash-of-key_r")
+    assert found is not None and found.revoked_at == 2000.0  # still found: the caller refuses it
+    assert await store.revoke_api_key("key_unknown", 2000.0) is None
+
+
+async def test_api_key_use_is_written_at_most_once_per_interval(store: Store) -> None:
+    await store.create_api_key(api_key("key_t"))
+
+    async def last_used() -> float | None:
+        found = await store.api_key_by_hash("hash-of-key_t")
+        assert found is not None
+        return found.last_used_at
+
+    await store.touch_api_key("key_t", 5000.0, 60.0)
+    assert await last_used() == 5000.0
+    await store.touch_api_key("key_t", 5059.0, 60.0)  # within the minute: not written
+    assert await last_used() == 5000.0
+    await store.touch_api_key("key_t", 5060.0, 60.0)
+    assert await last_used() == 5060.0
+    await store.touch_api_key("key_unknown", 5060.0, 60.0)  # no such key: nothing happens
+
+
+async def test_console_sessions_keep_their_scope_and_end_with_their_key(store: Store) -> None:
+    now = time.time()
+    await store.create_api_key(api_key("key_s", "operate"))
+    await store.create_ops_session("ses_key", now, now + 3600, scope="operate", key_id="key_s")
+    await store.create_ops_session("ses_token", now, now + 3600)  # the admin token's
+    assert await store.ops_session_live("ses_key", now + 1) == "operate"
+    assert await store.ops_session_live("ses_token", now + 1) == "admin"
+    await store.revoke_api_key("key_s", now + 2)
+    assert await store.ops_session_live("ses_key", now + 3) is None
+    assert await store.ops_session_live("ses_token", now + 3) == "admin"

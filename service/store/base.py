@@ -16,8 +16,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from service.store.budget import ApiBudget, BudgetState
+from service.store.idempotency_model import EarlierRequest, IdempotencyClaim, StoredAnswer
 from service.store.paging import Page
 from service.store.records import (
+    ApiKey,
     ArchiveJob,
     ArchiveOutcome,
     AttemptRecord,
@@ -118,19 +120,52 @@ class Store(ABC):
 
     @abstractmethod
     async def create_ops_session(
-        self, session_id: str, created_at: float, expires_at: float
+        self,
+        session_id: str,
+        created_at: float,
+        expires_at: float,
+        *,
+        scope: str = "admin",
+        key_id: str | None = None,
     ) -> None:
-        """Remember a signed-in console session, live until ``expires_at``. Sessions that
-        expired before ``created_at`` are deleted on the way (revoked ones included)."""
+        """Remember a signed-in console session, live until ``expires_at``, signed in with
+        ``scope`` by the API key ``key_id`` (None: the admin token). Sessions that expired
+        before ``created_at`` are deleted on the way (revoked ones included)."""
 
     @abstractmethod
-    async def ops_session_live(self, session_id: str, now: float) -> bool:
-        """Whether the session exists, is not revoked and has not expired at ``now``. Reads
-        what every process committed: a sign-out anywhere counts at once."""
+    async def ops_session_live(self, session_id: str, now: float) -> str | None:
+        """The scope of the session while it exists, is not revoked and has not expired at
+        ``now``; None otherwise. Reads what every process committed: a sign-out (or the
+        revocation of its key) anywhere counts at once."""
 
     @abstractmethod
     async def revoke_ops_session(self, session_id: str, now: float) -> None:
         """End a session (sign-out): ``ops_session_live`` is False from now on."""
+
+    # -- scoped API keys (service.api_keys) -------------------------------------------------
+
+    @abstractmethod
+    async def create_api_key(self, key: ApiKey) -> None:
+        """Keep a new key (its hash, never the key)."""
+
+    @abstractmethod
+    async def api_key_by_hash(self, key_hash: str) -> ApiKey | None:
+        """The key whose SHA-256 is ``key_hash``, revoked or not; None if there is none."""
+
+    @abstractmethod
+    async def list_api_keys(self) -> list[ApiKey]:
+        """Every key, revoked ones included, oldest first (an administrator makes them one by
+        one: there are few)."""
+
+    @abstractmethod
+    async def revoke_api_key(self, key_id: str, now: float) -> ApiKey | None:
+        """Revoke a key at ``now`` (a key revoked already keeps its first ``revoked_at``), and
+        end the console sessions signed in with it, in one transaction. None: no such key."""
+
+    @abstractmethod
+    async def touch_api_key(self, key_id: str, now: float, every: float) -> None:
+        """Set ``last_used_at`` to ``now`` unless it is within ``every`` seconds before
+        ``now`` already (replicas touching one key at once write it about once)."""
 
     # -- watches (service.watch_service): tasks the relay polls at their provider's status API -----
 
@@ -403,15 +438,45 @@ class Store(ABC):
     async def delivery_counts(self) -> dict[str, Any]:
         """How many deliveries are pending and failed, and the age of the oldest pending."""
 
+    # -- idempotency keys (``service.idempotency``) ---------------------------------------------
+
+    @abstractmethod
+    async def claim_idempotency_key(self, claim: IdempotencyClaim) -> EarlierRequest | None:
+        """Claim ``claim.key`` within ``claim.scope`` for one request: None when this call got
+        it, otherwise the request that holds it (its answer None while it runs).
+
+        A key is free when no row holds it, when its row expired (``expires_at`` at or before
+        ``claim.now``), or when its claim was left without an answer since before
+        ``claim.stale_before``; a free key is taken by this claim, whose ``token`` alone may
+        then record the answer or give it back. Atomic: of several claims of one key at once
+        (replicas included), exactly one gets it.
+        """
+
+    @abstractmethod
+    async def record_idempotent_answer(
+        self, scope: str, key: str, token: str, answer: StoredAnswer
+    ) -> bool:
+        """Keep ``answer`` for the key, if claim ``token`` still holds it without an answer
+        (else False: nothing written)."""
+
+    @abstractmethod
+    async def release_idempotency_key(self, scope: str, key: str, token: str) -> None:
+        """Give the key back (claim ``token``, no answer yet): the next claim gets it."""
+
+    @abstractmethod
+    async def prune_idempotency_keys(self, now: float, limit: int) -> int:
+        """Delete up to ``limit`` keys that expired at or before ``now``; returns how many."""
+
     # -- archive jobs (``service.archive_worker``) ---------------------------------------------
 
     @abstractmethod
     async def claim_archive_jobs(
-        self, now: float, limit: int, lease_seconds: float
+        self, now: float, limit: int, lease_seconds: float, *, overdue_at: float | None = None
     ) -> list[ArchiveJob]:
         """Lease up to ``limit`` pending archive jobs that are due, earliest first, each with
         its event's ``body`` and a fresh ``lease_token``. Several processes claiming at once
-        never share a job; a job whose lease lapsed (its process died) is claimed again."""
+        never share a job; a job whose lease lapsed (its process died) is claimed again.
+        With ``overdue_at``, only jobs whose deadline is at or before it."""
 
     @abstractmethod
     async def extend_archive_lease(self, event_id: str, lease_token: str, until: float) -> bool:
@@ -437,17 +502,19 @@ class Store(ABC):
     async def retry_archive_job(
         self, event_id: str, now: float, deadline_at: float
     ) -> ArchiveJob | None:
-        """A failed job runs again from scratch, due at ``now``, until ``deadline_at``; a job
-        in any other status is left as it is. Returns the job as it is now, or None."""
+        """A failed job runs again, due at ``now``, until ``deadline_at`` (its ``progress``
+        kept: what it archived stays archived); a job in any other status is left as it is.
+        Returns the job as it is now, or None."""
 
     @abstractmethod
     async def archive_counts(self, now: float) -> dict[str, Any]:
         """``{"pending": n, "failed": n, "oldest_pending_seconds": s | None}``."""
 
     @abstractmethod
-    async def release_archive_leases(self, event_ids: list[str] | None = None) -> int:
-        """Free the leases of these events' archive jobs (all when None): shutdown, and the
-        start of the one process owning the store."""
+    async def release_archive_leases(self, leases: list[tuple[str, str]] | None = None) -> int:
+        """Free these leases, ``(event_id, lease_token)``, where still held by that token
+        (shutdown: a lease another process took meanwhile stays), or every lease when None
+        (the start of the one process owning the store)."""
 
     # -- operators (the ops console, ``relay status``): reads that never hold up callbacks ----
 
