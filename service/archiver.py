@@ -185,7 +185,7 @@ class Archiver:
                     raise failure[-1] from None
 
         try:
-            await self.store.put(key, counted(), media)
+            await self.store.put(key, counted(), media, response.content_length)
         except TimeoutError:
             raise
         except Exception as exc:
