@@ -72,7 +72,19 @@ def test_compose_file_is_valid() -> None:
     # The schema names a draft-2019-09 URI without the trailing form jsonschema looks up.
     jsonschema.Draft201909Validator(schema).validate(compose)
     services = compose["services"]
-    assert {"postgres", "relay-1", "relay-2", "proxy"} <= set(services)
+    assert {"postgres", "migrate", "relay-1", "relay-2", "proxy"} <= set(services)
+    assert services["migrate"]["command"] == ["migrate"]
     for name in ("relay-1", "relay-2"):
-        assert services[name]["environment"]["RELAY_DATABASE_URL"].startswith("postgresql://")
-    assert services["proxy"]["ports"] == ["8000:8000"]
+        relay = services[name]
+        env = relay["environment"]
+        assert env["RELAY_DATABASE_URL"].startswith("postgresql://")
+        assert env["RELAY_MIGRATE_ON_START"] == "false"
+        assert relay["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        assert env["RELAY_TRUSTED_PROXIES"]
+        # Secrets are files; the admin listener is published on the host's loopback only.
+        assert "RELAY_ADMIN_TOKEN" not in env and "RELAY_SECRET_KEY" not in env
+        assert env["RELAY_ADMIN_TOKEN_FILE"].startswith("/run/secrets/")
+        assert all(port.startswith("127.0.0.1:") for port in relay["ports"])
+    # Only the proxy is public, and only over TLS.
+    assert services["proxy"]["ports"] == ["443:8443"]
+    assert [s for s, spec in services.items() if "ports" in spec] == ["relay-1", "relay-2", "proxy"]
