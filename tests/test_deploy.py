@@ -180,3 +180,29 @@ def test_compose_file_is_valid() -> None:
     # Only the proxy is public, and only over TLS.
     assert services["proxy"]["ports"] == ["443:8443"]
     assert [s for s, spec in services.items() if "ports" in spec] == ["relay-1", "relay-2", "proxy"]
+
+
+def test_image_builds_and_passes_its_health_check() -> None:
+    """deploy/check-image.sh: the image builds, Docker's HEALTHCHECK reports it healthy and
+    /healthz answers through the published port. Needs a Docker daemon."""
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("no docker client on this machine: deploy/check-image.sh needs Docker")
+    info = subprocess.run(
+        [docker, "info", "--format", "{{.ServerVersion}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    if info.returncode != 0:
+        reason = (info.stderr.strip().splitlines() or ["docker info failed"])[-1]
+        pytest.skip(f"no Docker daemon available ({reason}): the image is not built here")
+    result = subprocess.run(
+        [str(ROOT / "deploy/check-image.sh")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
