@@ -32,7 +32,7 @@ from tests.subscriber_server import SubscriberServer
 from tests.test_proxy import payload, wait_until
 from tests.test_store_contract import fresh_schema
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 COMPOSE = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())

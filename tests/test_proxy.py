@@ -126,6 +126,7 @@ def tokens_in(text: str, tokens: list[str]) -> list[str]:
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
 def test_callbacks_over_tls_reach_the_subscriber_and_no_log_holds_a_token(
     tmp_path: Path, pg_url: str, started: Callable[..., Any]
 ) -> None:
@@ -207,6 +208,7 @@ def test_the_error_log_a_server_would_otherwise_write_holds_the_token(tmp_path: 
     assert not tokens_in(nginx.logs_written()["access.log"], [token])
 
 
+@pytest.mark.slow
 def test_nginx_answers_its_own_errors_in_the_relays_json_shape(
     tmp_path: Path, started: Callable[..., Any]
 ) -> None:
@@ -237,6 +239,7 @@ def test_nginx_answers_its_own_errors_in_the_relays_json_shape(
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
 def test_a_relay_answering_503_is_not_marked_down(
     tmp_path: Path, pg_url: str, started: Callable[..., Any]
 ) -> None:
@@ -270,14 +273,14 @@ def test_a_relay_answering_503_is_not_marked_down(
     assert {r.status_code for r in post_many(4)} == {200}
 
     databases[0].cut()
-    answers = post_many(12)  # max_fails=2: a 503 counted as a failure would mark it down
+    answers = post_many(8)  # max_fails=2: a 503 counted as a failure would mark it down
     assert {r.status_code for r in answers} <= {200, 503}, [r.text for r in answers]
     for answer in answers:
         if answer.status_code == 503:
             assert_relay_error(answer, 503, "storage_unavailable")
 
     databases[1].cut()
-    for answer in post_many(12):
+    for answer in post_many(8):
         assert_relay_error(answer, 503, "storage_unavailable")
 
     for database in databases:
