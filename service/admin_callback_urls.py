@@ -21,6 +21,7 @@ from service.shapes.callback_urls import CallbackUrl, NewCallbackUrl
         "`invalid_request`, `no_callbacks` (the provider sends none: use a watch).",
         404: "`unknown_provider`.",
     },
+    idempotent=True,
 )
 async def create_callback_url(call: Call[NoQuery, NewCallbackUrl]) -> Response:
     new = call.body

@@ -71,6 +71,7 @@ async def list_deliveries(call: Call[DeliveryQuery, NoBody]) -> Response:
         409: DISABLED,
     },
     body_required=False,
+    idempotent=True,
 )
 async def replay_deliveries(call: Call[ForceQuery, ReplayWindow]) -> Response:
     relay = call.relay
@@ -118,6 +119,7 @@ async def get_delivery(call: Call[NoQuery, NoBody]) -> Response:
         409: HELD_BACK,
     },
     body_required=False,
+    idempotent=True,
 )
 async def replay_delivery(call: Call[ForceQuery, Replay]) -> Response:
     force = call.body.force or call.query.force is True

@@ -96,6 +96,7 @@ async def get_event_raw(call: Call[NoQuery, NoBody]) -> Response:
         409: HELD_BACK,
     },
     body_required=False,
+    idempotent=True,
 )
 async def redeliver_event(call: Call[ForceQuery, Redelivery]) -> Response:
     relay = call.relay

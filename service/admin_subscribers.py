@@ -31,6 +31,7 @@ SSRF = "`target_not_allowed`, `target_unresolvable`: the SSRF policy refuses the
     summary="Register a subscriber (its secret is shown once, here)",
     success=(201, SubscriberWithSecret, "Registered."),
     errors={400: "`invalid_subscriber`, `invalid_url`.", 422: SSRF},
+    idempotent=True,
 )
 async def create_subscriber(call: Call[NoQuery, NewSubscriber]) -> Response:
     relay = call.relay

@@ -46,6 +46,7 @@ TAG = "watches"
         409: "`watch_exists`: the task has an active watch.",
         422: "`provider_not_configured`: no API key for its status API.",
     },
+    idempotent=True,
 )
 async def create_watch(call: Call[NoQuery, NewWatch]) -> Response:
     watch = await watch_requests.register_watch(call.relay, call.body)

@@ -13,8 +13,8 @@ A run tries every output not archived by an earlier run (their results are the j
   and the others as the provider sent them, and ``data.archive`` says what failed.
 
 Either way the event's deliveries start when the job finishes (``Store.record_archive_outcome``):
-no event waits past its deadline, and no event carries an archived URL whose object was not
-written completely.
+no event waits past its deadline (a run's downloads are cut there, but for the last try), and
+no event carries an archived URL whose object was not written completely.
 
 The event body is rewritten from its stored JSON: ``data.raw`` is the same JSON value, encoded
 again (the exact bytes stay at ``GET /v1/events/{id}/raw``).
@@ -22,6 +22,7 @@ again (the exact bytes stay at ``GET /v1/events/{id}/raw``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -80,11 +81,20 @@ async def run_job(
     copier: OutputCopier,
     url_for: Callable[[str], str],
     clock: Callable[[], float],
+    last_try: float = 0.0,
 ) -> ArchiveOutcome:
     """Run ``job`` (a claimed one: it has its event's ``body`` and a ``lease_token``) and say
     what to record; ``url_for`` gives an archived key's URL. Keys are dated by the job's
-    ``created_at``, which is when its event was received."""
+    ``created_at``, which is when its event was received.
+
+    The downloads end by the job's deadline, or ``last_try`` seconds after the run began if
+    that is later (the back-off's last try is due at the deadline itself), and never later
+    than ``last_try`` past the deadline (a job claimed late, behind a backlog): a download
+    cut there is a ``timeout``."""
     assert job.body is not None and job.lease_token is not None  # noqa: S101 - a claim's
+    # Each download has its own timeout, but the outputs go one after another (up to 100):
+    # only this bounds them all, so that no event waits for hours.
+    ends_at = max(job.deadline_at, min(clock(), job.deadline_at) + last_try)
     event = orjson.loads(job.body)
     outputs: list[dict[str, Any]] = event["data"]["outputs"]
     done = {entry["index"]: entry for entry in job.progress if entry["state"] == "archived"}
@@ -96,12 +106,16 @@ async def run_job(
         place = OutputPlace(job.provider, job.created_at, job.task_id, index)
         source = _source(output)
         try:
-            if clock() >= job.deadline_at:
+            if clock() >= ends_at:
                 # An event with many slow outputs must not wait past its deadline for the rest.
                 raise ArchiveFailure("timeout", "the archive deadline passed before it was tried")
-            progress.append(_archived_entry(index, await copier.archive(source, place)))
+            async with asyncio.timeout(ends_at - clock()):
+                progress.append(_archived_entry(index, await copier.archive(source, place)))
         except ArchiveFailure as failure:
             progress.append(_failed_entry(index, source, failure))
+        except TimeoutError:
+            late = ArchiveFailure("timeout", "the archive deadline came during the download")
+            progress.append(_failed_entry(index, source, late))
     now = clock()
     failed = [entry for entry in progress if entry["state"] == "failed"]
     last_error = "; ".join(f"output {e['index']}: {e['error']}" for e in failed) or None

@@ -96,11 +96,19 @@ class ArchiveWorker:
             log.exception("archive_claim_error")
             return
         for job in jobs:
+            stale = self._runs.get(job.event_id)
+            if stale is not None:
+                # Its lease lapsed while it ran here (the store was away when it was due for
+                # renewal) and this claim took the job again: that run can no longer record
+                # its outcome, so it stops rather than download beside this one.
+                stale.cancel()
             self._runs[job.event_id] = asyncio.create_task(self._run(job))
 
     async def _run(self, job: ArchiveJob) -> None:
         started = time.perf_counter()
-        run = asyncio.create_task(run_job(job, self.archiver, self.store.url_for, self.relay.clock))
+        run = asyncio.create_task(
+            run_job(job, self.archiver, self.store.url_for, self.relay.clock, self.settings.timeout)
+        )
         renewing = asyncio.create_task(self._renew(job, run))
         try:
             outcome = await run
@@ -137,7 +145,8 @@ class ArchiveWorker:
         finally:
             renewing.cancel()
             run.cancel()
-            del self._runs[job.event_id]
+            if self._runs.get(job.event_id) is asyncio.current_task():  # not replaced since
+                del self._runs[job.event_id]
             self._wakeup.set()
 
     async def _renew(self, job: ArchiveJob, run: asyncio.Task[object]) -> None:

@@ -9,9 +9,9 @@ Compression is refused (``Accept-Encoding: identity``), so what is counted is wh
 and a small compressed answer cannot expand into a large file.
 
 A failure is an ``ArchiveFailure`` with a reason: ``not_found`` (404/410: the file may not be
-there yet, or expired), ``http_error``, ``too_large`` and ``blocked`` (permanent: another try
-cannot change them), ``timeout``, ``connection`` (refused, reset, cut mid-file), ``store``
-(the object store refused the write).
+there yet, or expired), ``http_error``, ``too_large`` and ``blocked`` (an address not allowed,
+or a URL no client can fetch; permanent: another try cannot change them), ``timeout``,
+``connection`` (refused, reset, cut mid-file), ``store`` (the object store refused the write).
 """
 
 from __future__ import annotations
@@ -116,6 +116,11 @@ class Archiver:
             raise
         except TargetBlocked as exc:
             raise ArchiveFailure("blocked", f"address not allowed: {exc}") from None
+        except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError):
+            # Not said how: the error's text is the whole URL, whose query may be a signature.
+            raise ArchiveFailure(
+                "blocked", "not an http(s) URL that can be fetched (the output's or a redirect's)"
+            ) from None
         except TimeoutError:
             raise ArchiveFailure(
                 "timeout",

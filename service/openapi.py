@@ -30,6 +30,7 @@ from service import __version__
 from service.admin import OPERATIONS, PREFIX
 from service.events import EVENT_TYPES
 from service.http.responses import JSONResponse
+from service.idempotency import HEADER, MAX_LENGTH, REPLAYED_HEADER
 from service.operations import NoBody, Operation
 from service.providers import PROVIDERS
 from service.shapes.base import Error, PageQuery
@@ -80,6 +81,30 @@ def _path_parameter(name: str, description: str) -> dict[str, Any]:
 
 # -- the admin API, derived ---------------------------------------------------------------------
 
+#: The header of the operations that honour one (``service.idempotency``).
+IDEMPOTENCY_KEY = {
+    "name": HEADER,
+    "in": "header",
+    "required": False,
+    "description": "Makes a retry safe: the same key with the same request (method, path, "
+    "body) within 24 hours gets the first answer again (with `Idempotent-Replayed: true`) "
+    "instead of running twice. Scoped to the credential presented. Answers 2xx and 4xx are "
+    "kept; a 5xx is not (retry it with the same key).",
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_LENGTH, "pattern": "^[ -~]+$"},
+}
+IDEMPOTENCY_REFUSAL = (
+    "`invalid_idempotency_key`: the Idempotency-Key is empty, longer than"
+    f" {MAX_LENGTH} characters, not printable ASCII, or given twice"
+)
+IDEMPOTENCY_CONFLICTS = (
+    "`idempotency_key_reused`: the Idempotency-Key came with another request within 24 hours;"
+    " `idempotency_key_in_progress`: its first request is still running (Retry-After)."
+)
+IDEMPOTENT_REPLAYED = {
+    "description": "`true` when this is the answer kept for the Idempotency-Key.",
+    "schema": {"const": "true"},
+}
+
 
 def _schema_of(
     shapes: Iterable[type[msgspec.Struct]],
@@ -129,8 +154,15 @@ def _admin_operation(operation: Operation) -> dict[str, Any]:
         refusals.append("`invalid_json`: the body is not a JSON object")
     if 400 in operation.errors:
         refusals.append(operation.errors[400])
+    errors = dict(operation.errors)
+    if operation.idempotent:
+        refusals.append(IDEMPOTENCY_REFUSAL)
+        errors[409] = (
+            f"{errors[409]} {IDEMPOTENCY_CONFLICTS}" if 409 in errors else IDEMPOTENCY_CONFLICTS
+        )
+        success["headers"] = {REPLAYED_HEADER: IDEMPOTENT_REPLAYED}
     responses: dict[str, Any] = {str(status): success, "400": _error("; ".join(refusals) + ".")}
-    for code, text in operation.errors.items():
+    for code, text in errors.items():
         if code != 400:
             responses[str(code)] = _error(text)
     responses["401"] = _error("`unauthorized`: the admin bearer token is missing or wrong.")
@@ -150,6 +182,8 @@ def _admin_operation(operation: Operation) -> dict[str, Any]:
     if operation.description:
         described["description"] = operation.description
     parameters = path_parameters + _query_parameters(operation)
+    if operation.idempotent:
+        parameters.append(IDEMPOTENCY_KEY)
     if parameters:
         described["parameters"] = parameters
     if body is not NoBody:

@@ -6,6 +6,8 @@ arguments of its ``Call`` annotation (``Call[EventQuery, NoBody]``), so the one 
 types the handler for mypy, reads and checks the request at run time (``read_query``,
 ``decode``) and documents both in ``service.openapi``. Nothing is read from the request
 before the admin mount's authentication step (``service.http.auth.AdminAuth``) has passed.
+An operation declared ``idempotent=True`` honours an ``Idempotency-Key`` header
+(``service.idempotency``): with one, it runs once per key and its answer is kept for retries.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.http.body import read_json_object
+from service import idempotency
+from service.http.body import JSON_LIMIT, parse_json_object, read_body
 from service.http.query import read_query
 from service.relay import Relay
 from service.shapes.base import Query, Shape, decode
@@ -77,6 +80,8 @@ class Operation:
     errors: Mapping[int, str] = field(default_factory=dict)
     description: str | None = None
     body_required: bool = True
+    #: Honours an ``Idempotency-Key`` header (``service.idempotency``).
+    idempotent: bool = False
 
     @property
     def operation_id(self) -> str:
@@ -93,16 +98,27 @@ class Operation:
     def route(self) -> Route:
         query_shape, body_shape = self.shapes
         handler = self.handler
+        idempotent = self.idempotent
+
+        async def answer(request: Request, relay: Relay, query: Query, raw: bytes) -> Response:
+            body = NoBody() if body_shape is NoBody else decode(body_shape, parse_json_object(raw))
+            return await handler(Call(request, relay, query, body))
 
         async def endpoint(request: Request) -> Response:
             relay = relay_of(request)
-            query = read_query(request, query_shape)
-            body = (
-                NoBody()
-                if body_shape is NoBody
-                else decode(body_shape, await read_json_object(request))
-            )
-            return await handler(Call(request, relay, query, body))
+            key = idempotency.key_of(request) if idempotent else None
+            if key is None:
+                query = read_query(request, query_shape)
+                raw = b"" if body_shape is NoBody else await read_body(request, JSON_LIMIT)
+                return await answer(request, relay, query, raw)
+            # The body is read whole before the key is claimed (what a request reusing the key
+            # must match includes its hash); what follows runs once per key.
+            raw = await read_body(request, JSON_LIMIT)
+
+            async def run() -> Response:
+                return await answer(request, relay, read_query(request, query_shape), raw)
+
+            return await idempotency.once(request, relay.store, relay.clock, key, raw, run)
 
         endpoint.__name__ = self.operation_id
         return Route(self.path, endpoint, methods=[self.method], name=self.operation_id)
@@ -125,6 +141,7 @@ def operation(
     errors: Mapping[int, str] | None = None,
     description: str | None = None,
     body_required: bool = True,
+    idempotent: bool = False,
 ) -> Callable[[Handler], Operation]:
     """Declare the decorated handler as an admin operation (see the module's docstring)."""
 
@@ -139,6 +156,7 @@ def operation(
             errors=errors or {},
             description=description,
             body_required=body_required,
+            idempotent=idempotent,
         )
 
     return declare

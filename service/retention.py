@@ -72,10 +72,33 @@ async def prune_once(
             await asyncio.sleep(pause)
 
 
+async def prune_idempotency_keys(
+    store: Store,
+    *,
+    clock: Clock = system_clock,
+    batch: int = BATCH,
+    pause: float = BATCH_PAUSE_SECONDS,
+) -> int:
+    """Delete the admin API's Idempotency-Keys whose 24 hours are over (``service.idempotency``),
+    in batches of ``batch``; returns how many went. Not on the retention clock: a key is only
+    ever kept for its window."""
+    now = clock()
+    total = 0
+    while True:
+        removed = await store.prune_idempotency_keys(now, batch)
+        total += removed
+        if removed < batch:
+            return total
+        if pause:
+            await asyncio.sleep(pause)
+
+
 async def prune_forever(store: Store, retention: Retention, clock: Clock = system_clock) -> None:
-    """Run ``prune_once`` every minute until cancelled; storage outages are waited out."""
+    """Run ``prune_once`` and ``prune_idempotency_keys`` every minute until cancelled; storage
+    outages are waited out."""
     while True:
         try:
+            await prune_idempotency_keys(store, clock=clock)
             removed = await prune_once(store, retention, clock=clock)
             if removed:
                 log.info(

@@ -22,7 +22,11 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
+from service import archive_worker
+from service.errors import StorageUnavailable
 from service.settings import ArchiveSettings
 from tests.cdn_emulator import CdnEmulator
 from tests.conftest import EVOLINK_COMPLETED, RelayServer, bound_socket
@@ -270,6 +274,25 @@ def test_a_redirect_to_the_metadata_address_is_refused(
     assert failure["reason"] == "blocked" and "169.254.169.254" in failure["error"]
 
 
+def test_a_url_the_archiver_cannot_fetch_fails_for_good_and_its_query_is_not_logged(
+    start: Callable[..., RelayServer], sink: SubscriberServer, cdn: CdnEmulator, tmp_path: Path
+) -> None:
+    """An output URL no HTTP client can fetch (a port out of range) and a redirect to another
+    scheme: another try cannot change them, and their query strings (a CDN's signature) stay
+    out of the log."""
+    relay = start(ArchiveSettings(url=f"file://{tmp_path / 'archive'}"))
+    elsewhere = cdn.add("/ftp.png", redirect_to="ftp://files.example/0.png?Signature=sekret-one")
+    bad_port = "http://127.0.0.1:99999/1.png?Signature=sekret-two"
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        event_id = post(relay, completed("task-unified-unfetchable", elsewhere, bad_port))
+        receipt = delivered(sink, event_id, timeout=10)
+    failures = receipt.data["archive"]["failures"]
+    assert [(f["index"], f["reason"]) for f in failures] == [(0, "blocked"), (1, "blocked")]
+    assert job(relay, event_id).attempts == 1
+    assert any(entry["event"] == "archive_run" for entry in logs)
+    assert "sekret" not in json.dumps(logs, default=str)
+
+
 def test_a_connection_cut_mid_file_is_retried_and_the_object_is_whole(
     start: Callable[..., RelayServer],
     sink: SubscriberServer,
@@ -300,6 +323,70 @@ def test_a_download_over_its_time_is_a_timeout(
     event_id = post(relay, completed("task-unified-slow", url))
     receipt = delivered(sink, event_id, timeout=10)
     assert receipt.data["archive"]["failures"][0]["reason"] == "timeout"
+
+
+def test_outputs_trickling_one_after_another_do_not_hold_the_event_past_its_deadline(
+    start: Callable[..., RelayServer],
+    sink: SubscriberServer,
+    cdn: CdnEmulator,
+    database: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """A CDN that trickles (never silent long enough to stall) makes each output run to its
+    own timeout; outputs go one after another, so without the deadline bounding the run an
+    event with 100 of them would wait 100 timeouts. Here: 10 outputs of 1 s each, a 2 s
+    deadline."""
+    archive = ArchiveSettings(url=f"file://{tmp_path / 'archive'}", timeout=1.0, deadline=2.0)
+    relay = start(archive, **database)
+    slow = [
+        cdn.add(f"/trickle/{n}.png", size=640 * 1024, prefix=PNG, duration=30.0) for n in range(10)
+    ]
+    began = time.time()
+    event_id = post(relay, completed("task-unified-trickle", *slow))
+    receipt = delivered(sink, event_id, timeout=20)
+    assert time.time() - began < 6  # the deadline and some slack, far from 10 timeouts
+    assert receipt.data["outputs"] == [{"url": url, "media_type": "image"} for url in slow]
+    failures = receipt.data["archive"]["failures"]
+    assert [(f["index"], f["reason"]) for f in failures] == [(n, "timeout") for n in range(10)]
+    assert job(relay, event_id).status == "failed"
+    assert not any(p.is_file() for p in (tmp_path / "archive").rglob("*"))  # nothing half-kept
+
+
+def test_a_job_claimed_again_after_its_lease_lapsed_mid_run_is_not_run_twice_at_once(
+    start: Callable[..., RelayServer],
+    sink: SubscriberServer,
+    cdn: CdnEmulator,
+    database: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The store cannot renew a running job's lease (an outage, here of that run's renewals
+    alone, so that nothing else tells the run): the lease lapses, and the same process claims
+    the job again while its first run still downloads. That run can no longer record
+    anything; it stops as the new one starts, not goes on beside it."""
+    monkeypatch.setattr(archive_worker, "LEASE_SECONDS", 2.0)
+    monkeypatch.setattr(archive_worker, "RENEW_SECONDS", 0.5)
+    relay = start(ArchiveSettings(url=f"file://{tmp_path / 'archive'}"), **database)
+    store = relay.relay.store
+    renew = store.extend_archive_lease
+    first_run: list[str] = []  # the lease token of the run whose renewals are lost
+
+    async def extend(event_id: str, lease_token: str, until: float) -> bool:
+        if not first_run:
+            first_run.append(lease_token)
+        if lease_token == first_run[0]:
+            raise StorageUnavailable("the store is away")
+        result: bool = await renew(event_id, lease_token, until)
+        return result
+
+    monkeypatch.setattr(store, "extend_archive_lease", extend)
+    url = cdn.add("/lapse.mp4", size=6 * 64 * 1024, prefix=MP4, duration=6.0)
+    event_id = post(relay, completed("task-unified-lapse", url))
+    (output,) = delivered(sink, event_id, timeout=20).data["outputs"]
+    assert output["sha256"] == cdn.expected_sha256("/lapse.mp4")
+    first, second = cdn.requests("/lapse.mp4")
+    assert not first.complete  # given up when the job was claimed again
+    assert second.complete
 
 
 # -- serving -------------------------------------------------------------------------------------

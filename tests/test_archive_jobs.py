@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 import json
+import time
 from typing import Any
 
 import pytest
@@ -260,3 +263,23 @@ async def test_outputs_not_reached_by_the_deadline_are_not_tried() -> None:
         "reason": "timeout",
         "error": "the archive deadline passed before it was tried",
     }
+
+
+async def test_a_run_ends_its_downloads_at_the_deadline_or_one_last_try_after_it() -> None:
+    """Outputs go one after another, each within its own timeout: the run as a whole ends at
+    the deadline, or ``last_try`` after it for the try due there (and for a job claimed late)."""
+
+    class Stalling:
+        async def archive(self, source_url: str, place: OutputPlace) -> Archived:
+            await asyncio.sleep(3600)
+            raise AssertionError("never ends by itself")
+
+    for deadline_in, last_try, lasts in [(0.3, 0.0, 0.3), (0.0, 0.3, 0.3), (-60.0, 0.3, 0.0)]:
+        clock = FakeClock(time.time())  # the job's times; the run reads the real clock
+        due = dataclasses.replace(job(clock), deadline_at=clock.now + deadline_in)
+        copier = Stalling()
+        began = time.monotonic()
+        outcome = await run_job(due, copier, url_for, time.time, last_try)
+        assert lasts - 0.05 <= time.monotonic() - began < lasts + 0.25
+        assert [e["reason"] for e in outcome.progress] == ["timeout", "timeout"]
+        assert (outcome.finished, outcome.status) == (True, "failed")

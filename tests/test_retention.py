@@ -9,7 +9,14 @@ from typing import cast
 
 import pytest
 
-from service.retention import BATCH, DAY, Retention, prune_once
+from service.retention import (
+    BATCH,
+    DAY,
+    Retention,
+    prune_forever,
+    prune_idempotency_keys,
+    prune_once,
+)
 from service.store.base import Store
 from tests.fakes import FakeClock
 
@@ -102,3 +109,44 @@ def test_batches_are_spaced_by_the_pause(monkeypatch: pytest.MonkeyPatch) -> Non
     pauses.clear()
     prune(PruningStore(25), Retention(30), FakeClock(), batch=10, pause=0)
     assert pauses == []
+
+
+class KeyPruningStore(PruningStore):
+    """Also removes ``keys`` expired idempotency keys, at most ``limit`` per call."""
+
+    def __init__(self, keys: int) -> None:
+        super().__init__(backlog=0)
+        self.keys = keys
+        self.key_calls: list[tuple[float, int]] = []
+        self.keys_pruned = asyncio.Event()
+
+    async def prune_idempotency_keys(self, now: float, limit: int) -> int:
+        self.key_calls.append((now, limit))
+        removed = min(limit, self.keys)
+        self.keys -= removed
+        if removed < limit:
+            self.keys_pruned.set()
+        return removed
+
+
+def test_expired_idempotency_keys_go_in_batches_up_to_now() -> None:
+    clock = FakeClock()
+    store = KeyPruningStore(keys=25)
+    fake = cast(Store, store)
+    removed = asyncio.run(prune_idempotency_keys(fake, clock=clock, batch=10, pause=0))
+    assert removed == 25
+    assert store.key_calls == [(clock.now, 10)] * 3
+
+
+def test_the_retention_pass_prunes_expired_idempotency_keys() -> None:
+    clock = FakeClock()
+    store = KeyPruningStore(keys=3)
+
+    async def one_pass() -> None:
+        task = asyncio.create_task(prune_forever(cast(Store, store), Retention(30), clock))
+        await asyncio.wait_for(store.keys_pruned.wait(), 10)
+        task.cancel()
+
+    asyncio.run(one_pass())
+    assert store.keys == 0
+    assert store.key_calls == [(clock.now, BATCH)]

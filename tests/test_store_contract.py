@@ -44,6 +44,7 @@ from service.store.base import (
     Store,
     Subscriber,
 )
+from service.store.idempotency_model import EarlierRequest, IdempotencyClaim, StoredAnswer
 from service.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
 from service.store.postgres import PostgresStore
 from service.store.sqlite import SQLiteStore
@@ -1957,3 +1958,105 @@ async def test_a_redelivery_while_outputs_are_archived_waits_with_the_others(
     assert (await store.redeliver(event.event_id, ["sub_b"], now + 3)).count == 1
     newest = (await deliveries(store, subscriber_id="sub_b"))[0]
     assert newest["next_attempt_at"] == rfc3339(now + 3)
+
+
+# -- idempotency keys ---------------------------------------------------------------------------
+
+
+def key_claim(
+    token: str, *, key: str = "key-1", scope: str = "scope-a", request: str = "req-1", at: float
+) -> IdempotencyClaim:
+    """A claim at ``at``: the key expires a day later, an unanswered claim is stale after 60 s."""
+    return IdempotencyClaim(
+        scope=scope,
+        key=key,
+        request_hash=request,
+        token=token,
+        now=at,
+        expires_at=at + 86_400,
+        stale_before=at - 60,
+    )
+
+
+async def test_an_idempotency_key_is_claimed_once_and_then_answers(store: Store) -> None:
+    now = time.time()
+    assert await store.claim_idempotency_key(key_claim("t1", at=now)) is None
+    # Held and running: the next claim sees the first request, without an answer yet.
+    assert await store.claim_idempotency_key(
+        key_claim("t2", request="req-2", at=now + 1)
+    ) == EarlierRequest("req-1", None)
+    answer = StoredAnswer(201, "application/json", b'{"id":"sub_1"}')
+    assert not await store.record_idempotent_answer("scope-a", "key-1", "t2", answer)
+    assert await store.record_idempotent_answer("scope-a", "key-1", "t1", answer)
+    assert not await store.record_idempotent_answer("scope-a", "key-1", "t1", answer)  # kept
+    assert await store.claim_idempotency_key(key_claim("t3", at=now + 2)) == EarlierRequest(
+        "req-1", answer
+    )
+    # Keys are per scope; an empty body and no content type are kept as they are.
+    assert await store.claim_idempotency_key(key_claim("t4", scope="scope-b", at=now)) is None
+    empty = StoredAnswer(204, None, b"")
+    assert await store.record_idempotent_answer("scope-b", "key-1", "t4", empty)
+    assert await store.claim_idempotency_key(
+        key_claim("t5", scope="scope-b", at=now + 1)
+    ) == EarlierRequest("req-1", empty)
+
+
+async def test_an_idempotency_key_given_back_is_free_again(store: Store) -> None:
+    now = time.time()
+    assert await store.claim_idempotency_key(key_claim("t1", at=now)) is None
+    await store.release_idempotency_key("scope-a", "key-1", "t2")  # not its claim: no effect
+    assert await store.claim_idempotency_key(key_claim("t3", at=now)) == EarlierRequest(
+        "req-1", None
+    )
+    await store.release_idempotency_key("scope-a", "key-1", "t1")
+    assert await store.claim_idempotency_key(key_claim("t4", request="req-2", at=now)) is None
+    answer = StoredAnswer(200, "application/json", b"{}")
+    assert await store.record_idempotent_answer("scope-a", "key-1", "t4", answer)
+    await store.release_idempotency_key("scope-a", "key-1", "t4")  # answered: kept
+    assert await store.claim_idempotency_key(key_claim("t5", at=now)) == EarlierRequest(
+        "req-2", answer
+    )
+
+
+async def test_an_expired_or_abandoned_idempotency_key_is_taken_over(store: Store) -> None:
+    now = time.time()
+    answer = StoredAnswer(201, "application/json", b"{}")
+    # Answered, then a day goes by: the key serves a new request.
+    assert await store.claim_idempotency_key(key_claim("t1", at=now)) is None
+    assert await store.record_idempotent_answer("scope-a", "key-1", "t1", answer)
+    assert await store.claim_idempotency_key(key_claim("t2", at=now + 86_399)) is not None
+    assert await store.claim_idempotency_key(key_claim("t3", request="r3", at=now + 86_400)) is None
+    # Claimed and never answered: held for a minute, then taken over; the abandoned claim can
+    # no longer record its answer.
+    assert await store.claim_idempotency_key(key_claim("t4", key="k2", at=now)) is None
+    assert await store.claim_idempotency_key(key_claim("t5", key="k2", at=now + 59)) is not None
+    assert await store.claim_idempotency_key(key_claim("t6", key="k2", at=now + 61)) is None
+    assert not await store.record_idempotent_answer("scope-a", "k2", "t4", answer)
+    assert await store.record_idempotent_answer("scope-a", "k2", "t6", answer)
+
+
+async def test_prune_removes_expired_idempotency_keys(store: Store) -> None:
+    now = time.time()
+    for n, at in enumerate([now - 86_400 * 2, now - 86_400, now]):
+        assert await store.claim_idempotency_key(key_claim(f"t{n}", key=f"k{n}", at=at)) is None
+    assert await store.prune_idempotency_keys(now, 1) == 1
+    assert await store.prune_idempotency_keys(now, 10) == 1  # expires_at == now: gone too
+    assert await store.prune_idempotency_keys(now, 10) == 0
+    assert await store.claim_idempotency_key(key_claim("t9", key="k2", at=now)) is not None
+    assert await store.claim_idempotency_key(key_claim("t9", key="k0", at=now)) is None
+
+
+@pytest.mark.postgres
+async def test_concurrent_claims_of_one_idempotency_key_get_it_once(pg_url: str) -> None:
+    """Replicas receiving the same key at once: exactly one runs the request."""
+    stores = [postgres_store(pg_url) for _ in range(3)]
+    async with opened(*stores):
+        for n in range(20):
+            now = time.time()
+            claims = [
+                stores[i % 3].claim_idempotency_key(key_claim(f"t{i}", key=f"k{n}", at=now))
+                for i in range(6)
+            ]
+            results = await asyncio.gather(*claims)
+            assert results.count(None) == 1, results
+            assert all(r == EarlierRequest("req-1", None) for r in results if r is not None)

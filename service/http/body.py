@@ -82,14 +82,22 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-async def read_json_object(request: Request, limit: int = 65_536) -> dict[str, Any]:
-    """An admin request's JSON object body (empty body = ``{}``).
+#: The largest admin request body.
+JSON_LIMIT = 65_536
+
+
+async def read_json_object(request: Request, limit: int = JSON_LIMIT) -> dict[str, Any]:
+    """An admin request's JSON object body (empty body = ``{}``), see ``parse_json_object``."""
+    return parse_json_object(await read_body(request, limit))
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """A JSON object from an admin request's body (empty body = ``{}``).
 
     Refused with 400 ``invalid_json``: anything that is not strict JSON (NaN and Infinity
     included), and JSON the relay could not store as given (nested deeper than 254 levels,
     integers beyond 64 bits, lone surrogates), which would otherwise fail later as a 500.
     """
-    body = await read_body(request, limit)
     if not body.strip():
         return {}
     try:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from service.store.budget import ApiBudget, BudgetState
+from service.store.idempotency_model import EarlierRequest, IdempotencyClaim, StoredAnswer
 from service.store.paging import Page
 from service.store.records import (
     ArchiveJob,
@@ -402,6 +403,35 @@ class Store(ABC):
     @abstractmethod
     async def delivery_counts(self) -> dict[str, Any]:
         """How many deliveries are pending and failed, and the age of the oldest pending."""
+
+    # -- idempotency keys (``service.idempotency``) ---------------------------------------------
+
+    @abstractmethod
+    async def claim_idempotency_key(self, claim: IdempotencyClaim) -> EarlierRequest | None:
+        """Claim ``claim.key`` within ``claim.scope`` for one request: None when this call got
+        it, otherwise the request that holds it (its answer None while it runs).
+
+        A key is free when no row holds it, when its row expired (``expires_at`` at or before
+        ``claim.now``), or when its claim was left without an answer since before
+        ``claim.stale_before``; a free key is taken by this claim, whose ``token`` alone may
+        then record the answer or give it back. Atomic: of several claims of one key at once
+        (replicas included), exactly one gets it.
+        """
+
+    @abstractmethod
+    async def record_idempotent_answer(
+        self, scope: str, key: str, token: str, answer: StoredAnswer
+    ) -> bool:
+        """Keep ``answer`` for the key, if claim ``token`` still holds it without an answer
+        (else False: nothing written)."""
+
+    @abstractmethod
+    async def release_idempotency_key(self, scope: str, key: str, token: str) -> None:
+        """Give the key back (claim ``token``, no answer yet): the next claim gets it."""
+
+    @abstractmethod
+    async def prune_idempotency_keys(self, now: float, limit: int) -> int:
+        """Delete up to ``limit`` keys that expired at or before ``now``; returns how many."""
 
     # -- archive jobs (``service.archive_worker``) ---------------------------------------------
 

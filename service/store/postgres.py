@@ -41,12 +41,14 @@ from service.clock import Clock, system_clock
 from service.errors import StorageUnavailable
 from service.store import postgres_archive as pa
 from service.store import postgres_deliveries as pd
+from service.store import postgres_idempotency as pi
 from service.store import postgres_meta as pm
 from service.store import postgres_ops
 from service.store import postgres_subscribers as ps
 from service.store import postgres_watches as pw
 from service.store.base import Store
 from service.store.budget import ApiBudget, BudgetState
+from service.store.idempotency_model import EarlierRequest, IdempotencyClaim, StoredAnswer
 from service.store.paging import Page
 from service.store.postgres_connection import (
     Pipeline,
@@ -322,6 +324,26 @@ class PostgresStore(Store):
     async def list_events(self, filters: EventFilter, cursor: str | None, limit: int) -> Page:
         async with self._connection() as conn:
             return await pm.list_events(conn, filters, cursor, limit)
+
+    # -- idempotency keys -----------------------------------------------------------------------
+
+    async def claim_idempotency_key(self, claim: IdempotencyClaim) -> EarlierRequest | None:
+        async with self._connection() as conn:
+            return await pi.claim(conn, claim)
+
+    async def record_idempotent_answer(
+        self, scope: str, key: str, token: str, answer: StoredAnswer
+    ) -> bool:
+        async with self._connection() as conn:
+            return await pi.record(conn, scope, key, token, answer)
+
+    async def release_idempotency_key(self, scope: str, key: str, token: str) -> None:
+        async with self._connection() as conn:
+            await pi.release(conn, scope, key, token)
+
+    async def prune_idempotency_keys(self, now: float, limit: int) -> int:
+        async with self._connection() as conn:
+            return await pi.prune(conn, now, limit)
 
     # -- archive jobs ---------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ MIGRATIONS = (
     "postgres_008_budget.sql",
     "postgres_009_suspect.sql",
     "postgres_010_archive.sql",
+    "postgres_011_idempotency.sql",
 )
 
 #: Advisory lock (one-key form, a lock space apart from the two-key locks of the other modules)

@@ -23,12 +23,14 @@ from service.errors import StorageUnavailable
 from service.store import sqlite_archive as arc
 from service.store import sqlite_deliveries as q
 from service.store import sqlite_events as e
+from service.store import sqlite_idempotency as idem
 from service.store import sqlite_meta as m
 from service.store import sqlite_ops
 from service.store import sqlite_subscribers as subs
 from service.store import sqlite_watches as w
 from service.store.base import Store
 from service.store.budget import ApiBudget, BudgetState
+from service.store.idempotency_model import EarlierRequest, IdempotencyClaim, StoredAnswer
 from service.store.paging import Page
 from service.store.records import (
     ArchiveJob,
@@ -240,6 +242,22 @@ class SQLiteStore(Store):
 
     async def list_events(self, filters: EventFilter, cursor: str | None, limit: int) -> Page:
         return await self._run(lambda conn: e.list_events(conn, filters, cursor, limit))
+
+    # -- idempotency keys -----------------------------------------------------------------------
+
+    async def claim_idempotency_key(self, claim: IdempotencyClaim) -> EarlierRequest | None:
+        return await self._run(lambda conn: idem.claim(conn, claim))
+
+    async def record_idempotent_answer(
+        self, scope: str, key: str, token: str, answer: StoredAnswer
+    ) -> bool:
+        return await self._run(lambda conn: idem.record(conn, scope, key, token, answer))
+
+    async def release_idempotency_key(self, scope: str, key: str, token: str) -> None:
+        await self._run(lambda conn: idem.release(conn, scope, key, token))
+
+    async def prune_idempotency_keys(self, now: float, limit: int) -> int:
+        return await self._run(lambda conn: idem.prune(conn, now, limit))
 
     # -- archive jobs ---------------------------------------------------------------------------
 

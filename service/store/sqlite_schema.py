@@ -18,6 +18,7 @@ MIGRATIONS = (
     "sqlite_006_budget.sql",
     "sqlite_007_suspect.sql",
     "sqlite_008_archive.sql",
+    "sqlite_009_idempotency.sql",
 )
 #: How long opening the store (migrations, at start) waits for another process's lock.
 BUSY_TIMEOUT_MS = 2000
