@@ -3,7 +3,9 @@
 Three modes; each prints one line of JSON (a summary) on stdout:
 
 * ``load``: closed loop, POSTs ``--count`` Evolink callbacks (each its own task id) with
-  ``--concurrency`` requests in flight; used to build a delivery backlog.
+  ``--concurrency`` requests in flight; used to build a delivery backlog. Each callback's
+  result is ``<--results-url>/<task id>.mp4`` (a CDN the relay never fetches by default; a
+  loopback file server when ``bench/archive`` has the relay archive the outputs).
 * ``openloop``: fixed rate, callback ``i`` is due at ``start + i / rate`` whatever happened to
   the earlier ones; for each it writes the wall-clock time (``time.time()``) at which the 2xx
   arrived and the ``event_id`` of the answer to ``--records`` (JSON).
@@ -31,14 +33,22 @@ import aiohttp
 TEMPLATE = (
     '{{"id":"{id}","object":"video.generation.task","created":1756817821,'
     '"model":"seedance-2.0","status":"completed","progress":100,'
-    '"results":["https://cdn.example.com/videos/{id}.mp4"],"type":"video",'
+    '"results":["{results}/{id}.mp4"],"type":"video",'
     '"task_info":{{"can_cancel":false}}}}'
 )
+CDN = "https://cdn.example.com/videos"
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
-def _body(prefix: str, i: int) -> bytes:
-    return TEMPLATE.format(id=f"task-unified-1756817821-{prefix}-{i}").encode()
+def task_id(prefix: str, i: int) -> str:
+    return f"task-unified-1756817821-{prefix}-{i}"
+
+
+def callback_body(prefix: str, i: int, results: str = CDN) -> bytes:
+    """The Evolink "completed" callback of task ``task_id(prefix, i)``; its one result is
+    ``<results>/<task id>.mp4``."""
+    task = task_id(prefix, i)
+    return TEMPLATE.format(id=task, results=results).encode()
 
 
 def _session(limit: int, timeout: float) -> aiohttp.ClientSession:
@@ -120,7 +130,7 @@ async def open_loop(args: argparse.Namespace) -> dict[str, Any]:
             lags[i] = time.perf_counter() - scheduled
             try:
                 async with session.post(
-                    args.url, data=_body(args.prefix, i), headers=JSON_HEADERS
+                    args.url, data=callback_body(args.prefix, i), headers=JSON_HEADERS
                 ) as response:
                     data = await response.read()
                     acked_at = time.time()
@@ -171,7 +181,7 @@ async def open_loop(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _warm_one(session: aiohttp.ClientSession, url: str, prefix: str, i: int) -> None:
-    async with session.post(url, data=_body(prefix, i), headers=JSON_HEADERS) as response:
+    async with session.post(url, data=callback_body(prefix, i), headers=JSON_HEADERS) as response:
         await response.read()
 
 
@@ -200,7 +210,10 @@ def raw_requests(bodies_path: str) -> list[tuple[bytes, dict[str, str]]]:
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     if args.mode == "load":
-        requests = [(_body(args.prefix, i), JSON_HEADERS) for i in range(args.count)]
+        requests = [
+            (callback_body(args.prefix, i, args.results_url), JSON_HEADERS)
+            for i in range(args.count)
+        ]
         return await closed_loop(args.url, requests, args.concurrency, args.timeout, (200,))
     if args.mode == "raw":
         requests = raw_requests(args.bodies)
@@ -218,6 +231,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=1000, help="load: callbacks to send")
     parser.add_argument("--concurrency", type=int, default=64, help="load/raw: in flight")
     parser.add_argument("--bodies", help="raw: JSON lines {id, body}")
+    parser.add_argument("--results-url", default=CDN, help=f"load: results' base [{CDN}]")
     parser.add_argument("--rate", type=float, default=500.0, help="openloop: per second")
     parser.add_argument("--duration", type=float, default=10.0, help="openloop: seconds")
     parser.add_argument("--records", help="openloop: where to write [event_id, sent, acked]")

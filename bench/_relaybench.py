@@ -507,9 +507,12 @@ def delivery_status_counts(db: Any) -> dict[str, int]:
 
 
 class Sink:
-    """``bench/_sink.py`` in its own process, and its control endpoints."""
+    """``bench/_sink.py`` in its own process, and its control endpoints (``keep_bodies``: it
+    keeps every body for ``bodies()``)."""
 
-    def __init__(self, procs: Processes, tmp: Path, status: int = 204) -> None:
+    def __init__(
+        self, procs: Processes, tmp: Path, status: int = 204, *, keep_bodies: bool = False
+    ) -> None:
         self.port = free_port()
         self.base = f"http://{HOST}:{self.port}"
         self.url = f"{self.base}/hook"
@@ -523,6 +526,7 @@ class Sink:
                 str(self.port),
                 "--status",
                 str(status),
+                *(["--keep-bodies"] if keep_bodies else []),
             ],
             log_path,
             base_env(),
@@ -547,6 +551,10 @@ class Sink:
     def receipts(self) -> dict[str, float]:
         """webhook-id -> first receipt time (time.time() in the sink)."""
         return self.control("receipts")  # type: ignore[no-any-return]
+
+    def bodies(self) -> list[str]:
+        """Every body received, in arrival order (only with ``keep_bodies``)."""
+        return self.control("bodies")  # type: ignore[no-any-return]
 
 
 # -- load -----------------------------------------------------------------------------------------
@@ -632,13 +640,19 @@ def wait_for_sink(
     raise RuntimeError(f"the sink received {seen}/{n} before the deadline")
 
 
-def run_client(args_list: list[str], budget: float) -> tuple[dict[str, Any], float]:
-    """Run ``bench/_callbacks.py``; its JSON summary and the CPU seconds it used."""
+def run_client(
+    args_list: list[str],
+    budget: float,
+    script: str = "_callbacks.py",
+    env: dict[str, str] | None = None,
+) -> tuple[dict[str, Any], float]:
+    """Run ``bench/_callbacks.py`` (or another client ``script`` of ``bench/`` that prints one
+    line of JSON; ``env`` added to its environment); its JSON summary and its CPU seconds."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(
-        [str(VENV_PYTHON), str(BENCH / "_callbacks.py"), *args_list],
+        [str(VENV_PYTHON), str(BENCH / script), *args_list],
         cwd=REPO,
-        env=base_env(),
+        env={**base_env(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=budget,
@@ -647,9 +661,7 @@ def run_client(args_list: list[str], budget: float) -> tuple[dict[str, Any], flo
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode != 0 or not done.stdout.strip():
-        raise RuntimeError(
-            f"_callbacks.py {args_list[0]} failed ({done.returncode}):\n{done.stderr}"
-        )
+        raise RuntimeError(f"{script} {args_list[0]} failed ({done.returncode}):\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1]), cpu
 
 

@@ -8,9 +8,11 @@ one machine) at which the request was complete, and its ``webhook-id`` header. C
 * ``GET /_sink/stats``: ``{"count", "unique", "first", "last"}``
 * ``GET /_sink/times``: every arrival time, in arrival order
 * ``GET /_sink/receipts``: ``{webhook-id: first arrival time}``
+* ``GET /_sink/bodies``: every request's body (text), in arrival order; kept only with
+  ``--keep-bodies`` (``bench/archive`` reads the delivered events), else ``[]``
 * ``POST /_sink/reset``: forget everything
 
-    python bench/_sink.py --port 9000 [--status 204]
+    python bench/_sink.py --port 9000 [--status 204] [--keep-bodies]
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ REASONS = {200: "OK", 204: "No Content", 500: "Internal Server Error", 503: "Ser
 
 
 class State:
-    def __init__(self) -> None:
+    def __init__(self, keep_bodies: bool = False) -> None:
+        self.keep_bodies = keep_bodies
         self.reset()
 
     def reset(self) -> None:
         self.times: list[float] = []
         self.ids: list[str | None] = []
+        self.bodies: list[str] = []
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -59,6 +63,7 @@ class SinkProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.url = b""
         self.webhook_id: bytes | None = None
+        self.body: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -74,6 +79,7 @@ class SinkProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.url = b""
         self.webhook_id = None
+        self.body = []
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -81,6 +87,10 @@ class SinkProtocol(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) == 10 and name.lower() == b"webhook-id":
             self.webhook_id = value
+
+    def on_body(self, body: bytes) -> None:
+        if self.state.keep_bodies:
+            self.body.append(body)
 
     def on_message_complete(self) -> None:
         now = time.time()
@@ -91,6 +101,8 @@ class SinkProtocol(asyncio.Protocol):
         else:
             self.state.times.append(now)
             self.state.ids.append(None if self.webhook_id is None else self.webhook_id.decode())
+            if self.state.keep_bodies:
+                self.state.bodies.append(b"".join(self.body).decode(errors="replace"))
             transport.write(self.answer)
         if not self.parser.should_keep_alive():
             transport.close()
@@ -104,6 +116,8 @@ class SinkProtocol(asyncio.Protocol):
             payload = self.state.times
         elif what == "receipts":
             payload = self.state.receipts()
+        elif what == "bodies":
+            payload = self.state.bodies
         elif what == "reset":
             self.state.reset()
             payload = {"reset": True}
@@ -117,8 +131,8 @@ class SinkProtocol(asyncio.Protocol):
         )
 
 
-async def serve(port: int, status: int) -> None:
-    state = State()
+async def serve(port: int, status: int, keep_bodies: bool) -> None:
+    state = State(keep_bodies)
     reason = REASONS.get(status, "Status").encode()
     if status == 204:
         answer = b"HTTP/1.1 204 No Content\r\n\r\n"
@@ -139,13 +153,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="fast HTTP sink for the delivery benchmarks")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--status", type=int, default=204)
+    parser.add_argument("--keep-bodies", action="store_true", help="for GET /_sink/bodies")
     args = parser.parse_args()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
-        asyncio.run(serve(args.port, args.status))
+        asyncio.run(serve(args.port, args.status, args.keep_bodies))
     else:
-        uvloop.run(serve(args.port, args.status))
+        uvloop.run(serve(args.port, args.status, args.keep_bodies))
 
 
 if __name__ == "__main__":

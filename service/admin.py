@@ -1,5 +1,6 @@
 """The admin API: every operation under one mount, ``/v1``, behind one authentication step
-(the bearer ``RELAY_ADMIN_TOKEN``, ``service.http.auth.AdminAuth``).
+(a bearer token, ``RELAY_ADMIN_TOKEN`` or a scoped API key: ``service.http.auth.AdminAuth``);
+each operation then checks the key's scope against the one it declares (``service.api_keys``).
 
 The operations are declared beside their handlers (``service.operations``), one module per
 resource; ``OPERATIONS`` is their table, in routing order, which ``service.openapi`` documents.
@@ -15,6 +16,7 @@ from service import (
     admin_callback_urls,
     admin_deliveries,
     admin_events,
+    admin_keys,
     admin_subscribers,
     admin_watches,
 )
@@ -30,6 +32,7 @@ OPERATIONS: list[Operation] = [
     *admin_deliveries.operations,
     *admin_watches.operations,
     *admin_archive.operations,
+    *admin_keys.operations,
 ]
 
 

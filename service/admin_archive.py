@@ -24,6 +24,7 @@ TAG = "archive"
     "GET",
     "/archive-jobs",
     tag=TAG,
+    scope="read",
     summary="List archive jobs, newest first",
     success=(200, ArchiveJobPage, "A page of archive jobs."),
 )
@@ -42,6 +43,7 @@ async def list_archive_jobs(call: Call[ArchiveJobQuery, NoBody]) -> Response:
     "GET",
     "/archive-jobs/{event_id}",
     tag=TAG,
+    scope="read",
     summary="The archive job of one event",
     success=(200, ArchiveJob, "The job."),
     errors=NO_SUCH,
@@ -57,6 +59,7 @@ async def get_archive_job(call: Call[NoQuery, NoBody]) -> Response:
     "POST",
     "/archive-jobs/{event_id}/retry",
     tag=TAG,
+    scope="operate",
     summary="Run a failed archive job again, from scratch, with a new deadline",
     description="The job becomes pending, due now, until RELAY_ARCHIVE_DEADLINE from now. Its "
     "event has already gone out: a retry fills the archive and rewrites the stored event, it "

@@ -14,6 +14,7 @@ from service.shapes.callback_urls import CallbackUrl, NewCallbackUrl
     "POST",
     "/callback-urls",
     tag="callback_urls",
+    scope="mint",
     summary="Mint a signed callback URL",
     success=(201, CallbackUrl, "Minted."),
     errors={

@@ -38,6 +38,7 @@ HELD_BACK = (
     "GET",
     "/deliveries",
     tag=TAG,
+    scope="read",
     summary="List deliveries, newest first",
     success=(200, DeliveryPage, "A page of deliveries."),
 )
@@ -63,6 +64,7 @@ async def list_deliveries(call: Call[DeliveryQuery, NoBody]) -> Response:
     "POST",
     "/deliveries/replay",
     tag=TAG,
+    scope="operate",
     summary="Replay every failed delivery in a window (a fresh 1 s/2 s/4 s cycle)",
     success=(202, ReplayedWindow, "How many were replayed, and which were left alone."),
     errors={
@@ -96,6 +98,7 @@ async def replay_deliveries(call: Call[ForceQuery, ReplayWindow]) -> Response:
     "GET",
     "/deliveries/{delivery_id}",
     tag=TAG,
+    scope="read",
     summary="One delivery with every attempt",
     success=(200, DeliveryDetail, "The delivery."),
     errors=NO_SUCH,
@@ -111,6 +114,7 @@ async def get_delivery(call: Call[NoQuery, NoBody]) -> Response:
     "POST",
     "/deliveries/{delivery_id}/replay",
     tag=TAG,
+    scope="operate",
     summary="Replay one failed delivery (same webhook-id, fresh retry cycle)",
     success=(202, Replayed, "Replayed (1), or not failed (0)."),
     errors={

@@ -29,6 +29,7 @@ TAG = "events"
     "GET",
     "/events",
     tag=TAG,
+    scope="read",
     summary="List events, newest first",
     success=(200, EventPage, "A page of events."),
 )
@@ -53,6 +54,7 @@ async def list_events(call: Call[EventQuery, NoBody]) -> Response:
     "GET",
     "/events/{event_id}",
     tag=TAG,
+    scope="read",
     summary="One event",
     success=(200, {"$ref": "#/components/schemas/StoredEvent"}, "The event."),
     errors=NO_SUCH,
@@ -68,6 +70,7 @@ async def get_event(call: Call[NoQuery, NoBody]) -> Response:
     "GET",
     "/events/{event_id}/raw",
     tag=TAG,
+    scope="read",
     summary="The body an event was made from, byte for byte",
     success=(
         200,
@@ -88,6 +91,7 @@ async def get_event_raw(call: Call[NoQuery, NoBody]) -> Response:
     "POST",
     "/events/{event_id}/redeliver",
     tag=TAG,
+    scope="operate",
     summary="Deliver an event again (to one subscriber, or every enabled one that wants it)",
     success=(202, Redelivered, "Deliveries created."),
     errors={

@@ -37,6 +37,7 @@ TAG = "watches"
     "POST",
     "/watches",
     tag=TAG,
+    scope="mint",
     summary="Watch a task: poll its provider's status API until it ends",
     success=(201, Watch, "Watching."),
     errors={
@@ -57,6 +58,7 @@ async def create_watch(call: Call[NoQuery, NewWatch]) -> Response:
     "GET",
     "/watches",
     tag=TAG,
+    scope="read",
     summary="List watches, newest first",
     success=(200, WatchPage, "A page of watches."),
 )
@@ -84,6 +86,7 @@ async def list_watches(call: Call[WatchQuery, NoBody]) -> Response:
     "GET",
     "/watches/{watch_id}",
     tag=TAG,
+    scope="read",
     summary="One watch",
     success=(200, Watch, "The watch."),
     errors=NO_SUCH,
@@ -99,6 +102,7 @@ async def get_watch(call: Call[NoQuery, NoBody]) -> Response:
     "DELETE",
     "/watches/{watch_id}",
     tag=TAG,
+    scope="mint",
     summary="Cancel an active watch",
     success=(200, Watch, "The canceled watch."),
     errors={**NO_SUCH, 409: "`watch_not_active`."},
@@ -112,6 +116,7 @@ async def cancel_watch(call: Call[NoQuery, NoBody]) -> Response:
     "POST",
     "/watches/{watch_id}/resolve",
     tag=TAG,
+    scope="operate",
     summary="Resolve an attribution conflict: whose callback URL the result is for",
     success=(200, Watch, "Resolved: the watch polls at once."),
     errors={
@@ -130,6 +135,7 @@ async def resolve_conflict(call: Call[NoQuery, ConflictResolution]) -> Response:
     "POST",
     "/watches/{watch_id}/release",
     tag=TAG,
+    scope="operate",
     summary="Release a suspect callback: forward it as received, once",
     success=(200, Released, "Released, recorded on the watch (suspect.decision)."),
     errors={
@@ -155,6 +161,7 @@ async def release_suspect(call: Call[NoQuery, NoBody]) -> Response:
     "POST",
     "/watches/{watch_id}/dismiss",
     tag=TAG,
+    scope="operate",
     summary="Dismiss a suspect callback: nothing is emitted, the choice is recorded",
     success=(200, Dismissed, "Dismissed, recorded on the watch (suspect.decision)."),
     errors={**NO_SUCH, 409: "`not_suspect`; `already_decided`."},

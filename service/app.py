@@ -21,7 +21,9 @@ from service.access_log import AccessLogMiddleware
 from service.archive_route import archived_output
 from service.errors import RelayError
 from service.http.error_handlers import http_error_handler, internal_error, relay_error_handler
+from service.http.paths import route_path
 from service.http_protocol import BoundedHttpToolsProtocol, ConnectionLimits
+from service.listeners import PublicSurface
 from service.receiver import CallbackEndpoint
 from service.relay import Relay
 from service.settings import Settings
@@ -67,17 +69,6 @@ class RelayApp(Starlette):
                 await self._callbacks(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
-
-
-def route_path(scope: Scope) -> str:
-    """The request's path below where the app is mounted, as Starlette's routes match it:
-    ASGI's ``path`` includes the ``root_path`` (the mount point a proxy or a parent app routes
-    by), which they do not."""
-    path: str = scope["path"]
-    root_path: str = scope.get("root_path", "")
-    if root_path and (path == root_path or path.startswith(root_path + "/")):
-        return path[len(root_path) :]
-    return path
 
 
 def callback_path_params(path: str) -> dict[str, str] | None:
@@ -151,10 +142,13 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> RelayApp:
         admin.mount(),
         *ops.routes,
     ]
+    middleware = [Middleware(AccessLogMiddleware)]
+    if settings.admin_listen is not None:  # the admin surface is on its own listener
+        middleware.append(Middleware(PublicSurface, admin_port=settings.admin_listen.port))
     app = RelayApp(
         callbacks=callbacks,
         routes=routes,
-        middleware=[Middleware(AccessLogMiddleware)],
+        middleware=middleware,
         exception_handlers={
             RelayError: relay_error_handler,
             HTTPException: http_error_handler,

@@ -57,16 +57,36 @@ _EXTENSIONS = {
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
+#: A media type as RFC 6838 spells one (and short): anything else in the header is ignored.
+_MEDIA_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}$")
+
+#: Types a browser only displays: an object store serves these as they are. Anything else (SVG,
+#: HTML, XML, scripts) could run script on the bucket's or the CDN's origin if opened there, so
+#: it is stored as a download (``stored_attributes``).
+_PASSIVE = re.compile(
+    r"^(image/(png|jpeg|gif|webp|avif)|video/[a-z0-9.+-]+|audio/[a-z0-9.+-]+"
+    r"|text/plain|application/json|application/octet-stream)$"
+)
+
+
 def content_type(header: str | None, head: bytes) -> str:
     """The output's content type: the answer's ``Content-Type`` (its media type, lowercased)
-    unless it says nothing, else sniffed from the first bytes ``head``."""
+    unless it says nothing or is not a media type, else sniffed from the first bytes ``head``."""
     declared = (header or "").split(";", 1)[0].strip().lower()
-    if declared not in UNINFORMATIVE:
+    if declared not in UNINFORMATIVE and _MEDIA_TYPE.match(declared):
         return declared
     for offset, magic, sniffed in _SIGNATURES:
         if head[offset : offset + len(magic)] == magic:
             return sniffed
     return "application/octet-stream"
+
+
+def stored_attributes(media: str) -> dict[str, str]:
+    """The object's HTTP attributes in an object store: its type as it is when passive,
+    else served as a download that no browser renders."""
+    if _PASSIVE.match(media):
+        return {"Content-Type": media}
+    return {"Content-Type": "application/octet-stream", "Content-Disposition": "attachment"}
 
 
 def extension(media: str) -> str:

@@ -30,6 +30,7 @@ from urllib.parse import quote, unquote, urlsplit
 import obstore
 from itsdangerous import BadSignature, Signer
 
+from service.archive_media import stored_attributes
 from service.settings import ArchiveSettings
 
 #: How long a presigned URL the relay redirects to stays valid.
@@ -79,7 +80,7 @@ class ArchiveStore:
         """Stream ``chunks`` into ``key``, replacing what was there; atomic (a reader sees the
         old object or the whole new one). An exception raised by ``chunks`` aborts it."""
         # A local directory keeps no attributes: the relay serves the type the extension says.
-        attributes: Any = None if self.root is not None else {"Content-Type": content_type}
+        attributes: Any = None if self.root is not None else stored_attributes(content_type)
         await obstore.put_async(
             self._store,
             key,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import time
 
@@ -28,7 +29,7 @@ import structlog
 from service import metrics
 from service.archive_jobs import run_job
 from service.archive_store import ArchiveStore
-from service.archiver import Archiver
+from service.archiver import Archived, ArchiveFailure, Archiver, OutputPlace
 from service.errors import StorageUnavailable
 from service.relay import Relay
 from service.settings import ArchiveSettings
@@ -58,6 +59,8 @@ class ArchiveWorker:
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._runs: dict[str, asyncio.Task[None]] = {}
+        #: The lease token of each run in ``_runs``: ``stop()`` frees only these leases.
+        self._leases: dict[str, str] = {}
         self._run_task: asyncio.Task[None] | None = None
         self._retention_at = 0.0
 
@@ -103,6 +106,7 @@ class ArchiveWorker:
                 # its outcome, so it stops rather than download beside this one.
                 stale.cancel()
             self._runs[job.event_id] = asyncio.create_task(self._run(job))
+            self._leases[job.event_id] = job.lease_token or ""
 
     async def _run(self, job: ArchiveJob) -> None:
         started = time.perf_counter()
@@ -147,6 +151,7 @@ class ArchiveWorker:
             run.cancel()
             if self._runs.get(job.event_id) is asyncio.current_task():  # not replaced since
                 del self._runs[job.event_id]
+                del self._leases[job.event_id]
             self._wakeup.set()
 
     async def _renew(self, job: ArchiveJob, run: asyncio.Task[object]) -> None:
@@ -186,12 +191,61 @@ class ArchiveWorker:
         self._wakeup.set()
         if self._run_task is not None:
             await self._run_task
-        running = dict(self._runs)
+        running, leases = dict(self._runs), list(self._leases.items())
         for task in running.values():
             task.cancel()
         await asyncio.gather(*running.values(), return_exceptions=True)
-        if running:
+        if leases:
             with contextlib.suppress(StorageUnavailable):
-                await self.relay.store.release_archive_leases(list(running))
+                await self.relay.store.release_archive_leases(leases)
         self.relay.on_archive = lambda: None
         await self.archiver.aclose()
+
+
+class _NothingCopied:
+    """The copier of a process that archives nothing: ``OverdueArchiveJobs`` runs jobs only
+    past their deadline, where ``run_job`` tries no output."""
+
+    async def archive(self, source_url: str, place: OutputPlace) -> Archived:
+        raise ArchiveFailure("timeout", "the archive deadline passed before it was tried")
+
+
+class OverdueArchiveJobs:
+    """In a process without ``RELAY_ARCHIVE_URL``: ends archive jobs left past their deadline.
+
+    Jobs are committed by whichever process received the callback; if archiving was turned off
+    since, or only some replicas have it, no archive worker may ever claim them, and their
+    events would wait for ever. So every process that delivers also claims the jobs that are
+    ``GRACE_SECONDS`` past their deadline and not leased (a job an archive worker is running
+    is leased) and ends them as ``failed``: the event goes out with the provider's URLs and
+    ``data.archive`` saying that the deadline passed, and its deliveries start. Outputs an
+    earlier run archived are not rewritten here: this process cannot say where they are.
+    """
+
+    GRACE_SECONDS = 60.0
+    EVERY_SECONDS = 30.0
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(StorageUnavailable):
+                await self.end_overdue()
+            await asyncio.sleep(self.EVERY_SECONDS)
+
+    async def end_overdue(self) -> int:
+        """End the overdue jobs there are now; returns how many."""
+        now = self.relay.clock()
+        jobs = await self.relay.store.claim_archive_jobs(
+            now, 100, LEASE_SECONDS, overdue_at=now - self.GRACE_SECONDS
+        )
+        for job in jobs:
+            forgotten = dataclasses.replace(job, progress=[])
+            outcome = await run_job(forgotten, _NothingCopied(), str, self.relay.clock)
+            if await self.relay.store.record_archive_outcome(outcome):
+                log.warning("archive_job_overdue", event_id=job.event_id, provider=job.provider)
+                metrics.count_archive_run("failed", 0.0, outcome.progress)
+        if jobs:
+            self.relay.on_deliveries()
+        return len(jobs)

@@ -3,7 +3,7 @@
 Every command reads the same ``RELAY_*`` variables as the server; flags override them. Each
 command's parser names its handler (``set_defaults(func=...)``, see ``service.cli_command``);
 the on-call commands live beside this module (``cli_ops``, ``cli_watch``, ``cli_archive``,
-``cli_status``).
+``cli_keys``, ``cli_status``).
 """
 
 from __future__ import annotations
@@ -19,13 +19,25 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from service import __version__, cli_archive, cli_help, cli_ops, cli_status, cli_watch
+import structlog
+
+from service import (
+    __version__,
+    cli_archive,
+    cli_help,
+    cli_keys,
+    cli_ops,
+    cli_status,
+    cli_watch,
+)
 from service.cli_args import parse_duration, parse_meta
 from service.cli_command import Command, on_relay
 from service.errors import RelayError
 from service.logs import configure_logging
 from service.relay import Relay
-from service.settings import DOCUMENTED, PREFIX, ConfigError, Settings
+from service.settings import DOCUMENTED, PREFIX, ConfigError, ListenAddress, Settings
+
+log = structlog.get_logger("service.cli")
 
 
 def _environment_help() -> str:
@@ -61,6 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=1, help="uvicorn worker processes [default: 1]"
     )
     serve.add_argument(
+        "--admin-port",
+        type=int,
+        metavar="PORT",
+        help="serve the admin API, /ops, /metrics and /openapi.json on this port only; the"
+        " public one keeps callbacks, /archive, /healthz, /readyz"
+        " [RELAY_ADMIN_LISTEN, default: off: one port serves everything]",
+    )
+    serve.add_argument(
+        "--admin-host",
+        metavar="HOST",
+        help="interface of the admin listener [RELAY_ADMIN_LISTEN, default: 127.0.0.1]",
+    )
+    serve.add_argument(
         "--no-worker",
         action="store_true",
         help="serve the API only; run `relay worker` elsewhere [RELAY_RUN_WORKER, default: true]",
@@ -86,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
         " unless RELAY_FAILED_RETENTION_DAYS says otherwise",
     )
 
-    admin_token = commands.add_parser("admin-token", help="print the admin API's bearer token")
+    admin_token = commands.add_parser(
+        "admin-token", help="print the admin token (the bootstrap key of scope admin)"
+    )
 
     mint = commands.add_parser("mint-url", help="mint a signed callback URL for a provider")
     mint.add_argument("provider", help="evolink or apiframe")
@@ -118,30 +145,56 @@ def build_parser() -> argparse.ArgumentParser:
     cli_ops.add_parsers(commands)
     cli_watch.add_parsers(commands)
     cli_archive.add_parsers(commands)
+    cli_keys.add_parsers(commands)
     cli_status.add_parser(commands)
     cli_help.document_defaults(parser)
     return parser
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    """``relay serve``: the app on one listener, or on a public and an admin one
+    (``service.listeners``), in one process or ``--workers`` processes."""
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
+    from service import listeners
     from service.app import create_app, uvicorn_options
     from service.tuning import tune_for_serving
 
     if args.workers > 1 and settings.database_url.startswith("sqlite"):
         print("relay: SQLite serves one process; use --workers 1 or PostgreSQL.", file=sys.stderr)
         return 2
-    options: dict[str, Any] = {
-        "host": args.host,
-        "port": args.port,
-        "timeout_graceful_shutdown": 30,
-        **uvicorn_options(settings),
-    }
+    public = ListenAddress(args.host, args.port)
+    admin = settings.admin_listen
+    if admin is not None and admin.port == public.port and public.port != 0:
+        # The app tells the listeners apart by port (service.listeners).
+        print(
+            f"relay: the admin listener needs a port of its own ({admin} and {public})",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        sockets = listeners.bind_all(public, admin)
+    except listeners.ListenError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 1
+    public = listeners.bound_address(sockets[0], public.host)
+    if admin is not None:
+        admin = listeners.bound_address(sockets[1], admin.host)
+        settings = settings.with_changes(admin_listen=admin)
+    log.info(
+        "listening",
+        public=listeners.http_url(public),
+        admin=listeners.http_url(admin or public),
+        workers=args.workers,
+    )
+    options: dict[str, Any] = {"timeout_graceful_shutdown": 30, **uvicorn_options(settings)}
     if args.workers > 1:
         # Worker processes import the app; the flags reach them as the settings they stand for.
         os.environ["RELAY_RUN_WORKER"] = str(settings.run_worker).lower()
         os.environ["RELAY_MIGRATE_ON_START"] = str(settings.migrate_on_start).lower()
+        if admin is not None:
+            os.environ["RELAY_ADMIN_LISTEN"] = str(admin)
         # Each process counts its own metrics; with a shared directory a scrape answered by any
         # one of them adds up all of them (service.metrics). A fresh one per start.
         metrics_dir = None
@@ -149,14 +202,17 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             metrics_dir = tempfile.mkdtemp(prefix="relay-metrics-")
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         try:
-            uvicorn.run("service.asgi:app", workers=args.workers, **options)
+            # What uvicorn.run does for workers, with both listeners' sockets: every worker
+            # accepts on each of them.
+            config = uvicorn.Config("service.asgi:app", workers=args.workers, **options)
+            Multiprocess(config, sockets=sockets).run()
         finally:
             if metrics_dir is not None:
                 shutil.rmtree(metrics_dir, ignore_errors=True)
     else:
         app = create_app(settings, run_worker=settings.run_worker)
         tune_for_serving()  # (worker processes: service.asgi does it)
-        uvicorn.run(app, **options)
+        uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=sockets)
     return 0
 
 
@@ -240,7 +296,24 @@ def _with_flags(settings: Settings, args: argparse.Namespace) -> Settings:
         settings = settings.with_changes(migrate_on_start=False)
     if getattr(args, "no_worker", False):
         settings = settings.with_changes(run_worker=False)
-    return settings
+    return _with_admin_flags(
+        settings, getattr(args, "admin_host", None), getattr(args, "admin_port", None)
+    )
+
+
+def _with_admin_flags(settings: Settings, host: str | None, port: int | None) -> Settings:
+    """``--admin-host/--admin-port`` over ``RELAY_ADMIN_LISTEN``: either flag replaces its
+    half of the variable; ``--admin-port`` alone listens on 127.0.0.1."""
+    if host is None and port is None:
+        return settings
+    current = settings.admin_listen
+    if port is None:
+        if current is None:
+            raise ConfigError("--admin-host needs --admin-port (or RELAY_ADMIN_LISTEN)")
+        port = current.port
+    if host is None:
+        host = current.host if current is not None else "127.0.0.1"
+    return settings.with_changes(admin_listen=ListenAddress(host, port))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -69,7 +69,7 @@ from starlette.responses import Response
 from service.clock import Clock, system_clock
 from service.errors import StorageUnavailable
 from service.events import EVENT_TYPES
-from service.http import require_admin
+from service.http import require_scope
 from service.providers import PROVIDERS
 
 if TYPE_CHECKING:
@@ -461,9 +461,10 @@ def exposition(gauges: list[GaugeMetricFamily]) -> bytes:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    """``GET /metrics``: admin bearer token required unless ``RELAY_METRICS_PUBLIC=true``."""
+    """``GET /metrics``: a bearer token of scope ``read`` (or above) is required unless
+    ``RELAY_METRICS_PUBLIC=true``."""
     relay: Relay = request.app.state.relay
     if not relay.settings.metrics_public:
-        require_admin(request)
+        await require_scope(request, "read")
     body = exposition(await scrape_gauges(relay))
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -31,11 +31,15 @@ from service.admin import OPERATIONS, PREFIX
 from service.events import EVENT_TYPES
 from service.http.responses import JSONResponse
 from service.idempotency import HEADER, MAX_LENGTH, REPLAYED_HEADER
+from service.listeners import PUBLIC_PATHS, PUBLIC_PREFIXES
 from service.operations import NoBody, Operation
 from service.providers import PROVIDERS
 from service.shapes.base import Error, PageQuery
 
 JSON = "application/json"
+UNAUTHORIZED = (
+    "`unauthorized`: the bearer token is missing, or neither the admin token nor a live API key."
+)
 REF = "#/components/schemas/{name}"
 
 PATH_PARAMETERS = {
@@ -43,6 +47,7 @@ PATH_PARAMETERS = {
     "delivery_id": "A delivery id (dlv_...).",
     "event_id": "An event id (evt_...).",
     "watch_id": "A watch id (wch_...).",
+    "key_id": "An API key's id (key_...).",
 }
 
 TAGS = [
@@ -54,6 +59,7 @@ TAGS = [
     {"name": "deliveries", "description": "Events on their way to subscribers; replay."},
     {"name": "watches", "description": "Tasks polled at their provider's API."},
     {"name": "archive", "description": "Outputs kept in storage the user owns."},
+    {"name": "keys", "description": "Scoped API keys: who may call what."},
 ]
 
 
@@ -165,7 +171,11 @@ def _admin_operation(operation: Operation) -> dict[str, Any]:
     for code, text in errors.items():
         if code != 400:
             responses[str(code)] = _error(text)
-    responses["401"] = _error("`unauthorized`: the admin bearer token is missing or wrong.")
+    responses["401"] = _error(UNAUTHORIZED)
+    if operation.scope != "read":
+        responses["403"] = _error(
+            f"`insufficient_scope`: the key's scope is below {operation.scope}."
+        )
     if body is not NoBody:
         responses["413"] = _error("`payload_too_large`.")
     responses["503"] = _error("`storage_unavailable`: the store could not answer; retry later.")
@@ -177,7 +187,9 @@ def _admin_operation(operation: Operation) -> dict[str, Any]:
         "operationId": operation.operation_id,
         "tags": [operation.tag],
         "summary": operation.summary,
-        "security": [{"adminToken": []}],
+        # OpenAPI 3.1 lets a bearer scheme's requirement name roles: the least scope needed.
+        "security": [{"apiKey": [operation.scope]}],
+        "x-required-scope": operation.scope,
     }
     if operation.description:
         described["description"] = operation.description
@@ -400,14 +412,16 @@ def _public_paths() -> dict[str, Any]:
                 "summary": "Prometheus metrics",
                 "description": "Counters of callbacks, events and delivery attempts, the "
                 "attempt latency histogram, and backlog gauges read from the store now. The "
-                "admin token is required unless RELAY_METRICS_PUBLIC=true.",
-                "security": [{"adminToken": []}, {}],
+                "admin token or an API key of scope read (or above) is required unless "
+                "RELAY_METRICS_PUBLIC=true.",
+                "security": [{"apiKey": ["read"]}, {}],
+                "x-required-scope": "read",
                 "responses": {
                     "200": {
                         "description": "The Prometheus text format.",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
-                    "401": _error("`unauthorized`: the admin bearer token is missing or wrong."),
+                    "401": _error(UNAUTHORIZED),
                 },
             }
         },
@@ -436,6 +450,18 @@ CALLBACK_ANSWER = {
 }
 
 
+#: Which listener serves which path (``service.listeners``).
+LISTENERS = (
+    "Listeners: by default one address serves every path. With `RELAY_ADMIN_LISTEN` "
+    "(`relay serve --admin-host/--admin-port`), the public listener serves only "
+    + ", ".join(f"`{p}...`" for p in PUBLIC_PREFIXES)
+    + ", "
+    + ", ".join(f"`{p}`" for p in PUBLIC_PATHS)
+    + " (any other path answers 404 `not_found` there); the admin listener serves every path: "
+    "the admin API (`/v1/...`), `/metrics`, this document and the console (`/ops`)."
+)
+
+
 @cache
 def document() -> dict[str, Any]:
     """The whole OpenAPI document (built once)."""
@@ -447,7 +473,10 @@ def document() -> dict[str, Any]:
             "version": __version__,
             "description": "Receives AI-generation callbacks, stores them durably, normalizes "
             "them into CloudEvents and relays them, signed, to subscribers. Errors answer "
-            '`{"error": {"code", "message"}}`. Event types: ' + ", ".join(EVENT_TYPES) + ".",
+            '`{"error": {"code", "message"}}`. Event types: '
+            + ", ".join(EVENT_TYPES)
+            + ". "
+            + LISTENERS,
         },
         "tags": TAGS,
         "paths": {**_public_paths(), **_admin_paths()},
@@ -455,10 +484,18 @@ def document() -> dict[str, Any]:
         "components": {
             "schemas": {**shapes, "CallbackAnswer": CALLBACK_ANSWER, **_event_schemas()},
             "securitySchemes": {
-                "adminToken": {
+                "apiKey": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "RELAY_ADMIN_TOKEN (`relay admin-token` prints it).",
+                    "description": "An API key (`relay keys create --scope S`, `POST /v1/keys`:"
+                    " `rk_<scope>_...`), or RELAY_ADMIN_TOKEN (`relay admin-token` prints it),"
+                    " the bootstrap key of scope admin. Scopes, each including the ones before"
+                    " it: read (every GET but the keys, /metrics) < mint (callback URLs,"
+                    " registering and cancelling watches) < operate (replays, redeliveries,"
+                    " archive retries, decisions on watches) < admin (subscribers, keys). Each"
+                    " operation names the least scope it needs in its security requirement and"
+                    " in `x-required-scope`; a smaller one is answered 403"
+                    " `insufficient_scope`.",
                 }
             },
         },

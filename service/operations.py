@@ -5,9 +5,12 @@ its method, path, summary and answers. The shapes of its query and body are the 
 arguments of its ``Call`` annotation (``Call[EventQuery, NoBody]``), so the one annotation
 types the handler for mypy, reads and checks the request at run time (``read_query``,
 ``decode``) and documents both in ``service.openapi``. Nothing is read from the request
-before the admin mount's authentication step (``service.http.auth.AdminAuth``) has passed.
-An operation declared ``idempotent=True`` honours an ``Idempotency-Key`` header
-(``service.idempotency``): with one, it runs once per key and its answer is kept for retries.
+before the admin mount's authentication step (``service.http.auth.AdminAuth``) has passed
+and the credential's scope has been found to include the one the operation declares
+(``scope``, ``service.api_keys``): a key of a smaller scope is refused 403 before its query
+or body is looked at. An operation declared ``idempotent=True`` honours an
+``Idempotency-Key`` header (``service.idempotency``): with one, it runs once per key and its
+answer is kept for retries.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service import idempotency
+from service.api_keys import Scope, require
+from service.http.auth import credential_of
 from service.http.body import JSON_LIMIT, parse_json_object, read_body
 from service.http.query import read_query
 from service.relay import Relay
@@ -76,6 +81,8 @@ class Operation:
     summary: str
     #: The successful answer: (status, content, description).
     success: tuple[int, Content, str]
+    #: The least scope of API key that may call it (``service.api_keys``).
+    scope: Scope
     #: Refusals beyond those every operation shares: status -> the codes, for people.
     errors: Mapping[int, str] = field(default_factory=dict)
     description: str | None = None
@@ -97,7 +104,7 @@ class Operation:
 
     def route(self) -> Route:
         query_shape, body_shape = self.shapes
-        handler = self.handler
+        handler, scope = self.handler, self.scope
         idempotent = self.idempotent
 
         async def answer(request: Request, relay: Relay, query: Query, raw: bytes) -> Response:
@@ -105,6 +112,7 @@ class Operation:
             return await handler(Call(request, relay, query, body))
 
         async def endpoint(request: Request) -> Response:
+            require(credential_of(request), scope)
             relay = relay_of(request)
             key = idempotency.key_of(request) if idempotent else None
             if key is None:
@@ -136,6 +144,7 @@ def operation(
     path: str,
     *,
     tag: str,
+    scope: Scope,
     summary: str,
     success: tuple[int, Content, str],
     errors: Mapping[int, str] | None = None,
@@ -153,6 +162,7 @@ def operation(
             tag=tag,
             summary=summary,
             success=success,
+            scope=scope,
             errors=errors or {},
             description=description,
             body_required=body_required,

@@ -13,7 +13,7 @@ import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from starlette.datastructures import Secret
 
@@ -87,11 +87,42 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
     "ARCHIVE_ACCESS_KEY_ID": ("", "S3 access key; else AWS_ACCESS_KEY_ID"),
     "ARCHIVE_SECRET_ACCESS_KEY": ("", "S3 secret key; else AWS_SECRET_ACCESS_KEY"),
     "ARCHIVE_ALLOW_HTTP": ("false", "allow an http:// object-store endpoint (local MinIO)"),
+    "ADMIN_LISTEN": (
+        "(off: one listener)",
+        "host:port for /v1, /ops, /metrics, /openapi.json (like --admin-host/--admin-port)",
+    ),
 }
 
 
 class ConfigError(ValueError):
     """A RELAY_* variable holds a value the relay cannot use."""
+
+
+class ListenAddress(NamedTuple):
+    """Where a listener binds: an interface (a name, or an IPv4 or IPv6 address) and a port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _listen_address(name: str, raw: str) -> ListenAddress | None:
+    """``host:port`` (``[v6 address]:port``) -> the address; empty -> None."""
+    text = raw.strip()
+    if not text:
+        return None
+    host, _colon, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        host = ""  # an IPv6 address without its brackets: where it ends is ambiguous
+    if not host or not port.isdigit() or int(port) > 65_535:
+        raise ConfigError(
+            f"{PREFIX}{name} must be host:port (e.g. 127.0.0.1:9000 or [::1]:9000), got {raw!r}"
+        )
+    return ListenAddress(host, int(port))
 
 
 def _networks(name: str, raw: str) -> tuple[IPNetwork, ...]:
@@ -365,6 +396,9 @@ class Settings:
     metrics_public: bool = False
     #: Outputs archived before delivery (``RELAY_ARCHIVE_URL``); None: off.
     archive: ArchiveSettings | None = None
+    #: Where ``relay serve`` serves the admin surface apart from the public listener
+    #: (``service.listeners``); None: one listener serves everything.
+    admin_listen: ListenAddress | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -435,6 +469,7 @@ class Settings:
             run_worker=_bool("RUN_WORKER", env.get("RUN_WORKER", "true")),
             metrics_public=_bool("METRICS_PUBLIC", env.get("METRICS_PUBLIC", "")),
             archive=_archive_settings(env, retention_days),
+            admin_listen=_listen_address("ADMIN_LISTEN", env.get("ADMIN_LISTEN", "")),
             **_provider_api_settings(env, secret),
         )
 

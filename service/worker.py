@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import structlog
 
 from service import metrics
-from service.archive_worker import ArchiveWorker
+from service.archive_worker import ArchiveWorker, OverdueArchiveJobs
 from service.attempt_outcome import attempt_outcome
 from service.clock import Clock, system_clock
 from service.delivery import Attempt, Deliverer
@@ -238,6 +238,7 @@ class BackgroundWork:
 
         self.watches = WatchWorker(relay)
         self.archive: ArchiveWorker | None = None
+        self._overdue: asyncio.Task[None] | None = None
         if relay.archive is not None and settings.archive is not None:
             self.archive = ArchiveWorker(relay, relay.archive, settings.archive)
         self._tasks: list[asyncio.Task[None]] = []
@@ -250,6 +251,10 @@ class BackgroundWork:
         await self.watches.start()
         if self.archive is not None:
             await self.archive.start()
+        else:
+            self._overdue = asyncio.create_task(
+                OverdueArchiveJobs(self.relay).run(), name="overdue-archive-jobs"
+            )
         self._tasks = [
             asyncio.create_task(self.worker.run(), name="delivery-worker"),
             asyncio.create_task(
@@ -270,6 +275,9 @@ class BackgroundWork:
         await self.watches.stop()  # first: its polls may still emit events to deliver
         if self.archive is not None:
             await self.archive.stop()  # its runs may still release deliveries
+        if self._overdue is not None:
+            self._overdue.cancel()
+            await asyncio.gather(self._overdue, return_exceptions=True)
         delivery, retention = self._tasks
         retention.cancel()
         await self.worker.stop()

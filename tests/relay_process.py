@@ -33,6 +33,10 @@ class RelayProcess:
             RELAY_LOG_LEVEL="warning",
         )
         self.env.update(env)
+        #: Where the admin API answers: the admin listener's address when RELAY_ADMIN_LISTEN
+        #: sets one (host:port), else the one port. (Set it when a flag moves the listener.)
+        admin_listen = self.env.get("RELAY_ADMIN_LISTEN")
+        self.admin_base = f"http://{admin_listen}" if admin_listen else self.base
         self.process: subprocess.Popen[bytes] | None = None
         #: Where the relay's output goes (appended across restarts); None discards it.
         self.log_path: Path | None = None
@@ -53,9 +57,10 @@ class RelayProcess:
         # A generous bound: it only matters when the relay cannot start, and a busy two-core
         # machine (another suite beside this one, coverage measuring) starts it slowly.
         deadline = time.time() + 60
+        bases = dict.fromkeys([self.base, self.admin_base])  # both listeners, when apart
         while time.time() < deadline and self.process.poll() is None:
             try:
-                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
+                if all(httpx.get(f"{b}/healthz", timeout=1).status_code == 200 for b in bases):
                     return self
             except httpx.TransportError:
                 time.sleep(0.05)
@@ -95,7 +100,9 @@ class RelayProcess:
         items: list[dict[str, Any]] = []
         params: dict[str, Any] = {"status": status, "limit": 500}
         while True:
-            page = httpx.get(f"{self.base}/v1/deliveries", params=params, headers=self.admin).json()
+            page = httpx.get(
+                f"{self.admin_base}/v1/deliveries", params=params, headers=self.admin
+            ).json()
             items += page["items"]
             if page["next_cursor"] is None:
                 return items

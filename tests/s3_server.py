@@ -140,10 +140,12 @@ class S3Server:
         return sorted(keys)
 
     def head(self, bucket: str, key: str) -> dict[str, Any]:
-        """``content_type``, ``size``, ``etag`` (quotes removed) and user ``metadata``."""
+        """``content_type``, ``content_disposition``, ``size``, ``etag`` (quotes removed) and
+        user ``metadata``."""
         answer = self._client.head_object(Bucket=bucket, Key=key)
         return {
             "content_type": answer.get("ContentType"),
+            "content_disposition": answer.get("ContentDisposition"),
             "size": answer["ContentLength"],
             "etag": answer["ETag"].strip('"'),
             "metadata": answer.get("Metadata", {}),

@@ -198,6 +198,15 @@ def test_the_keys_are_the_documented_ones(
     assert s3_server.list_keys(bucket) == [f"results/evolink/{day}/task-unified-keys/0.png"]
     head = s3_server.head(bucket, f"results/evolink/{day}/task-unified-keys/0.png")
     assert head["content_type"] == "image/png" and head["size"] == 1000
+    assert head["content_disposition"] is None
+    # An SVG could run script on the bucket's origin if opened there: it is kept as a download.
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+    drawing = cdn.add("/k/d.svg", svg, content_type="image/svg+xml")
+    (output,) = delivered(sink, post(relay, completed("task-unified-svg", drawing))).data["outputs"]
+    assert output["content_type"] == "image/svg+xml"
+    head = s3_server.head(bucket, f"results/evolink/{day}/task-unified-svg/0.svg")
+    assert head["content_type"] == "application/octet-stream"
+    assert head["content_disposition"] == "attachment"
 
 
 def test_a_public_base_url_is_used_as_given(

@@ -283,3 +283,91 @@ async def test_a_run_ends_its_downloads_at_the_deadline_or_one_last_try_after_it
         assert lasts - 0.05 <= time.monotonic() - began < lasts + 0.25
         assert [e["reason"] for e in outcome.progress] == ["timeout", "timeout"]
         assert (outcome.finished, outcome.status) == (True, "failed")
+
+
+async def test_a_process_without_an_archive_ends_jobs_left_past_their_deadline(
+    tmp_path: Any,
+) -> None:
+    """Archiving was turned off (or this replica has none) while a job waited: once it is past
+    its deadline and the grace, it ends failed and its event's deliveries start."""
+    from service.archive_worker import OverdueArchiveJobs
+    from service.relay import Relay
+    from service.settings import Settings
+    from service.store.records import IncomingEvent, Subscriber
+
+    clock = FakeClock()
+    relay = await Relay.start(
+        Settings(database_url=f"sqlite:///{tmp_path / 'relay.db'}"), clock=clock
+    )
+    try:
+        store = relay.store
+        await store.create_subscriber(
+            Subscriber(
+                "sub_1",
+                "https://hooks.example/x",
+                None,
+                None,
+                None,
+                True,
+                0,
+                0,
+                secrets=("whsec_c2VjcmV0",),
+            )
+        )
+        outputs = [{"url": url, "media_type": "image"} for url in RAW["results"]]
+        body = json.dumps({"id": "evt_1", "data": {"outputs": outputs, "raw": RAW}})
+        await store.ingest(
+            IncomingEvent(
+                "evt_1",
+                "evolink",
+                "task-1",
+                "succeeded",
+                100,
+                "generation.succeeded",
+                True,
+                "k1",
+                clock.now,
+                None,
+                body,
+                b"{}",
+                archive_deadline=clock.now + 60,
+            )
+        )
+        woken: list[bool] = []
+        relay.on_deliveries = lambda: woken.append(True)
+        overdue = OverdueArchiveJobs(relay)
+        clock.advance(60 + overdue.GRACE_SECONDS - 1)
+        assert await overdue.end_overdue() == 0  # within the grace: an archive worker may come
+        assert await store.claim_due(clock.now, 10, 30, frozenset()) == []
+        clock.advance(2)
+        assert await overdue.end_overdue() == 1
+        job = await store.get_archive_job("evt_1")
+        assert job is not None and job.status == "failed"
+        (claim,) = await store.claim_due(clock.now, 10, 30, frozenset())
+        data = json.loads(claim.body)["data"]
+        assert data["outputs"] == outputs
+        assert [f["reason"] for f in data["archive"]["failures"]] == ["timeout", "timeout"]
+        assert woken == [True]
+    finally:
+        await relay.close()
+
+
+def test_only_passive_types_are_stored_as_they_are() -> None:
+    from service.archive_media import stored_attributes
+
+    for media in ("image/png", "video/mp4", "audio/mpeg", "application/json"):
+        assert stored_attributes(media) == {"Content-Type": media}
+    for media in ("image/svg+xml", "text/html", "application/xhtml+xml", "text/javascript"):
+        assert stored_attributes(media) == {
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": "attachment",
+        }
+
+
+def test_a_content_type_that_is_no_media_type_is_sniffed_instead() -> None:
+    assert content_type("x" * 8000, PNG_HEAD) == "image/png"
+    assert content_type("image/png\r\nSet-Cookie: a=b", PNG_HEAD) == "image/png"
+    assert content_type("text/html; charset=utf-8", b"<html>") == "text/html"
+
+
+PNG_HEAD = b"\x89PNG\r\n\x1a\n...."

@@ -25,6 +25,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from service.api_keys import SCOPES
 from service.app import create_app, route_table
 from service.openapi import document
 from service.settings import Settings
@@ -162,3 +163,73 @@ def test_every_operation_is_named_tagged_and_titled() -> None:
         assert schema.get("title") == name, name
     event = doc["webhooks"]["generation-event"]["post"]["requestBody"]["content"]
     assert event["application/json"]["schema"] == {"$ref": "#/components/schemas/GenerationEvent"}
+
+
+def test_every_operation_states_the_scope_it_needs() -> None:
+    """Each admin operation names the least API key scope it needs, in its security
+    requirement and in ``x-required-scope``; every GET but the keys' list needs only read, and
+    only operations above read document the 403 ``insufficient_scope``."""
+    doc = document()
+    scheme = doc["components"]["securitySchemes"]["apiKey"]
+    assert scheme["scheme"] == "bearer"
+    assert all(scope in scheme["description"] for scope in SCOPES)
+    declared = {}
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            if not path.startswith("/v1/"):
+                continue
+            scope = operation["x-required-scope"]
+            assert scope in SCOPES, (method, path)
+            assert operation["security"] == [{"apiKey": [scope]}], (method, path)
+            assert ("403" in operation["responses"]) == (scope != "read"), (method, path)
+            if scope != "read":
+                assert "`insufficient_scope`" in operation["responses"]["403"]["description"]
+            declared[(method, path)] = scope
+    assert {scope for (method, path), scope in declared.items() if method == "get"} == {
+        "read",
+        "admin",
+    }
+    assert [key for key, scope in declared.items() if key[0] == "get" and scope != "read"] == [
+        ("get", "/v1/keys")
+    ]
+    assert declared[("post", "/v1/callback-urls")] == "mint"
+    assert declared[("post", "/v1/watches")] == "mint"
+    assert declared[("post", "/v1/deliveries/replay")] == "operate"
+    assert declared[("post", "/v1/subscribers")] == "admin"
+    assert doc["paths"]["/metrics"]["get"]["x-required-scope"] == "read"
+
+
+def test_every_operation_refuses_the_scope_below_its_own(fuzzed_relay: RelayServer) -> None:
+    """What the document states is what the relay does: for every operation, a key of the
+    scope just below the declared one is answered 403 naming it, and a key of the declared
+    scope gets past the check (to whatever the request itself deserves)."""
+    keys = {}
+    for scope in SCOPES:
+        created = fuzzed_relay.client.post(
+            "/v1/keys", json={"scope": scope}, headers=fuzzed_relay.admin
+        )
+        assert created.status_code == 201, created.text
+        keys[scope] = created.json()["key"]
+    checked = 0
+    for path, item in document()["paths"].items():
+        if not path.startswith("/v1/"):
+            continue
+        concrete = re.sub(r"\{\w+\}", "x", path)
+        for method, operation in item.items():
+            scope = operation["x-required-scope"]
+            body = None if method in ("get", "delete") else {}
+            allowed = fuzzed_relay.client.request(
+                method, concrete, json=body, headers={"authorization": f"Bearer {keys[scope]}"}
+            )
+            assert allowed.status_code not in (401, 403), (method, path, allowed.text)
+            if scope == "read":
+                continue
+            below = SCOPES[SCOPES.index(scope) - 1]
+            answer = fuzzed_relay.client.request(
+                method, concrete, json=body, headers={"authorization": f"Bearer {keys[below]}"}
+            )
+            assert answer.status_code == 403, (method, path, below)
+            assert answer.json()["error"]["code"] == "insufficient_scope"
+            assert f"scope {scope}" in answer.json()["error"]["message"]
+            checked += 1
+    assert checked >= 15

@@ -34,6 +34,7 @@ from service.events import STATUSES, Normalized
 from service.settings import ConfigError
 from service.store import open_store
 from service.store.base import (
+    ApiKey,
     ArchiveJob,
     ArchiveOutcome,
     AttemptRecord,
@@ -1860,7 +1861,10 @@ async def test_a_lapsed_archive_lease_is_claimed_again_and_the_old_run_cannot_fi
     other = archived(incoming("task-2", at=now))
     await store.ingest(other)
     (third,) = await store.claim_archive_jobs(now, 10, LEASE)
-    assert await store.release_archive_leases([third.event_id]) == 1
+    assert third.lease_token is not None
+    # Another process's lease (a token not ours) stays; ours goes.
+    assert await store.release_archive_leases([(third.event_id, "another-run")]) == 0
+    assert await store.release_archive_leases([(third.event_id, third.lease_token)]) == 1
     (fourth,) = await store.claim_archive_jobs(now, 10, LEASE)
     assert fourth.event_id == other.event_id
     assert await store.release_archive_leases(None) == 1
@@ -2060,3 +2064,78 @@ async def test_concurrent_claims_of_one_idempotency_key_get_it_once(pg_url: str)
             results = await asyncio.gather(*claims)
             assert results.count(None) == 1, results
             assert all(r == EarlierRequest("req-1", None) for r in results if r is not None)
+
+
+async def test_overdue_archive_jobs_are_claimed_apart(store: Store) -> None:
+    now = time.time()
+    soon = archived(incoming("task-soon", at=now - 100), deadline=50)  # deadline: now - 50
+    later = archived(incoming("task-later", at=now - 100), deadline=1000)
+    await store.ingest(soon)
+    await store.ingest(later)
+    (overdue,) = await store.claim_archive_jobs(now, 10, LEASE, overdue_at=now - 40)
+    assert overdue.event_id == soon.event_id
+    assert await store.claim_archive_jobs(now, 10, LEASE, overdue_at=now - 40) == []
+    (other,) = await store.claim_archive_jobs(now, 10, LEASE)
+    assert other.event_id == later.event_id
+
+
+# -- scoped API keys ----------------------------------------------------------------------------
+
+
+def api_key(key_id: str, scope: str = "read", *, at: float = 1000.0) -> ApiKey:
+    return ApiKey(
+        id=key_id,
+        name=f"name of {key_id}",
+        scope=scope,
+        key_hash=f"hash-of-{key_id}",
+        created_at=at,
+    )
+
+
+async def test_api_keys_are_found_by_hash_and_listed_oldest_first(store: Store) -> None:
+    await store.create_api_key(api_key("key_b", "operate", at=1000.0))
+    await store.create_api_key(api_key("key_a", "admin", at=1001.0))
+    found = await store.api_key_by_hash("hash-of-key_b")
+    assert found == api_key("key_b", "operate", at=1000.0)
+    assert await store.api_key_by_hash("hash-of-nothing") is None
+    assert [k.id for k in await store.list_api_keys()] == ["key_b", "key_a"]
+
+
+async def test_a_revoked_api_key_keeps_its_first_revocation(store: Store) -> None:
+    await store.create_api_key(api_key("key_r"))
+    revoked = await store.revoke_api_key("key_r", 2000.0)
+    assert revoked is not None and revoked.revoked_at == 2000.0
+    again = await store.revoke_api_key("key_r", 3000.0)
+    assert again is not None and again.revoked_at == 2000.0
+    found = await store.api_key_by_hash("hash-of-key_r")
+    assert found is not None and found.revoked_at == 2000.0  # still found: the caller refuses it
+    assert await store.revoke_api_key("key_unknown", 2000.0) is None
+
+
+async def test_api_key_use_is_written_at_most_once_per_interval(store: Store) -> None:
+    await store.create_api_key(api_key("key_t"))
+
+    async def last_used() -> float | None:
+        found = await store.api_key_by_hash("hash-of-key_t")
+        assert found is not None
+        return found.last_used_at
+
+    await store.touch_api_key("key_t", 5000.0, 60.0)
+    assert await last_used() == 5000.0
+    await store.touch_api_key("key_t", 5059.0, 60.0)  # within the minute: not written
+    assert await last_used() == 5000.0
+    await store.touch_api_key("key_t", 5060.0, 60.0)
+    assert await last_used() == 5060.0
+    await store.touch_api_key("key_unknown", 5060.0, 60.0)  # no such key: nothing happens
+
+
+async def test_console_sessions_keep_their_scope_and_end_with_their_key(store: Store) -> None:
+    now = time.time()
+    await store.create_api_key(api_key("key_s", "operate"))
+    await store.create_ops_session("ses_key", now, now + 3600, scope="operate", key_id="key_s")
+    await store.create_ops_session("ses_token", now, now + 3600)  # the admin token's
+    assert await store.ops_session_live("ses_key", now + 1) == "operate"
+    assert await store.ops_session_live("ses_token", now + 1) == "admin"
+    await store.revoke_api_key("key_s", now + 2)
+    assert await store.ops_session_live("ses_key", now + 3) is None
+    assert await store.ops_session_live("ses_token", now + 3) == "admin"

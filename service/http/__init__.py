@@ -7,7 +7,7 @@ written before the split keep working.
 
 from __future__ import annotations
 
-from service.http.auth import require_admin
+from service.http.auth import require_scope
 from service.http.body import read_body, read_json_object, receive_body
 from service.http.client_ip import client_ip, forwarded_client
 from service.http.error_handlers import http_error_handler, internal_error, relay_error_handler
@@ -27,5 +27,5 @@ __all__ = [
     "read_query",
     "receive_body",
     "relay_error_handler",
-    "require_admin",
+    "require_scope",
 ]

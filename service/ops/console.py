@@ -1,11 +1,12 @@
 """The ops console at ``/ops``: server-rendered pages for the people on call.
 
-Sign in with the admin token; then the overview, failed deliveries (with their attempts, a
-Replay button per row and "Replay all shown"), events (with their archived outputs), watches
-waiting for a decision, subscribers (enable, disable, filters, secret rotation) and failed
-archive jobs (a Retry button per job). Plain HTML forms, no JavaScript: every change is a POST
-carrying the session's CSRF token, answered with a redirect back and a one-time notice (or,
-for a new secret, a page shown once and never cached).
+Sign in with the admin token or an API key of scope operate or admin; then the overview,
+failed deliveries (with their attempts, a Replay button per row and "Replay all shown"),
+events (with their archived outputs), watches waiting for a decision, subscribers (enable,
+disable, filters, secret rotation: scope admin only) and failed archive jobs (a Retry button
+per job). Plain HTML forms, no JavaScript: every change is a POST carrying the session's CSRF
+token, answered with a redirect back and a one-time notice (or, for a new secret, a page
+shown once and never cached).
 
 This module is the console's map: every URL and its handler. The pages live by subject beside
 it; ``guards`` decides who may see or post, ``rendering`` how the console answers.
@@ -35,12 +36,15 @@ routes = [
     Route("/ops/archive/{event_id}/retry", action(archive.retry), methods=["POST"]),
     Route("/ops/watches/{watch_id}/release", action(watches.release), methods=["POST"]),
     Route("/ops/watches/{watch_id}/dismiss", action(watches.dismiss), methods=["POST"]),
-    Route("/ops/subscribers", page(subscribers.subscribers_page), methods=["GET"]),
-    Route("/ops/subscribers", action(subscribers.create), methods=["POST"]),
-    Route("/ops/subscribers/{subscriber_id}", action(subscribers.update), methods=["POST"]),
+    # Subscriber management is the administrator's (service.api_keys).
+    Route("/ops/subscribers", page(subscribers.subscribers_page, "admin"), methods=["GET"]),
+    Route("/ops/subscribers", action(subscribers.create, "admin"), methods=["POST"]),
+    Route(
+        "/ops/subscribers/{subscriber_id}", action(subscribers.update, "admin"), methods=["POST"]
+    ),
     Route(
         "/ops/subscribers/{subscriber_id}/rotate-secret",
-        action(subscribers.rotate_secret),
+        action(subscribers.rotate_secret, "admin"),
         methods=["POST"],
     ),
 ]

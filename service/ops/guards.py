@@ -2,8 +2,10 @@
 
 ``page`` wraps a GET handler: a signed-in session (``service.ops.session``) or a redirect to
 sign in. ``action`` wraps a POST handler: a signed-in session, decided from the cookie before
-the body is read, and the form's CSRF token. Both turn a ``RelayError`` into a page (or a
-redirect back with the error as the notice) rather than a stack trace.
+the body is read, and the form's CSRF token. Each names the least scope its session must have
+been signed in with (``operate``, the console's own; ``admin`` for subscribers); a session of
+a smaller scope is shown a 403 page saying which is needed. Both turn a ``RelayError`` into a
+page (or a redirect back with the error as the notice) rather than a stack trace.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service import api_keys
 from service.errors import RelayError
 from service.http import read_body
 from service.ops import session as sessions
@@ -57,8 +60,20 @@ async def verified_session(request: Request) -> sessions.Session | None:
     return await sessions.verify(request, relay.settings, relay.store, relay.clock)
 
 
-def page(handler: PageHandler) -> Endpoint:
-    """A GET page for signed-in operators; others are sent to sign in."""
+def _refused(request: Request, session: sessions.Session, needed: api_keys.Scope) -> Response:
+    """The page for a signed-in session whose scope is below ``needed``."""
+    return message(
+        request,
+        "Not allowed",
+        f"This needs a key of scope {needed}; you signed in with one of scope {session.scope}.",
+        403,
+        session,
+    )
+
+
+def page(handler: PageHandler, scope: api_keys.Scope = "operate") -> Endpoint:
+    """A GET page for operators signed in with ``scope`` or above; others are sent to sign in
+    (or, signed in with less, refused)."""
 
     async def endpoint(request: Request) -> Response:
         try:
@@ -68,6 +83,8 @@ def page(handler: PageHandler) -> Endpoint:
         if session is None or not session.signed_in:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return redirect("/ops/sign-in?" + urlencode({"next": target}))
+        if not api_keys.allows(session.scope or "", scope):
+            return _refused(request, session, scope)
         try:
             return await handler(request, session)
         except RelayError as exc:  # the store is down, a filter is wrong...: say so, in a page
@@ -76,8 +93,9 @@ def page(handler: PageHandler) -> Endpoint:
     return endpoint
 
 
-def action(handler: FormHandler) -> Endpoint:
-    """A POST from a console form: a signed-in session and its CSRF token are required."""
+def action(handler: FormHandler, scope: api_keys.Scope = "operate") -> Endpoint:
+    """A POST from a console form: a session signed in with ``scope`` or above, and its CSRF
+    token, are required."""
 
     async def endpoint(request: Request) -> Response:
         try:
@@ -89,6 +107,10 @@ def action(handler: FormHandler) -> Endpoint:
             # the connection is closed rather than left to carry it).
             refused = message(request, "Signed out", "Your session ended: sign in again.", 403)
             refused.headers["connection"] = "close"
+            return refused
+        if not api_keys.allows(session.scope or "", scope):
+            refused = _refused(request, session, scope)
+            refused.headers["connection"] = "close"  # the body is not read either
             return refused
         form = await read_form(request)
         if not sessions.csrf_ok(request, session, form_value(form, "csrf", "")):

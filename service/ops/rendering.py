@@ -158,6 +158,8 @@ def render(
         {
             "csrf": session.csrf if session else "",
             "signed_in": bool(session and session.signed_in),
+            # What the navigation offers: the session's scope (``service.api_keys``).
+            "scope": session.scope if session and session.signed_in else None,
             "flash": flash,
             "path": request.url.path,
             "now": relay.clock(),

@@ -9,7 +9,9 @@ console's own origin when the browser says where it comes from.
 
 A signed cookie alone cannot be taken back, so the session id names a row in the store
 (``ops_sessions``), read on every console request (``verify``): signing out revokes it, and
-from that moment the old cookie opens nothing, on any replica.
+from that moment the old cookie opens nothing, on any replica. The row also holds the scope
+the session was signed in with (the admin token's is ``admin``; an API key's its own,
+``service.api_keys``) and the key, whose revocation ends the session the same way.
 
 Time comes from the ``clock`` each function is given (the relay's): the cookie's signature
 carries it, and it decides when a session has expired, here and in the store.
@@ -44,6 +46,8 @@ class Session:
     issued_at: float
     #: The store's ``ops_sessions`` id of a signed-in session (None before sign-in).
     sid: str | None = None
+    #: The scope it was signed in with, as the store says (``verify``); None until verified.
+    scope: str | None = None
 
     @classmethod
     def fresh(cls, *, signed_in: bool, now: float) -> Session:
@@ -96,17 +100,25 @@ async def verify(
     session = load(request, settings, clock)
     if session is None or not session.signed_in:
         return session
-    if session.sid is not None and await store.ops_session_live(session.sid, clock()):
-        return session
+    scope = None if session.sid is None else await store.ops_session_live(session.sid, clock())
+    if scope is not None:
+        return replace(session, scope=scope)
     return replace(session, signed_in=False, sid=None)
 
 
-async def start(store: Store, clock: Clock) -> Session:
-    """A new signed-in session, recorded in the store (call it at sign-in)."""
-    session = Session.fresh(signed_in=True, now=clock())
+async def start(
+    store: Store, clock: Clock, *, scope: str = "admin", key_id: str | None = None
+) -> Session:
+    """A new signed-in session of ``scope``, by the API key ``key_id`` (None: the admin token),
+    recorded in the store (call it at sign-in)."""
+    session = replace(Session.fresh(signed_in=True, now=clock()), scope=scope)
     assert session.sid is not None  # noqa: S101 - narrows the type: a fresh session has an id
     await store.create_ops_session(
-        session.sid, session.issued_at, session.issued_at + SESSION_SECONDS
+        session.sid,
+        session.issued_at,
+        session.issued_at + SESSION_SECONDS,
+        scope=scope,
+        key_id=key_id,
     )
     return session
 
@@ -155,21 +167,14 @@ def csrf_ok(request: Request, session: Session | None, presented: object) -> boo
     return hmac.compare_digest(presented.encode(), session.csrf.encode())
 
 
-def token_ok(settings: Settings, presented: str) -> bool:
-    """Constant-time comparison with the admin token."""
-    expected = settings.admin_token
-    return expected is not None and hmac.compare_digest(
-        presented.strip().encode(), str(expected).encode()
-    )
-
-
 class SignInThrottle:
     """Slows down guessing: after ``free`` failed sign-ins from one address, each further
     attempt must wait (1 s, then 2, 4, ... up to ``longest``) after the last failure.
 
-    The admin token is long and random, so this is not what keeps it safe; it keeps a script
-    from trying tokens as fast as the relay answers, and keeps the log quiet. In memory, per
-    process; a success clears the address. At most ``max_tracked`` addresses are kept.
+    The admin token and API keys are long and random, so this is not what keeps them safe; it
+    keeps a script from trying tokens as fast as the relay answers, and keeps the log quiet. In
+    memory, per process; a success clears the address. At most ``max_tracked`` addresses are
+    kept.
     """
 
     def __init__(

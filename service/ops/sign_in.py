@@ -1,8 +1,11 @@
-"""Signing in to the ops console with the admin token, and signing out.
+"""Signing in to the ops console with the admin token or an API key, and signing out.
 
 The sign-in form is the one form anyone may post: it is read with a small limit, needs the
 CSRF token of the cookie the form came with, and failed attempts from one address are slowed
-down (``throttle``). A success starts a new session (and CSRF token), recorded in the store.
+down (``throttle``). The console is for the people on call: it takes the admin token or a key
+of scope ``operate`` or ``admin`` (``service.api_keys.CONSOLE_SCOPES``), and refuses a
+``read`` or ``mint`` key saying so. A success starts a new session (and CSRF token) of that
+scope, recorded in the store; the pages then show what the scope allows (``guards``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service import api_keys
 from service.errors import RelayError
 from service.http import client_ip
 from service.ops import session as sessions
@@ -71,17 +75,30 @@ async def sign_in(request: Request) -> Response:
             429,
             {"retry-after": str(seconds)},
         )
-    if not sessions.token_ok(settings, form_value(form, "token")):
+    try:
+        credential = await api_keys.authenticate(relay, form_value(form, "token").strip())
+    except RelayError as exc:  # the store cannot say whether the key is live
+        return again(exc.message, exc.status_code)
+    if credential is None:
         throttle.failed(address)
         log.warning("ops_sign_in_failed", client=address)
-        return again("That is not the admin token.", 401)
-    throttle.succeeded(address)
+        return again("That is not the admin token, nor a live API key.", 401)
+    throttle.succeeded(address)  # a real key, even of a scope the console does not take
+    if credential.scope not in api_keys.CONSOLE_SCOPES:
+        log.warning("ops_sign_in_refused", client=address, scope=credential.scope)
+        return again(
+            f"This key's scope is {credential.scope}: the console signs in with a key of "
+            "scope operate or admin (or the admin token).",
+            403,
+        )
     try:
         # A new session (and CSRF token) at sign-in: nothing from before carries over.
-        fresh = await sessions.start(relay.store, relay.clock)
+        fresh = await sessions.start(
+            relay.store, relay.clock, scope=credential.scope, key_id=credential.key_id
+        )
     except RelayError as exc:  # the store cannot record it: no session without its record
         return again(exc.message, exc.status_code)
-    log.info("ops_signed_in", client=address)
+    log.info("ops_signed_in", client=address, scope=credential.scope)
     response = redirect(next_path)
     sessions.store(response, fresh, settings, relay.clock)
     return response

@@ -22,7 +22,8 @@ ARCHIVE_COLUMNS = (
 #: Due jobs, earliest first; ``{lock}`` is PostgreSQL's row lock (empty for SQLite).
 CLAIM = (
     "SELECT seq FROM archive_jobs WHERE status = 'pending' AND next_attempt_at <= {m}"
-    " AND (lease_until IS NULL OR lease_until <= {m}) ORDER BY next_attempt_at, seq LIMIT {m}"
+    " AND (lease_until IS NULL OR lease_until <= {m}) AND deadline_at <= {m}"
+    " ORDER BY next_attempt_at, seq LIMIT {m}"
     "{lock}"
 )
 LEASE = "UPDATE archive_jobs SET lease_until = {m}, lease_token = {m} WHERE seq = {m}"
@@ -60,6 +61,8 @@ COUNTS = (
     " WHERE status IN ('pending', 'failed') GROUP BY status"
 )
 RELEASE_LEASES = "UPDATE archive_jobs SET lease_until = NULL, lease_token = NULL"
+#: A process's own leases at shutdown (by token: a lease another replica took since stays).
+RELEASE_LEASE = RELEASE_LEASES + " WHERE event_id = {m} AND lease_token = {m}"
 
 
 def for_mark(statement: str, mark: str, lock: str = "") -> str:

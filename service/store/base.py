@@ -19,6 +19,7 @@ from service.store.budget import ApiBudget, BudgetState
 from service.store.idempotency_model import EarlierRequest, IdempotencyClaim, StoredAnswer
 from service.store.paging import Page
 from service.store.records import (
+    ApiKey,
     ArchiveJob,
     ArchiveOutcome,
     AttemptRecord,
@@ -119,19 +120,52 @@ class Store(ABC):
 
     @abstractmethod
     async def create_ops_session(
-        self, session_id: str, created_at: float, expires_at: float
+        self,
+        session_id: str,
+        created_at: float,
+        expires_at: float,
+        *,
+        scope: str = "admin",
+        key_id: str | None = None,
     ) -> None:
-        """Remember a signed-in console session, live until ``expires_at``. Sessions that
-        expired before ``created_at`` are deleted on the way (revoked ones included)."""
+        """Remember a signed-in console session, live until ``expires_at``, signed in with
+        ``scope`` by the API key ``key_id`` (None: the admin token). Sessions that expired
+        before ``created_at`` are deleted on the way (revoked ones included)."""
 
     @abstractmethod
-    async def ops_session_live(self, session_id: str, now: float) -> bool:
-        """Whether the session exists, is not revoked and has not expired at ``now``. Reads
-        what every process committed: a sign-out anywhere counts at once."""
+    async def ops_session_live(self, session_id: str, now: float) -> str | None:
+        """The scope of the session while it exists, is not revoked and has not expired at
+        ``now``; None otherwise. Reads what every process committed: a sign-out (or the
+        revocation of its key) anywhere counts at once."""
 
     @abstractmethod
     async def revoke_ops_session(self, session_id: str, now: float) -> None:
         """End a session (sign-out): ``ops_session_live`` is False from now on."""
+
+    # -- scoped API keys (service.api_keys) -------------------------------------------------
+
+    @abstractmethod
+    async def create_api_key(self, key: ApiKey) -> None:
+        """Keep a new key (its hash, never the key)."""
+
+    @abstractmethod
+    async def api_key_by_hash(self, key_hash: str) -> ApiKey | None:
+        """The key whose SHA-256 is ``key_hash``, revoked or not; None if there is none."""
+
+    @abstractmethod
+    async def list_api_keys(self) -> list[ApiKey]:
+        """Every key, revoked ones included, oldest first (an administrator makes them one by
+        one: there are few)."""
+
+    @abstractmethod
+    async def revoke_api_key(self, key_id: str, now: float) -> ApiKey | None:
+        """Revoke a key at ``now`` (a key revoked already keeps its first ``revoked_at``), and
+        end the console sessions signed in with it, in one transaction. None: no such key."""
+
+    @abstractmethod
+    async def touch_api_key(self, key_id: str, now: float, every: float) -> None:
+        """Set ``last_used_at`` to ``now`` unless it is within ``every`` seconds before
+        ``now`` already (replicas touching one key at once write it about once)."""
 
     # -- watches (service.watch_service): tasks the relay polls at their provider's status API -----
 
@@ -437,11 +471,12 @@ class Store(ABC):
 
     @abstractmethod
     async def claim_archive_jobs(
-        self, now: float, limit: int, lease_seconds: float
+        self, now: float, limit: int, lease_seconds: float, *, overdue_at: float | None = None
     ) -> list[ArchiveJob]:
         """Lease up to ``limit`` pending archive jobs that are due, earliest first, each with
         its event's ``body`` and a fresh ``lease_token``. Several processes claiming at once
-        never share a job; a job whose lease lapsed (its process died) is claimed again."""
+        never share a job; a job whose lease lapsed (its process died) is claimed again.
+        With ``overdue_at``, only jobs whose deadline is at or before it."""
 
     @abstractmethod
     async def extend_archive_lease(self, event_id: str, lease_token: str, until: float) -> bool:
@@ -476,9 +511,10 @@ class Store(ABC):
         """``{"pending": n, "failed": n, "oldest_pending_seconds": s | None}``."""
 
     @abstractmethod
-    async def release_archive_leases(self, event_ids: list[str] | None = None) -> int:
-        """Free the leases of these events' archive jobs (all when None): shutdown, and the
-        start of the one process owning the store."""
+    async def release_archive_leases(self, leases: list[tuple[str, str]] | None = None) -> int:
+        """Free these leases, ``(event_id, lease_token)``, where still held by that token
+        (shutdown: a lease another process took meanwhile stays), or every lease when None
+        (the start of the one process owning the store)."""
 
     # -- operators (the ops console, ``relay status``): reads that never hold up callbacks ----
 

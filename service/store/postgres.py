@@ -19,8 +19,8 @@ the database itself:
 Connection and server failures (server down, pool exhausted, disk full, deadlock) surface as
 ``StorageUnavailable``; the pool reconnects by itself when the server is back.
 
-The SQL is in ``postgres_meta``, ``postgres_subscribers``, ``postgres_deliveries``,
-``postgres_watches`` and ``postgres_ops``; connections and the pipeline in
+The SQL is in ``postgres_meta``, ``postgres_keys``, ``postgres_subscribers``,
+``postgres_deliveries``, ``postgres_watches`` and ``postgres_ops``; connections and the pipeline in
 ``postgres_connection``, migrations in ``postgres_schema``; this class runs it. It is over
 400 lines all the same: one method per port operation (about fifty), each choosing the
 connection or transaction its SQL runs in; splitting the class would only scatter that choice.
@@ -29,6 +29,7 @@ connection or transaction its SQL runs in; splitting the class would only scatte
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -42,6 +43,7 @@ from service.errors import StorageUnavailable
 from service.store import postgres_archive as pa
 from service.store import postgres_deliveries as pd
 from service.store import postgres_idempotency as pi
+from service.store import postgres_keys as pk
 from service.store import postgres_meta as pm
 from service.store import postgres_ops
 from service.store import postgres_subscribers as ps
@@ -59,6 +61,7 @@ from service.store.postgres_connection import (
 from service.store.postgres_schema import MIGRATIONS as MIGRATIONS
 from service.store.postgres_schema import migrate, require_migrated
 from service.store.records import (
+    ApiKey,
     ArchiveJob,
     ArchiveOutcome,
     AttemptRecord,
@@ -348,10 +351,11 @@ class PostgresStore(Store):
     # -- archive jobs ---------------------------------------------------------------------------
 
     async def claim_archive_jobs(
-        self, now: float, limit: int, lease_seconds: float
+        self, now: float, limit: int, lease_seconds: float, *, overdue_at: float | None = None
     ) -> list[ArchiveJob]:
+        due_by = math.inf if overdue_at is None else overdue_at
         async with self._transaction() as conn:
-            return await pa.claim(conn, now, limit, now + lease_seconds)
+            return await pa.claim(conn, now, limit, now + lease_seconds, due_by)
 
     async def extend_archive_lease(self, event_id: str, lease_token: str, until: float) -> bool:
         async with self._connection() as conn:
@@ -379,9 +383,9 @@ class PostgresStore(Store):
         async with self._connection() as conn:
             return await pa.counts(conn, now)
 
-    async def release_archive_leases(self, event_ids: list[str] | None = None) -> int:
-        async with self._connection() as conn:
-            return await pa.release_leases(conn, event_ids)
+    async def release_archive_leases(self, leases: list[tuple[str, str]] | None = None) -> int:
+        async with self._transaction() as conn:
+            return await pa.release_leases(conn, leases)
 
     # -- subscribers ----------------------------------------------------------------------------
 
@@ -418,18 +422,46 @@ class PostgresStore(Store):
     # -- ops console sessions ------------------------------------------------------------------
 
     async def create_ops_session(
-        self, session_id: str, created_at: float, expires_at: float
+        self,
+        session_id: str,
+        created_at: float,
+        expires_at: float,
+        *,
+        scope: str = "admin",
+        key_id: str | None = None,
     ) -> None:
         async with self._transaction() as conn:
-            await pm.create_ops_session(conn, session_id, created_at, expires_at)
+            await pm.create_ops_session(conn, session_id, created_at, expires_at, scope, key_id)
 
-    async def ops_session_live(self, session_id: str, now: float) -> bool:
+    async def ops_session_live(self, session_id: str, now: float) -> str | None:
         async with self._connection() as conn:
             return await pm.ops_session_live(conn, session_id, now)
 
     async def revoke_ops_session(self, session_id: str, now: float) -> None:
         async with self._connection() as conn:
             await pm.revoke_ops_session(conn, session_id, now)
+
+    # -- scoped API keys -----------------------------------------------------------------------
+
+    async def create_api_key(self, key: ApiKey) -> None:
+        async with self._connection() as conn:
+            await pk.create(conn, key)
+
+    async def api_key_by_hash(self, key_hash: str) -> ApiKey | None:
+        async with self._connection() as conn:
+            return await pk.by_hash(conn, key_hash)
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        async with self._connection() as conn:
+            return await pk.list_all(conn)
+
+    async def revoke_api_key(self, key_id: str, now: float) -> ApiKey | None:
+        async with self._transaction() as conn:
+            return await pk.revoke(conn, key_id, now)
+
+    async def touch_api_key(self, key_id: str, now: float, every: float) -> None:
+        async with self._connection() as conn:
+            await pk.touch(conn, key_id, now, every)
 
     # -- deliveries -----------------------------------------------------------------------------
 

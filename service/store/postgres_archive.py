@@ -24,8 +24,10 @@ def _q(statement: str, lock: str = "") -> str:
     return sql.for_mark(statement, "%s", lock)
 
 
-async def claim(conn: Conn, now: float, limit: int, lease_until: float) -> list[ArchiveJob]:
-    cursor = await conn.execute(_q(sql.CLAIM, " FOR UPDATE SKIP LOCKED"), (now, now, limit))
+async def claim(
+    conn: Conn, now: float, limit: int, lease_until: float, due_by: float
+) -> list[ArchiveJob]:
+    cursor = await conn.execute(_q(sql.CLAIM, " FOR UPDATE SKIP LOCKED"), (now, now, due_by, limit))
     jobs = []
     for (seq,) in await cursor.fetchall():
         token = secrets.token_hex(8)
@@ -73,9 +75,11 @@ async def counts(conn: Conn, now: float) -> dict[str, object]:
     return sql.counts_json(rows, now)
 
 
-async def release_leases(conn: Conn, event_ids: list[str] | None) -> int:
-    if event_ids is None:
+async def release_leases(conn: Conn, leases: list[tuple[str, str]] | None) -> int:
+    if leases is None:
         cursor = await conn.execute(sql.RELEASE_LEASES + " WHERE lease_until IS NOT NULL")
-    else:
-        cursor = await conn.execute(sql.RELEASE_LEASES + " WHERE event_id = ANY(%s)", (event_ids,))
-    return cursor.rowcount
+        return cursor.rowcount
+    released = 0
+    for lease in leases:
+        released += (await conn.execute(_q(sql.RELEASE_LEASE), lease)).rowcount
+    return released

@@ -88,22 +88,29 @@ async def get_callback_metadata(conn: Conn, url_id: str) -> dict[str, Any] | Non
 
 
 async def create_ops_session(
-    conn: Conn, session_id: str, created_at: float, expires_at: float
+    conn: Conn,
+    session_id: str,
+    created_at: float,
+    expires_at: float,
+    scope: str,
+    key_id: str | None,
 ) -> None:
     """In a transaction."""
     await conn.execute("DELETE FROM ops_sessions WHERE expires_at < %s", (created_at,))
     await conn.execute(
-        "INSERT INTO ops_sessions (id, created_at, expires_at) VALUES (%s, %s, %s)",
-        (session_id, created_at, expires_at),
+        "INSERT INTO ops_sessions (id, created_at, expires_at, scope, key_id)"
+        " VALUES (%s, %s, %s, %s, %s)",
+        (session_id, created_at, expires_at, scope, key_id),
     )
 
 
-async def ops_session_live(conn: Conn, session_id: str, now: float) -> bool:
+async def ops_session_live(conn: Conn, session_id: str, now: float) -> str | None:
     cursor = await conn.execute(
-        "SELECT 1 FROM ops_sessions WHERE id = %s AND revoked_at IS NULL AND expires_at > %s",
+        "SELECT scope FROM ops_sessions WHERE id = %s AND revoked_at IS NULL AND expires_at > %s",
         (session_id, now),
     )
-    return await cursor.fetchone() is not None
+    row = await cursor.fetchone()
+    return None if row is None else str(row[0])
 
 
 async def revoke_ops_session(conn: Conn, session_id: str, now: float) -> None:

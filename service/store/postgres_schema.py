@@ -26,6 +26,7 @@ MIGRATIONS = (
     "postgres_009_suspect.sql",
     "postgres_010_archive.sql",
     "postgres_011_idempotency.sql",
+    "postgres_012_keys.sql",
 )
 
 #: Advisory lock (one-key form, a lock space apart from the two-key locks of the other modules)

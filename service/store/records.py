@@ -200,3 +200,17 @@ class ArchiveOutcome:
     status: ArchiveStatus = "pending"
     body: str | None = None
     next_attempt_at: float | None = None
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A scoped API key as the store keeps it (``service.api_keys``): never the key itself,
+    only its SHA-256 (``key_hash``, hex), which is how a presented key is found."""
+
+    id: str
+    name: str | None
+    scope: str
+    key_hash: str
+    created_at: float
+    last_used_at: float | None = None
+    revoked_at: float | None = None

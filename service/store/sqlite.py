@@ -8,12 +8,13 @@ reads (``sqlite_ops``) run on a read-only connection of their own in a thread (`
 The file is watched too (``sqlite_file``): should the database be deleted or replaced under the
 running relay, its writes would go to a file no one can open again, so every operation fails
 from then on. The SQL is in ``sqlite_events``, ``sqlite_subscribers``, ``sqlite_deliveries``,
-``sqlite_watches``, ``sqlite_meta`` and ``sqlite_ops``; this class runs it.
+``sqlite_watches``, ``sqlite_meta``, ``sqlite_keys`` and ``sqlite_ops``; this class runs it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -24,6 +25,7 @@ from service.store import sqlite_archive as arc
 from service.store import sqlite_deliveries as q
 from service.store import sqlite_events as e
 from service.store import sqlite_idempotency as idem
+from service.store import sqlite_keys as keys
 from service.store import sqlite_meta as m
 from service.store import sqlite_ops
 from service.store import sqlite_subscribers as subs
@@ -33,6 +35,7 @@ from service.store.budget import ApiBudget, BudgetState
 from service.store.idempotency_model import EarlierRequest, IdempotencyClaim, StoredAnswer
 from service.store.paging import Page
 from service.store.records import (
+    ApiKey,
     ArchiveJob,
     ArchiveOutcome,
     AttemptRecord,
@@ -262,9 +265,12 @@ class SQLiteStore(Store):
     # -- archive jobs ---------------------------------------------------------------------------
 
     async def claim_archive_jobs(
-        self, now: float, limit: int, lease_seconds: float
+        self, now: float, limit: int, lease_seconds: float, *, overdue_at: float | None = None
     ) -> list[ArchiveJob]:
-        return await self._run(lambda conn: arc.claim(conn, now, limit, now + lease_seconds))
+        due_by = math.inf if overdue_at is None else overdue_at
+        return await self._run(
+            lambda conn: arc.claim(conn, now, limit, now + lease_seconds, due_by)
+        )
 
     async def extend_archive_lease(self, event_id: str, lease_token: str, until: float) -> bool:
         return await self._run(lambda conn: arc.extend(conn, event_id, lease_token, until))
@@ -286,8 +292,8 @@ class SQLiteStore(Store):
     async def archive_counts(self, now: float) -> dict[str, Any]:
         return await self._run(lambda conn: arc.counts(conn, now))
 
-    async def release_archive_leases(self, event_ids: list[str] | None = None) -> int:
-        return await self._run(lambda conn: arc.release_leases(conn, event_ids))
+    async def release_archive_leases(self, leases: list[tuple[str, str]] | None = None) -> int:
+        return await self._run(lambda conn: arc.release_leases(conn, leases))
 
     # -- subscribers ----------------------------------------------------------------------------
 
@@ -345,15 +351,42 @@ class SQLiteStore(Store):
     # -- ops console sessions ------------------------------------------------------------------
 
     async def create_ops_session(
-        self, session_id: str, created_at: float, expires_at: float
+        self,
+        session_id: str,
+        created_at: float,
+        expires_at: float,
+        *,
+        scope: str = "admin",
+        key_id: str | None = None,
     ) -> None:
-        await self._run(lambda conn: m.create_ops_session(conn, session_id, created_at, expires_at))
+        await self._run(
+            lambda conn: m.create_ops_session(
+                conn, session_id, created_at, expires_at, scope, key_id
+            )
+        )
 
-    async def ops_session_live(self, session_id: str, now: float) -> bool:
+    async def ops_session_live(self, session_id: str, now: float) -> str | None:
         return await self._run(lambda conn: m.ops_session_live(conn, session_id, now))
 
     async def revoke_ops_session(self, session_id: str, now: float) -> None:
         await self._run(lambda conn: m.revoke_ops_session(conn, session_id, now))
+
+    # -- scoped API keys -----------------------------------------------------------------------
+
+    async def create_api_key(self, key: ApiKey) -> None:
+        await self._run(lambda conn: keys.create(conn, key))
+
+    async def api_key_by_hash(self, key_hash: str) -> ApiKey | None:
+        return await self._run(lambda conn: keys.by_hash(conn, key_hash))
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        return await self._run(keys.list_all)
+
+    async def revoke_api_key(self, key_id: str, now: float) -> ApiKey | None:
+        return await self._run(lambda conn: keys.revoke(conn, key_id, now))
+
+    async def touch_api_key(self, key_id: str, now: float, every: float) -> None:
+        await self._run(lambda conn: keys.touch(conn, key_id, now, every))
 
     # -- deliveries -----------------------------------------------------------------------------
 

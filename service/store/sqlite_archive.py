@@ -16,9 +16,11 @@ def _q(statement: str) -> str:
     return sql.for_mark(statement, "?")
 
 
-def claim(conn: sqlite3.Connection, now: float, limit: int, lease_until: float) -> list[ArchiveJob]:
+def claim(
+    conn: sqlite3.Connection, now: float, limit: int, lease_until: float, due_by: float
+) -> list[ArchiveJob]:
     jobs = []
-    for (seq,) in conn.execute(_q(sql.CLAIM), (now, now, limit)).fetchall():
+    for (seq,) in conn.execute(_q(sql.CLAIM), (now, now, due_by, limit)).fetchall():
         token = secrets.token_hex(8)
         conn.execute(_q(sql.LEASE), (lease_until, token, seq))
         row = conn.execute(_q(sql.CLAIMED), (seq,)).fetchone()
@@ -61,8 +63,7 @@ def counts(conn: sqlite3.Connection, now: float) -> dict[str, object]:
     return sql.counts_json(conn.execute(sql.COUNTS).fetchall(), now)
 
 
-def release_leases(conn: sqlite3.Connection, event_ids: list[str] | None) -> int:
-    if event_ids is None:
+def release_leases(conn: sqlite3.Connection, leases: list[tuple[str, str]] | None) -> int:
+    if leases is None:
         return conn.execute(sql.RELEASE_LEASES + " WHERE lease_until IS NOT NULL").rowcount
-    marks = ",".join("?" * len(event_ids))
-    return conn.execute(sql.RELEASE_LEASES + f" WHERE event_id IN ({marks})", event_ids).rowcount
+    return sum(conn.execute(_q(sql.RELEASE_LEASE), lease).rowcount for lease in leases)

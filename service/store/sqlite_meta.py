@@ -74,21 +74,27 @@ def get_callback_metadata(conn: sqlite3.Connection, url_id: str) -> dict[str, An
 
 
 def create_ops_session(
-    conn: sqlite3.Connection, session_id: str, created_at: float, expires_at: float
+    conn: sqlite3.Connection,
+    session_id: str,
+    created_at: float,
+    expires_at: float,
+    scope: str,
+    key_id: str | None,
 ) -> None:
     conn.execute("DELETE FROM ops_sessions WHERE expires_at < ?", (created_at,))
     conn.execute(
-        "INSERT INTO ops_sessions (id, created_at, expires_at) VALUES (?, ?, ?)",
-        (session_id, created_at, expires_at),
+        "INSERT INTO ops_sessions (id, created_at, expires_at, scope, key_id)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (session_id, created_at, expires_at, scope, key_id),
     )
 
 
-def ops_session_live(conn: sqlite3.Connection, session_id: str, now: float) -> bool:
+def ops_session_live(conn: sqlite3.Connection, session_id: str, now: float) -> str | None:
     row = conn.execute(
-        "SELECT 1 FROM ops_sessions WHERE id = ? AND revoked_at IS NULL AND expires_at > ?",
+        "SELECT scope FROM ops_sessions WHERE id = ? AND revoked_at IS NULL AND expires_at > ?",
         (session_id, now),
     ).fetchone()
-    return row is not None
+    return None if row is None else str(row[0])
 
 
 def revoke_ops_session(conn: sqlite3.Connection, session_id: str, now: float) -> None:

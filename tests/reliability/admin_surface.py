@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import httpx
 
-from service import http as service_http
+from service import api_keys
 from service.app import create_app, route_table
 from service.ops import session as sessions
 from service.settings import Settings
@@ -38,8 +38,10 @@ WRONG_AUTH: dict[str, str | None] = {
 }
 
 
-#: Routes outside /v1 and /ops: callbacks (their own token or signature), probes, the schema.
+#: Routes outside /v1 and /ops: callbacks (their own token or signature), archived outputs
+#: (their key signed by the relay), probes, the schema.
 PUBLIC = {
+    "/archive/token_x",
     "/callbacks/provider_x",
     "/callbacks/provider_x/token_x",
     "/healthz",
@@ -110,8 +112,9 @@ def routes_refuse(ctx: Context) -> list[Row]:
     finally:
         relay.stop()
     compare = {
-        "service.http.require_admin": inspect.getsource(service_http.require_admin),
-        "service.ops.session.token_ok": inspect.getsource(sessions.token_ok),
+        # The admin token, for the admin API, /metrics and the console's sign-in alike (an API
+        # key is looked up by its SHA-256: service.api_keys).
+        "service.api_keys.is_admin_token": inspect.getsource(api_keys.is_admin_token),
         "service.ops.session.csrf_ok": inspect.getsource(sessions.csrf_ok),
     }
     constant_time = [name for name, source in compare.items() if "hmac.compare_digest" in source]
