@@ -40,9 +40,8 @@ SERVICES = COMPOSE["services"]
 #: Settings the test adds to the compose environment: the subscriber is on loopback, and a short
 #: delivery timeout makes a killed replica's leases lapse in seconds.
 TEST_ONLY = {"RELAY_ALLOW_PRIVATE_TARGETS": "true", "RELAY_DELIVERY_TIMEOUT": "1"}
-#: Whether the relay on this branch has the features the compose file uses.
+#: Whether the relay on this branch reads secrets from files (RELAY_*_FILE).
 SECRET_FILES = hasattr(relay_settings, "SECRET_SETTINGS")
-ADMIN_LISTENER = "admin_listen" in getattr(relay_settings.Settings, "__dataclass_fields__", {})
 
 
 @pytest.fixture
@@ -124,12 +123,9 @@ class Topology:
         ]
         relay = RelayProcess(tmp_path, self.ports[service], *args)
         relay.env = self.environment(service)
+        relay.admin_base = f"http://{relay.env['RELAY_ADMIN_LISTEN']}"
         assert relay.env["RELAY_MIGRATE_ON_START"] == "false"
         return relay
-
-    def admin_base(self, service: str) -> str:
-        port = self.admin_ports[service] if ADMIN_LISTENER else self.ports[service]
-        return f"http://127.0.0.1:{port}"
 
 
 def post_like_a_provider(client: httpx.Client, url: str, n: int) -> str | None:
@@ -166,7 +162,7 @@ def test_the_compose_topology_delivers_through_the_proxy_and_loses_nothing_to_a_
         sink = SubscriberServer(script=lambda n: (204, 0.2)).start()
         running.callback(sink.stop)
 
-        admin = topology.admin_base("relay-1")
+        admin = relays["relay-1"].admin_base
         headers = {"authorization": f"Bearer {ADMIN}"}
         answer = httpx.post(f"{admin}/v1/subscribers", json={"url": sink.url}, headers=headers)
         assert answer.status_code in (200, 201), answer.text
@@ -178,9 +174,9 @@ def test_the_compose_topology_delivers_through_the_proxy_and_loses_nothing_to_a_
         )
         url = minted.json()["url"]
         assert url.startswith(topology.nginx.base + "/callbacks/evolink/")
-        if ADMIN_LISTENER:  # the public port (the proxy's upstream) has no admin surface
-            public = relays["relay-1"].base
-            assert httpx.get(f"{public}/v1/subscribers", headers=headers).status_code == 404
+        # The public port (the proxy's upstream) has no admin surface.
+        public = relays["relay-1"].base
+        assert httpx.get(f"{public}/v1/subscribers", headers=headers).status_code == 404
 
         with httpx.Client(verify=topology.nginx.tls(), timeout=30) as client:
             first = post_like_a_provider(client, url, 0)

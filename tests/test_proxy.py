@@ -71,10 +71,25 @@ def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
     return condition()
 
 
+def edge_relay(tmp_path: Path, port: int, nginx: NginxProcess, **env: str) -> RelayProcess:
+    """A relay on ``port`` set up as the deploy examples set it up behind the proxy: its public
+    URL is the proxy's, the proxy is trusted, the admin surface is on a listener of its own."""
+    return RelayProcess(
+        tmp_path,
+        port,
+        **{
+            "RELAY_PUBLIC_URL": nginx.base,
+            "RELAY_TRUSTED_PROXIES": "127.0.0.1/32",
+            "RELAY_ADMIN_LISTEN": f"127.0.0.1:{free_port()}",
+            **env,
+        },
+    )
+
+
 def mint(relay: RelayProcess, **body: Any) -> str:
-    """A callback URL minted on the relay itself (the admin surface is not behind nginx)."""
+    """A callback URL minted on the relay's admin listener (not behind nginx)."""
     answer = httpx.post(
-        f"{relay.base}/v1/callback-urls",
+        f"{relay.admin_base}/v1/callback-urls",
         json={"provider": "evolink", **body},
         headers=relay.admin,
         timeout=10,
@@ -86,7 +101,10 @@ def mint(relay: RelayProcess, **body: Any) -> str:
 
 def subscribe(relay: RelayProcess, sink: SubscriberServer) -> None:
     answer = httpx.post(
-        f"{relay.base}/v1/subscribers", json={"url": sink.url}, headers=relay.admin, timeout=10
+        f"{relay.admin_base}/v1/subscribers",
+        json={"url": sink.url},
+        headers=relay.admin,
+        timeout=10,
     ).json()
     sink.secrets.append(answer["secret"])
 
@@ -143,15 +161,7 @@ def test_callbacks_over_tls_reach_the_subscriber_and_no_log_holds_a_token(
     port_1, port_2 = free_port(), free_port()
     nginx = NginxProcess(home, (f"127.0.0.1:{port_1}", f"127.0.0.1:{port_2}"))
     relays = [
-        started(
-            RelayProcess(
-                tmp_path,
-                port,
-                RELAY_DATABASE_URL=pg_url,
-                RELAY_PUBLIC_URL=nginx.base,
-                RELAY_TRUSTED_PROXIES="127.0.0.1/32",
-            ).start()
-        )
+        started(edge_relay(tmp_path, port, nginx, RELAY_DATABASE_URL=pg_url).start())
         for port in (port_1, port_2)
     ]
     started(nginx.start())
@@ -254,11 +264,7 @@ def test_a_relay_answering_503_is_not_marked_down(
     ports = (free_port(), free_port())
     nginx = NginxProcess(tmp_path / "nginx", (f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}"))
     relays = [
-        started(
-            RelayProcess(
-                tmp_path, port, RELAY_DATABASE_URL=database.url, RELAY_PUBLIC_URL=nginx.base
-            ).start()
-        )
+        started(edge_relay(tmp_path, port, nginx, RELAY_DATABASE_URL=database.url).start())
         for port, database in zip(ports, databases, strict=True)
     ]
     started(nginx.start())
@@ -300,14 +306,9 @@ def test_trusted_proxy_lets_a_provider_allowlist_work_behind_nginx(
     proxy), and a client cannot claim an allowed address by sending the header itself."""
     port = free_port()
     nginx = NginxProcess(tmp_path / "nginx", (f"127.0.0.1:{port}",) * 2)
-    relay = RelayProcess(
-        tmp_path,
-        port,
-        RELAY_PUBLIC_URL=nginx.base,
-        RELAY_TRUSTED_PROXIES="127.0.0.1/32",
-        RELAY_EVOLINK_ALLOWED_IPS="127.0.0.5/32",
+    relay = started(
+        edge_relay(tmp_path, port, nginx, RELAY_EVOLINK_ALLOWED_IPS="127.0.0.5/32").start()
     )
-    started(relay.start())
     started(nginx.start())
     url = mint(relay, reusable=True)
     provider = httpx.HTTPTransport(verify=nginx.tls(), local_address="127.0.0.5")
