@@ -40,6 +40,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "log_config": None,  # keep the structlog configuration
         "proxy_headers": False,  # X-Forwarded-For is believed only from RELAY_TRUSTED_PROXIES
         "server_header": False,
+        # The relay serves no WebSocket: uvicorn need not load an implementation (whose
+        # websockets.legacy use warns under uvicorn's older releases with websockets 14+).
+        "ws": "none",
         # Bounded request heads, slow clients and connections; JSON for malformed requests.
         # A partial (not a subclass made here) so that worker processes can unpickle it.
         "http": functools.partial(BoundedHttpToolsProtocol, limits=limits),

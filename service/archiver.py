@@ -31,7 +31,7 @@ from service.settings import ArchiveSettings
 from service.targets import TargetBlocked, TargetPolicy
 
 #: Bytes read from the provider at a time.
-READ_BYTES = 256 * 1024
+READ_BYTES = 1024 * 1024
 #: Seconds to connect, and the longest silence while reading, before an output times out.
 CONNECT_SECONDS = 10.0
 STALL_SECONDS = 30.0
@@ -154,16 +154,23 @@ class Archiver:
         digest = hashlib.sha256()
         size = 0
         failure: list[ArchiveFailure] = []
+        #: The digest's update with the chunk before, running in a thread.
+        hashing: asyncio.Future[None] | None = None
 
         async def counted() -> AsyncIterator[bytes]:
-            nonlocal size
+            nonlocal size, hashing
             chunk = head
             while chunk:
                 size += len(chunk)
                 if size > limit:
                     failure.append(ArchiveFailure("too_large", f"over the {limit}-byte limit"))
                     raise failure[-1]
-                digest.update(chunk)
+                # SHA-256 runs at about 700 MB/s here: on the event loop it made a download
+                # take nearly twice the plain copy. In a thread (hashlib lets go of the GIL)
+                # it overlaps the next read and the store's write; one at a time, in order.
+                if hashing is not None:
+                    await hashing
+                hashing = asyncio.ensure_future(asyncio.to_thread(digest.update, chunk))
                 yield chunk
                 try:
                     chunk = await anext(chunks, b"")
@@ -187,6 +194,8 @@ class Archiver:
                 raise failure[-1] from None
             first_line = str(exc).strip().split("\n", 1)[0][:300]
             raise ArchiveFailure("store", f"the archive refused the write: {first_line}") from None
+        if hashing is not None:
+            await hashing
         if size == 0:
             raise ArchiveFailure("http_error", "the answer had no body")
         return Archived(key=key, content_type=media, bytes=size, sha256=digest.hexdigest())

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--host", default="127.0.0.1", help="interface to listen on [default: 127.0.0.1]"
     )
-    serve.add_argument("--port", type=int, default=8000, help="port to listen on [default: 8000]")
+    serve.add_argument("--port", type=int, help="port to listen on [RELAY_PORT, default: 8000]")
     serve.add_argument(
         "--workers", type=int, default=1, help="uvicorn worker processes [default: 1]"
     )
@@ -159,12 +159,16 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     from service import listeners
     from service.app import create_app, uvicorn_options
+    from service.store import is_postgres, postgres_store_class
     from service.tuning import tune_for_serving
 
     if args.workers > 1 and settings.database_url.startswith("sqlite"):
         print("relay: SQLite serves one process; use --workers 1 or PostgreSQL.", file=sys.stderr)
         return 2
-    public = ListenAddress(args.host, args.port)
+    if is_postgres(settings.database_url):
+        # Said here, in one line: inside uvicorn's start-up it would be a traceback.
+        postgres_store_class()
+    public = ListenAddress(args.host, settings.port if args.port is None else args.port)
     admin = settings.admin_listen
     if admin is not None and admin.port == public.port and public.port != 0:
         # The app tells the listeners apart by port (service.listeners).
@@ -327,6 +331,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: Command = args.func
     try:
         return command(settings, args)
+    except ConfigError as exc:  # found once the store opens (psycopg missing, say)
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
     except RelayError as exc:
         print(f"relay: {exc.code}: {exc.message}", file=sys.stderr)
         return 1

@@ -91,11 +91,67 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
         "(off: one listener)",
         "host:port for /v1, /ops, /metrics, /openapi.json (like --admin-host/--admin-port)",
     ),
+    "PORT": ("8000", "port `relay serve` listens on (--port overrides; the image's health check)"),
+    "<SECRET>_FILE": (
+        "(unset)",
+        "read secret <SECRET> from this file (e.g. RELAY_ADMIN_TOKEN_FILE=/run/secrets/admin):"
+        " ADMIN_TOKEN, SECRET_KEY, *_API_KEY, *_WEBHOOK_SECRET, ARCHIVE_*_KEY*",
+    ),
 }
+
+#: The settings that hold secrets. Each can instead be read from a file named by
+#: ``RELAY_<NAME>_FILE``, the way Docker and Kubernetes mount secrets (``/run/secrets/...``), so
+#: the value need not sit in the process environment or the deploy files.
+SECRET_SETTINGS = (
+    "ADMIN_TOKEN",
+    "SECRET_KEY",
+    "APIFRAME_API_KEY",
+    "APIFRAME_WEBHOOK_SECRET",
+    "EVOLINK_API_KEY",
+    "RIVYA_API_KEY",
+    "RIVYA_WEBHOOK_SECRET",
+    "REVE_ART_API_KEY",
+    "ARCHIVE_ACCESS_KEY_ID",
+    "ARCHIVE_SECRET_ACCESS_KEY",
+)
 
 
 class ConfigError(ValueError):
     """A RELAY_* variable holds a value the relay cannot use."""
+
+
+def _with_secret_files(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` (prefix stripped) with each ``<SECRET>_FILE`` read into ``<SECRET>``.
+
+    The file's content is the value, less its trailing newline. Errors name the variable and
+    the path, never the content.
+
+    Raises:
+        ConfigError: both ``<SECRET>`` and ``<SECRET>_FILE`` are set, or the file cannot be
+            read or is empty.
+    """
+    resolved = dict(env)
+    for name in SECRET_SETTINGS:
+        path = env.get(f"{name}_FILE", "").strip()
+        if not path:
+            continue
+        if env.get(name, "").strip():
+            raise ConfigError(
+                f"{PREFIX}{name} and {PREFIX}{name}_FILE are both set; set only one of them"
+            )
+        try:
+            with open(path, encoding="utf-8") as file:
+                value = file.read().rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{PREFIX}{name}_FILE: {path} is not UTF-8 text") from None
+        except OSError as exc:
+            raise ConfigError(
+                f"{PREFIX}{name}_FILE: cannot read {path}: {exc.strerror or exc}"
+            ) from None
+        if not value.strip():
+            raise ConfigError(f"{PREFIX}{name}_FILE: {path} is empty")
+        resolved[name] = value
+    return resolved
 
 
 class ListenAddress(NamedTuple):
@@ -338,6 +394,8 @@ class Settings:
 
     database_url: str = "sqlite:///./relay.db"
     public_url: str = "http://127.0.0.1:8000"
+    #: The port ``relay serve`` listens on unless ``--port`` says otherwise.
+    port: int = 8000
     secret_keys: tuple[Secret, ...] = ()
     admin_token: Secret | None = None
     max_body_bytes: int = 1024 * 1024
@@ -404,14 +462,19 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read every ``RELAY_*`` variable from ``environ`` (default ``os.environ``).
 
+        A secret setting may come from a file instead (``RELAY_<NAME>_FILE``, see
+        ``SECRET_SETTINGS``).
+
         Raises:
             ConfigError: a variable is set to something unusable.
         """
-        env = {
-            key[len(PREFIX) :]: value
-            for key, value in (os.environ if environ is None else environ).items()
-            if key.startswith(PREFIX)
-        }
+        env = _with_secret_files(
+            {
+                key[len(PREFIX) :]: value
+                for key, value in (os.environ if environ is None else environ).items()
+                if key.startswith(PREFIX)
+            }
+        )
 
         def secret(name: str) -> Secret | None:
             value = env.get(name, "").strip()
@@ -430,6 +493,7 @@ class Settings:
         return cls(
             database_url=env.get("DATABASE_URL", cls.database_url),
             public_url=env.get("PUBLIC_URL", cls.public_url).rstrip("/"),
+            port=_int("PORT", env.get("PORT", "8000")),
             secret_keys=keys,
             admin_token=secret("ADMIN_TOKEN"),
             max_body_bytes=_int(

@@ -138,6 +138,7 @@ class CdnEmulator:
                 self,
                 lifespan="off",
                 http=_CdnProtocol,
+                ws="none",  # serves no WebSocket (and older uvicorns warn loading one)
                 log_config=None,
                 access_log=False,
                 server_header=False,

@@ -39,11 +39,26 @@ def test_dockerfile_passes_hadolint() -> None:
 def test_dockerfile_shape() -> None:
     """Multi-stage, slim base, non-root, health-checked, `relay serve` on all interfaces."""
     text = (ROOT / "Dockerfile").read_text()
-    assert text.count("\nFROM python:3.11-slim") == 2
+    assert "\nARG PYTHON_IMAGE=python:3.11-slim" in text
+    assert text.count("\nFROM ${PYTHON_IMAGE}") == 2
     assert "\nUSER 10001" in text
-    assert "HEALTHCHECK" in text and "/healthz" in text
+    assert "HEALTHCHECK" in text and "/healthz" in text and "RELAY_PORT" in text
     assert 'ENTRYPOINT ["relay"]' in text
-    assert 'CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]' in text
+    assert 'CMD ["serve", "--host", "0.0.0.0"]' in text  # the port: RELAY_PORT
+
+
+def test_dockerfile_installs_the_lock_before_the_code() -> None:
+    """Each stage installs its hashed lock in a layer of its own, before any code is copied, so
+    a code change reuses the dependency layers; nothing unhashed is installed."""
+    build, runtime = (ROOT / "Dockerfile").read_text().split("\nFROM ${PYTHON_IMAGE}\n")
+    lock = build.index("RUN pip install --no-cache-dir --require-hashes -r requirements/build.txt")
+    assert lock < build.index("COPY service") < build.index("--no-build-isolation")
+    deps = runtime.index("RUN pip install --no-cache-dir --require-hashes -r /tmp/runtime.txt")
+    assert runtime.index("COPY requirements/runtime.txt") < deps
+    assert deps < runtime.index("COPY --from=build /wheels")
+    assert "pip install --no-cache-dir --no-deps /wheels/*.whl" in runtime
+    installs = [line for line in (build + runtime).splitlines() if "pip install" in line]
+    assert all("--require-hashes" in line or "--no-deps" in line for line in installs)
 
 
 #: API groups whose kinds are custom resources: kubernetes-validate has no schema for them.

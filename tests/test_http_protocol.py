@@ -153,7 +153,7 @@ def test_responses_leave_without_waiting_for_acknowledgements() -> None:
                 accepted = transport.get_extra_info("socket")
                 option.set_result(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
-        config = Config(app=None, log_config=None)
+        config = Config(app=None, log_config=None, ws="none")  # as the relay runs
         listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listening.bind(("127.0.0.1", 0))
         server = await loop.create_server(
