@@ -25,7 +25,6 @@ import httpx
 import pytest
 import yaml
 
-from service import settings as relay_settings
 from tests.nginx_process import NginxProcess, free_port, require_nginx
 from tests.relay_process import ADMIN, RelayProcess
 from tests.subscriber_server import SubscriberServer
@@ -40,8 +39,6 @@ SERVICES = COMPOSE["services"]
 #: Settings the test adds to the compose environment: the subscriber is on loopback, and a short
 #: delivery timeout makes a killed replica's leases lapse in seconds.
 TEST_ONLY = {"RELAY_ALLOW_PRIVATE_TARGETS": "true", "RELAY_DELIVERY_TIMEOUT": "1"}
-#: Whether the relay on this branch reads secrets from files (RELAY_*_FILE).
-SECRET_FILES = hasattr(relay_settings, "SECRET_SETTINGS")
 
 
 @pytest.fixture
@@ -92,10 +89,7 @@ class Topology:
             elif key.endswith("_FILE"):
                 name = value.removeprefix("/run/secrets/")
                 assert name in spec["secrets"] and name in COMPOSE["secrets"]
-                if not SECRET_FILES:  # this branch reads no *_FILE yet: the value itself
-                    key, value = key.removesuffix("_FILE"), self.values[name]
-                else:
-                    value = str(self.secrets / name)
+                value = str(self.secrets / name)
             env[key] = value
         return {**env, **TEST_ONLY}
 
