@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: run test lint install clean browser floors lock
+.PHONY: run test lint install clean browser nginx floors lock
 
 # The lock (`make lock` writes it from pyproject.toml): every package at one version, each with
 # its hashes. dev.txt is what `make install` installs (runtime, postgres, test and bench extras,
@@ -40,10 +40,26 @@ browser:
 	  fi; \
 	fi
 
+# The deploy test runs Debian's nginx (deploy/nginx.conf) in front of real relays. Installed here
+# when missing and root; otherwise that test skips with the reason (fails on CI). Debian's package
+# would start a server on port 80: policy-rc.d (present in Debian's images) or no init keeps it
+# from running; the test starts its own nginx on loopback.
+NGINX ?= /usr/sbin/nginx
+nginx:
+	@if [ ! -x $(NGINX) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's nginx for the deploy test (tests/test_proxy.py)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx) \
+	      || echo "could not install nginx: the proxy test will say so"; \
+	  else \
+	    echo "no $(NGINX) and not root: the proxy test will skip (and fail on CI)"; \
+	  fi; \
+	fi
+
 # Lint, formatting and strict typing first (seconds), then the suite under coverage: pytest-cov
 # prints the figure per module and fails below [tool.coverage.report] fail_under. The relays the
 # tests start as subprocesses are measured too ([tool.coverage.run] patch = subprocess).
-test: lint floors browser
+test: lint floors browser nginx
 	rm -f .coverage .coverage.*
 	$(BIN)/pytest --cov --cov-report=term $(PYTEST_ARGS)
 
