@@ -103,6 +103,7 @@ DOCUMENTED: dict[str, tuple[str, str]] = {
 #: ``RELAY_<NAME>_FILE``, the way Docker and Kubernetes mount secrets (``/run/secrets/...``), so
 #: the value need not sit in the process environment or the deploy files.
 SECRET_SETTINGS = (
+    "DATABASE_URL",  # a PostgreSQL URL carries its password
     "ADMIN_TOKEN",
     "SECRET_KEY",
     "APIFRAME_API_KEY",

@@ -18,6 +18,7 @@ WHSEC = "whsec_c2VjcmV0LWZyb20tYS1maWxl"
 
 #: Each secret setting: a value it accepts, and where ``Settings`` keeps it.
 SECRETS: dict[str, tuple[str, Callable[[Settings], Any]]] = {
+    "DATABASE_URL": ("postgresql://relay:pw@db/relay", lambda s: s.database_url),
     "ADMIN_TOKEN": ("admin-from-file", lambda s: str(s.admin_token)),
     "SECRET_KEY": ("key-from-file", lambda s: ",".join(str(k) for k in s.secret_keys)),
     "APIFRAME_API_KEY": ("apiframe-from-file", lambda s: str(s.apiframe_api_key)),
