@@ -30,6 +30,7 @@ from service.events import Normalized, build_cloudevent, dumps, verbatim_json
 from service.forwarding import MAX_RAW_DEPTH, forwardable_outputs, raw_too_deep
 from service.holds import confirms, hold_callback
 from service.intake import Accepted, Duplicate, Held, Received, Superseded
+from service.intake_pace import IntakePace
 from service.providers import get_provider
 from service.settings import Settings
 from service.store import open_store
@@ -71,9 +72,12 @@ class Relay:
     _bindings: OrderedDict[str, str | None] = field(default_factory=OrderedDict)
     #: Bytes of request bodies held at once (``RELAY_BODY_MEMORY``; ``service.body_budget``).
     body_budget: BodyBudget = field(init=False)
+    #: Callbacks accepted lately (``service.intake_pace``): archiving slows down while busy.
+    intake_pace: IntakePace = field(init=False)
 
     def __post_init__(self) -> None:
         self.body_budget = BodyBudget(self.settings.body_memory)
+        self.intake_pace = IntakePace(self.clock)
 
     @classmethod
     async def start(
@@ -312,6 +316,7 @@ class Relay:
             )
         )
         metrics.count_event(normalized.event_type, result.outcome)
+        self.intake_pace.accepted()
         # Emitted, but an operator should know: the relay did not find the result's files.
         without_outputs = (
             normalized.status == "succeeded"
