@@ -236,8 +236,12 @@ class OverdueArchiveJobs:
 
     async def run(self) -> None:
         while True:
-            with contextlib.suppress(StorageUnavailable):
+            try:
                 await self.end_overdue()
+            except StorageUnavailable as exc:
+                log.warning("archive_overdue_failed", error=exc.message)
+            except Exception:  # a bug must not stop the look for good, as in the other workers
+                log.exception("archive_overdue_error")
             await asyncio.sleep(self.EVERY_SECONDS)
 
     async def end_overdue(self) -> int:
