@@ -347,5 +347,12 @@ def test_the_deliveries_time_filter() -> None:
     assert time_filter("2026-11-21T03:00", "since", clock) == 1_795_230_000.0  # datetime-local
     assert time_filter("2026-11-21T03:00:00Z", "since", clock) == 1_795_230_000.0
     assert time_filter("90", "since", clock) == 90.0  # a bare number is Unix seconds here
-    with pytest.raises(InvalidInput, match="since must be an RFC 3339 time"):
+    with pytest.raises(InvalidInput) as refused:
         time_filter("yesterday", "since", clock)
+    # The error names every format that works, the one the placeholder shows first.
+    assert refused.value.message == (
+        "since must be a duration ago (30m, 2h, 7d), a UTC time (2026-11-21T03:00), an RFC"
+        " 3339 time (2026-11-21T03:00:00Z) or Unix seconds; got 'yesterday'."
+    )
+    with pytest.raises(InvalidInput, match=r"got '9{40}\.\.\.'"):
+        time_filter("9" * 5000, "since", clock)  # echoed cut short

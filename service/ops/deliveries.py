@@ -3,7 +3,6 @@ and time), one delivery with its attempts, and replaying one or all of those sho
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import structlog
@@ -12,9 +11,8 @@ from starlette.responses import Response
 
 from service import replays
 from service.clock import Clock
-from service.durations import duration_seconds
-from service.errors import RelayError
-from service.http import parse_time
+from service.durations import TIME_FORMATS, point_in_time
+from service.errors import InvalidInput, RelayError
 from service.ops import session as sessions
 from service.ops.guards import Form, form_value
 from service.ops.rendering import PAGE_ROWS, message, redirect_back, relay_of, render, render_list
@@ -24,21 +22,19 @@ from service.store.base import DeliveryFilter
 log = structlog.get_logger("service.ops")
 
 DELIVERY_STATUSES = ("failed", "pending", "succeeded", "canceled")
-_DATETIME_LOCAL = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?")
 
 
 def time_filter(value: str, name: str, clock: Clock) -> float | None:
     """``2h`` (ago), ``2026-11-21T17:30`` (UTC, as a datetime-local field sends it), an RFC
-    3339 time or Unix seconds; None when empty. ``InvalidInput`` otherwise."""
-    value = value.strip()
-    if not value:
+    3339 time or Unix seconds (``durations.point_in_time``); None when empty.
+    ``InvalidInput`` naming the formats otherwise."""
+    if not value.strip():
         return None
-    seconds = duration_seconds(value, bare_number=False)
-    if seconds is not None:
-        return clock() - seconds
-    if _DATETIME_LOCAL.fullmatch(value):
-        value += "Z"
-    return parse_time(value, name)
+    when = point_in_time(value, clock())
+    if when is None:
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise InvalidInput(f"{name} must be {TIME_FORMATS}; got {shown!r}.", code="invalid_query")
+    return when
 
 
 async def deliveries_page(request: Request, session: sessions.Session) -> Response:
