@@ -51,9 +51,12 @@ def storable_text(raw: bytes | str, limit: int = EXCERPT_BYTES) -> str | None:
 
 
 def _reason(exc: BaseException) -> str:
-    """The operating system's or the TLS library's words for ``exc``."""
+    """The operating system's or the TLS library's words for ``exc``: for a certificate,
+    why it was not trusted (``certificate verify failed: self-signed certificate``)."""
     if isinstance(exc, ssl.SSLError) and exc.reason:
-        return str(exc.reason).replace("_", " ").lower()
+        reason = str(exc.reason).replace("_", " ").lower()
+        why = getattr(exc, "verify_message", None)  # ssl.SSLCertVerificationError's
+        return f"{reason}: {why}" if why else reason
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__

@@ -7,6 +7,8 @@
 * ``HostileServer``: a subscriber that never answers, answers one byte at a time, or answers
   with a body of any size (streamed lazily, never allocated); it records how long each
   connection was held open and how many bytes it wrote.
+* ``self_signed_tls``: a server's TLS context with a certificate nobody vouches for (pass it
+  to ``TinyServer(tls=...)``).
 * ``fake_dns``: ``socket.getaddrinfo`` answered from a table that a test may change at any time
   (DNS rebinding); ``loop.getaddrinfo`` and aiohttp's threaded resolver both end there.
 * ``EdgeLoop``: an event loop in a thread, to run these servers beside synchronous test code.
@@ -16,10 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import ipaddress
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
@@ -41,15 +47,20 @@ class TinyServer:
     """A minimal HTTP/1.1 server on a loopback address that counts the connections it accepts.
 
     Answers ``200 ok``, or ``status`` with ``Location: location`` when a location is given,
-    and closes each connection after one answer.
+    and closes each connection after one answer. Speaks HTTPS with ``tls``.
     """
 
     def __init__(
-        self, host: str = "127.0.0.1", location: str | None = None, status: int = 302
+        self,
+        host: str = "127.0.0.1",
+        location: str | None = None,
+        status: int = 302,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.location = location
         self.status = status
+        self.tls = tls
         self.connections = 0
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -57,7 +68,7 @@ class TinyServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/hook"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}/hook"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -87,7 +98,7 @@ class TinyServer:
         await writer.drain()
 
     async def __aenter__(self) -> TinyServer:
-        self._server = await asyncio.start_server(self._serve, self.host, 0)
+        self._server = await asyncio.start_server(self._serve, self.host, 0, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -101,6 +112,44 @@ class TinyServer:
 
 
 TinyServerT = TypeVar("TinyServerT", bound=TinyServer)
+
+
+def self_signed_tls(directory: Path) -> ssl.SSLContext:
+    """A server TLS context whose certificate (for ``localhost`` and 127.0.0.1, valid for an
+    hour) signs itself: a client that verifies certificates refuses it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "self-signed.pem", directory / "self-signed.key"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
 
 Behaviour = Literal["silent", "dribble-head", "dribble-body", "huge"]
 

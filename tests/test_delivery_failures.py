@@ -1,8 +1,9 @@
 """Each way a delivery attempt can fail is recorded as what it was, against real sockets.
 
 ``Deliverer.attempt`` against loopback servers that refuse, reset, close, stall, answer
-something that is not HTTP, or do not speak TLS; a name that does not resolve; and targets the
-policy refuses. The error text is what the attempt record and the ops console show.
+something that is not HTTP, do not speak TLS or show a self-signed certificate; a name that does
+not resolve; and targets the policy refuses. The error text is what the attempt record, and so
+the API, the CLI and the ops console, show.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from ipaddress import ip_network
+from pathlib import Path
 
 import pytest
 
@@ -20,11 +22,13 @@ from service.delivery import Attempt, Deliverer
 from service.store.base import Claim
 from service.targets import TargetPolicy
 from tests.conftest import bound_socket
-from tests.edge import TinyServer, fake_dns
+from tests.edge import TinyServer, fake_dns, self_signed_tls
 
 pytestmark = pytest.mark.anyio
 
 LOOPBACK = TargetPolicy(allowlist=(ip_network("127.0.0.0/8"),))
+#: ``RELAY_ALLOW_PRIVATE_TARGETS=true``: names are looked up by the system's own resolver.
+ANYWHERE = TargetPolicy(allow_private=True)
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -92,6 +96,20 @@ async def test_a_refused_connection_is_recorded_as_refused() -> None:
     assert result.error == f"connection refused: 127.0.0.1:{port}"
 
 
+async def test_a_refused_connection_to_a_name_is_recorded_as_refused_at_once() -> None:
+    """A name (looked up for real) whose port is closed: refused, in well under the timeout;
+    not a timeout, whichever of the name's addresses (127.0.0.1, ::1) was tried."""
+    closed = bound_socket()
+    port = closed.getsockname()[1]
+    try:
+        result = await attempt(f"https://localhost:{port}/hook", ANYWHERE, delivery_timeout=5.0)
+    finally:
+        closed.close()
+    assert result.status_code is None
+    assert result.error == f"connection refused: localhost:{port}"
+    assert result.latency_ms < 1000
+
+
 async def test_a_reset_connection_is_recorded_as_reset() -> None:
     async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_head(reader)
@@ -137,6 +155,25 @@ async def test_a_name_that_does_not_resolve_is_recorded_as_dns() -> None:
     assert table.lookups == ["gone.example"]
     assert result.status_code is None
     assert result.error == "DNS lookup failed: gone.example: Name or service not known"
+
+
+async def test_a_reserved_name_is_recorded_as_a_dns_failure() -> None:
+    """A name under ``.invalid`` (RFC 6761: never resolves) through the system's resolver."""
+    result = await attempt("https://subscriber.invalid/hook", ANYWHERE)
+    assert result.status_code is None
+    assert result.error is not None
+    assert result.error.startswith("DNS lookup failed: subscriber.invalid: "), result
+
+
+async def test_a_self_signed_certificate_is_recorded_as_rejected(tmp_path: Path) -> None:
+    """The TLS error says it was the certificate, and why it was not trusted."""
+    async with TinyServer(tls=self_signed_tls(tmp_path)) as server:
+        by_name = await attempt(f"https://localhost:{server.port}/hook", ANYWHERE)
+        by_address = await attempt(server.url)
+    assert (by_name.status_code, by_address.status_code) == (None, None)
+    why = "certificate verify failed: self-signed certificate"
+    assert by_name.error == f"TLS certificate rejected: localhost:{server.port}: {why}"
+    assert by_address.error == f"TLS certificate rejected: 127.0.0.1:{server.port}: {why}"
 
 
 async def test_a_server_not_speaking_tls_is_recorded_as_a_tls_failure() -> None:
