@@ -356,3 +356,50 @@ def test_the_deliveries_time_filter() -> None:
     )
     with pytest.raises(InvalidInput, match=r"got '9{40}\.\.\.'"):
         time_filter("9" * 5000, "since", clock)  # echoed cut short
+
+
+def test_failed_deliveries_name_their_subscriber_and_say_what_retries_after_a_replay(
+    relay_factory: Callable[..., RelayServer],
+) -> None:
+    """One line per delivery with the subscriber's description and URL, its attempts folded;
+    after "Replay all shown" the page lists what is retrying now, not "nothing waits"."""
+    from tests.subscriber_server import SubscriberServer
+
+    relay = relay_factory(retry_delays=())  # one attempt per cycle
+    slow = {"value": False}
+    # 503 at once; after the replay, 503 after 4 s: the replayed delivery is in flight.
+    sink = SubscriberServer(script=lambda n: (503, 4.0 if slow["value"] else 0.0)).start()
+    try:
+        subscriber = relay.add_subscriber(sink.url, description="billing service")
+        relay.post_callback(relay.mint(reusable=True), evolink("t-replay"))
+        (failed,) = relay.wait_deliveries(1, "failed")
+        with browser(relay) as client:
+            sign_in(client)
+            page = client.get("/ops/deliveries").text
+            assert "billing service" in page and sink.url in page and subscriber["id"] in page
+            assert '<details class="expand"><summary>1 attempt</summary></details>' in page
+            assert "<details open" not in page  # attempts folded: one line per delivery
+            assert 'class="attempts-of"' in page  # ...and unfolded on demand
+            assert "Retrying now" not in page
+
+            slow["value"] = True
+            ids = re.findall(r'name="ids" value="([^"]+)"', page)
+            assert ids == [failed["id"]]
+            replayed = client.post(
+                "/ops/deliveries/replay",
+                data={"csrf": csrf_of(page), "back": "/ops/deliveries", "ids": ids},
+            )
+            assert replayed.headers["location"] == "/ops/deliveries"
+            page = client.get("/ops/deliveries").text
+            assert "Replayed 1 of 1 shown. They are retrying now" in page
+            assert "no failed delivery waits for you" not in page
+            assert "Nothing failed matches: 1 retrying now, below." in page
+            retrying = page.split('<h2 id="retrying">', 1)[1]
+            assert retrying.startswith("Retrying now (1)")
+            assert failed["id"] in retrying and "billing service" in retrying
+
+            relay.wait_deliveries(1, "failed", timeout=30)  # failing again, listed again
+            page = client.get("/ops/deliveries").text
+            assert "2 attempts" in page and "Retrying now" not in page
+    finally:
+        sink.stop()

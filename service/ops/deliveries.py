@@ -3,6 +3,7 @@ and time), one delivery with its attempts, and replaying one or all of those sho
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -17,7 +18,7 @@ from service.ops import session as sessions
 from service.ops.guards import Form, form_value
 from service.ops.rendering import PAGE_ROWS, message, redirect_back, relay_of, render, render_list
 from service.providers import PROVIDERS
-from service.store.base import DeliveryFilter
+from service.store.base import DeliveryFilter, Store, Subscriber
 
 log = structlog.get_logger("service.ops")
 
@@ -49,6 +50,7 @@ async def deliveries_page(request: Request, session: sessions.Session) -> Respon
     }
     error = None
     items: list[dict[str, Any]] = []
+    retrying: list[dict[str, Any]] = []
     if values["status"] not in (*DELIVERY_STATUSES, "any"):
         values["status"] = "failed"
     if values["provider"] and values["provider"] not in PROVIDERS:
@@ -59,16 +61,20 @@ async def deliveries_page(request: Request, session: sessions.Session) -> Respon
     except RelayError as exc:
         error, since, until = exc.message, None, None
     if error is None:
-        items = await relay.store.delivery_details(
-            DeliveryFilter(
-                status=None if values["status"] == "any" else values["status"],  # type: ignore[arg-type]
-                subscriber_id=values["subscriber"] or None,
-                since=since,
-                until=until,
-            ),
-            values["provider"] or None,
-            PAGE_ROWS,
+        filters = DeliveryFilter(
+            status=None if values["status"] == "any" else values["status"],  # type: ignore[arg-type]
+            subscriber_id=values["subscriber"] or None,
+            since=since,
+            until=until,
         )
+        provider = values["provider"] or None
+        items = await relay.store.delivery_details(filters, provider, PAGE_ROWS)
+        if values["status"] == "failed":
+            # What a replay turned back into pending (and what else is between attempts): the
+            # failed list alone would look empty while they are being tried, or failing, again.
+            retrying = await relay.store.delivery_details(
+                replace(filters, status="pending"), provider, PAGE_ROWS
+            )
     page_subscribers = await relay.store.list_subscribers(None, 500)
     return render_list(
         request,
@@ -77,13 +83,31 @@ async def deliveries_page(request: Request, session: sessions.Session) -> Respon
         values,
         error,
         {
+            "retrying": retrying,
             "statuses": (*DELIVERY_STATUSES, "any"),
             "providers": sorted(PROVIDERS),
             "subscribers": page_subscribers.items,
+            "subscriber_of": await subscribers_of(
+                relay.store, [*items, *retrying], page_subscribers.items
+            ),
             "back": str(request.url.path) + (f"?{request.url.query}" if request.url.query else ""),
         },
         session,
     )
+
+
+async def subscribers_of(
+    store: Store, deliveries: list[dict[str, Any]], known: list[Subscriber]
+) -> dict[str, Subscriber]:
+    """The subscribers of ``deliveries`` by id (description and URL for each row): those of
+    ``known`` (the page's filter list), and any other looked up once each."""
+    found = {subscriber.id: subscriber for subscriber in known}
+    for subscriber_id in dict.fromkeys(d["subscriber_id"] for d in deliveries):
+        if subscriber_id not in found:
+            subscriber = await store.get_subscriber(subscriber_id)
+            if subscriber is not None:  # deleted: the row says so
+                found[subscriber_id] = subscriber
+    return found
 
 
 async def delivery_page(request: Request, session: sessions.Session) -> Response:
@@ -149,4 +173,6 @@ async def replay_shown(request: Request, _session: sessions.Session, form: Form)
             f"; {len(result.newer)} held back, a later event of their task already delivered:"
             f" {', '.join(result.newer)}"
         )
+    if count:
+        note += ". They are retrying now, listed below until each succeeds or fails again"
     return redirect_back(request, back, f"Replayed {count} of {len(ids)} shown{note}.")
