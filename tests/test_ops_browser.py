@@ -2,8 +2,9 @@
 
 Drives Debian's Chromium (``/usr/bin/chromium``; ``make test`` installs it when it runs as
 root) through Playwright, which never downloads a browser of its own here. Without Chromium
-the test is skipped with the reason, or fails when ``CI`` is set. Screenshots of every page
-go to ``tests/artifacts/`` (git-ignored) for a person to look at.
+the test is skipped with the reason, or fails when ``CI`` is set. Screenshots of every page,
+at a desktop's width and a phone's (420 px), go to ``tests/artifacts/`` (git-ignored) for a
+person to look at.
 """
 
 from __future__ import annotations
@@ -142,9 +143,16 @@ def test_sign_in_find_a_failed_delivery_replay_it(
 
     tab.click("nav >> text=Deliveries")
     expect(tab.locator("h1")).to_have_text("Failed deliveries")
-    row = tab.locator("tr", has=tab.locator(f"a:has-text('{target['id']}')"))
+    row = tab.locator("tr.line", has=tab.locator(f"a:has-text('{target['id']}')"))
     expect(row).to_contain_text("HTTP 503")
-    expect(tab.locator("table.attempts").first).to_contain_text("answer")  # response excerpt
+    expect(row).to_contain_text("billing service")  # the subscriber's description
+    expect(row).to_contain_text(flaky.url)  # ...and URL, not only its id
+    attempts = row.locator("xpath=following-sibling::tr[1]")  # the row its attempts open in
+    expect(attempts).to_have_class("attempts-of")
+    expect(attempts).to_be_hidden()  # one line per delivery: its attempts folded
+    row.locator("details.expand summary").click()
+    expect(attempts).to_be_visible()
+    expect(attempts).to_contain_text("answer")  # response excerpt
     shot(tab, "3-failed-deliveries")
 
     healthy["value"] = True
@@ -197,3 +205,80 @@ def test_sign_in_find_a_failed_delivery_replay_it(
     expect(tab).to_have_url(f"{base}/ops/sign-in")
     tab.goto(f"{base}/ops/subscribers")
     expect(tab.locator("h1")).to_have_text("Sign in")
+
+
+#: A phone held upright, and a laptop.
+PHONE, DESKTOP = {"width": 420, "height": 900}, {"width": 1360, "height": 900}
+
+#: Whether anything on the page is wider than the window: the page itself (a sideways scroll),
+#: the header, or a table (a wide one scrolls inside its own box, which must fit).
+OVERFLOW = """() => {
+  const width = window.innerWidth;
+  const wide = [];
+  const page = document.documentElement.scrollWidth;
+  if (page > width) wide.push("page " + page);
+  const bar = document.querySelector("header .bar");
+  if (bar.scrollWidth > bar.clientWidth) wide.push("header " + bar.scrollWidth);
+  for (const table of document.querySelectorAll("table")) {
+    const right = table.getBoundingClientRect().right;
+    if (right > width + 0.5) wide.push("table " + table.className + " " + right);
+  }
+  return wide;
+}"""
+
+
+def test_every_page_fits_a_phone_and_a_desktop(
+    relay_factory: Callable[..., RelayServer],
+    sinks: Callable[..., SubscriberServer],
+    page: Any,
+) -> None:
+    """Each console page at 420 px and 1360 px: nothing wider than the window (header, tables,
+    the page), with long subscriber URLs, errors and ids on it; a screenshot of each."""
+    from playwright.sync_api import expect
+
+    relay = relay_factory(retry_delays=())
+    failing = sinks(script=lambda n: (503, 0.0))
+    failing.secrets.append(
+        relay.add_subscriber(
+            failing.url + "?tenant=acme-production-eu-west-1&route=generation-callbacks",
+            description="billing service, production (EU west), generation callbacks",
+        )["secret"]
+    )
+    relay.add_subscriber("https://subscriber-that-is-gone.invalid/hooks/generation/completed")
+    url = relay.mint(metadata={"user_id": "u-42", "project": "a-rather-long-project-name"})
+    event_id = relay.post_callback(url, evolink("task-video-with-a-long-identifier-1")).json()[
+        "event_id"
+    ]
+    failed = relay.wait_deliveries(2, "failed")
+
+    base = relay.base_url
+    tab = page
+    tab.set_viewport_size(PHONE)
+    tab.goto(f"{base}/ops")
+    assert tab.evaluate(OVERFLOW) == []
+    shot(tab, "phone-sign-in")
+    tab.fill("#token", ADMIN_TOKEN)
+    tab.click("button:has-text('Sign in')")
+    expect(tab.locator("h1")).to_have_text("Overview")
+    pages = {
+        "overview": "/ops",
+        "failed-deliveries": "/ops/deliveries",
+        "all-deliveries": "/ops/deliveries?status=any",
+        "delivery": f"/ops/deliveries/{failed[0]['id']}",
+        "events": "/ops/events",
+        "event": f"/ops/events/{event_id}",
+        "subscribers": "/ops/subscribers",
+        "suspect-callbacks": "/ops/watches",
+        "archive": "/ops/archive",
+        "bad-filter": "/ops/deliveries?since=yesterday",
+    }
+    for viewport, width in ((PHONE, "phone"), (DESKTOP, "desktop")):
+        tab.set_viewport_size(viewport)
+        for name, path in pages.items():
+            tab.goto(f"{base}{path}")
+            if name == "failed-deliveries":  # the attempts unfolded are part of the page
+                for summary in tab.locator("details.expand summary").all():
+                    summary.click()
+                expect(tab.locator("tr.attempts-of").first).to_be_visible()
+            assert tab.evaluate(OVERFLOW) == [], (width, path)
+            shot(tab, f"{width}-{name}")
