@@ -20,26 +20,30 @@ from service.store.rows import (
 )
 from service.store.watch_model import DECIDABLE
 
+#: The overview's reads (``Store.activity``), each by an index: events by ``events_received``,
+#: deliveries by ``deliveries_status`` (status, updated_at) one status at a time, since a range
+#: on updated_at alone cannot use it.
+ACTIVITY_EVENTS_SQL = (
+    "SELECT status, state, count(*) FROM events WHERE received_at >= %(since)s GROUP BY 1, 2"
+)
+ACTIVITY_DELIVERIES_SQL = (
+    "SELECT (SELECT count(*) FROM deliveries WHERE status = 'pending' AND updated_at >= %(since)s),"
+    " (SELECT count(*) FROM deliveries WHERE status = 'succeeded' AND updated_at >= %(since)s),"
+    " (SELECT count(*) FROM deliveries WHERE status = 'failed' AND updated_at >= %(since)s)"
+)
+OLDEST_PENDING_SQL = (
+    f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE status = 'pending'"
+    " ORDER BY created_at, seq LIMIT 1"
+)
+
 
 async def activity(conn: AsyncConnection[Any], since: float) -> dict[str, Any]:
-    cursor = await conn.execute(
-        "SELECT status, state, count(*) FROM events WHERE received_at >= %s GROUP BY 1, 2",
-        (since,),
-    )
+    cursor = await conn.execute(ACTIVITY_EVENTS_SQL, {"since": since})
     events = event_counts(await cursor.fetchall())
-    cursor = await conn.execute(
-        "SELECT count(*) FILTER (WHERE status = 'pending'),"
-        " count(*) FILTER (WHERE status = 'succeeded'),"
-        " count(*) FILTER (WHERE status = 'failed')"
-        " FROM deliveries WHERE updated_at >= %s",
-        (since,),
-    )
+    cursor = await conn.execute(ACTIVITY_DELIVERIES_SQL, {"since": since})
     row = await cursor.fetchone()
     assert row is not None  # noqa: S101 - narrows the type: the statement returns a row
-    cursor = await conn.execute(
-        f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE status = 'pending'"
-        " ORDER BY created_at, seq LIMIT 1"
-    )
+    cursor = await conn.execute(OLDEST_PENDING_SQL)
     oldest = await cursor.fetchone()
     return {
         "events": events,

@@ -45,24 +45,26 @@ def read_only(path: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn.close()
 
 
+#: The overview's reads (``Store.activity``), each by an index: events by ``events_received``,
+#: deliveries by ``deliveries_status`` (status, updated_at) one status at a time, since a range
+#: on updated_at alone cannot use it.
+ACTIVITY_EVENTS_SQL = (
+    "SELECT status, state, count(*) FROM events WHERE received_at >= ? GROUP BY 1, 2"
+)
+ACTIVITY_DELIVERIES_SQL = "SELECT count(*) FROM deliveries WHERE status = ? AND updated_at >= ?"
+OLDEST_PENDING_SQL = (
+    f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE status = 'pending'"
+    " ORDER BY created_at, seq LIMIT 1"
+)
+
+
 def activity(conn: sqlite3.Connection, since: float) -> dict[str, Any]:
-    events = event_counts(
-        conn.execute(
-            "SELECT status, state, count(*) FROM events WHERE received_at >= ? GROUP BY 1, 2",
-            (since,),
-        )
-    )
+    events = event_counts(conn.execute(ACTIVITY_EVENTS_SQL, (since,)))
     deliveries = {
-        status: conn.execute(
-            "SELECT count(*) FROM deliveries WHERE status = ? AND updated_at >= ?",
-            (status, since),
-        ).fetchone()[0]
+        status: conn.execute(ACTIVITY_DELIVERIES_SQL, (status, since)).fetchone()[0]
         for status in ("pending", "succeeded", "failed")
     }
-    oldest = conn.execute(
-        f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE status = 'pending'"
-        " ORDER BY created_at, seq LIMIT 1"
-    ).fetchone()
+    oldest = conn.execute(OLDEST_PENDING_SQL).fetchone()
     return {
         "events": events,
         "deliveries": deliveries,
