@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -13,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import EVOLINK_COMPLETED, RelayServer, bound_socket
-from tests.relay_process import RelayProcess
+from tests.relay_process import ADMIN, RelayProcess
 from tests.subscriber_server import SubscriberServer
 from tests.test_store_contract import ThreadedProxy, fresh_schema
 
@@ -240,3 +241,43 @@ def test_postgres_outage_gives_503_and_recovers(
         assert stored == {"task-unified-replica-1", "task-unified-replica-3"}
     finally:
         proxy.close()
+
+
+def test_the_overview_counts_every_replica_and_says_which_figures_are_one_process(
+    replicas: Callable[..., RelayProcess],
+) -> None:
+    """Callbacks accepted by one replica show on the other's /ops overview (the store's hour);
+    a duplicate and a refusal, never stored, show only on the replica that answered them, and
+    the page says so."""
+    from tests.test_ops_console import sign_in
+
+    first, second = replicas(), replicas()
+    url = httpx.post(
+        f"{first.base}/v1/callback-urls",
+        json={"provider": "evolink", "reusable": True},
+        headers=first.admin,
+    ).json()["url"]
+    for n in range(3):
+        assert httpx.post(url, json=_payload(n)).status_code == 200
+    assert httpx.post(url, json=_payload(0)).status_code == 200  # a duplicate
+    assert httpx.post(url + "x", json=_payload(9)).status_code == 401  # refused: a bad token
+
+    def figures(replica: RelayProcess) -> tuple[dict[str, str], str]:
+        with httpx.Client(base_url=replica.base, timeout=10) as client:
+            sign_in(client, token=ADMIN)
+            page = client.get("/ops")
+        assert page.status_code == 200, page.text[:300]
+        stats = re.findall(
+            r'<div class="k">([^<]+)</div>\s*<div class="n">([^<]+)</div>', page.text
+        )
+        return dict(stats), page.text
+
+    answered, answered_page = figures(first)
+    other, other_page = figures(second)
+    assert answered["Accepted, last hour"] == other["Accepted, last hour"] == "3"
+    assert (answered["Refused · this process"], other["Refused · this process"]) == ("1", "0")
+    for page in (answered_page, other_page):
+        text = " ".join(page.split())
+        assert 'from the store (every replica) unless marked "this process"' in text
+        assert "Events in the last hour, by type · every replica" in text
+    assert "duplicates: 1; since this process started" in answered_page
