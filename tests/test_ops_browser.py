@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, EVOLINK_COMPLETED, RelayServer
+from tests.conftest import ADMIN_TOKEN, EVOLINK_COMPLETED, RelayServer, bound_socket
 from tests.subscriber_server import SubscriberServer
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -107,10 +108,8 @@ def test_sign_in_find_a_failed_delivery_replay_it(
     from playwright.sync_api import expect
 
     relay = relay_factory(retry_delays=(0.2, 0.2))
-    healthy = {"value": False}
-    flaky = sinks(
-        script=lambda n: (204, 0.0) if healthy["value"] else (503, 0.0),
-    )
+    reply = {"value": (503, 0.0)}  # (status, seconds before answering)
+    flaky = sinks(script=lambda n: reply["value"])
     steady = sinks()
     ids = {}
     for sink, description in ((flaky, "billing service"), (steady, "media indexer")):
@@ -155,7 +154,17 @@ def test_sign_in_find_a_failed_delivery_replay_it(
     expect(attempts).to_contain_text("answer")  # response excerpt
     shot(tab, "3-failed-deliveries")
 
-    healthy["value"] = True
+    tab.fill("input[name=since]", "yesterday")
+    tab.click("button:has-text('Filter')")
+    expect(tab.get_by_role("alert")).to_contain_text(
+        "since must be a duration ago (30m, 2h, 7d), a UTC time (2026-11-21T03:00)"
+    )
+    tab.fill("input[name=since]", "2h")  # as the placeholder says
+    tab.click("button:has-text('Filter')")
+    expect(tab).to_have_url(re.compile(r"since=2h"))
+    expect(tab.locator("tr.line")).to_have_count(2)
+
+    reply["value"] = (204, 0.0)
     before = len(flaky.receipts)
     tab.click(f"button[aria-label='Replay {target['id']}']")
     expect(tab.get_by_role("status")).to_contain_text(f"Replaying {target['id']}")
@@ -171,9 +180,15 @@ def test_sign_in_find_a_failed_delivery_replay_it(
     expect(tab.locator("table.attempts")).to_contain_text("replay")
     shot(tab, "4-delivery-replayed")
 
+    reply["value"] = (204, 3.0)  # the next replay stays in flight for a while
     tab.goto(f"{base}/ops/deliveries")
     tab.click("button:has-text('Replay all shown')")
     expect(tab.get_by_role("status")).to_contain_text("Replayed 1 of 1 shown")
+    # Not "nothing waits for you": what was replayed is listed as retrying.
+    expect(tab.locator("table.data").first).to_contain_text("1 retrying now, below")
+    expect(tab.locator("#retrying")).to_have_text("Retrying now (1)")
+    expect(tab.locator("table.data").nth(1)).to_contain_text("billing service")
+    shot(tab, "4b-retrying-after-replay")
     relay.wait_deliveries(4, "succeeded")
     tab.goto(f"{base}/ops/deliveries")
     expect(tab.locator("table.data")).to_contain_text("no failed delivery waits for you")
@@ -245,11 +260,15 @@ def test_every_page_fits_a_phone_and_a_desktop(
         )["secret"]
     )
     relay.add_subscriber("https://subscriber-that-is-gone.invalid/hooks/generation/completed")
+    closed = bound_socket()  # bound, never listening: connections are refused
+    closed_port = closed.getsockname()[1]
+    relay.add_subscriber(f"http://127.0.0.1:{closed_port}/hook", description="archive mirror")
     url = relay.mint(metadata={"user_id": "u-42", "project": "a-rather-long-project-name"})
     event_id = relay.post_callback(url, evolink("task-video-with-a-long-identifier-1")).json()[
         "event_id"
     ]
-    failed = relay.wait_deliveries(2, "failed")
+    failed = relay.wait_deliveries(3, "failed")
+    closed.close()
 
     base = relay.base_url
     tab = page
@@ -260,6 +279,16 @@ def test_every_page_fits_a_phone_and_a_desktop(
     tab.fill("#token", ADMIN_TOKEN)
     tab.click("button:has-text('Sign in')")
     expect(tab.locator("h1")).to_have_text("Overview")
+    expect(tab.locator(".stat", has_text="Refused · this process")).to_be_visible()
+    tab.goto(f"{base}/ops/deliveries")
+    # Each failure called what it was, in the words the API and the CLI use.
+    expect(tab.locator("table.data")).to_contain_text(
+        f"connection refused: 127.0.0.1:{closed_port}"
+    )
+    expect(tab.locator("table.data")).to_contain_text(
+        "DNS lookup failed: subscriber-that-is-gone.invalid"
+    )
+    expect(tab.locator("table.data")).to_contain_text("HTTP 503")
     pages = {
         "overview": "/ops",
         "failed-deliveries": "/ops/deliveries",
