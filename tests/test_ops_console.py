@@ -401,5 +401,10 @@ def test_failed_deliveries_name_their_subscriber_and_say_what_retries_after_a_re
             relay.wait_deliveries(1, "failed", timeout=30)  # failing again, listed again
             page = client.get("/ops/deliveries").text
             assert "2 attempts" in page and "Retrying now" not in page
+
+            gone = relay.client.delete(f"/v1/subscribers/{subscriber['id']}", headers=relay.admin)
+            assert gone.status_code == 204, gone.text
+            page = client.get("/ops/deliveries").text
+            assert failed["id"] in page and "(deleted)" in page and "billing service" not in page
     finally:
         sink.stop()
