@@ -30,8 +30,9 @@ from service import (
     cli_status,
     cli_watch,
 )
-from service.cli_args import parse_duration, parse_meta
+from service.cli_args import PORT, parse_duration, parse_meta, whole_number
 from service.cli_command import Command, on_relay
+from service.cli_parser import USAGE_ERROR, RelayArgumentParser, one_line
 from service.errors import RelayError
 from service.logs import configure_logging
 from service.relay import Relay
@@ -50,7 +51,7 @@ def _environment_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = RelayArgumentParser(
         prog="relay",
         description="callback-relay: receive AI-generation callbacks, store them, relay them.",
         epilog=_environment_help(),
@@ -68,13 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--host", default="127.0.0.1", help="interface to listen on [default: 127.0.0.1]"
     )
-    serve.add_argument("--port", type=int, help="port to listen on [RELAY_PORT, default: 8000]")
+    serve.add_argument("--port", type=PORT, help="port to listen on [RELAY_PORT, default: 8000]")
     serve.add_argument(
-        "--workers", type=int, default=1, help="uvicorn worker processes [default: 1]"
+        "--workers",
+        type=whole_number(1, 64),
+        default=1,
+        help="uvicorn worker processes [default: 1]",
     )
     serve.add_argument(
         "--admin-port",
-        type=int,
+        type=PORT,
         metavar="PORT",
         help="serve the admin API, /ops, /metrics and /openapi.json on this port only; the"
         " public one keeps callbacks, /archive, /healthz, /readyz"
@@ -105,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune = commands.add_parser("prune", help="prune what is past retention now, with progress")
     prune.add_argument(
         "--days",
-        type=int,
+        type=whole_number(1, 36_500),
         default=None,
         help="retention in days [RELAY_RETENTION_DAYS, default: 30]; failed deliveries stay"
         " unless RELAY_FAILED_RETENTION_DAYS says otherwise",
@@ -325,15 +329,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _with_flags(Settings.from_env(), args)
     except ConfigError as exc:
-        print(f"relay: {exc}", file=sys.stderr)
-        return 2
+        print(f"relay: {one_line(str(exc))}", file=sys.stderr)
+        return USAGE_ERROR
     configure_logging(settings.log_format, settings.log_level)
     command: Command = args.func
     try:
         return command(settings, args)
     except ConfigError as exc:  # found once the store opens (psycopg missing, say)
-        print(f"relay: {exc}", file=sys.stderr)
-        return 2
+        print(f"relay: {one_line(str(exc))}", file=sys.stderr)
+        return USAGE_ERROR
     except RelayError as exc:
-        print(f"relay: {exc.code}: {exc.message}", file=sys.stderr)
-        return 1
+        print(f"relay: {exc.code}: {one_line(exc.message)}", file=sys.stderr)
+        # A 4xx is what the API answers to a wrong request: here, a wrong value typed.
+        return USAGE_ERROR if exc.status_code < 500 else 1
