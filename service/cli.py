@@ -285,14 +285,25 @@ async def _prune(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-async def _admin_token(relay: Relay, _args: argparse.Namespace, out: TextIO) -> int:
+async def _admin_token(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
+    mismatch = args.policy.secret_mismatch("admin_token")
+    if mismatch is not None:
+        print(f"relay: {mismatch}", file=sys.stderr)
+        return USAGE_ERROR
     print(relay.settings.admin_token, file=out)
     return 0
 
 
 async def _mint_url(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
+    mismatch = args.policy.secret_mismatch("signing_key")
+    if mismatch is not None:  # the relay would refuse every callback through the URL
+        print(f"relay: {mismatch}", file=sys.stderr)
+        return USAGE_ERROR
     minted = await relay.mint_callback_url(args.provider, dict(args.meta), args.ttl, args.reusable)
     print(json.dumps(minted, indent=2), file=out)
+    note = args.policy.note("RELAY_PUBLIC_URL")
+    if note is not None:
+        print(note, file=sys.stderr)
     return 0
 
 

@@ -15,6 +15,7 @@ import textwrap
 from collections.abc import Awaitable, Callable
 from typing import TextIO
 
+from service import served_policy
 from service.relay import Relay
 from service.settings import Settings
 
@@ -39,6 +40,10 @@ def on_relay(command: RelayCommand) -> Command:
 async def _with_relay(settings: Settings, command: RelayCommand, args: argparse.Namespace) -> int:
     relay = await Relay.start(settings)
     try:
+        # The running relay's policy over this shell's (``service.served_policy``); commands
+        # that lean on it say so (``args.policy.note``).
+        args.policy = served_policy.adopt(relay.settings, await served_policy.recorded(relay.store))
+        relay.settings = args.policy.settings
         return await command(relay, args, sys.stdout)
     finally:
         await relay.close()

@@ -132,6 +132,9 @@ async def _subscriber_add(relay: Relay, args: argparse.Namespace, out: TextIO) -
     created = await subscribers.create(
         relay.store, body, TargetPolicy.from_settings(relay.settings)
     )
+    note = args.policy.note("RELAY_ALLOW_PRIVATE_TARGETS", "RELAY_TARGET_ALLOWLIST")
+    if note is not None:
+        print(note, file=sys.stderr)
     print(f"id:     {created.id}", file=out)
     print(f"secret: {created.secrets[0]}  (shown once: give it to the subscriber)", file=out)
     return 0

@@ -277,6 +277,12 @@ async def test_meta_is_created_once(store: Store) -> None:
     await store.ping()
 
 
+async def test_meta_is_replaced_by_set(store: Store) -> None:
+    await store.set_meta("served_policy", "one")
+    await store.set_meta("served_policy", "two")
+    assert await store.get_meta("served_policy") == "two"
+
+
 async def test_callback_url_metadata_round_trips(store: Store) -> None:
     now = time.time()
     metadata = {"user_id": "u-42", "nested": {"a": [1, 2]}, "unicode": "é✓"}
