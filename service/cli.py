@@ -190,6 +190,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     if admin is not None:
         admin = listeners.bound_address(sockets[1], admin.host)
         settings = settings.with_changes(admin_listen=admin)
+    if not os.environ.get(f"{PREFIX}PUBLIC_URL", "").strip():
+        # No public URL configured: the default follows the port served (--port 8080, or the
+        # one the system chose for 0), so minted URLs reach this relay.
+        settings = settings.with_changes(public_url=listeners.default_public_url(public))
     log.info(
         "listening",
         public=listeners.http_url(public),
@@ -201,6 +205,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         # Worker processes import the app; the flags reach them as the settings they stand for.
         os.environ["RELAY_RUN_WORKER"] = str(settings.run_worker).lower()
         os.environ["RELAY_MIGRATE_ON_START"] = str(settings.migrate_on_start).lower()
+        os.environ["RELAY_PUBLIC_URL"] = settings.public_url
         if admin is not None:
             os.environ["RELAY_ADMIN_LISTEN"] = str(admin)
         # Each process counts its own metrics; with a shared directory a scrape answered by any
