@@ -140,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let callbacks of any task come through this URL (default: the first task's only)",
     )
-    serve.set_defaults(func=_serve)
-    worker.set_defaults(func=_worker)
+    serve.set_defaults(func=_serve, logs=True)
+    worker.set_defaults(func=_worker, logs=True)
     migrate.set_defaults(func=_migrate)
     prune.set_defaults(func=on_relay(_prune))
     admin_token.set_defaults(func=on_relay(_admin_token))
@@ -151,8 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
     cli_archive.add_parsers(commands)
     cli_keys.add_parsers(commands)
     cli_status.add_parser(commands)
+    _add_verbose_flags(parser)
     cli_help.document_defaults(parser)
     return parser
+
+
+def _add_verbose_flags(parser: argparse.ArgumentParser) -> None:
+    """``--verbose`` on every command that does not run the relay: they print their own lines,
+    and the relay's log lines (JSON on stderr) only when asked, or when a warning or an error."""
+    for sub in cli_help.subcommands(parser).values():
+        leaf = not any(isinstance(a, argparse._SubParsersAction) for a in sub._actions)
+        if leaf and sub is not parser and not sub.get_default("logs"):
+            sub.add_argument(
+                "--verbose",
+                action="store_true",
+                help="also show the relay's log lines [default: warnings and errors only]",
+            )
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -340,6 +354,12 @@ def _with_admin_flags(settings: Settings, host: str | None, port: int | None) ->
     return settings.with_changes(admin_listen=ListenAddress(host, port))
 
 
+def _at_least_warning(level: str) -> str:
+    """``level`` (RELAY_LOG_LEVEL), raised to ``warning`` if lower."""
+    order = ["debug", "info", "warning", "error", "critical"]
+    return level if level in order[2:] else "warning"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -347,7 +367,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"relay: {one_line(str(exc))}", file=sys.stderr)
         return USAGE_ERROR
-    configure_logging(settings.log_format, settings.log_level)
+    level = settings.log_level
+    if not getattr(args, "logs", False) and not getattr(args, "verbose", False):
+        level = _at_least_warning(level)
+    configure_logging(settings.log_format, level)
     command: Command = args.func
     try:
         return command(settings, args)
