@@ -15,10 +15,24 @@ from service.durations import duration_seconds
 from service.errors import RelayError
 from service.http import parse_time
 
+#: The longest duration a command takes (a century): beyond, a typing accident, and past what
+#: a time can hold (``--since 10000...0w`` would not fit a float).
+MAX_DURATION_SECONDS = 100 * 366 * 86_400
+
+
+def _bounded_seconds(text: str) -> int | None:
+    """``duration_seconds(text)``, None too when past ``MAX_DURATION_SECONDS`` (or too many
+    digits for an int)."""
+    try:
+        seconds = duration_seconds(text)
+    except ValueError:  # more digits than int() takes
+        return None
+    return seconds if seconds is not None and seconds <= MAX_DURATION_SECONDS else None
+
 
 def parse_duration(text: str) -> int:
     """``90``, ``90s``, ``15m``, ``2h``, ``7d``, ``1w`` -> seconds."""
-    seconds = duration_seconds(text)
+    seconds = _bounded_seconds(text)
     if seconds is None:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 30m, 2h, 7d)")
     return seconds
@@ -34,7 +48,7 @@ def parse_meta(text: str) -> tuple[str, str]:
 
 def parse_when(text: str, clock: Clock = system_clock) -> float:
     """``2h`` / ``30m`` / ``7d`` ago, or an RFC 3339 time, as Unix seconds."""
-    seconds = duration_seconds(text)
+    seconds = _bounded_seconds(text)
     if seconds is not None:
         return clock() - seconds
     try:
