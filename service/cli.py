@@ -381,3 +381,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"relay: {exc.code}: {one_line(exc.message)}", file=sys.stderr)
         # A 4xx is what the API answers to a wrong request: here, a wrong value typed.
         return USAGE_ERROR if exc.status_code < 500 else 1
+    except KeyboardInterrupt:  # Ctrl-C in a long command (a replay, a simulated retry)
+        print("relay: interrupted", file=sys.stderr)
+        return 130

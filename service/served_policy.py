@@ -77,12 +77,19 @@ async def recorded(store: Store) -> ServedPolicy | None:
         return None
     try:
         fields = json.loads(raw)
-        fields["target_allowlist"] = tuple(fields["target_allowlist"])
-        for net in fields["target_allowlist"]:
+        policy = ServedPolicy(**fields | {"target_allowlist": tuple(fields["target_allowlist"])})
+        for net in policy.target_allowlist:
             ipaddress.ip_network(net, strict=False)
-        return ServedPolicy(**fields)
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError):
         return None
+    texts = (policy.public_url, policy.signing_key, policy.admin_token)
+    if (
+        not all(isinstance(text, str) for text in texts)
+        or not isinstance(policy.allow_private_targets, bool)
+        or not isinstance(policy.recorded_at, int | float)
+    ):
+        return None
+    return policy
 
 
 @dataclass(frozen=True)
