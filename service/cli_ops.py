@@ -54,8 +54,11 @@ def add_parsers(commands: Any) -> None:
     remove.add_argument("subscriber_id")
     remove.set_defaults(func=on_relay(_subscriber_remove))
     for name, what in (
-        ("enable", "deliver to a subscriber again (its held deliveries go out)"),
-        ("disable", "stop delivering to a subscriber (deliveries wait; nothing is lost)"),
+        ("enable", "deliver to a subscriber again (its pending deliveries go out)"),
+        (
+            "disable",
+            "stop delivering to a subscriber (pending deliveries wait, new events skip it)",
+        ),
     ):
         switch = sub_commands.add_parser(name, help=what)
         switch.add_argument("subscriber_id")
