@@ -23,8 +23,9 @@ $(BIN)/.installed: pyproject.toml $(LOCK)
 
 install: $(BIN)/.installed
 
+# `make run PORT=8080` serves on another port (the default public URL follows it).
 run: $(BIN)/.installed
-	$(BIN)/relay serve
+	$(BIN)/relay serve$(if $(PORT), --port $(PORT))
 
 # The ops console's browser test drives Debian's Chromium. Installed here when missing and
 # root (the machines are Debian); otherwise that test skips with the reason (fails on CI).

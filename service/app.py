@@ -16,7 +16,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from service import admin, health, memory, metrics, openapi, ops
+from service import admin, health, memory, metrics, openapi, ops, served_policy
 from service.access_log import AccessLogMiddleware
 from service.archive_route import archived_output
 from service.errors import RelayError
@@ -110,6 +110,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> RelayApp:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         relay = await Relay.start(settings)
         app.state.relay = relay
+        await served_policy.record(relay.store, relay.settings, relay.clock)
         if relay.generated_admin_token:
             _announce_admin_token(relay.generated_admin_token)
         background = BackgroundWork(relay) if run_worker else None

@@ -30,8 +30,9 @@ from service import (
     cli_status,
     cli_watch,
 )
-from service.cli_args import parse_duration, parse_meta
+from service.cli_args import PORT, parse_duration, parse_meta, whole_number
 from service.cli_command import Command, on_relay
+from service.cli_parser import USAGE_ERROR, RelayArgumentParser, one_line
 from service.errors import RelayError
 from service.logs import configure_logging
 from service.relay import Relay
@@ -50,7 +51,7 @@ def _environment_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = RelayArgumentParser(
         prog="relay",
         description="callback-relay: receive AI-generation callbacks, store them, relay them.",
         epilog=_environment_help(),
@@ -68,13 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--host", default="127.0.0.1", help="interface to listen on [default: 127.0.0.1]"
     )
-    serve.add_argument("--port", type=int, help="port to listen on [RELAY_PORT, default: 8000]")
+    serve.add_argument("--port", type=PORT, help="port to listen on [RELAY_PORT, default: 8000]")
     serve.add_argument(
-        "--workers", type=int, default=1, help="uvicorn worker processes [default: 1]"
+        "--workers",
+        type=whole_number(1, 64),
+        default=1,
+        help="uvicorn worker processes [default: 1]",
     )
     serve.add_argument(
         "--admin-port",
-        type=int,
+        type=PORT,
         metavar="PORT",
         help="serve the admin API, /ops, /metrics and /openapi.json on this port only; the"
         " public one keeps callbacks, /archive, /healthz, /readyz"
@@ -105,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune = commands.add_parser("prune", help="prune what is past retention now, with progress")
     prune.add_argument(
         "--days",
-        type=int,
+        type=whole_number(1, 36_500),
         default=None,
         help="retention in days [RELAY_RETENTION_DAYS, default: 30]; failed deliveries stay"
         " unless RELAY_FAILED_RETENTION_DAYS says otherwise",
@@ -136,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let callbacks of any task come through this URL (default: the first task's only)",
     )
-    serve.set_defaults(func=_serve)
-    worker.set_defaults(func=_worker)
+    serve.set_defaults(func=_serve, logs=True)
+    worker.set_defaults(func=_worker, logs=True)
     migrate.set_defaults(func=_migrate)
     prune.set_defaults(func=on_relay(_prune))
     admin_token.set_defaults(func=on_relay(_admin_token))
@@ -147,8 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
     cli_archive.add_parsers(commands)
     cli_keys.add_parsers(commands)
     cli_status.add_parser(commands)
+    _add_verbose_flags(parser)
     cli_help.document_defaults(parser)
     return parser
+
+
+def _add_verbose_flags(parser: argparse.ArgumentParser) -> None:
+    """``--verbose`` on every command that does not run the relay: they print their own lines,
+    and the relay's log lines (JSON on stderr) only when asked, or when a warning or an error."""
+    for sub in cli_help.subcommands(parser).values():
+        leaf = not any(isinstance(a, argparse._SubParsersAction) for a in sub._actions)
+        if leaf and sub is not parser and not sub.get_default("logs"):
+            sub.add_argument(
+                "--verbose",
+                action="store_true",
+                help="also show the relay's log lines [default: warnings and errors only]",
+            )
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -186,6 +204,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     if admin is not None:
         admin = listeners.bound_address(sockets[1], admin.host)
         settings = settings.with_changes(admin_listen=admin)
+    if not os.environ.get(f"{PREFIX}PUBLIC_URL", "").strip():
+        # No public URL configured: the default follows the port served (--port 8080, or the
+        # one the system chose for 0), so minted URLs reach this relay.
+        settings = settings.with_changes(public_url=listeners.default_public_url(public))
     log.info(
         "listening",
         public=listeners.http_url(public),
@@ -197,6 +219,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         # Worker processes import the app; the flags reach them as the settings they stand for.
         os.environ["RELAY_RUN_WORKER"] = str(settings.run_worker).lower()
         os.environ["RELAY_MIGRATE_ON_START"] = str(settings.migrate_on_start).lower()
+        os.environ["RELAY_PUBLIC_URL"] = settings.public_url
         if admin is not None:
             os.environ["RELAY_ADMIN_LISTEN"] = str(admin)
         # Each process counts its own metrics; with a shared directory a scrape answered by any
@@ -281,14 +304,25 @@ async def _prune(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-async def _admin_token(relay: Relay, _args: argparse.Namespace, out: TextIO) -> int:
+async def _admin_token(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
+    mismatch = args.policy.secret_mismatch("admin_token")
+    if mismatch is not None:
+        print(f"relay: {mismatch}", file=sys.stderr)
+        return USAGE_ERROR
     print(relay.settings.admin_token, file=out)
     return 0
 
 
 async def _mint_url(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
+    mismatch = args.policy.secret_mismatch("signing_key")
+    if mismatch is not None:  # the relay would refuse every callback through the URL
+        print(f"relay: {mismatch}", file=sys.stderr)
+        return USAGE_ERROR
     minted = await relay.mint_callback_url(args.provider, dict(args.meta), args.ttl, args.reusable)
     print(json.dumps(minted, indent=2), file=out)
+    note = args.policy.note("RELAY_PUBLIC_URL")
+    if note is not None:
+        print(note, file=sys.stderr)
     return 0
 
 
@@ -320,20 +354,33 @@ def _with_admin_flags(settings: Settings, host: str | None, port: int | None) ->
     return settings.with_changes(admin_listen=ListenAddress(host, port))
 
 
+def _at_least_warning(level: str) -> str:
+    """``level`` (RELAY_LOG_LEVEL), raised to ``warning`` if lower."""
+    order = ["debug", "info", "warning", "error", "critical"]
+    return level if level in order[2:] else "warning"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = _with_flags(Settings.from_env(), args)
     except ConfigError as exc:
-        print(f"relay: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(settings.log_format, settings.log_level)
+        print(f"relay: {one_line(str(exc))}", file=sys.stderr)
+        return USAGE_ERROR
+    level = settings.log_level
+    if not getattr(args, "logs", False) and not getattr(args, "verbose", False):
+        level = _at_least_warning(level)
+    configure_logging(settings.log_format, level)
     command: Command = args.func
     try:
         return command(settings, args)
     except ConfigError as exc:  # found once the store opens (psycopg missing, say)
-        print(f"relay: {exc}", file=sys.stderr)
-        return 2
+        print(f"relay: {one_line(str(exc))}", file=sys.stderr)
+        return USAGE_ERROR
     except RelayError as exc:
-        print(f"relay: {exc.code}: {exc.message}", file=sys.stderr)
-        return 1
+        print(f"relay: {exc.code}: {one_line(exc.message)}", file=sys.stderr)
+        # A 4xx is what the API answers to a wrong request: here, a wrong value typed.
+        return USAGE_ERROR if exc.status_code < 500 else 1
+    except KeyboardInterrupt:  # Ctrl-C in a long command (a replay, a simulated retry)
+        print("relay: interrupted", file=sys.stderr)
+        return 130

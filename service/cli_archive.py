@@ -11,6 +11,7 @@ import sys
 from typing import Any, TextIO
 
 from service import archive_retries
+from service.cli_args import ROW_LIMIT
 from service.cli_command import on_relay, print_table
 from service.clock import rfc3339
 from service.errors import Conflict, NotFound
@@ -26,7 +27,9 @@ def add_parsers(commands: Any) -> None:
     which = listing.add_mutually_exclusive_group()
     which.add_argument("--failed", action="store_true", help="only failed jobs (--status failed)")
     which.add_argument("--status", choices=STATUSES, help="only this status [default: any]")
-    listing.add_argument("--limit", type=int, default=50, help="most rows shown [default: 50]")
+    listing.add_argument(
+        "--limit", type=ROW_LIMIT, default=50, help="most rows shown [default: 50]"
+    )
     listing.set_defaults(func=on_relay(_list))
     retry = sub.add_parser(
         "retry", help="run a failed archive job again, from scratch, with a new deadline"

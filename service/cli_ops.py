@@ -7,14 +7,16 @@ relay picks up what they change at its next claim (it polls every 100 ms).
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from service import replays, subscribers
-from service.cli_args import parse_when
+from service.cli_args import ROW_LIMIT, parse_when
 from service.cli_command import on_relay, print_table
 from service.clock import rfc3339
+from service.errors import NotFound
 from service.relay import Relay
 from service.store.base import DeliveryFilter
 from service.targets import TargetPolicy
@@ -23,7 +25,9 @@ REPLAY_BATCH = 200
 
 
 def add_parsers(commands: Any) -> None:
-    subs = commands.add_parser("subscribers", help="add, list and remove subscribers")
+    subs = commands.add_parser(
+        "subscribers", help="add, list, enable, disable, rotate and remove subscribers"
+    )
     sub_commands = subs.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
     add = sub_commands.add_parser("add", help="register a subscriber URL (prints its secret once)")
     add.add_argument("url")
@@ -49,6 +53,22 @@ def add_parsers(commands: Any) -> None:
     remove = sub_commands.add_parser("remove", help="remove a subscriber")
     remove.add_argument("subscriber_id")
     remove.set_defaults(func=on_relay(_subscriber_remove))
+    for name, what in (
+        ("enable", "deliver to a subscriber again (its pending deliveries go out)"),
+        (
+            "disable",
+            "stop delivering to a subscriber (pending deliveries wait, new events skip it)",
+        ),
+    ):
+        switch = sub_commands.add_parser(name, help=what)
+        switch.add_argument("subscriber_id")
+        switch.set_defaults(func=on_relay(_subscriber_switch), enabled=name == "enable")
+    rotate = sub_commands.add_parser(
+        "rotate",
+        help="issue a new signing secret (printed once); the old one signs beside it for 24 h",
+    )
+    rotate.add_argument("subscriber_id")
+    rotate.set_defaults(func=on_relay(_subscriber_rotate))
 
     deliveries = commands.add_parser("deliveries", help="list deliveries")
     delivery_commands = deliveries.add_subparsers(
@@ -62,7 +82,14 @@ def add_parsers(commands: Any) -> None:
         help="which deliveries [default: failed]",
     )
     _window(listing)
-    listing.add_argument("--limit", type=int, default=50, help="most rows shown [default: 50]")
+    listing.add_argument(
+        "--limit", type=ROW_LIMIT, default=50, help="most rows shown [default: 50]"
+    )
+    listing.add_argument(
+        "--wide",
+        action="store_true",
+        help="each last error whole on its row [default: wrapped to the terminal's width]",
+    )
     listing.set_defaults(func=on_relay(_list_deliveries))
 
     replay = commands.add_parser("replay", help="replay failed deliveries (fresh retry cycle)")
@@ -108,6 +135,9 @@ async def _subscriber_add(relay: Relay, args: argparse.Namespace, out: TextIO) -
     created = await subscribers.create(
         relay.store, body, TargetPolicy.from_settings(relay.settings)
     )
+    note = args.policy.note("RELAY_ALLOW_PRIVATE_TARGETS", "RELAY_TARGET_ALLOWLIST")
+    if note is not None:
+        print(note, file=sys.stderr)
     print(f"id:     {created.id}", file=out)
     print(f"secret: {created.secrets[0]}  (shown once: give it to the subscriber)", file=out)
     return 0
@@ -137,9 +167,27 @@ async def _subscriber_list(relay: Relay, _args: argparse.Namespace, out: TextIO)
 
 async def _subscriber_remove(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
     if not await relay.store.delete_subscriber(args.subscriber_id, relay.clock()):
-        print(f"relay: no subscriber {args.subscriber_id}", file=sys.stderr)
-        return 1
+        raise NotFound(f"no subscriber {args.subscriber_id}")
     print(f"removed {args.subscriber_id}", file=out)
+    return 0
+
+
+async def _subscriber_switch(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
+    """``relay subscribers enable`` / ``disable`` (``args.enabled``), as the console does; a
+    running relay sees it at its next claim."""
+    changed = await relay.store.update_subscriber(args.subscriber_id, {"enabled": args.enabled})
+    if changed is None:
+        raise NotFound(f"no subscriber {args.subscriber_id}")
+    print(f"{changed.id}: {'enabled' if changed.enabled else 'disabled'}", file=out)
+    return 0
+
+
+async def _subscriber_rotate(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
+    rotated = await subscribers.rotate(relay.store, args.subscriber_id, relay.clock)
+    until = rfc3339(relay.clock() + subscribers.ROTATION_OVERLAP_SECONDS)
+    print(f"id:     {rotated.id}", file=out)
+    print(f"secret: {rotated.secrets[0]}  (shown once: give it to the subscriber)", file=out)
+    print(f"the previous secret signs beside it until {until}", file=out)
     return 0
 
 
@@ -163,11 +211,11 @@ async def _list_deliveries(relay: Relay, args: argparse.Namespace, out: TextIO) 
             d["status"],
             str(d["attempt_count"]),
             d["updated_at"],
-            (d["last_error"] or "")[:60],
+            d["last_error"] or "",
         ]
         for d in page.items
     ]
-    print_table(rows, out)
+    print_table(rows, out, None if args.wide else shutil.get_terminal_size().columns)
     more = " (more: narrow with --since/--until or raise --limit)" if page.next_cursor else ""
     print(f"{len(page.items)} {args.status} deliveries{more}", file=out)
     return 0
@@ -192,7 +240,10 @@ async def _replay(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
         print("relay: give delivery IDs or --failed, not both", file=sys.stderr)
         return 2
     if args.delivery_ids:
-        ids = list(args.delivery_ids)
+        ids = list(dict.fromkeys(args.delivery_ids))
+        unknown = [i for i in ids if await store.get_delivery(i) is None]
+        if unknown:  # nothing replayed: a mistyped ID is said before anything is done
+            raise NotFound(f"no delivery {', '.join(unknown)}")
     elif args.failed:
         if args.subscriber_id:
             await subscribers.require_enabled(store, args.subscriber_id)

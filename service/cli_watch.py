@@ -12,7 +12,13 @@ import sys
 from typing import Any, TextIO
 
 from service import simulate, suspects, watch_requests
-from service.cli_args import parse_duration, parse_meta
+from service.cli_args import (
+    ROW_LIMIT,
+    http_url,
+    parse_duration,
+    parse_meta,
+    positive_seconds,
+)
 from service.cli_command import on_relay, print_table
 from service.relay import Relay
 from service.settings import Settings
@@ -73,7 +79,7 @@ def add_parsers(commands: Any) -> None:
     shown.add_argument(
         "--flagged", action="store_true", help="only watches seeing an unknown status word"
     )
-    ls.add_argument("--limit", type=int, default=50, help="[default: 50]")
+    ls.add_argument("--limit", type=ROW_LIMIT, default=50, help="[default: 50]")
     ls.set_defaults(func=on_relay(_list))
     cancel = sub.add_parser("cancel", help="cancel an active watch")
     cancel.add_argument("watch_id")
@@ -92,7 +98,9 @@ def add_parsers(commands: Any) -> None:
         help="send a realistic callback as a provider would (payload, signature, retries)",
     )
     sim.add_argument("provider", help="evolink, apiframe or rivya")
-    sim.add_argument("--callback-url", required=True, help="where to send it (a minted URL)")
+    sim.add_argument(
+        "--callback-url", type=http_url, required=True, help="where to send it (a minted URL)"
+    )
     sim.add_argument(
         "--status",
         default="completed",
@@ -108,7 +116,10 @@ def add_parsers(commands: Any) -> None:
         " [default: the provider's own, e.g. 1,2,4 for evolink]",
     )
     sim.add_argument(
-        "--timeout", type=float, default=simulate.TIMEOUT_SECONDS, help="seconds per attempt"
+        "--timeout",
+        type=positive_seconds,
+        default=simulate.TIMEOUT_SECONDS,
+        help="seconds per attempt",
     )
     sim.set_defaults(func=_simulate)
 

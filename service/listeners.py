@@ -112,3 +112,10 @@ def bound_address(sock: socket.socket, host: str) -> ListenAddress:
 
 def http_url(address: ListenAddress) -> str:
     return f"http://{address}"
+
+
+def default_public_url(public: ListenAddress) -> str:
+    """The public URL of a relay that was given none: its public listener, reached on
+    127.0.0.1 when it listens on every interface."""
+    host = "127.0.0.1" if public.host in ("0.0.0.0", "::", "") else public.host  # noqa: S104
+    return http_url(ListenAddress(host, public.port))

@@ -23,7 +23,10 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: Every setting with its default and a one-line description; ``relay --help`` prints these.
 DOCUMENTED: dict[str, tuple[str, str]] = {
     "DATABASE_URL": ("sqlite:///./relay.db", "sqlite:///path or postgresql://user@host/db"),
-    "PUBLIC_URL": ("http://127.0.0.1:8000", "base of minted callback URLs"),
+    "PUBLIC_URL": (
+        "http://127.0.0.1:<port served>",
+        "base of minted callback URLs (the default follows --port)",
+    ),
     "SECRET_KEY": (
         "(generated, kept in the store)",
         "token signing keys, newest first, comma-separated",

@@ -191,7 +191,7 @@ def test_cli_mint_url_refuses_unknown_provider(tmp_path: Path) -> None:
     """`relay mint-url` explains a bad provider on stderr and exits non-zero."""
     env = dict(os.environ, RELAY_DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}")
     result = _relay("mint-url", "acme", env=env)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "unknown_provider" in result.stderr
 
 

@@ -375,7 +375,7 @@ def test_simulate_gives_up_and_says_so() -> None:
     assert len(receiver.requests) == 3
     assert json.loads(receiver.requests[0][2])["error"]["code"] == "content_policy_violation"
     refused = relay_cli("simulate", "reve-art", "--callback-url", receiver.url)
-    assert refused.returncode == 1 and "no_callbacks" in refused.stderr
+    assert refused.returncode == 2 and "no_callbacks" in refused.stderr
 
 
 def test_simulated_signed_callbacks_pass_the_relays_checks(

@@ -38,3 +38,11 @@ def test_readme_curl_bodies_are_json_and_say_so() -> None:
         for body in bodies:
             assert isinstance(json.loads(body), dict), body
     assert with_body >= 7  # the README's examples: none was skipped by the parsing above
+
+
+def test_readme_writes_the_command_one_way() -> None:
+    """``relay ...`` throughout; how to get it (``.venv/bin/relay``, the venv) is said once."""
+    text = README.read_text()
+    assert text.count(".venv/bin/relay") == 1
+    assert "python -m service" not in text
+    assert "make run PORT=8080" in text

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import os
 import threading
@@ -26,12 +27,13 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from starlette.datastructures import Secret
 
-from service import ids
+from service import ids, served_policy
 from service.clock import rfc3339
 from service.errors import InvalidInput, StorageUnavailable
 from service.events import STATUSES, Normalized
-from service.settings import ConfigError
+from service.settings import ConfigError, Settings
 from service.store import open_store
 from service.store.base import (
     ApiKey,
@@ -275,6 +277,41 @@ async def test_meta_is_created_once(store: Store) -> None:
     assert await store.get_or_create_meta("secret_key", "second") == "first"
     assert await store.get_meta("secret_key") == "first"
     await store.ping()
+
+
+async def test_meta_is_replaced_by_set(store: Store) -> None:
+    await store.set_meta("served_policy", "one")
+    await store.set_meta("served_policy", "two")
+    assert await store.get_meta("served_policy") == "two"
+
+
+async def test_the_served_policy_round_trips_and_garbage_reads_as_none(store: Store) -> None:
+    """What a relay records at start (``service.served_policy``) reads back the same; a value
+    the CLI cannot use (hand-edited, another version's) reads as none recorded."""
+    assert await served_policy.recorded(store) is None
+    settings = Settings(
+        public_url="https://relay.example.com",
+        allow_private_targets=True,
+        target_allowlist=(ipaddress.ip_network("10.0.0.0/8"),),
+        secret_keys=(Secret("k1"), Secret("k0")),
+        admin_token=Secret("admin"),
+    )
+    await served_policy.record(store, settings, lambda: 1_700_000_000.0)
+    assert await served_policy.recorded(store) == served_policy.ServedPolicy.of(
+        settings, 1_700_000_000.0
+    )
+    for garbage in ("", "[]", "{}", '{"public_url": 1}', "null", "not json"):
+        await store.set_meta("served_policy", garbage)
+        assert await served_policy.recorded(store) is None, garbage
+    fields = dataclasses.asdict(served_policy.ServedPolicy.of(settings, 0.0))
+    for wrong in (
+        {"target_allowlist": ["x/99"]},
+        {"public_url": 1},
+        {"signing_key": None},
+        {"recorded_at": "x"},
+    ):
+        await store.set_meta("served_policy", json.dumps(fields | wrong))
+        assert await served_policy.recorded(store) is None, wrong
 
 
 async def test_callback_url_metadata_round_trips(store: Store) -> None:

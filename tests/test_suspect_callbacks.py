@@ -268,7 +268,7 @@ def test_the_cli_lists_releases_and_dismisses_suspect_callbacks(
     assert released.returncode == 0, released.stderr
     assert "released" in released.stdout and "accepted" in released.stdout
     twice = _cli("watches", "release", kept["id"], env=env)
-    assert twice.returncode == 1 and "already_decided" in twice.stderr
+    assert twice.returncode == 2 and "already_decided" in twice.stderr
     dismissed = _cli("watches", "dismiss", dropped["id"], env=env)
     assert dismissed.returncode == 0, dismissed.stderr
     assert _cli("watches", "list", "--suspect", env=env).stdout.startswith("ID")

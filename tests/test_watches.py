@@ -430,9 +430,9 @@ def test_cli_watch_list_and_cancel(
     canceled = _cli("watches", "cancel", spare_id, env=env)
     assert canceled.returncode == 0 and spare_id in canceled.stdout
     twice = _cli("watches", "cancel", watch["id"], env=env)
-    assert twice.returncode == 1 and "watch_not_active" in twice.stderr
+    assert twice.returncode == 2 and "watch_not_active" in twice.stderr
     unconfigured = _cli("watch", "rivya", "task_1", env=env)
-    assert unconfigured.returncode == 1 and "RELAY_RIVYA_API_KEY" in unconfigured.stderr
+    assert unconfigured.returncode == 2 and "RELAY_RIVYA_API_KEY" in unconfigured.stderr
     assert get_watch(relay, spare_id)["state"] == "canceled"
 
 

@@ -87,6 +87,10 @@ class Store(ABC):
     async def get_meta(self, key: str) -> str | None:
         """The value stored under ``key``, or None."""
 
+    @abstractmethod
+    async def set_meta(self, key: str, value: str) -> None:
+        """Store ``value`` under ``key``, replacing what was there."""
+
     # -- callback URLs ------------------------------------------------------------------------
 
     @abstractmethod

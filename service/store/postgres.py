@@ -198,6 +198,10 @@ class PostgresStore(Store):
         async with self._connection() as conn:
             return await pm.get_meta(conn, key)
 
+    async def set_meta(self, key: str, value: str) -> None:
+        async with self._connection() as conn:
+            await pm.set_meta(conn, key, value)
+
     # -- callback URLs --------------------------------------------------------------------------
 
     async def create_callback_url(

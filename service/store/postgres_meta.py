@@ -43,6 +43,14 @@ async def get_meta(conn: Conn, key: str) -> str | None:
     return None if row is None else str(row[0])
 
 
+async def set_meta(conn: Conn, key: str, value: str) -> None:
+    await conn.execute(
+        "INSERT INTO relay_meta (key, value) VALUES (%s, %s)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
 async def create_callback_url(
     conn: Conn,
     url_id: str,

@@ -154,6 +154,9 @@ class SQLiteStore(Store):
     async def get_meta(self, key: str) -> str | None:
         return await self._run(lambda conn: m.get_meta(conn, key))
 
+    async def set_meta(self, key: str, value: str) -> None:
+        await self._run(lambda conn: m.set_meta(conn, key, value))
+
     # -- callback URLs --------------------------------------------------------------------------
 
     async def create_callback_url(
