@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from service.shapes.base import WHEN, PageQuery, Shape
+from service.shapes.base import WHEN, MetadataPageQuery, Shape
 from service.shapes.replays import Force
 
 EventStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
@@ -23,7 +23,7 @@ StoredEventJson = Annotated[
 ]
 
 
-class EventQuery(PageQuery, kw_only=True):
+class EventQuery(MetadataPageQuery, kw_only=True):
     """``GET /v1/events``: newest first."""
 
     provider: Annotated[str, Meta(description="Only this provider's.")] | UnsetType = UNSET

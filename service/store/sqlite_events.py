@@ -8,7 +8,7 @@ import sqlite3
 from typing import Any
 
 from service import ids
-from service.store.filters import event_clauses
+from service.store.filters import events_query
 from service.store.paging import Page, page_of, paged_query
 from service.store.records import EventFilter, IncomingEvent, IngestResult, Subscriber
 from service.store.rows import event_json
@@ -29,7 +29,7 @@ def fan_out(conn: sqlite3.Connection, event: IncomingEvent, subscribers: list[Su
             event.received_at,
         )
         for sub in subscribers
-        if sub.wants(event.provider, event.event_type)
+        if sub.wants(event.provider, event.event_type, event.metadata)
     ]
     if rows:
         conn.executemany(
@@ -51,7 +51,7 @@ def ingest(
         " received_at, url_id, body, raw_body) VALUES (?, ?, ?, ?, ?, ?,"
         " CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE provider = ? AND task_id = ?)"
         " THEN 'superseded' ELSE 'emitted' END, ?, ?, ?, ?)"
-        " ON CONFLICT (dedup_key) DO NOTHING RETURNING state",
+        " ON CONFLICT (dedup_key) DO NOTHING RETURNING state, seq",
         (
             event.event_id,
             event.provider,
@@ -72,6 +72,12 @@ def ingest(
             "SELECT id FROM events WHERE dedup_key = ?", (event.dedup_key,)
         ).fetchone()
         return IngestResult("duplicate", existing)
+    if event.metadata:
+        seq = row[1]
+        conn.executemany(
+            "INSERT INTO event_metadata (key, value, event_seq) VALUES (?, ?, ?)",
+            [(key, value, seq) for key, value in event.metadata.items()],
+        )
     if row[0] == "superseded":
         return IngestResult("superseded", event.event_id)
     if event.terminal:
@@ -110,7 +116,7 @@ def get_event_raw(conn: sqlite3.Connection, event_id: str) -> bytes | None:
 def list_events(
     conn: sqlite3.Connection, filters: EventFilter, cursor: str | None, limit: int
 ) -> Page:
-    sql, params = paged_query(
-        "SELECT seq, body FROM events", event_clauses(filters, "?"), cursor, limit, "?"
-    )
+    select, clauses, params = events_query(filters, "?", "CROSS JOIN")
+    position = "m0.event_seq" if filters.metadata else "e.seq"
+    sql, params = paged_query(select, (clauses, params), cursor, limit, "?", position=position)
     return page_of(conn.execute(sql, params).fetchall(), limit, lambda row: row[1])

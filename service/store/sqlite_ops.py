@@ -77,7 +77,9 @@ def delivery_details(
     limit: int,
     now: float,
 ) -> list[dict[str, Any]]:
-    sql, params = delivery_details_query(filters, "?", provider=provider, limit=limit, now=now)
+    sql, params = delivery_details_query(
+        filters, "?", provider=provider, limit=limit, now=now, join="CROSS JOIN"
+    )
     rows = conn.execute(sql, params).fetchall()
     attempts: list[tuple[Any, ...]] = []
     if rows:
