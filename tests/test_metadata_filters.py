@@ -92,6 +92,14 @@ async def test_events_are_found_by_metadata_newest_first_across_pages(store: Sto
     page = await store.list_events(EventFilter(metadata=U42), None, 3)
     rest = await store.list_events(EventFilter(metadata=U42), page.next_cursor, 10)
     assert ids_of(page.items) + ids_of(rest.items) == expected and rest.next_cursor is None
+    states = [json.loads(item)["relay"]["state"] for item in page.items]
+    assert states == ["superseded", "emitted", "emitted"]  # marked, as get_event marks them
+    plain = await store.list_events(EventFilter(task_id="job-0"), None, 10)
+    assert [json.loads(item)["relay"]["state"] for item in plain.items] == [
+        "superseded",
+        "emitted",
+        "emitted",
+    ]
 
     both = EventFilter(metadata=(("tenant", "acme"), ("user_id", "u-7")))
     assert ids_of((await store.list_events(both, None, 50)).items) == [other.event_id]

@@ -17,9 +17,9 @@ from service.shapes.replays import Force
 
 EventStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
-#: A stored event's JSON, as stored (its schema is GenerationEvent's).
+#: A stored event's JSON with its state at the relay (its schema is StoredEvent's).
 StoredEventJson = Annotated[
-    msgspec.Raw, Meta(extra_json_schema={"$ref": "#/components/schemas/GenerationEvent"})
+    msgspec.Raw, Meta(extra_json_schema={"$ref": "#/components/schemas/StoredEvent"})
 ]
 
 

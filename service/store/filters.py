@@ -51,8 +51,8 @@ def _metadata_clauses(pairs: MetadataFilter, mark: str) -> tuple[list[str], list
 
 
 def events_query(filters: EventFilter, mark: str, join: str) -> tuple[str, list[str], list[Any]]:
-    """``list_events``'s ``SELECT <position>, body FROM ...``, its clauses and parameters, and
-    its position column; ``join``: the store's join keyword (``CROSS JOIN`` for SQLite)."""
+    """``list_events``'s ``SELECT <position>, body, state FROM ...``, its clauses and
+    parameters; ``join``: the store's join keyword (``CROSS JOIN`` for SQLite)."""
     clauses, params = _clauses(
         [
             ("e.provider = {}", filters.provider),
@@ -63,11 +63,11 @@ def events_query(filters: EventFilter, mark: str, join: str) -> tuple[str, list[
         mark,
     )
     if not filters.metadata:
-        return "SELECT e.seq, e.body FROM events e", clauses, params
+        return "SELECT e.seq, e.body, e.state FROM events e", clauses, params
     extra, extra_params = _metadata_clauses(filters.metadata, mark)
     joins = _metadata_joins(filters.metadata, join)
     select = (
-        f"SELECT m0.event_seq, e.body FROM event_metadata m0{joins}"
+        f"SELECT m0.event_seq, e.body, e.state FROM event_metadata m0{joins}"
         f" {join} events e ON e.seq = m0.event_seq"
     )
     return select, extra + clauses, extra_params + params

@@ -13,7 +13,7 @@ from psycopg import AsyncConnection
 from service.store.filters import events_query
 from service.store.paging import Page, page_of, paged_query
 from service.store.records import EventFilter
-from service.store.rows import event_json
+from service.store.rows import event_json, listed_event
 
 Conn = AsyncConnection[Any]
 
@@ -137,4 +137,4 @@ async def list_events(conn: Conn, filters: EventFilter, cursor: str | None, limi
     position = "m0.event_seq" if filters.metadata else "e.seq"
     sql, params = paged_query(select, (clauses, params), cursor, limit, "%s", position=position)
     result = await conn.execute(sql, params)
-    return page_of(await result.fetchall(), limit, lambda row: row[1])
+    return page_of(await result.fetchall(), limit, listed_event)

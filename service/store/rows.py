@@ -103,6 +103,14 @@ def event_json(body: str, state: str) -> dict[str, Any]:
     return event
 
 
+def listed_event(row: tuple[Any, ...]) -> str:
+    """A row of ``filters.events_query`` (position, body, state) as the JSON of
+    ``Store.list_events``: the stored event with ``relay.state``, as ``event_json`` gives it,
+    spliced rather than parsed (the stored body is a compact JSON object)."""
+    body: str = row[1]
+    return f'{body[:-1]},"relay":{{"state":"{row[2]}"}}}}'
+
+
 def event_counts(rows: Iterable[tuple[str, str, int]]) -> dict[str, dict[str, int]]:
     """``(status, state, count)`` rows as ``{type: {"emitted": n, "superseded": n}}``."""
     events: dict[str, dict[str, int]] = {}

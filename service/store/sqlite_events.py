@@ -11,7 +11,7 @@ from service import ids
 from service.store.filters import events_query
 from service.store.paging import Page, page_of, paged_query
 from service.store.records import EventFilter, IncomingEvent, IngestResult, Subscriber
-from service.store.rows import event_json
+from service.store.rows import event_json, listed_event
 from service.store.sqlite_subscribers import SubscriberCache
 
 
@@ -119,4 +119,4 @@ def list_events(
     select, clauses, params = events_query(filters, "?", "CROSS JOIN")
     position = "m0.event_seq" if filters.metadata else "e.seq"
     sql, params = paged_query(select, (clauses, params), cursor, limit, "?", position=position)
-    return page_of(conn.execute(sql, params).fetchall(), limit, lambda row: row[1])
+    return page_of(conn.execute(sql, params).fetchall(), limit, listed_event)
