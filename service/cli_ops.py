@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from service import replays, subscribers
-from service.cli_args import parse_when
+from service.cli_args import add_meta_filter, meta_filter, parse_meta, parse_when
 from service.cli_command import on_relay, print_table
 from service.clock import rfc3339
 from service.relay import Relay
@@ -42,6 +42,14 @@ def add_parsers(commands: Any) -> None:
         help="only these event types, e.g. generation.succeeded or generation.* "
         "(repeatable) [default: all]",
     )
+    add.add_argument(
+        "--meta",
+        type=parse_meta,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only events whose metadata has this entry (repeatable: all of them) [default: all]",
+    )
     add.add_argument("--description")
     add.set_defaults(func=on_relay(_subscriber_add))
     sub_list = sub_commands.add_parser("list", help="list subscribers")
@@ -62,6 +70,7 @@ def add_parsers(commands: Any) -> None:
         help="which deliveries [default: failed]",
     )
     _window(listing)
+    add_meta_filter(listing, "deliveries of events")
     listing.add_argument("--limit", type=int, default=50, help="most rows shown [default: 50]")
     listing.set_defaults(func=on_relay(_list_deliveries))
 
@@ -105,6 +114,8 @@ async def _subscriber_add(relay: Relay, args: argparse.Namespace, out: TextIO) -
     for key in ("providers", "event_types", "description"):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
+    if args.meta:
+        body["metadata"] = dict(args.meta)
     created = await subscribers.create(
         relay.store, body, TargetPolicy.from_settings(relay.settings)
     )
@@ -149,6 +160,7 @@ def _filters(args: argparse.Namespace, status: str | None) -> DeliveryFilter:
         subscriber_id=args.subscriber_id,
         since=args.since,
         until=args.until,
+        metadata=meta_filter(args) if "meta" in args else (),
     )
 
 

@@ -12,7 +12,7 @@ import sys
 from typing import Any, TextIO
 
 from service import simulate, suspects, watch_requests
-from service.cli_args import parse_duration, parse_meta
+from service.cli_args import add_meta_filter, meta_filter, parse_duration, parse_meta
 from service.cli_command import on_relay, print_table
 from service.relay import Relay
 from service.settings import Settings
@@ -73,6 +73,7 @@ def add_parsers(commands: Any) -> None:
     shown.add_argument(
         "--flagged", action="store_true", help="only watches seeing an unknown status word"
     )
+    add_meta_filter(ls, "watches")
     ls.add_argument("--limit", type=int, default=50, help="[default: 50]")
     ls.set_defaults(func=on_relay(_list))
     cancel = sub.add_parser("cancel", help="cancel an active watch")
@@ -163,6 +164,7 @@ async def _list(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
             undecided=args.suspect,
             held=args.held,
             flagged=args.flagged,
+            metadata=meta_filter(args),
         ),
         None,
         args.limit,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -16,6 +18,7 @@ import httpx
 import psycopg
 import pytest
 
+from service import cli
 from service.store import metadata_index
 from service.store.base import DeliveryFilter, EventFilter, IncomingEvent, Store
 from service.store.filters import delivery_details_query, events_query
@@ -411,3 +414,50 @@ def test_api_lists_by_metadata_on_postgres(
     assert (
         httpx.get(f"{relay.base_url}/v1/events?colour=red", headers=relay.admin).status_code == 400
     )
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+
+
+def test_cli_lists_by_metadata_and_registers_a_metadata_filter(
+    relay_server: RelayServer,
+    sink: SubscriberServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    relay = relay_server
+    relay.add_subscriber(sink.url)
+    relay.post_callback(relay.mint(metadata={"user_id": "u-42"}), _completed("job-mine"))
+    relay.post_callback(relay.mint(metadata={"user_id": "u-7"}), _completed("job-other"))
+    relay.wait_settled()
+    for name in list(os.environ):
+        if name.startswith("RELAY_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setattr(cli, "configure_logging", lambda *_args: None)
+    database = ["--database-url", relay.settings.database_url]
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = cli.main([*database, *args])
+        captured = capsys.readouterr()
+        # (the relay's own log lines, in this process, are captured with the output)
+        out = "".join(line for line in captured.out.splitlines(True) if not LOG_LINE.match(line))
+        return code, out, captured.err
+
+    code, out, _ = run("events", "list", "--meta", "user_id=u-42")
+    assert code == 0 and "job-mine" in out and "job-other" not in out, out
+    assert "emitted" in out and out.rstrip().endswith("1 events")
+    code, out, _ = run("deliveries", "list", "--status", "succeeded", "--meta", "user_id=u-7")
+    assert code == 0 and out.rstrip().endswith("1 succeeded deliveries"), out
+    code, out, _ = run("events", "list", "--meta", "user_id=u-42", "--meta", "tenant=acme")
+    assert code == 0 and out.rstrip().endswith("0 events"), out
+    code, _, err = run("events", "list", "--meta", "bad key=x")
+    assert code == 1 and "invalid_meta" in err, err
+
+    monkeypatch.setenv("RELAY_ALLOW_PRIVATE_TARGETS", "true")
+    code, _, err = run("subscribers", "add", "http://127.0.0.1:9/acme", "--meta", "tenant=acme")
+    assert code == 0, err
+    listed = relay.client.get("/v1/subscribers", headers=relay.admin).json()["items"]
+    assert [s["metadata"] for s in listed] == [None, {"tenant": "acme"}]
+
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT")
