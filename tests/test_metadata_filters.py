@@ -461,3 +461,20 @@ def test_cli_lists_by_metadata_and_registers_a_metadata_filter(
 
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT")
+
+
+def test_sqlite_walks_the_rarest_pair_of_a_filter(tmp_path: Any) -> None:
+    """SQLite keeps no statistics: the list walks the pair with the fewest entries (a user of
+    one event rather than a tenant of five), whichever order the filter names them in."""
+    from service.store.sqlite_events import rarest_first
+    from service.store.sqlite_schema import connect
+
+    conn = connect(str(tmp_path / "rare.db"), "NORMAL", migrate=True)
+    conn.executemany(
+        "INSERT INTO event_metadata (key, value, event_seq) VALUES (?, ?, ?)",
+        [("tenant", "acme", n) for n in range(5)] + [("user_id", "u-1", 3)],
+    )
+    broad_first = (("tenant", "acme"), ("user_id", "u-1"))
+    assert rarest_first(conn, broad_first) == (("user_id", "u-1"), ("tenant", "acme"))
+    assert rarest_first(conn, broad_first[:1]) == broad_first[:1]
+    conn.close()

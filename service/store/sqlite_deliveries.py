@@ -6,6 +6,7 @@ never commit: the store's group commit does.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from typing import Any
 
@@ -26,6 +27,7 @@ from service.store.rows import (
     delivery_json,
     qualified,
 )
+from service.store.sqlite_events import rarest_first
 from service.store.sqlite_subscribers import bump_subscribers_version
 
 
@@ -121,6 +123,7 @@ def release_leases(conn: sqlite3.Connection, delivery_ids: list[str] | None) -> 
 def list_deliveries(
     conn: sqlite3.Connection, filters: DeliveryFilter, cursor: str | None, limit: int
 ) -> Page:
+    filters = dataclasses.replace(filters, metadata=rarest_first(conn, filters.metadata))
     sql, params = paged_query(
         f"SELECT {qualified(DELIVERY_COLUMNS, 'd')} FROM {deliveries_from(filters, 'CROSS JOIN')}",
         delivery_clauses(filters, "?", table="d"),

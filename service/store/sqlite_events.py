@@ -4,13 +4,20 @@ the reads of stored events. Each function runs inside one of ``SQLiteStore``'s b
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from typing import Any
 
 from service import ids
 from service.store.filters import events_query
 from service.store.paging import Page, page_of, paged_query
-from service.store.records import EventFilter, IncomingEvent, IngestResult, Subscriber
+from service.store.records import (
+    EventFilter,
+    IncomingEvent,
+    IngestResult,
+    MetadataFilter,
+    Subscriber,
+)
 from service.store.rows import event_json, listed_event
 from service.store.sqlite_subscribers import SubscriberCache
 
@@ -113,9 +120,37 @@ def get_event_raw(conn: sqlite3.Connection, event_id: str) -> bytes | None:
     return None if row is None else bytes(row[0])
 
 
+#: Index entries counted, at most, per pair of a metadata filter by ``rarest_first``.
+RARITY_PROBE = 1000
+
+
+def rarest_first(conn: sqlite3.Connection, pairs: MetadataFilter) -> MetadataFilter:
+    """A filter of several pairs, its rarest pair first: the one a list walks (alias ``m0``,
+    ``filters``), the others being checked per row.
+
+    SQLite keeps no statistics here (the relay never runs ANALYZE), and the joins are in the
+    order given, so a broad pair first (a tenant of 20,000 events before a user of 10) would
+    walk all of its range: measured 107 ms against 0.1 ms with 1,000,000 events
+    (``bench/metadata``). Counting at most ``RARITY_PROBE`` entries of each pair's range
+    costs a few index pages. (PostgreSQL chooses from its own statistics.)
+    """
+    if len(pairs) < 2:
+        return pairs
+    counts = [
+        conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM event_metadata WHERE key = ? AND value = ?"
+            " LIMIT ?)",
+            (key, value, RARITY_PROBE),
+        ).fetchone()[0]
+        for key, value in pairs
+    ]
+    return tuple(pair for _, pair in sorted(zip(counts, pairs, strict=True)))
+
+
 def list_events(
     conn: sqlite3.Connection, filters: EventFilter, cursor: str | None, limit: int
 ) -> Page:
+    filters = dataclasses.replace(filters, metadata=rarest_first(conn, filters.metadata))
     select, clauses, params = events_query(filters, "?", "CROSS JOIN")
     position = "m0.event_seq" if filters.metadata else "e.seq"
     sql, params = paged_query(select, (clauses, params), cursor, limit, "?", position=position)
