@@ -24,8 +24,10 @@ from service.store.base import DeliveryFilter, EventFilter, IncomingEvent, Store
 from service.store.filters import delivery_details_query, events_query
 from service.store.paging import paged_query
 from tests.conftest import EVOLINK_COMPLETED, RelayServer
-from tests.provider_emulators import ProviderEmulator
+from tests.provider_emulators import Fault, ProviderEmulator
 from tests.subscriber_server import SubscriberServer
+from tests.test_confirmation_rivya_simulate import forged
+from tests.test_ops_console import browser, sign_in
 from tests.test_store_contract import (  # noqa: F401 (fixtures)
     anyio_backend,
     incoming,
@@ -478,3 +480,61 @@ def test_sqlite_walks_the_rarest_pair_of_a_filter(tmp_path: Any) -> None:
     assert rarest_first(conn, broad_first) == (("user_id", "u-1"), ("tenant", "acme"))
     assert rarest_first(conn, broad_first[:1]) == broad_first[:1]
     conn.close()
+
+
+# -- the console --------------------------------------------------------------------------------
+
+
+def test_console_searches_by_metadata_marks_superseded_and_refuses_bad_queries(
+    relay_server: RelayServer,
+) -> None:
+    relay = relay_server
+    relay.add_subscriber("http://127.0.0.1:9/never")
+    mine = relay.mint(metadata={"user_id": "u-42", "tenant": "acme"})
+    relay.post_callback(mine, _completed("job-mine"))
+    late = relay.post_callback(mine, {**_completed("job-mine"), "status": "processing"})
+    assert late.json()["superseded"] is True, late.text
+    relay.post_callback(relay.mint(metadata={"user_id": "u-7"}), _completed("job-other"))
+    with browser(relay) as client:
+        sign_in(client)
+        page = client.get("/ops/events", params={"meta": "user_id=u-42, tenant=acme"})
+        assert page.status_code == 200, page.text
+        assert "job-mine" in page.text and "job-other" not in page.text
+        assert page.text.count('class="badge superseded"') == 1
+        assert 'value="user_id=u-42, tenant=acme"' in page.text  # the search box keeps it
+        failed = client.get("/ops/deliveries", params={"status": "any", "meta": "user_id=u-7"})
+        assert failed.status_code == 200 and "job-other" in failed.text
+        assert "job-mine" not in failed.text
+
+        for path, said in [
+            ("/ops/events?colour=red", "Unknown parameter &#39;colour&#39;"),
+            ("/ops/deliveries?colour=red", "Unknown parameter &#39;colour&#39;"),
+            ("/ops/deliveries?status=bogus", "Unknown status &#39;bogus&#39;"),
+            ("/ops/events?status=bogus", "Unknown status &#39;bogus&#39;"),
+            ("/ops/events?meta=user_id", "write key=value"),
+            ("/ops/events?meta=bad%20key%3Dx", "Metadata filter"),
+            ("/ops/deliveries?meta=a%3D1,a%3D2", "given twice"),
+            ("/ops/events?provider=evolink&provider=apiframe", "more than once"),
+        ]:
+            refused = client.get(path)
+            assert refused.status_code == 400, path
+            assert said in refused.text, (path, refused.text[-2000:])
+
+
+def test_console_events_list_marks_held_callbacks(
+    emulator: ProviderEmulator, relay_factory: Callable[..., RelayServer]
+) -> None:
+    """A terminal callback awaiting the provider API's confirmation is no event yet: the
+    events list shows it, marked held, found by its URL's metadata too."""
+    relay = relay_factory(**emulator.relay_settings(provider_timeout=0.5, hold_deadline=30.0))
+    waiting = emulator.add_task("evolink", always=Fault(503))
+    url = relay.mint(metadata={"user_id": "u-42"})
+    answer = relay.post_callback(url, forged(waiting))
+    assert answer.json()["held"] is True, answer.text
+    with browser(relay) as client:
+        sign_in(client)
+        page = client.get("/ops/events", params={"meta": "user_id=u-42"})
+        assert page.status_code == 200
+        assert answer.json()["watch_id"] in page.text and 'class="badge held"' in page.text
+        other = client.get("/ops/events", params={"meta": "user_id=u-7"})
+        assert answer.json()["watch_id"] not in other.text
