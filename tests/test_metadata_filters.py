@@ -23,6 +23,7 @@ from service.store import metadata_index
 from service.store.base import DeliveryFilter, EventFilter, IncomingEvent, Store
 from service.store.filters import delivery_details_query, events_query
 from service.store.paging import paged_query
+from service.store.watch_model import WatchFilter
 from tests.conftest import EVOLINK_COMPLETED, RelayServer
 from tests.provider_emulators import Fault, ProviderEmulator
 from tests.subscriber_server import SubscriberServer
@@ -38,6 +39,7 @@ from tests.test_store_contract import (  # noqa: F401 (fixtures)
     store_kind,
     subscriber,
 )
+from tests.test_store_watches import watch as store_watch
 
 U42 = (("user_id", "u-42"),)
 
@@ -538,3 +540,26 @@ def test_console_events_list_marks_held_callbacks(
         assert answer.json()["watch_id"] in page.text and 'class="badge held"' in page.text
         other = client.get("/ops/events", params={"meta": "user_id=u-7"})
         assert answer.json()["watch_id"] not in other.text
+
+
+@pytest.mark.anyio
+async def test_watches_are_found_by_their_metadata_over_their_urls(
+    store: Store,  # noqa: F811
+) -> None:
+    """The watch's own entry wins over its callback URL's; values compare as text."""
+    now = time.time()
+    await store.create_callback_url("url_1", "evolink", {"user_id": "u-42", "n": 7}, now, now + 60)
+    await store.create_watch(store_watch("own", metadata={"user_id": "u-42", "vip": True}))
+    await store.create_watch(store_watch("by-url", metadata={}, url_id="url_1"))
+    await store.create_watch(store_watch("overridden", metadata={"user_id": "u-8"}, url_id="url_1"))
+    await store.create_watch(store_watch("nested", metadata={"user_id": {"id": "u-42"}}))
+
+    async def found(*pairs: tuple[str, str]) -> list[str]:
+        page = await store.list_watches(WatchFilter(metadata=pairs), None, 50)
+        return [w.task_id for w in page.items]
+
+    assert await found(("user_id", "u-42")) == ["by-url", "own"]
+    assert await found(("user_id", "u-8")) == ["overridden"]
+    assert await found(("n", "7")) == ["overridden", "by-url"]
+    assert await found(("vip", "true"), ("user_id", "u-42")) == ["own"]
+    assert await found(("vip", "1")) == []
