@@ -28,7 +28,7 @@ from tests.conftest import EVOLINK_COMPLETED, RelayServer
 from tests.provider_emulators import Fault, ProviderEmulator
 from tests.subscriber_server import SubscriberServer
 from tests.test_confirmation_rivya_simulate import forged
-from tests.test_ops_console import browser, sign_in
+from tests.test_ops_console import browser, csrf_of, sign_in
 from tests.test_store_contract import (  # noqa: F401 (fixtures)
     anyio_backend,
     incoming,
@@ -563,3 +563,33 @@ async def test_watches_are_found_by_their_metadata_over_their_urls(
     assert await found(("n", "7")) == ["overridden", "by-url"]
     assert await found(("vip", "true"), ("user_id", "u-42")) == ["own"]
     assert await found(("vip", "1")) == []
+
+
+def test_console_sets_a_subscribers_metadata_filter(relay_server: RelayServer) -> None:
+    relay = relay_server
+    with browser(relay) as client:
+        sign_in(client)
+        csrf = csrf_of(client.get("/ops/subscribers").text)
+        added = client.post(
+            "/ops/subscribers",
+            data={"csrf": csrf, "url": "http://127.0.0.1:9/acme", "metadata": "tenant=acme"},
+        )
+        assert added.status_code == 200 and "whsec_" in added.text
+        [sub] = relay.client.get("/v1/subscribers", headers=relay.admin).json()["items"]
+        assert sub["metadata"] == {"tenant": "acme"}
+        assert "tenant=acme" in client.get("/ops/subscribers").text
+        client.post(
+            f"/ops/subscribers/{sub['id']}",
+            data={"csrf": csrf, "action": "filters", "metadata": "tenant=globex, region=eu"},
+        )
+        shown = relay.client.get(f"/v1/subscribers/{sub['id']}", headers=relay.admin).json()
+        assert shown["metadata"] == {"region": "eu", "tenant": "globex"}
+        refused = client.post(
+            f"/ops/subscribers/{sub['id']}",
+            data={"csrf": csrf, "action": "filters", "metadata": "bad key=x", "back": "/ops"},
+        )
+        assert refused.status_code == 303
+        assert "notice error" in client.get(refused.headers["location"]).text
+        client.post(f"/ops/subscribers/{sub['id']}", data={"csrf": csrf, "action": "filters"})
+        shown = relay.client.get(f"/v1/subscribers/{sub['id']}", headers=relay.admin).json()
+        assert shown["metadata"] is None

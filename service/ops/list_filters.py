@@ -30,9 +30,9 @@ def query_refusal(query: QueryParams, known: Iterable[str]) -> str | None:
     return None
 
 
-def metadata_search(text: str) -> MetadataFilter:
-    """The metadata search box: ``key=value`` entries separated by commas (all must match);
-    ``InvalidInput`` when one is not ``key=value`` or the index cannot answer it."""
+def metadata_entries(text: str) -> dict[str, str]:
+    """``key=value`` entries separated by commas, as typed in a metadata box (a search, or a
+    subscriber's filter); ``InvalidInput`` when one is not ``key=value``."""
     wanted: dict[str, str] = {}
     for entry in text.split(","):
         entry = entry.strip()
@@ -45,4 +45,10 @@ def metadata_search(text: str) -> MetadataFilter:
         if key in wanted:
             raise InvalidInput(f"Metadata: {key[:SHOWN]!r} is given twice.")
         wanted[key] = value
-    return metadata_pairs(metadata_filter(wanted))
+    return wanted
+
+
+def metadata_search(text: str) -> MetadataFilter:
+    """The metadata search box: all its entries must match; ``InvalidInput`` when one is not
+    ``key=value`` or the index cannot answer it."""
+    return metadata_pairs(metadata_filter(metadata_entries(text)))
