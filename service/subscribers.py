@@ -13,7 +13,7 @@ from msgspec import UNSET, structs
 
 from service import ids
 from service.clock import Clock, rfc3339, system_clock
-from service.errors import Conflict, NotFound
+from service.errors import Conflict, InvalidInput, NotFound
 from service.shapes.base import decode
 from service.shapes.subscribers import (
     EVENT_TYPE_PATTERNS,
@@ -36,11 +36,9 @@ ROTATION_OVERLAP_SECONDS = 24 * 3600
 
 
 def metadata_filter(wanted: dict[str, str | int | bool]) -> MetadataFilter:
-    """A subscriber's metadata filter as the store keeps it: its values as the index reads
-    them (42 and "42" are the same)."""
-    return tuple(
-        sorted((key, metadata_index.as_text(value) or "") for key, value in wanted.items())
-    )
+    """A subscriber's metadata filter (checked: ``metadata_index.filter_problem``) as the store
+    keeps it: its values as the index reads them (42 and "42" are the same)."""
+    return tuple(sorted((key, str(metadata_index.as_text(value))) for key, value in wanted.items()))
 
 
 async def checked_changes(shape: SubscriberChanges, policy: TargetPolicy) -> dict[str, Any]:
@@ -52,6 +50,9 @@ async def checked_changes(shape: SubscriberChanges, policy: TargetPolicy) -> dic
             continue
         changes[name] = tuple(value) if isinstance(value, list) else value
     if changes.get("metadata") is not None:
+        problem = metadata_index.filter_problem(changes["metadata"])
+        if problem is not None:
+            raise InvalidInput(f"metadata: {problem}.", code="invalid_subscriber")
         changes["metadata"] = metadata_filter(changes["metadata"])
     if "url" in changes:
         await check_target(changes["url"], policy)

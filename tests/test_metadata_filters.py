@@ -408,11 +408,29 @@ def test_api_lists_by_metadata_on_postgres(
     relay_factory: Callable[..., RelayServer],
     pg_url: str,  # noqa: F811
 ) -> None:
+    """As on SQLite; and metadata the index cannot hold (a NUL, which PostgreSQL's text cannot
+    store; over 256 characters; nested; a thousand keys) never stops a callback from being accepted."""
     relay = relay_factory(database_url=pg_url)
     relay.add_subscriber("http://127.0.0.1:9/never")
     mine = relay.mint(metadata={"user_id": "u-42"})
     assert relay.post_callback(mine, _completed("job-mine")).status_code == 200
     assert relay.post_callback(relay.mint(), _completed("job-bare")).status_code == 200
+    hostile = {
+        "user_id": "u-\x00-42",
+        "big": "x" * 1000,
+        "deep": {"a": [1, {"b": 2}]},
+        **{f"k{i}": i for i in range(1000)},
+    }
+    url = relay.mint(metadata=hostile)
+    assert relay.post_callback(url, _completed("job-hostile")).status_code == 200
+    assert [e["subject"] for e in relay.events(**{"metadata.k3": "3"})] == ["job-hostile"]
+    assert relay.events(**{"metadata.k999": "999"}) == []  # past the 32 entries indexed
+    refused = relay.client.post(
+        "/v1/subscribers",
+        json={"url": "http://127.0.0.1:9/x", "metadata": {"user_id": "a\x00b"}},
+        headers=relay.admin,
+    )
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_subscriber"
     assert [e["subject"] for e in relay.events(**{"metadata.user_id": "u-42"})] == ["job-mine"]
     assert len(relay.deliveries(**{"metadata.user_id": "u-42"})) == 1
     assert (

@@ -8,9 +8,9 @@ the event. A filter is then one index range per key: the events list walks the f
 range newest first and checks the others by primary key.
 
 Indexed: at most ``MAX_INDEXED`` entries of an event, whose key matches ``KEY`` and whose value
-is a string of at most ``MAX_VALUE`` characters, an integer or a boolean (as ``"true"`` /
-``"false"``). Nested objects, arrays, floats and nulls are not. An event without metadata
-costs intake nothing more. The same text form decides a subscriber's ``metadata`` filter
+is a string of at most ``MAX_VALUE`` characters (without NUL), an integer or a boolean (as
+``"true"`` / ``"false"``). Nested objects, arrays, floats and nulls are not. An event without
+metadata costs intake nothing more. The same text form decides a subscriber's ``metadata`` filter
 (``Subscriber.wants``), so what a subscriber can ask for is what a list can find.
 """
 
@@ -38,7 +38,8 @@ def as_text(value: Any) -> str | None:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
-    if isinstance(value, str) and len(value) <= MAX_VALUE:
+    # A NUL character: PostgreSQL's text cannot hold one (the event's JSON keeps it escaped).
+    if isinstance(value, str) and len(value) <= MAX_VALUE and "\x00" not in value:
         return value
     return None
 
