@@ -409,7 +409,8 @@ def test_api_lists_by_metadata_on_postgres(
     pg_url: str,  # noqa: F811
 ) -> None:
     """As on SQLite; and metadata the index cannot hold (a NUL, which PostgreSQL's text cannot
-    store; over 256 characters; nested; a thousand keys) never stops a callback from being accepted."""
+    store; over 256 characters; nested; a thousand keys) never stops a callback from being
+    accepted."""
     relay = relay_factory(database_url=pg_url)
     relay.add_subscriber("http://127.0.0.1:9/never")
     mine = relay.mint(metadata={"user_id": "u-42"})
