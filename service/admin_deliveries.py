@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from service import replays, subscribers
 from service.errors import NotFound
-from service.http.query import parse_time
+from service.http.query import metadata_pairs, parse_time
 from service.http.responses import JSONResponse
 from service.operations import NO_SUCH, Call, NoBody, NoQuery, operation
 from service.shapes.base import present
@@ -51,6 +51,7 @@ async def list_deliveries(call: Call[DeliveryQuery, NoBody]) -> Response:
             event_id=present(query.event_id),
             since=parse_time(present(query.since), "since"),
             until=parse_time(present(query.until), "until"),
+            metadata=metadata_pairs(present(query.metadata)),
         ),
         present(query.cursor),
         query.limit,

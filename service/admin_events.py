@@ -8,7 +8,7 @@ from starlette.responses import Response
 from service import replays, subscribers
 from service.admin_deliveries import HELD_BACK
 from service.errors import InvalidInput, NotFound
-from service.http.query import parse_time
+from service.http.query import metadata_pairs, parse_time
 from service.http.responses import JSONResponse
 from service.operations import NO_SUCH, Call, NoBody, NoQuery, operation
 from service.shapes.base import present
@@ -20,6 +20,7 @@ from service.shapes.events import (
     SkippedSubscriber,
 )
 from service.shapes.replays import ForceQuery
+from service.store import metadata_index
 from service.store.base import EventFilter
 
 TAG = "events"
@@ -41,6 +42,7 @@ async def list_events(call: Call[EventQuery, NoBody]) -> Response:
             task_id=present(query.task_id),
             status=present(query.status),
             since=parse_time(present(query.since), "since"),
+            metadata=metadata_pairs(present(query.metadata)),
         ),
         present(query.cursor),
         query.limit,
@@ -116,8 +118,11 @@ async def redeliver_event(call: Call[ForceQuery, Redelivery]) -> Response:
         targets = [await subscribers.require_enabled(relay.store, subscriber_id)]
     else:
         page = await relay.store.list_subscribers(None, 10_000)
+        metadata = metadata_index.indexed(event["data"].get("metadata") or {})
         targets = [
-            s for s in page.items if s.enabled and s.wants(event["data"]["provider"], event["type"])
+            s
+            for s in page.items
+            if s.enabled and s.wants(event["data"]["provider"], event["type"], metadata)
         ]
     result = await relay.store.redeliver(
         event_id, [s.id for s in targets], relay.clock(), force=force

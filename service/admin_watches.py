@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from service import suspects, watch_requests
 from service.errors import NotFound
+from service.http.query import metadata_pairs
 from service.http.responses import JSONResponse
 from service.operations import NO_SUCH, Call, NoBody, NoQuery, operation
 from service.shapes.base import present
@@ -73,6 +74,7 @@ async def list_watches(call: Call[WatchQuery, NoBody]) -> Response:
             undecided=query.suspect == "undecided",
             held=query.held,
             flagged=query.flag == "unknown_status",
+            metadata=metadata_pairs(present(query.metadata)),
         ),
         present(query.cursor),
         query.limit,

@@ -24,6 +24,7 @@ import structlog
 from service import (
     __version__,
     cli_archive,
+    cli_events,
     cli_help,
     cli_keys,
     cli_ops,
@@ -147,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin_token.set_defaults(func=on_relay(_admin_token))
     mint.set_defaults(func=on_relay(_mint_url))
     cli_ops.add_parsers(commands)
+    cli_events.add_parsers(commands)
     cli_watch.add_parsers(commands)
     cli_archive.add_parsers(commands)
     cli_keys.add_parsers(commands)

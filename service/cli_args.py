@@ -14,6 +14,8 @@ from service.clock import Clock, system_clock
 from service.durations import duration_seconds
 from service.errors import RelayError
 from service.http import parse_time
+from service.http.query import metadata_filter, metadata_pairs
+from service.store.records import MetadataFilter
 
 #: The longest duration a command takes (a century): beyond, a typing accident, and past what
 #: a time can hold (``--since 10000...0w`` would not fit a float).
@@ -44,6 +46,23 @@ def parse_meta(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"--meta takes key=value, got {text!r}")
     return key, value
+
+
+def add_meta_filter(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--meta KEY=VALUE`` (repeatable) on a listing: only ``what`` whose metadata has it."""
+    parser.add_argument(
+        "--meta",
+        type=parse_meta,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"only {what} whose metadata has this entry (repeatable: all of them)",
+    )
+
+
+def meta_filter(args: argparse.Namespace) -> MetadataFilter:
+    """The checked ``--meta`` entries (``InvalidInput`` when the index cannot answer them)."""
+    return metadata_pairs(metadata_filter(dict(args.meta), "invalid_meta"))
 
 
 def parse_when(text: str, clock: Clock = system_clock) -> float:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from service import replays, subscribers
-from service.cli_args import ROW_LIMIT, parse_when
+from service.cli_args import ROW_LIMIT, add_meta_filter, meta_filter, parse_meta, parse_when
 from service.cli_command import on_relay, print_table
 from service.clock import rfc3339
 from service.errors import NotFound
@@ -45,6 +45,14 @@ def add_parsers(commands: Any) -> None:
         metavar="T",
         help="only these event types, e.g. generation.succeeded or generation.* "
         "(repeatable) [default: all]",
+    )
+    add.add_argument(
+        "--meta",
+        type=parse_meta,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only events whose metadata has this entry (repeatable: all of them) [default: all]",
     )
     add.add_argument("--description")
     add.set_defaults(func=on_relay(_subscriber_add))
@@ -82,6 +90,7 @@ def add_parsers(commands: Any) -> None:
         help="which deliveries [default: failed]",
     )
     _window(listing)
+    add_meta_filter(listing, "deliveries of events")
     listing.add_argument(
         "--limit", type=ROW_LIMIT, default=50, help="most rows shown [default: 50]"
     )
@@ -132,6 +141,8 @@ async def _subscriber_add(relay: Relay, args: argparse.Namespace, out: TextIO) -
     for key in ("providers", "event_types", "description"):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
+    if args.meta:
+        body["metadata"] = dict(args.meta)
     created = await subscribers.create(
         relay.store, body, TargetPolicy.from_settings(relay.settings)
     )
@@ -197,6 +208,7 @@ def _filters(args: argparse.Namespace, status: str | None) -> DeliveryFilter:
         subscriber_id=args.subscriber_id,
         since=args.since,
         until=args.until,
+        metadata=meta_filter(args) if "meta" in args else (),
     )
 
 

@@ -14,7 +14,9 @@ from typing import Any, TextIO
 from service import simulate, suspects, watch_requests
 from service.cli_args import (
     ROW_LIMIT,
+    add_meta_filter,
     http_url,
+    meta_filter,
     parse_duration,
     parse_meta,
     positive_seconds,
@@ -79,6 +81,7 @@ def add_parsers(commands: Any) -> None:
     shown.add_argument(
         "--flagged", action="store_true", help="only watches seeing an unknown status word"
     )
+    add_meta_filter(ls, "watches")
     ls.add_argument("--limit", type=ROW_LIMIT, default=50, help="[default: 50]")
     ls.set_defaults(func=on_relay(_list))
     cancel = sub.add_parser("cancel", help="cancel an active watch")
@@ -174,6 +177,7 @@ async def _list(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
             undecided=args.suspect,
             held=args.held,
             flagged=args.flagged,
+            metadata=meta_filter(args),
         ),
         None,
         args.limit,

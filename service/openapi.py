@@ -35,6 +35,7 @@ from service.listeners import PUBLIC_PATHS, PUBLIC_PREFIXES
 from service.operations import NoBody, Operation
 from service.providers import PROVIDERS
 from service.shapes.base import Error, PageQuery
+from service.store.metadata_index import MAX_VALUE
 
 JSON = "application/json"
 UNAUTHORIZED = (
@@ -137,6 +138,8 @@ def _query_parameters(operation: Operation) -> list[dict[str, Any]]:
     for name, prop in schema.get("properties", {}).items():
         prop = _without_null(prop)
         description = prop.pop("description", None)
+        if name == "metadata":  # metadata.<key>=<value> parameters (read_query gathers them)
+            name, prop = "metadata.<key>", {"type": "string", "maxLength": MAX_VALUE}
         parameter = {"name": name, "in": "query", "required": name in required, "schema": prop}
         if description is not None:
             parameter["description"] = description

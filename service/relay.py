@@ -33,7 +33,7 @@ from service.intake import Accepted, Duplicate, Held, Received, Superseded
 from service.intake_pace import IntakePace
 from service.providers import get_provider
 from service.settings import Settings
-from service.store import open_store
+from service.store import metadata_index, open_store
 from service.store.base import IncomingEvent, IngestResult, Store
 from service.tokens import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, CallbackTokens
 
@@ -313,6 +313,7 @@ class Relay:
                 body=dumps(cloudevent),
                 raw_body=raw_body,
                 archive_deadline=archive_deadline,
+                metadata=metadata_index.indexed(metadata) if metadata else {},
             )
         )
         metrics.count_event(normalized.event_type, result.outcome)

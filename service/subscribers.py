@@ -13,7 +13,7 @@ from msgspec import UNSET, structs
 
 from service import ids
 from service.clock import Clock, rfc3339, system_clock
-from service.errors import Conflict, NotFound
+from service.errors import Conflict, InvalidInput, NotFound
 from service.shapes.base import decode
 from service.shapes.subscribers import (
     EVENT_TYPE_PATTERNS,
@@ -24,13 +24,21 @@ from service.shapes.subscribers import (
 )
 from service.shapes.subscribers import Subscriber as SubscriberShape
 from service.signing import new_secret
+from service.store import metadata_index
 from service.store.base import Store, Subscriber
+from service.store.records import MetadataFilter
 from service.targets import TargetPolicy, check_target
 
 __all__ = ["EVENT_TYPE_PATTERNS", "ROTATION_OVERLAP_SECONDS"]
 
 #: How long a rotated-out secret keeps signing beside the new one.
 ROTATION_OVERLAP_SECONDS = 24 * 3600
+
+
+def metadata_filter(wanted: dict[str, str | int | bool]) -> MetadataFilter:
+    """A subscriber's metadata filter (checked: ``metadata_index.filter_problem``) as the store
+    keeps it: its values as the index reads them (42 and "42" are the same)."""
+    return tuple(sorted((key, str(metadata_index.as_text(value))) for key, value in wanted.items()))
 
 
 async def checked_changes(shape: SubscriberChanges, policy: TargetPolicy) -> dict[str, Any]:
@@ -41,6 +49,11 @@ async def checked_changes(shape: SubscriberChanges, policy: TargetPolicy) -> dic
         if value is UNSET:
             continue
         changes[name] = tuple(value) if isinstance(value, list) else value
+    if changes.get("metadata") is not None:
+        problem = metadata_index.filter_problem(changes["metadata"])
+        if problem is not None:
+            raise InvalidInput(f"metadata: {problem}.", code="invalid_subscriber")
+        changes["metadata"] = metadata_filter(changes["metadata"])
     if "url" in changes:
         await check_target(changes["url"], policy)
     return changes
@@ -80,6 +93,7 @@ def _fields(sub: Subscriber) -> dict[str, Any]:
         "description": sub.description,
         "providers": None if sub.providers is None else list(sub.providers),
         "event_types": None if sub.event_types is None else list(sub.event_types),
+        "metadata": None if sub.metadata is None else dict(sub.metadata),
         "enabled": sub.enabled,
         "disabled_reason": sub.disabled_reason,
         "created_at": rfc3339(sub.created_at),
@@ -99,6 +113,7 @@ async def register(
         description=changes.get("description"),
         providers=changes.get("providers"),
         event_types=changes.get("event_types"),
+        metadata=changes.get("metadata"),
         enabled=changes.get("enabled", True),
         created_at=now,
         updated_at=now,

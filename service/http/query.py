@@ -8,7 +8,9 @@ from typing import TypeVar
 from starlette.requests import Request
 
 from service.errors import InvalidInput
-from service.shapes.base import Query, decode
+from service.shapes.base import MetadataPageQuery, Query, decode
+from service.store import metadata_index
+from service.store.records import MetadataFilter
 
 Q = TypeVar("Q", bound=Query)
 
@@ -23,7 +25,38 @@ def read_query(request: Request, shape: type[Q]) -> Q:
             f"Give each parameter once ({', '.join(repeated)} came more than once).",
             code=shape.error_code,
         )
-    return decode(shape, dict(params), strict=False)
+    values: dict[str, object] = dict(params)
+    if issubclass(shape, MetadataPageQuery):
+        # Metadata comes as metadata.<key> parameters, never as one "metadata".
+        wanted = {
+            key.removeprefix(METADATA): params[key] for key in params if key.startswith(METADATA)
+        }
+        values = {key: value for key, value in values.items() if not key.startswith(METADATA)}
+        if "metadata" in params:
+            raise InvalidInput(
+                "Filter by metadata with metadata.<key>=<value>.", code=shape.error_code
+            )
+        if wanted:
+            values["metadata"] = metadata_filter(wanted, shape.error_code)
+    return decode(shape, values, strict=False)
+
+
+#: The prefix of a metadata parameter: ``metadata.user_id=u-42``.
+METADATA = "metadata."
+
+
+def metadata_filter(wanted: dict[str, str], code: str = "invalid_query") -> dict[str, str]:
+    """``wanted`` (key -> value, from ``metadata.<key>`` parameters or a console's search box)
+    checked against what the index answers; ``InvalidInput`` (``code``) otherwise."""
+    problem = metadata_index.filter_problem(wanted)
+    if problem is not None:
+        raise InvalidInput(f"Metadata filter: {problem}.", code=code)
+    return wanted
+
+
+def metadata_pairs(wanted: dict[str, str] | None) -> MetadataFilter:
+    """A checked metadata filter as a store's filter takes it."""
+    return tuple(sorted(wanted.items())) if wanted else ()
 
 
 def parse_time(value: str | None, name: str) -> float | None:

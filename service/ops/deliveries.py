@@ -1,5 +1,6 @@
-"""The console's deliveries: the failed ones first (filtered by status, subscriber, provider
-and time), one delivery with its attempts, and replaying one or all of those shown."""
+"""The console's deliveries: the failed ones first (filtered by status, subscriber, provider,
+time and their events' metadata), one delivery with its attempts, and replaying one or all
+of those shown."""
 
 from __future__ import annotations
 
@@ -16,13 +17,17 @@ from service.durations import TIME_FORMATS, point_in_time
 from service.errors import InvalidInput, RelayError
 from service.ops import session as sessions
 from service.ops.guards import Form, form_value
+from service.ops.list_filters import metadata_search, query_refusal
 from service.ops.rendering import PAGE_ROWS, message, redirect_back, relay_of, render, render_list
 from service.providers import PROVIDERS
 from service.store.base import DeliveryFilter, Store, Subscriber
+from service.store.records import MetadataFilter
 
 log = structlog.get_logger("service.ops")
 
 DELIVERY_STATUSES = ("failed", "pending", "succeeded", "canceled")
+#: What the deliveries page reads from its query.
+DELIVERY_PARAMETERS = ("status", "subscriber", "provider", "since", "until", "meta")
 
 
 def time_filter(value: str, name: str, clock: Clock) -> float | None:
@@ -47,25 +52,30 @@ async def deliveries_page(request: Request, session: sessions.Session) -> Respon
         "provider": query.get("provider", ""),
         "since": query.get("since", ""),
         "until": query.get("until", ""),
+        "meta": query.get("meta", ""),
     }
-    error = None
+    error = query_refusal(query, DELIVERY_PARAMETERS)
     items: list[dict[str, Any]] = []
     retrying: list[dict[str, Any]] = []
-    if values["status"] not in (*DELIVERY_STATUSES, "any"):
+    metadata: MetadataFilter = ()
+    if error is None and values["status"] not in (*DELIVERY_STATUSES, "any"):
+        error = f"Unknown status {values['status']!r}."
         values["status"] = "failed"
-    if values["provider"] and values["provider"] not in PROVIDERS:
+    if error is None and values["provider"] and values["provider"] not in PROVIDERS:
         error = f"Unknown provider {values['provider']!r}."
     try:
         since = time_filter(values["since"], "since", relay.clock)
         until = time_filter(values["until"], "until", relay.clock)
+        metadata = metadata_search(values["meta"])
     except RelayError as exc:
-        error, since, until = exc.message, None, None
+        error, since, until = error or exc.message, None, None
     if error is None:
         filters = DeliveryFilter(
             status=None if values["status"] == "any" else values["status"],  # type: ignore[arg-type]
             subscriber_id=values["subscriber"] or None,
             since=since,
             until=until,
+            metadata=metadata,
         )
         provider = values["provider"] or None
         items = await relay.store.delivery_details(filters, provider, PAGE_ROWS)

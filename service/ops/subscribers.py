@@ -13,6 +13,7 @@ from service import subscribers as subscriber_rules
 from service.events import EVENT_TYPES
 from service.ops import session as sessions
 from service.ops.guards import Form, form_value
+from service.ops.list_filters import metadata_entries
 from service.ops.rendering import redirect_back, relay_of, render
 from service.providers import PROVIDERS
 from service.targets import TargetPolicy
@@ -53,6 +54,7 @@ async def create(request: Request, session: sessions.Session, form: Form) -> Res
     }
     if form_value(form, "description").strip():
         body["description"] = form_value(form, "description").strip()
+    body["metadata"] = metadata_entries(form_value(form, "metadata")) or None
     created = await subscriber_rules.create(
         relay.store, body, TargetPolicy.from_settings(relay.settings)
     )
@@ -70,6 +72,7 @@ async def update(request: Request, _session: sessions.Session, form: Form) -> Re
         changes = {
             "providers": _choices(form, "providers", tuple(sorted(PROVIDERS))),
             "event_types": _choices(form, "event_types", TYPE_CHOICES),
+            "metadata": metadata_entries(form_value(form, "metadata")) or None,
         }
     else:
         return redirect_back(request, "/ops/subscribers", "Unknown action.", "error")

@@ -51,6 +51,23 @@ class PageQuery(Query, kw_only=True):
     limit: PageSize = 50
 
 
+#: ``metadata.<key>=<value>`` parameters, gathered by ``service.http.query.read_query``.
+MetadataQuery = Annotated[
+    dict[str, str],
+    Meta(
+        description="`metadata.<key>=<value>`: only those whose metadata has this entry (exact"
+        " value; several keys: all of them). Keys: 1 to 64 letters, digits, `_` or `-`;"
+        " values: at most 256 characters; at most 8 keys."
+    ),
+]
+
+
+class MetadataPageQuery(PageQuery, kw_only=True):
+    """A list that can be filtered by metadata (``metadata.user_id=u-42``)."""
+
+    metadata: MetadataQuery | UnsetType = UNSET
+
+
 class ErrorDetail(msgspec.Struct):
     code: Annotated[str, Meta(description="Stable, for programs.")]
     message: Annotated[str, Meta(description="For people.")]

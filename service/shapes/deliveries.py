@@ -7,14 +7,14 @@ from typing import Annotated, ClassVar, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from service.shapes.base import WHEN, PageQuery, Shape, Time
+from service.shapes.base import WHEN, MetadataPageQuery, Shape, Time
 from service.shapes.replays import Force
 
 DeliveryStatus = Literal["pending", "succeeded", "failed", "canceled"]
 DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = ("pending", "succeeded", "failed", "canceled")
 
 
-class DeliveryQuery(PageQuery, kw_only=True):
+class DeliveryQuery(MetadataPageQuery, kw_only=True):
     """``GET /v1/deliveries``: newest first."""
 
     status: Annotated[DeliveryStatus, Meta(description="Only this status.")] | UnsetType = UNSET

@@ -12,18 +12,18 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from service.shapes.base import WHEN, PageQuery, Shape
+from service.shapes.base import WHEN, MetadataPageQuery, Shape
 from service.shapes.replays import Force
 
 EventStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
-#: A stored event's JSON, as stored (its schema is GenerationEvent's).
+#: A stored event's JSON with its state at the relay (its schema is StoredEvent's).
 StoredEventJson = Annotated[
-    msgspec.Raw, Meta(extra_json_schema={"$ref": "#/components/schemas/GenerationEvent"})
+    msgspec.Raw, Meta(extra_json_schema={"$ref": "#/components/schemas/StoredEvent"})
 ]
 
 
-class EventQuery(PageQuery, kw_only=True):
+class EventQuery(MetadataPageQuery, kw_only=True):
     """``GET /v1/events``: newest first."""
 
     provider: Annotated[str, Meta(description="Only this provider's.")] | UnsetType = UNSET

@@ -11,6 +11,7 @@ from service.errors import InvalidInput
 from service.events import EVENT_TYPES
 from service.providers import PROVIDERS
 from service.shapes.base import PageQuery, Shape, Time
+from service.store import metadata_index
 
 #: What ``event_types`` accepts: the event types, and ``generation.*`` or ``*`` for all.
 EVENT_TYPE_PATTERNS = frozenset({*EVENT_TYPES, "generation.*", "*"})
@@ -22,6 +23,18 @@ ProviderList = Annotated[
 EventTypeList = Annotated[
     list[Annotated[str, Meta(extra_json_schema={"enum": sorted(EVENT_TYPE_PATTERNS)})]],
     Meta(description="Only these event types (`generation.*` and `*`: all); null: all."),
+]
+MetadataMatch = Annotated[
+    dict[
+        Annotated[str, Meta(pattern=f"^{metadata_index.KEY.pattern}$")],
+        Annotated[str, Meta(max_length=metadata_index.MAX_VALUE)] | int | bool,
+    ],
+    Meta(
+        max_length=metadata_index.MAX_FILTER_KEYS,
+        description="Only events whose metadata holds all these entries (exact values: strings,"
+        " integers, booleans; keys of letters, digits, `_`, `-`); null: all. Applies to events"
+        " received after the change.",
+    ),
 ]
 Description = Annotated[str, Meta(max_length=500)]
 TargetUrl = Annotated[str, Meta(min_length=1, description="Where events are posted.")]
@@ -49,6 +62,7 @@ class SubscriberChanges(Shape, kw_only=True):
     description: Description | UnsetType | None = UNSET
     providers: ProviderList | UnsetType | None = UNSET
     event_types: EventTypeList | UnsetType | None = UNSET
+    metadata: MetadataMatch | UnsetType | None = UNSET
     enabled: bool | UnsetType = UNSET
 
     def __post_init__(self) -> None:
@@ -70,6 +84,7 @@ class Subscriber(msgspec.Struct, kw_only=True):
     description: str | None
     providers: ProviderList | None
     event_types: EventTypeList | None
+    metadata: Annotated[dict[str, str], Meta(description="Its metadata filter.")] | None
     enabled: bool
     disabled_reason: str | None
     created_at: Time

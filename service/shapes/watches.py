@@ -7,7 +7,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from service.shapes.base import PageQuery, Shape, Time
+from service.shapes.base import MetadataPageQuery, Shape, Time
 
 MAX_DEADLINE_SECONDS = 30 * 86_400
 
@@ -33,7 +33,7 @@ class NewWatch(Shape, kw_only=True):
     poll_after_seconds: Annotated[int, Meta(ge=0, le=MAX_DEADLINE_SECONDS)] | None = None
 
 
-class WatchQuery(PageQuery, kw_only=True):
+class WatchQuery(MetadataPageQuery, kw_only=True):
     """``GET /v1/watches``: newest first."""
 
     state: Annotated[WatchState, Meta(description="Only this state.")] | UnsetType = UNSET

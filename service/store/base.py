@@ -323,7 +323,9 @@ class Store(ABC):
 
     @abstractmethod
     async def list_events(self, filters: EventFilter, cursor: str | None, limit: int) -> Page:
-        """Emitted and superseded events, newest first; items are CloudEvent JSON strings."""
+        """Emitted and superseded events, newest first; items are CloudEvent JSON strings,
+        each with ``relay.state`` as ``get_event`` gives it. ``filters.metadata``: through the
+        index of each event's metadata (``service.store.metadata_index``)."""
 
     # -- subscribers ----------------------------------------------------------------------------
 

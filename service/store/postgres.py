@@ -311,7 +311,11 @@ class PostgresStore(Store):
                 async with self._connection() as conn:
                     self._subscribers = await ps.enabled_subscribers(conn, event.received_at)
                 version, subscribers = self._subscribers
-            wanted = [s.id for s in subscribers if s.wants(event.provider, event.event_type)]
+            wanted = [
+                s.id
+                for s in subscribers
+                if s.wants(event.provider, event.event_type, event.metadata)
+            ]
             row = await self._pipeline.run(pd.INGEST_SQL, pd.ingest_params(event, version, wanted))
             assert row is not None  # noqa: S101 - narrows the type: the statement returns a row
             outcome, event_id, created = row

@@ -12,7 +12,7 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from service import ids
-from service.store.filters import delivery_clauses, newer_delivery
+from service.store.filters import deliveries_from, delivery_clauses, newer_delivery
 from service.store.paging import Page, page_of, paged_query
 from service.store.postgres_subscribers import (
     LOCK_SUBSCRIBERS,
@@ -33,14 +33,16 @@ from service.store.rows import (
     attempt_json,
     delivery_counts_json,
     delivery_json,
+    qualified,
 )
 
 Conn = AsyncConnection[Any]
 
-#: One statement: ``relay_ingest`` (migration 3) takes the locks and decides server-side.
+#: One statement: ``relay_ingest`` (migration 3, restated by 10 and 13) takes the locks and
+#: decides server-side.
 INGEST_SQL = (
     "SELECT outcome, event_id, deliveries FROM relay_ingest(%s, %s, %s, %s, %s,"
-    " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s::text[], %s)"
+    " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s::text[], %s, %s::text[], %s::text[])"
 )
 
 
@@ -66,6 +68,8 @@ def ingest_params(event: IncomingEvent, version: str, wanted: list[str]) -> tupl
         [ids.new_id("dlv") for _ in wanted],
         wanted,
         event.archive_deadline,
+        list(event.metadata),
+        list(event.metadata.values()),
     )
 
 
@@ -178,11 +182,12 @@ async def list_deliveries(
     conn: Conn, filters: DeliveryFilter, cursor: str | None, limit: int
 ) -> Page:
     sql, params = paged_query(
-        f"SELECT {DELIVERY_COLUMNS} FROM deliveries",
-        delivery_clauses(filters, "%s"),
+        f"SELECT {qualified(DELIVERY_COLUMNS, 'd')} FROM {deliveries_from(filters, 'JOIN')}",
+        delivery_clauses(filters, "%s", table="d"),
         cursor,
         limit,
         "%s",
+        position="d.seq",
     )
     result = await conn.execute(sql, params)
     return page_of(await result.fetchall(), limit, delivery_json)
@@ -332,7 +337,11 @@ async def prune(conn: Conn, before: float, limit: int, failed_before: float | No
         await conn.execute("DELETE FROM deliveries WHERE event_id = ANY(%s)", (event_ids,))
         await conn.execute("DELETE FROM archive_jobs WHERE event_id = ANY(%s)", (event_ids,))
         # The task's terminal status stays (see the SQLite store).
-        await conn.execute("DELETE FROM events WHERE id = ANY(%s)", (event_ids,))
+        await conn.execute(
+            "WITH gone AS (DELETE FROM events WHERE id = ANY(%s) RETURNING seq)"
+            " DELETE FROM event_metadata WHERE event_seq IN (SELECT seq FROM gone)",
+            (event_ids,),
+        )
     await conn.execute("DELETE FROM callback_urls WHERE expires_at < %s", (before,))
     return len(event_ids)
 

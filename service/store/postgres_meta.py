@@ -10,10 +10,10 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from service.store.filters import event_clauses
+from service.store.filters import events_query
 from service.store.paging import Page, page_of, paged_query
 from service.store.records import EventFilter
-from service.store.rows import event_json
+from service.store.rows import event_json, listed_event
 
 Conn = AsyncConnection[Any]
 
@@ -141,8 +141,8 @@ async def get_event_raw(conn: Conn, event_id: str) -> bytes | None:
 
 
 async def list_events(conn: Conn, filters: EventFilter, cursor: str | None, limit: int) -> Page:
-    sql, params = paged_query(
-        "SELECT seq, body FROM events", event_clauses(filters, "%s"), cursor, limit, "%s"
-    )
+    select, clauses, params = events_query(filters, "%s", "JOIN")
+    position = "m0.event_seq" if filters.metadata else "e.seq"
+    sql, params = paged_query(select, (clauses, params), cursor, limit, "%s", position=position)
     result = await conn.execute(sql, params)
-    return page_of(await result.fetchall(), limit, lambda row: row[1])
+    return page_of(await result.fetchall(), limit, listed_event)

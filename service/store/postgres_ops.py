@@ -59,7 +59,9 @@ async def delivery_details(
     limit: int,
     now: float,
 ) -> list[dict[str, Any]]:
-    sql, params = delivery_details_query(filters, "%s", provider=provider, limit=limit, now=now)
+    sql, params = delivery_details_query(
+        filters, "%s", provider=provider, limit=limit, now=now, join="JOIN"
+    )
     cursor = await conn.execute(sql, params)
     rows = await cursor.fetchall()
     attempts: list[tuple[Any, ...]] = []

@@ -20,6 +20,7 @@ from service.store.records import Subscriber
 from service.store.rows import (
     SUBSCRIBER_COLUMNS,
     qualified,
+    stored_metadata_filter,
     subscriber_changes,
     subscriber_from_row,
 )
@@ -65,8 +66,8 @@ async def create_subscriber(conn: Conn, subscriber: Subscriber) -> None:
     await lock_subscribers(conn, exclusive=True)
     await conn.execute(
         "INSERT INTO subscribers (id, url, description, providers, event_types, enabled,"
-        " secret, created_at, updated_at)"
-        " VALUES (%s, %s, %s, %s::text[], %s::text[], %s, %s, %s, %s)",
+        " secret, created_at, updated_at, metadata)"
+        " VALUES (%s, %s, %s, %s::text[], %s::text[], %s, %s, %s, %s, %s)",
         (
             subscriber.id,
             subscriber.url,
@@ -77,6 +78,7 @@ async def create_subscriber(conn: Conn, subscriber: Subscriber) -> None:
             subscriber.secrets[0],
             subscriber.created_at,
             subscriber.updated_at,
+            stored_metadata_filter(subscriber.metadata),
         ),
     )
     await bump_subscribers_version(conn)

@@ -5,8 +5,13 @@ Plain dataclasses, no storage in them; ``service.store.base.Store`` is the port 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+#: A metadata filter: (key, value as text) pairs, all of which must match
+#: (``service.store.metadata_index``).
+MetadataFilter = tuple[tuple[str, str], ...]
 
 Outcome = Literal["accepted", "duplicate", "superseded"]
 
@@ -32,6 +37,9 @@ class IncomingEvent:
     #: When archiving its outputs must end (``service.archive_worker``); None: not archived.
     #: An accepted event with one gets its archive job, and its deliveries wait for the job.
     archive_deadline: float | None = None
+    #: Its metadata's indexed entries (``metadata_index.indexed``): written to the index and
+    #: matched against subscribers' metadata filters. Empty: nothing more to write.
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -47,6 +55,7 @@ class EventFilter:
     task_id: str | None = None
     status: str | None = None
     since: float | None = None
+    metadata: MetadataFilter = ()
 
 
 @dataclass(frozen=True)
@@ -62,11 +71,22 @@ class Subscriber:
     disabled_reason: str | None = None
     #: Signing secrets (``whsec_...``), newest first; the previous one stays while rotating.
     secrets: tuple[str, ...] = field(default=(), repr=False)
+    #: Only events whose metadata holds all these entries (text, as indexed); None: all.
+    metadata: MetadataFilter | None = None
 
-    def wants(self, provider: str, event_type: str) -> bool:
-        """Whether this subscriber's filters select an event."""
+    def wants(
+        self, provider: str, event_type: str, metadata: Mapping[str, str] | None = None
+    ) -> bool:
+        """Whether this subscriber's filters select an event (``metadata``: its indexed
+        entries, ``metadata_index.indexed``)."""
         if self.providers is not None and provider not in self.providers:
             return False
+        if self.metadata is not None:
+            if metadata is None:
+                return False
+            for key, value in self.metadata:
+                if metadata.get(key) != value:
+                    return False
         if self.event_types is None:
             return True
         for pattern in self.event_types:
@@ -88,6 +108,7 @@ class DeliveryFilter:
     event_id: str | None = None
     since: float | None = None
     until: float | None = None
+    metadata: MetadataFilter = ()
 
 
 @dataclass(frozen=True)

@@ -13,16 +13,16 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from service.clock import rfc3339
-from service.store.records import Subscriber
+from service.store.records import MetadataFilter, Subscriber
 
 SUBSCRIBER_COLUMNS = (
     "id, url, description, providers, event_types, enabled, disabled_reason, secret,"
-    " previous_secret, previous_expires_at, created_at, updated_at"
+    " previous_secret, previous_expires_at, created_at, updated_at, metadata"
 )
 
 #: What ``Store.update_subscriber`` may change.
 UPDATABLE_SUBSCRIBER_FIELDS = frozenset(
-    {"url", "description", "providers", "event_types", "enabled"}
+    {"url", "description", "providers", "event_types", "enabled", "metadata"}
 )
 
 DELIVERY_COLUMNS = (
@@ -61,7 +61,18 @@ def subscriber_from_row(row: tuple[Any, ...], now: float) -> Subscriber:
         secrets=tuple(secrets),
         created_at=row[10],
         updated_at=row[11],
+        metadata=metadata_filter(row[12]),
     )
+
+
+def metadata_filter(stored: str | None) -> MetadataFilter | None:
+    """A subscriber's stored metadata filter (a JSON object of text values) as pairs."""
+    return None if stored is None else tuple(sorted(json.loads(stored).items()))
+
+
+def stored_metadata_filter(pairs: MetadataFilter | None) -> str | None:
+    """``metadata_filter``'s inverse: the column's JSON text."""
+    return None if pairs is None else json.dumps(dict(pairs))
 
 
 def subscriber_changes(changes: dict[str, Any], now: float) -> dict[str, Any]:
@@ -75,6 +86,8 @@ def subscriber_changes(changes: dict[str, Any], now: float) -> dict[str, Any]:
     for key, value in changes.items():
         if key in ("providers", "event_types"):
             value = None if value is None else [str(item) for item in value]
+        elif key == "metadata":
+            value = stored_metadata_filter(value)
         elif key == "enabled":
             value = bool(value)
             values["disabled_reason"] = None if value else "disabled by an operator"
@@ -88,6 +101,14 @@ def event_json(body: str, state: str) -> dict[str, Any]:
     event: dict[str, Any] = json.loads(body)
     event["relay"] = {"state": state}
     return event
+
+
+def listed_event(row: tuple[Any, ...]) -> str:
+    """A row of ``filters.events_query`` (position, body, state) as the JSON of
+    ``Store.list_events``: the stored event with ``relay.state``, as ``event_json`` gives it,
+    spliced rather than parsed (the stored body is a compact JSON object)."""
+    body: str = row[1]
+    return f'{body[:-1]},"relay":{{"state":"{row[2]}"}}}}'
 
 
 def event_counts(rows: Iterable[tuple[str, str, int]]) -> dict[str, dict[str, int]]:

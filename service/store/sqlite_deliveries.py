@@ -6,11 +6,12 @@ never commit: the store's group commit does.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from typing import Any
 
 from service import ids
-from service.store.filters import delivery_clauses, newer_delivery
+from service.store.filters import deliveries_from, delivery_clauses, newer_delivery
 from service.store.paging import Page, page_of, paged_query
 from service.store.records import (
     AttemptRecord,
@@ -24,7 +25,9 @@ from service.store.rows import (
     attempt_json,
     delivery_counts_json,
     delivery_json,
+    qualified,
 )
+from service.store.sqlite_events import rarest_first
 from service.store.sqlite_subscribers import bump_subscribers_version
 
 
@@ -120,12 +123,14 @@ def release_leases(conn: sqlite3.Connection, delivery_ids: list[str] | None) -> 
 def list_deliveries(
     conn: sqlite3.Connection, filters: DeliveryFilter, cursor: str | None, limit: int
 ) -> Page:
+    filters = dataclasses.replace(filters, metadata=rarest_first(conn, filters.metadata))
     sql, params = paged_query(
-        f"SELECT {DELIVERY_COLUMNS} FROM deliveries",
-        delivery_clauses(filters, "?"),
+        f"SELECT {qualified(DELIVERY_COLUMNS, 'd')} FROM {deliveries_from(filters, 'CROSS JOIN')}",
+        delivery_clauses(filters, "?", table="d"),
         cursor,
         limit,
         "?",
+        position="d.seq",
     )
     return page_of(conn.execute(sql, params).fetchall(), limit, delivery_json)
 
@@ -268,5 +273,6 @@ def prune(conn: sqlite3.Connection, before: float, limit: int, failed_before: fl
         # The task's row (its terminal status) stays: it is what supersedes a late update
         # once the events and their dedup keys are gone.
         conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", seqs)
+        conn.execute(f"DELETE FROM event_metadata WHERE event_seq IN ({marks})", seqs)
     conn.execute("DELETE FROM callback_urls WHERE expires_at < ?", (before,))
     return len(seqs)

@@ -4,14 +4,21 @@ the reads of stored events. Each function runs inside one of ``SQLiteStore``'s b
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from typing import Any
 
 from service import ids
-from service.store.filters import event_clauses
+from service.store.filters import events_query
 from service.store.paging import Page, page_of, paged_query
-from service.store.records import EventFilter, IncomingEvent, IngestResult, Subscriber
-from service.store.rows import event_json
+from service.store.records import (
+    EventFilter,
+    IncomingEvent,
+    IngestResult,
+    MetadataFilter,
+    Subscriber,
+)
+from service.store.rows import event_json, listed_event
 from service.store.sqlite_subscribers import SubscriberCache
 
 
@@ -29,7 +36,7 @@ def fan_out(conn: sqlite3.Connection, event: IncomingEvent, subscribers: list[Su
             event.received_at,
         )
         for sub in subscribers
-        if sub.wants(event.provider, event.event_type)
+        if sub.wants(event.provider, event.event_type, event.metadata)
     ]
     if rows:
         conn.executemany(
@@ -51,7 +58,7 @@ def ingest(
         " received_at, url_id, body, raw_body) VALUES (?, ?, ?, ?, ?, ?,"
         " CASE WHEN EXISTS (SELECT 1 FROM tasks WHERE provider = ? AND task_id = ?)"
         " THEN 'superseded' ELSE 'emitted' END, ?, ?, ?, ?)"
-        " ON CONFLICT (dedup_key) DO NOTHING RETURNING state",
+        " ON CONFLICT (dedup_key) DO NOTHING RETURNING state, seq",
         (
             event.event_id,
             event.provider,
@@ -72,6 +79,12 @@ def ingest(
             "SELECT id FROM events WHERE dedup_key = ?", (event.dedup_key,)
         ).fetchone()
         return IngestResult("duplicate", existing)
+    if event.metadata:
+        seq = row[1]
+        conn.executemany(
+            "INSERT INTO event_metadata (key, value, event_seq) VALUES (?, ?, ?)",
+            [(key, value, seq) for key, value in event.metadata.items()],
+        )
     if row[0] == "superseded":
         return IngestResult("superseded", event.event_id)
     if event.terminal:
@@ -107,10 +120,38 @@ def get_event_raw(conn: sqlite3.Connection, event_id: str) -> bytes | None:
     return None if row is None else bytes(row[0])
 
 
+#: Index entries counted, at most, per pair of a metadata filter by ``rarest_first``.
+RARITY_PROBE = 1000
+
+
+def rarest_first(conn: sqlite3.Connection, pairs: MetadataFilter) -> MetadataFilter:
+    """A filter of several pairs, its rarest pair first: the one a list walks (alias ``m0``,
+    ``filters``), the others being checked per row.
+
+    SQLite keeps no statistics here (the relay never runs ANALYZE), and the joins are in the
+    order given, so a broad pair first (a tenant of 20,000 events before a user of 10) would
+    walk all of its range: measured 107 ms against 0.1 ms with 1,000,000 events
+    (``bench/metadata``). Counting at most ``RARITY_PROBE`` entries of each pair's range
+    costs a few index pages. (PostgreSQL chooses from its own statistics.)
+    """
+    if len(pairs) < 2:
+        return pairs
+    counts = [
+        conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM event_metadata WHERE key = ? AND value = ?"
+            " LIMIT ?)",
+            (key, value, RARITY_PROBE),
+        ).fetchone()[0]
+        for key, value in pairs
+    ]
+    return tuple(pair for _, pair in sorted(zip(counts, pairs, strict=True)))
+
+
 def list_events(
     conn: sqlite3.Connection, filters: EventFilter, cursor: str | None, limit: int
 ) -> Page:
-    sql, params = paged_query(
-        "SELECT seq, body FROM events", event_clauses(filters, "?"), cursor, limit, "?"
-    )
-    return page_of(conn.execute(sql, params).fetchall(), limit, lambda row: row[1])
+    filters = dataclasses.replace(filters, metadata=rarest_first(conn, filters.metadata))
+    select, clauses, params = events_query(filters, "?", "CROSS JOIN")
+    position = "m0.event_seq" if filters.metadata else "e.seq"
+    sql, params = paged_query(select, (clauses, params), cursor, limit, "?", position=position)
+    return page_of(conn.execute(sql, params).fetchall(), limit, listed_event)

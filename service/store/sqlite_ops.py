@@ -8,6 +8,7 @@ and blocks no writer; SQLite releases the GIL while it works.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from service.store.rows import (
     details_json,
     event_counts,
 )
+from service.store.sqlite_events import rarest_first
 from service.store.watch_model import DECIDABLE
 
 T = TypeVar("T")
@@ -79,7 +81,10 @@ def delivery_details(
     limit: int,
     now: float,
 ) -> list[dict[str, Any]]:
-    sql, params = delivery_details_query(filters, "?", provider=provider, limit=limit, now=now)
+    filters = dataclasses.replace(filters, metadata=rarest_first(conn, filters.metadata))
+    sql, params = delivery_details_query(
+        filters, "?", provider=provider, limit=limit, now=now, join="CROSS JOIN"
+    )
     rows = conn.execute(sql, params).fetchall()
     attempts: list[tuple[Any, ...]] = []
     if rows:

@@ -10,7 +10,12 @@ from typing import Any
 
 from service.store.paging import Page, page_of, paged_query
 from service.store.records import Subscriber
-from service.store.rows import SUBSCRIBER_COLUMNS, subscriber_changes, subscriber_from_row
+from service.store.rows import (
+    SUBSCRIBER_COLUMNS,
+    stored_metadata_filter,
+    subscriber_changes,
+    subscriber_from_row,
+)
 
 
 def _json_list(value: tuple[str, ...] | None) -> str | None:
@@ -72,7 +77,7 @@ class SubscriberCache:
 def create_subscriber(conn: sqlite3.Connection, sub: Subscriber) -> None:
     conn.execute(
         "INSERT INTO subscribers (id, url, description, providers, event_types, enabled, secret,"
-        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " created_at, updated_at, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             sub.id,
             sub.url,
@@ -83,6 +88,7 @@ def create_subscriber(conn: sqlite3.Connection, sub: Subscriber) -> None:
             sub.secrets[0],
             sub.created_at,
             sub.updated_at,
+            stored_metadata_filter(sub.metadata),
         ),
     )
     bump_subscribers_version(conn)

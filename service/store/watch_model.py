@@ -113,6 +113,9 @@ class WatchFilter:
     undecided: bool = False
     #: True: only active watches whose provider answers a status word the relay does not know.
     flagged: bool = False
+    #: Only watches whose metadata (the watch's, over its callback URL's) holds these entries
+    #: (``service.store.metadata_index``).
+    metadata: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
