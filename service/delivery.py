@@ -26,6 +26,7 @@ import aiohttp
 from service import __version__
 from service.clock import Clock, system_clock
 from service.guarded_session import guarded_session
+from service.retry import RETRY_AFTER_STATUSES
 from service.signing import sign
 from service.store.base import Claim
 from service.targets import TargetBlocked, TargetPolicy
@@ -104,6 +105,8 @@ class Attempt:
     status_code: int | None
     error: str | None
     response_excerpt: str | None
+    #: The ``Retry-After`` header of a 429 or 503 answer, as sent (``service.retry`` reads it).
+    retry_after: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -171,6 +174,7 @@ class Deliverer:
         status: int | None = None
         error: str | None = None
         excerpt = bytearray()
+        retry_after: str | None = None
         try:
             async with (
                 asyncio.timeout(self.timeout),
@@ -184,6 +188,8 @@ class Deliverer:
                 ) as response,
             ):
                 status = response.status
+                if status in RETRY_AFTER_STATUSES:
+                    retry_after = response.headers.get("Retry-After")
                 while len(excerpt) < EXCERPT_BYTES:
                     chunk = await response.content.readany()
                     if not chunk:
@@ -203,4 +209,5 @@ class Deliverer:
             status_code=status,
             error=error,
             response_excerpt=storable_text(bytes(excerpt)),
+            retry_after=retry_after,
         )
