@@ -158,14 +158,21 @@ class Deliverer:
             self._session = None
 
     def headers(self, claim: Claim, timestamp: int, body: bytes) -> dict[str, str]:
-        """The delivery's headers (Standard Webhooks: id, timestamp, signature)."""
-        return {
+        """The delivery's headers: the subscriber's own (``service.subscriber_options``, which
+        keeps them off the names below), then the relay's (Standard Webhooks: id, timestamp,
+        signature)."""
+        own = {
             "content-type": "application/cloudevents+json",
             "user-agent": USER_AGENT,
             "webhook-id": claim.event_id,
             "webhook-timestamp": str(timestamp),
             "webhook-signature": sign(claim.secrets, claim.event_id, timestamp, body),
         }
+        if not claim.headers:
+            return own
+        headers = dict(claim.headers)
+        headers.update(own)
+        return headers
 
     async def attempt(self, claim: Claim) -> Attempt:
         started_at = self.clock()

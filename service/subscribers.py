@@ -25,6 +25,7 @@ from service.shapes.subscribers import (
 from service.shapes.subscribers import Subscriber as SubscriberShape
 from service.signing import new_secret
 from service.store.base import Store, Subscriber
+from service.subscriber_options import masked_headers
 from service.targets import TargetPolicy, check_target
 
 __all__ = ["EVENT_TYPE_PATTERNS", "ROTATION_OVERLAP_SECONDS"]
@@ -40,6 +41,8 @@ async def checked_changes(shape: SubscriberChanges, policy: TargetPolicy) -> dic
     for name, value in structs.asdict(shape).items():
         if value is UNSET:
             continue
+        if isinstance(value, dict):  # headers: kept as (name, value) pairs
+            value = tuple(value.items())
         changes[name] = tuple(value) if isinstance(value, list) else value
     if "url" in changes:
         await check_target(changes["url"], policy)
@@ -84,6 +87,8 @@ def _fields(sub: Subscriber) -> dict[str, Any]:
         "disabled_reason": sub.disabled_reason,
         "created_at": rfc3339(sub.created_at),
         "updated_at": rfc3339(sub.updated_at),
+        "headers": masked_headers(sub.headers),
+        "max_per_second": sub.max_per_second,
     }
 
 
@@ -100,6 +105,8 @@ async def register(
         providers=changes.get("providers"),
         event_types=changes.get("event_types"),
         enabled=changes.get("enabled", True),
+        headers=changes.get("headers") or (),
+        max_per_second=changes.get("max_per_second"),
         created_at=now,
         updated_at=now,
         secrets=(new_secret(),),

@@ -63,3 +63,122 @@ def test_retry_after_is_honoured_and_the_delivery_still_fails_after_its_last_att
     assert len(sink.receipts) == 3  # no attempt added by the last Retry-After
     detail = relay.delivery(str(failed["id"]))
     assert [a["status_code"] for a in detail["attempts"]] == [429, 503, 429]
+
+
+GATEWAY_KEY = "gw-key-0123456789abcdef"
+
+
+def test_custom_headers_are_sent_shown_masked_and_never_logged(
+    relay_factory: Callable[..., RelayServer],
+    subscriber_factory: Callable[..., SubscriberServer],
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    sink = subscriber_factory(script=lambda n: (500, 0.0) if n == 0 else (204, 0.0))
+    relay = relay_factory(retry_delays=(0.1,))
+    created = register(relay, sink, headers={"X-Api-Key": GATEWAY_KEY, "X-Tenant": "acme"})
+    assert created["headers"] == {"X-Api-Key": "***cdef", "X-Tenant": "***"}
+    relay.post_callback(relay.mint(), EVOLINK_COMPLETED)
+    relay.wait_deliveries(1, "succeeded")
+    first, second = sink.wait_for(2)
+    for receipt in (first, second):  # a retry carries them too, beside the signature
+        assert receipt.headers["x-api-key"] == GATEWAY_KEY
+        assert receipt.headers["x-tenant"] == "acme"
+        assert receipt.verified_with == sink.secrets
+    assert not sink.errors
+    shown = relay.client.get(f"/v1/subscribers/{created['id']}", headers=relay.admin).json()
+    assert shown["headers"] == {"X-Api-Key": "***cdef", "X-Tenant": "***"}
+    listed = relay.client.get("/v1/subscribers", headers=relay.admin).json()["items"]
+    assert listed[0]["headers"] == shown["headers"]
+
+    changed = relay.client.patch(
+        f"/v1/subscribers/{created['id']}",
+        json={"headers": {"Authorization": "Bearer another-secret-value"}},
+        headers=relay.admin,
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["headers"] == {"Authorization": "***alue"}  # replaced as a whole
+    relay.post_callback(relay.mint(), dict(EVOLINK_COMPLETED, id="task-2"))
+    relay.wait_deliveries(2, "succeeded")
+    third = sink.wait_for(3)[2]
+    assert third.headers["authorization"] == "Bearer another-secret-value"
+    assert "x-api-key" not in third.headers
+    cleared = relay.client.patch(
+        f"/v1/subscribers/{created['id']}", json={"headers": None}, headers=relay.admin
+    )
+    assert cleared.json()["headers"] is None
+
+    time.sleep(0.2)
+    logged = capfd.readouterr()
+    assert "delivery_attempt" in logged.out  # the capture holds the relay's lines
+    for secret in (GATEWAY_KEY, "another-secret-value"):
+        assert secret not in logged.out and secret not in logged.err
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"headers": {"X-Key": "a\r\nX-Injected: 1"}}, "no line breaks"),
+        ({"headers": {"X-Key": "a\nb"}}, "no line breaks"),
+        ({"headers": {"X-Key": "nul\x00"}}, "no line breaks"),
+        ({"headers": {"X-Key": "caf\u00e9"}}, "visible ASCII"),
+        ({"headers": {"X-Key": "v" * 1025}}, "at most 1024"),
+        ({"headers": {"X Key": "v"}}, "header name"),
+        ({"headers": {"": "v"}}, "header name"),
+        ({"headers": {"X-Key:": "v"}}, "header name"),
+        ({"headers": {"webhook-signature": "v1,forged"}}, "set by the relay"),
+        ({"headers": {"Webhook-Id": "evt_x"}}, "set by the relay"),
+        ({"headers": {"webhook-timestamp": "1"}}, "set by the relay"),
+        ({"headers": {"Content-Type": "text/plain"}}, "set by the relay"),
+        ({"headers": {"content-length": "1"}}, "set by the relay"),
+        ({"headers": {"Host": "internal.example"}}, "set by the relay"),
+        ({"headers": {"Transfer-Encoding": "chunked"}}, "set by the relay"),
+        ({"headers": {"Connection": "close"}}, "set by the relay"),
+        ({"headers": {"Proxy-Anything": "x"}}, "set by the relay"),
+        ({"headers": {"X-Key": "a", "x-key": "b"}}, "given twice"),
+        ({"headers": {f"X-H{n}": "v" for n in range(11)}}, "at most 10"),
+        ({"headers": {f"X-H{n}": "v" * 1000 for n in range(5)}}, "at most 4096"),
+        ({"headers": {"X-Key": 5}}, "headers"),
+        ({"headers": ["X-Key", "v"]}, "headers"),
+        ({"max_per_second": 0}, "max_per_second"),
+        ({"max_per_second": -1}, "max_per_second"),
+        ({"max_per_second": 0.001}, "max_per_second"),
+        ({"max_per_second": 1000.5}, "max_per_second"),
+        ({"max_per_second": 1e308}, "max_per_second"),
+        ({"max_per_second": "fast"}, "max_per_second"),
+        ({"max_per_second": True}, "max_per_second"),
+    ],
+)
+def test_bad_headers_and_rate_limits_are_refused(
+    relay_server: RelayServer, body: dict[str, object], words: str
+) -> None:
+    created = relay_server.client.post(
+        "/v1/subscribers",
+        json={"url": "https://hooks.example.com/x", **body},
+        headers=relay_server.admin,
+    )
+    assert created.status_code == 400, created.text
+    error = created.json()["error"]
+    assert error["code"] == "invalid_subscriber"
+    assert words in error["message"]
+    good = relay_server.add_subscriber("https://hooks.example.com/y")
+    changed = relay_server.client.patch(
+        f"/v1/subscribers/{good['id']}", json=body, headers=relay_server.admin
+    )
+    assert changed.status_code == 400 and changed.json()["error"]["code"] == "invalid_subscriber"
+    assert (
+        relay_server.client.get(f"/v1/subscribers/{good['id']}", headers=relay_server.admin).json()[
+            "headers"
+        ]
+        is None
+    )
+
+
+def test_rate_limit_is_shown_and_can_be_removed(relay_server: RelayServer) -> None:
+    created = relay_server.add_subscriber("https://hooks.example.com/x", max_per_second=20)
+    assert created["max_per_second"] == 20
+    changed = relay_server.client.patch(
+        f"/v1/subscribers/{created['id']}",
+        json={"max_per_second": None},
+        headers=relay_server.admin,
+    )
+    assert changed.json()["max_per_second"] is None

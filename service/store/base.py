@@ -547,3 +547,8 @@ class Store(ABC):
     @abstractmethod
     async def active_watch_counts(self) -> dict[str, int]:
         """How many watches are active, by provider (providers with none are absent)."""
+
+    @abstractmethod
+    async def consecutive_failures(self) -> dict[str, int]:
+        """Every subscriber's failed attempts since its last successful one (0 when its last
+        attempt succeeded or it has had none), by subscriber id."""

@@ -536,3 +536,7 @@ class PostgresStore(Store):
     async def active_watch_counts(self) -> dict[str, int]:
         async with self._connection() as conn:
             return await postgres_ops.active_watch_counts(conn)
+
+    async def consecutive_failures(self) -> dict[str, int]:
+        async with self._connection() as conn:
+            return await postgres_ops.consecutive_failures(conn)

@@ -77,7 +77,7 @@ RECORD_ATTEMPT_SQL = (
     "  latency_ms, error, response_excerpt)"
     "  VALUES (%(id)s, %(at)s, %(trigger)s, %(code)s, %(latency)s, %(error)s,"
     "  %(excerpt)s)"
-    ")"
+    "), delivery AS ("
     " UPDATE deliveries SET"
     " status = CASE WHEN status = 'pending' THEN %(outcome)s ELSE status END,"
     " next_attempt_at = CASE WHEN status = 'pending' THEN %(next)s::double precision"
@@ -87,6 +87,18 @@ RECORD_ATTEMPT_SQL = (
     " attempt_count = attempt_count + 1, cycle_attempts = cycle_attempts + 1,"
     " lease_until = NULL, updated_at = %(at)s"
     " WHERE id = %(id)s RETURNING subscriber_id"
+    # Failures in a row (``subscriber_health``): a success writes only when it ends a streak.
+    "), streak_ended AS ("
+    " DELETE FROM subscriber_health h USING delivery"
+    " WHERE %(succeeded)s AND h.subscriber_id = delivery.subscriber_id"
+    "), streak AS ("
+    " INSERT INTO subscriber_health (subscriber_id, consecutive_failures, updated_at)"
+    " SELECT subscriber_id, 1, %(at)s FROM delivery WHERE NOT %(succeeded)s"
+    " ON CONFLICT (subscriber_id) DO UPDATE SET"
+    " consecutive_failures = subscriber_health.consecutive_failures + 1,"
+    " updated_at = excluded.updated_at"
+    ")"
+    " SELECT subscriber_id FROM delivery"
 )
 
 
@@ -106,6 +118,7 @@ def attempt_params(record: AttemptRecord) -> dict[str, Any]:
         "outcome": record.outcome,
         "next": record.next_attempt_at,
         "last_error": last_error,
+        "succeeded": record.outcome == "succeeded",
     }
 
 
@@ -152,7 +165,8 @@ async def claim_due(
         "  deliveries.cycle_attempts, deliveries.attempt_count, deliveries.task_key"
         ")"
         " SELECT l.id, l.event_id, l.subscriber_id, s.url, s.secret, s.previous_secret,"
-        " s.previous_expires_at, e.body, l.cycle_attempts, l.attempt_count, l.task_key"
+        " s.previous_expires_at, e.body, l.cycle_attempts, l.attempt_count, l.task_key,"
+        " s.headers, s.max_per_second"
         " FROM leased l JOIN subscribers s ON s.id = l.subscriber_id"
         " JOIN events e ON e.id = l.event_id ORDER BY l.next_attempt_at, l.seq",
         {"now": now, "exclude": sorted(exclude), "limit": limit, "lease_until": lease_until},

@@ -5,10 +5,20 @@ Plain dataclasses, no storage in them; ``service.store.base.Store`` is the port 
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Outcome = Literal["accepted", "duplicate", "superseded"]
+
+
+@functools.lru_cache(maxsize=1024)
+def header_pairs(stored: str | None) -> tuple[tuple[str, str], ...]:
+    """A subscriber's headers as the stores keep them (a JSON object, or NULL) as pairs."""
+    if not stored:
+        return ()
+    return tuple((str(name), str(value)) for name, value in json.loads(stored).items())
 
 
 # Built for every callback, so not frozen (a frozen dataclass costs six times as much to build);
@@ -62,6 +72,10 @@ class Subscriber:
     disabled_reason: str | None = None
     #: Signing secrets (``whsec_...``), newest first; the previous one stays while rotating.
     secrets: tuple[str, ...] = field(default=(), repr=False)
+    #: Its own request headers (name, value), sent with every delivery; never shown in full.
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    #: Deliveries a second it takes at most (``service.pacing``); None: no limit.
+    max_per_second: float | None = None
 
     def wants(self, provider: str, event_type: str) -> bool:
         """Whether this subscriber's filters select an event."""
@@ -104,12 +118,16 @@ class Claim:
     trigger: str
     #: ``provider/task_id`` of the event (for the log lines of the attempt).
     task_key: str = ""
+    #: The subscriber's own request headers (never logged).
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    #: The subscriber's rate limit (``service.pacing``); None: none.
+    max_per_second: float | None = None
 
     @classmethod
     def from_row(cls, row: Any, now: float) -> Claim:
         """A claim from the stores' claim query, whose columns are: delivery id, event id,
         subscriber id, url, secret, previous secret, its expiry, body, cycle attempts,
-        attempt count, task key."""
+        attempt count, task key, the subscriber's headers (JSON text) and rate limit."""
         return cls(
             delivery_id=row[0],
             event_id=row[1],
@@ -122,6 +140,8 @@ class Claim:
             # A fresh cycle after earlier attempts can only be an operator's replay.
             trigger="replay" if row[8] == 0 and row[9] > 0 else "scheduled",
             task_key=row[10],
+            headers=header_pairs(row[11]),
+            max_per_second=row[12],
         )
 
 

@@ -13,16 +13,16 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from service.clock import rfc3339
-from service.store.records import Subscriber
+from service.store.records import Subscriber, header_pairs
 
 SUBSCRIBER_COLUMNS = (
     "id, url, description, providers, event_types, enabled, disabled_reason, secret,"
-    " previous_secret, previous_expires_at, created_at, updated_at"
+    " previous_secret, previous_expires_at, created_at, updated_at, headers, max_per_second"
 )
 
 #: What ``Store.update_subscriber`` may change.
 UPDATABLE_SUBSCRIBER_FIELDS = frozenset(
-    {"url", "description", "providers", "event_types", "enabled"}
+    {"url", "description", "providers", "event_types", "enabled", "headers", "max_per_second"}
 )
 
 DELIVERY_COLUMNS = (
@@ -45,6 +45,13 @@ def _text_tuple(value: Any) -> tuple[str, ...] | None:
     return tuple(json.loads(value) if isinstance(value, str) else value)
 
 
+def headers_text(headers: Iterable[tuple[str, str]] | None) -> str | None:
+    """A subscriber's headers as both stores keep them: a JSON object; None when there are
+    none."""
+    pairs = dict(headers or ())
+    return json.dumps(pairs, separators=(",", ":")) if pairs else None
+
+
 def subscriber_from_row(row: tuple[Any, ...], now: float) -> Subscriber:
     """A ``SUBSCRIBER_COLUMNS`` row; the previous secret only while it is valid at ``now``."""
     secrets = [row[7]]
@@ -61,6 +68,8 @@ def subscriber_from_row(row: tuple[Any, ...], now: float) -> Subscriber:
         secrets=tuple(secrets),
         created_at=row[10],
         updated_at=row[11],
+        headers=header_pairs(row[12]),
+        max_per_second=row[13],
     )
 
 
@@ -75,6 +84,8 @@ def subscriber_changes(changes: dict[str, Any], now: float) -> dict[str, Any]:
     for key, value in changes.items():
         if key in ("providers", "event_types"):
             value = None if value is None else [str(item) for item in value]
+        elif key == "headers":
+            value = headers_text(value)
         elif key == "enabled":
             value = bool(value)
             values["disabled_reason"] = None if value else "disabled by an operator"

@@ -20,6 +20,7 @@ MIGRATIONS = (
     "sqlite_008_archive.sql",
     "sqlite_009_idempotency.sql",
     "sqlite_010_keys.sql",
+    "sqlite_012_subscriber_limits.sql",
 )
 #: How long opening the store (migrations, at start) waits for another process's lock.
 BUSY_TIMEOUT_MS = 2000

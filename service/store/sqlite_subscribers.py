@@ -10,7 +10,12 @@ from typing import Any
 
 from service.store.paging import Page, page_of, paged_query
 from service.store.records import Subscriber
-from service.store.rows import SUBSCRIBER_COLUMNS, subscriber_changes, subscriber_from_row
+from service.store.rows import (
+    SUBSCRIBER_COLUMNS,
+    headers_text,
+    subscriber_changes,
+    subscriber_from_row,
+)
 
 
 def _json_list(value: tuple[str, ...] | None) -> str | None:
@@ -72,7 +77,8 @@ class SubscriberCache:
 def create_subscriber(conn: sqlite3.Connection, sub: Subscriber) -> None:
     conn.execute(
         "INSERT INTO subscribers (id, url, description, providers, event_types, enabled, secret,"
-        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " created_at, updated_at, headers, max_per_second)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             sub.id,
             sub.url,
@@ -83,6 +89,8 @@ def create_subscriber(conn: sqlite3.Connection, sub: Subscriber) -> None:
             sub.secrets[0],
             sub.created_at,
             sub.updated_at,
+            headers_text(sub.headers),
+            sub.max_per_second,
         ),
     )
     bump_subscribers_version(conn)
@@ -139,6 +147,7 @@ def delete_subscriber(conn: sqlite3.Connection, subscriber_id: str, now: float) 
         " lease_until = NULL, updated_at = ? WHERE subscriber_id = ? AND status = 'pending'",
         (now, subscriber_id),
     )
+    conn.execute("DELETE FROM subscriber_health WHERE subscriber_id = ?", (subscriber_id,))
     bump_subscribers_version(conn)
     return True
 
