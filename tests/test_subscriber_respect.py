@@ -3,6 +3,7 @@ headers, a per-subscriber rate limit, and metrics per subscriber."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import email.utils
 import itertools
 import time
@@ -182,3 +183,64 @@ def test_rate_limit_is_shown_and_can_be_removed(relay_server: RelayServer) -> No
         headers=relay_server.admin,
     )
     assert changed.json()["max_per_second"] is None
+
+
+def test_a_burst_reaches_a_rate_limited_subscriber_at_its_pace_without_delaying_others(
+    relay_factory: Callable[..., RelayServer],
+    subscriber_factory: Callable[..., SubscriberServer],
+) -> None:
+    """5,000 results of a batch job for a small service taking 40 a second, and meanwhile a
+    few events for another subscriber: the small one sees 40 a second (never a burst), and
+    the other gets each of its events at once, the small one's backlog notwithstanding."""
+    rate = 40.0
+    small = subscriber_factory()
+    other = subscriber_factory()
+    relay = relay_factory()
+    register(relay, small, max_per_second=rate, event_types=["generation.succeeded"])
+    register(relay, other, event_types=["generation.failed"])
+    url = relay.mint(reusable=True)
+    started = time.time()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(
+                lambda n: relay.post_callback(url, dict(EVOLINK_COMPLETED, id=f"batch-{n}")),
+                range(5000),
+            )
+        )
+    assert all(answer.status_code == 200 for answer in answers)
+    intake_seconds = time.time() - started
+
+    # The other subscriber, while the small one's backlog waits: one event every 0.2 s.
+    latencies = []
+    for n in range(10):
+        sent = time.time()
+        failed = dict(EVOLINK_COMPLETED, id=f"other-{n}", status="failed", results=[])
+        assert relay.post_callback(url, failed).status_code == 200
+        receipt = other.wait_for(n + 1)[n]
+        latencies.append(receipt.at - sent)
+        time.sleep(0.2)
+
+    intake_done = started + intake_seconds
+    first = small.wait_for(1)[0].at
+    time.sleep(max(0.0, intake_done + 5.0 - time.time()))
+    times = sorted(r.at for r in small.receipts)
+    assert not small.errors and not other.errors
+    # 40 a second once the burst is in (5 s after the intake ended)...
+    pace = sum(1 for t in times if intake_done <= t < intake_done + 5.0) / 5.0
+    assert rate * 0.85 <= pace <= rate * 1.02, pace
+    # ...and about that while 5,000 callbacks kept the relay busy (the worker's turns came
+    # late at times, and a late turn is caught up on for 100 ms only).
+    busy_pace = sum(1 for t in times if first + 1.0 <= t < intake_done) / (intake_done - first - 1)
+    assert rate * 0.7 <= busy_pace <= rate * 1.02, busy_pace
+    # Never a burst: in any one second, its limit and the one starting the second, with 10 %
+    # for the jitter of arrival times (sink, relay and test share this process's GIL) and the
+    # pacer's catch-up of a late start (``service.pacing.CATCH_UP_SECONDS``).
+    busiest = max(sum(1 for later in times[i:] if later < t + 1.0) for i, t in enumerate(times))
+    assert busiest <= rate * 1.1 + 1, busiest
+    assert len(times) < 5000  # the backlog is still there: the pace is what held it back
+    assert max(latencies) < 0.5, latencies
+    print(
+        f"small subscriber: {pace:.1f}/s ({busy_pace:.1f}/s during intake), busiest second"
+        f" {busiest} (limit {rate:g});"
+        f" other subscriber: slowest {max(latencies) * 1000:.0f} ms; intake {intake_seconds:.1f} s"
+    )
