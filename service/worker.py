@@ -239,6 +239,7 @@ class DeliveryWorker:
     async def _record(self, claim: Claim, attempt: Attempt) -> None:
         record = attempt_outcome(claim, attempt, self.retry_delays)
         metrics.count_attempt(record.outcome, attempt.latency_ms)
+        metrics.count_subscriber_attempt(claim.subscriber_id, attempt.ok)
         fields = {
             "status_code": attempt.status_code,
             "outcome": record.outcome,

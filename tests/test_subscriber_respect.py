@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import EVOLINK_COMPLETED, RelayServer
 from tests.subscriber_server import SubscriberServer
@@ -244,3 +245,56 @@ def test_a_burst_reaches_a_rate_limited_subscriber_at_its_pace_without_delaying_
         f" {busiest} (limit {rate:g});"
         f" other subscriber: slowest {max(latencies) * 1000:.0f} ms; intake {intake_seconds:.1f} s"
     )
+
+
+def test_metrics_name_the_subscriber_that_is_down(
+    relay_factory: Callable[..., RelayServer],
+    subscriber_factory: Callable[..., SubscriberServer],
+) -> None:
+    """Attempts and failures by subscriber id, and failures in a row from the store: an alert
+    on ``relay_subscriber_consecutive_failures`` names the one that is down. A removed
+    subscriber's series go."""
+    healthy = {"value": False}
+    down_sink = subscriber_factory(script=lambda n: (204 if healthy["value"] else 503, 0.0))
+    fine_sink = subscriber_factory()
+    relay = relay_factory(retry_delays=(0.1, 0.1))
+    down = str(register(relay, down_sink)["id"])
+    fine = str(register(relay, fine_sink)["id"])
+    url = relay.mint(reusable=True)
+    for n in range(2):
+        relay.post_callback(url, dict(EVOLINK_COMPLETED, id=f"task-{n}"))
+    relay.wait_deliveries(2, "failed")
+    relay.wait_deliveries(2, "succeeded")
+
+    def samples() -> dict[tuple[str, str], float]:
+        text = relay.client.get("/metrics", headers=relay.admin).text
+        return {
+            (sample.name, sample.labels["subscriber"]): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if "subscriber" in sample.labels
+        }
+
+    seen = samples()
+    assert seen[("relay_subscriber_attempts_total", down)] == 6  # 2 deliveries x 3 attempts
+    assert seen[("relay_subscriber_failures_total", down)] == 6
+    assert seen[("relay_subscriber_consecutive_failures", down)] == 6
+    assert seen[("relay_subscriber_attempts_total", fine)] == 2
+    assert seen[("relay_subscriber_failures_total", fine)] == 0
+    assert seen[("relay_subscriber_consecutive_failures", fine)] == 0
+
+    healthy["value"] = True
+    replayed = relay.client.post(
+        "/v1/deliveries/replay", json={"subscriber_id": down}, headers=relay.admin
+    )
+    assert replayed.status_code == 202, replayed.text
+    relay.wait_deliveries(4, "succeeded")
+    seen = samples()
+    assert seen[("relay_subscriber_consecutive_failures", down)] == 0  # back up
+    assert seen[("relay_subscriber_attempts_total", down)] == 8
+    assert seen[("relay_subscriber_failures_total", down)] == 6
+
+    assert relay.client.delete(f"/v1/subscribers/{down}", headers=relay.admin).status_code == 204
+    seen = samples()
+    assert not [key for key in seen if key[1] == down]  # its series are gone
+    assert seen[("relay_subscriber_attempts_total", fine)] == 2
