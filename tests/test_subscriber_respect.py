@@ -6,8 +6,12 @@ from __future__ import annotations
 import concurrent.futures
 import email.utils
 import itertools
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -298,3 +302,96 @@ def test_metrics_name_the_subscriber_that_is_down(
     seen = samples()
     assert not [key for key in seen if key[1] == down]  # its series are gone
     assert seen[("relay_subscriber_attempts_total", fine)] == 2
+
+
+def test_console_sets_the_rate_limit_and_headers_and_shows_them_masked(
+    relay_server: RelayServer,
+) -> None:
+    from tests.test_ops_console import browser, csrf_of, sign_in
+
+    sub_id = relay_server.add_subscriber("http://127.0.0.1:9/hook")["id"]
+
+    def state() -> dict[str, object]:
+        answer = relay_server.client.get(f"/v1/subscribers/{sub_id}", headers=relay_server.admin)
+        return answer.json()  # type: ignore[no-any-return]
+
+    with browser(relay_server) as client:
+        sign_in(client)
+        csrf = csrf_of(client.get("/ops/subscribers").text)
+        post = {"csrf": csrf, "back": "/ops/subscribers"}
+        saved = client.post(
+            f"/ops/subscribers/{sub_id}",
+            data={**post, "action": "rate", "max_per_second": "12.5"},
+        )
+        assert saved.status_code == 303 and state()["max_per_second"] == 12.5
+        client.post(
+            f"/ops/subscribers/{sub_id}",
+            data={
+                **post,
+                "action": "headers",
+                "headers": f"X-Api-Key: {GATEWAY_KEY}\r\n\r\nX-Tenant: acme\r\n",
+            },
+        )
+        assert state()["headers"] == {"X-Api-Key": "***cdef", "X-Tenant": "***"}
+        page = client.get("/ops/subscribers").text
+        assert "at most 12.5/s" in page and "X-Api-Key: ***cdef" in page
+        assert GATEWAY_KEY not in page
+
+        for bad in (
+            {"action": "rate", "max_per_second": "fast"},
+            {"action": "rate", "max_per_second": "0"},
+            {"action": "headers", "headers": "no colon here"},
+            {"action": "headers", "headers": "Webhook-Signature: v1,forged"},
+        ):
+            refused = client.post(f"/ops/subscribers/{sub_id}", data={**post, **bad})
+            assert refused.status_code == 303
+            assert "notice error" in client.get(refused.headers["location"]).text
+        assert state()["max_per_second"] == 12.5
+        assert state()["headers"] == {"X-Api-Key": "***cdef", "X-Tenant": "***"}
+
+        client.post(f"/ops/subscribers/{sub_id}", data={**post, "action": "rate"})
+        client.post(f"/ops/subscribers/{sub_id}", data={**post, "action": "headers"})
+        assert (state()["max_per_second"], state()["headers"]) == (None, None)
+
+
+def test_cli_sets_the_rate_limit_and_headers_and_shows_them_masked(tmp_path: Path) -> None:
+    env = dict(
+        os.environ,
+        RELAY_DATABASE_URL=f"sqlite:///{tmp_path / 'cli.db'}",
+        RELAY_ALLOW_PRIVATE_TARGETS="true",
+    )
+
+    def relay(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "service", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    added = relay(
+        "subscribers", "add", "http://127.0.0.1:9/hook",
+        "--max-per-second", "20", "--header", f"X-Api-Key: {GATEWAY_KEY}",
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    sub_id = added.stdout.split()[1]
+    listed = relay("subscribers", "list")
+    assert "20/s, X-Api-Key: ***cdef" in listed.stdout
+    changed = relay("subscribers", "set", sub_id, "--no-rate-limit", "--header", "X-Tenant: a")
+    assert changed.returncode == 0, changed.stderr
+    assert changed.stdout.strip() == f"{sub_id}: no limit, X-Tenant: ***"
+    for bad in (
+        ("--header", "Webhook-Signature: v1,forged"),
+        ("--header", "no colon"),
+        ("--max-per-second", "0"),
+        (),
+    ):
+        refused = relay("subscribers", "set", sub_id, *bad)
+        assert refused.returncode != 0 and refused.stderr, bad
+    assert relay("subscribers", "set", "sub_nope", "--no-headers").returncode == 1
+    cleared = relay("subscribers", "set", sub_id, "--no-headers")
+    assert cleared.stdout.strip() == f"{sub_id}: no limit"
+    everything = added.stdout + listed.stdout + changed.stdout + added.stderr + listed.stderr
+    assert GATEWAY_KEY not in everything
