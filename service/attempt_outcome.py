@@ -52,4 +52,5 @@ def attempt_outcome(claim: Claim, attempt: Attempt, retry_delays: Sequence[float
         outcome=outcome,
         next_attempt_at=next_at,
         disable_subscriber=disable,
+        subscriber_failing=claim.subscriber_failing,
     )

@@ -55,13 +55,25 @@ async def test_consecutive_failures_count_until_a_success(store: Store) -> None:
         await store.ingest(incoming(f"t{n}"))
     now = time.time() + 1
     claims = await claim_all(store, now)
-    a_claims = [c for c in claims if c.subscriber_id == "sub_a"]
-    b_claims = [c for c in claims if c.subscriber_id == "sub_b"]
-    for claim in a_claims:
-        await store.record_attempt(attempt(claim, "pending", at=now, next_attempt_at=now + 1))
-    await store.record_attempt(attempt(b_claims[0], "failed", at=now, error="connection refused"))
+    assert not any(claim.subscriber_failing for claim in claims)
+    for claim in claims:
+        if claim.subscriber_id == "sub_a":
+            await store.record_attempt(attempt(claim, "pending", at=now, next_attempt_at=now + 1))
+        elif claim.task_key.endswith("/t0"):
+            await store.record_attempt(attempt(claim, "failed", at=now, error="refused"))
+        else:
+            await store.record_attempt(attempt(claim, "succeeded", at=now))
+    # sub_b's other successes were claimed before its failure: they leave its count alone.
     assert await store.consecutive_failures() == {"sub_a": 3, "sub_b": 1}
-    await store.record_attempt(attempt(b_claims[1], "succeeded", at=now))
+
+    # Claimed now, its deliveries say it is failing, and a success ends that.
+    await store.ingest(incoming("t3"))
+    claims = {c.subscriber_id: c for c in await claim_all(store, now + 2, limit=2)}
+    assert claims["sub_b"].subscriber_failing and claims["sub_a"].subscriber_failing
+    success = dataclasses.replace(
+        attempt(claims["sub_b"], "succeeded", at=now + 2), subscriber_failing=True
+    )
+    await store.record_attempt(success)
     assert await store.consecutive_failures() == {"sub_a": 3, "sub_b": 0}
     # A removed subscriber's count goes with it.
     await store.delete_subscriber("sub_a", now)

@@ -122,12 +122,15 @@ class Claim:
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     #: The subscriber's rate limit (``service.pacing``); None: none.
     max_per_second: float | None = None
+    #: Whether the subscriber's last attempt had failed when this was claimed.
+    subscriber_failing: bool = False
 
     @classmethod
     def from_row(cls, row: Any, now: float) -> Claim:
         """A claim from the stores' claim query, whose columns are: delivery id, event id,
         subscriber id, url, secret, previous secret, its expiry, body, cycle attempts,
-        attempt count, task key, the subscriber's headers (JSON text) and rate limit."""
+        attempt count, task key, the subscriber's headers (JSON text) and rate limit, and
+        whether it is failing (its failures in a row, or NULL)."""
         return cls(
             delivery_id=row[0],
             event_id=row[1],
@@ -142,6 +145,7 @@ class Claim:
             task_key=row[10],
             headers=header_pairs(row[11]),
             max_per_second=row[12],
+            subscriber_failing=row[13] is not None,
         )
 
 
@@ -161,6 +165,14 @@ class AttemptRecord:
     next_attempt_at: float | None = None
     #: Set when the subscriber answered 410 Gone: it is disabled with this reason.
     disable_subscriber: str | None = None
+    #: The subscriber was failing when the delivery was claimed: a success ends its failures
+    #: in a row (``Store.consecutive_failures``). A success otherwise writes nothing more.
+    subscriber_failing: bool = False
+
+    @property
+    def counts_for_health(self) -> bool:
+        """Whether recording this attempt updates the subscriber's failures in a row."""
+        return self.outcome != "succeeded" or self.subscriber_failing
 
 
 @dataclass(frozen=True)

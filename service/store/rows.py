@@ -79,7 +79,7 @@ def subscriber_changes(changes: dict[str, Any], now: float) -> dict[str, Any]:
     Lists stay lists and ``enabled`` a bool: each store encodes them its own way. Enabling or
     disabling sets ``disabled_reason`` with it.
     """
-    assert set(changes) <= UPDATABLE_SUBSCRIBER_FIELDS, changes  # noqa: S101 - callers pass validated fields only
+    assert set(changes) <= UPDATABLE_SUBSCRIBER_FIELDS, sorted(changes)  # noqa: S101 - callers pass validated fields only (names only: header values are secrets)
     values: dict[str, Any] = {}
     for key, value in changes.items():
         if key in ("providers", "event_types"):
