@@ -31,6 +31,11 @@ class Pacer:
     clock: Clock = system_clock
     _next: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def active(self) -> bool:
+        """Whether any subscriber has been paced lately (``waiting`` may be non-empty)."""
+        return bool(self._next)
+
     def ready_at(self, subscriber_id: str) -> float:
         """When ``subscriber_id``'s next delivery may start (0: at once)."""
         return self._next.get(subscriber_id, 0.0)

@@ -102,7 +102,8 @@ class DeliveryWorker:
         self.running = True
         try:
             while not self._stopping:
-                await self._start_paced()
+                if self._paced:
+                    await self._start_paced()
                 if await self._claim():
                     await asyncio.sleep(0)  # more may be due right away; let attempts start
                     continue
@@ -119,8 +120,10 @@ class DeliveryWorker:
         limit = min(self.shares.free, self.claim_batch)
         if limit <= 0:
             return False
-        # Paced subscribers with deliveries waiting, or whose turn has not come, sit out too.
-        saturated = self.shares.saturated() | self.pacer.waiting() | frozenset(self._paced)
+        saturated = self.shares.saturated()
+        if self._paced or self.pacer.active:
+            # Paced subscribers with deliveries waiting, or whose turn has not come, sit out.
+            saturated |= self.pacer.waiting() | frozenset(self._paced)
         now = self.clock()
         if self._found_nothing is not None:
             # Every attempt that ends wakes the worker, but while the same subscribers are

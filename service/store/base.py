@@ -550,5 +550,9 @@ class Store(ABC):
 
     @abstractmethod
     async def consecutive_failures(self) -> dict[str, int]:
-        """Every subscriber's failed attempts since its last successful one (0 when its last
-        attempt succeeded or it has had none), by subscriber id."""
+        """Every subscriber's failed attempts in a row (0 when none), by subscriber id.
+
+        ``record_attempt`` counts a failure one more, and a success ends the count when its
+        record says the subscriber was failing when the delivery was claimed
+        (``Claim.subscriber_failing``): a success claimed before the failures began leaves
+        it, until the next."""
