@@ -12,12 +12,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import EVOLINK_COMPLETED, RelayServer
 from tests.subscriber_server import SubscriberServer
+from tests.test_store_contract import fresh_schema
 
 
 @pytest.fixture
@@ -34,6 +36,16 @@ def subscriber_factory() -> Iterator[Callable[..., SubscriberServer]]:
         server.stop()
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """Settings for a relay on SQLite (the default file) or on a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    with fresh_schema() as url:
+        yield {"database_url": url}
+
+
 def register(relay: RelayServer, sink: SubscriberServer, **body: object) -> dict[str, object]:
     answer = relay.add_subscriber(sink.url, **body)
     sink.secrets.append(str(answer["secret"]))
@@ -43,6 +55,7 @@ def register(relay: RelayServer, sink: SubscriberServer, **body: object) -> dict
 def test_retry_after_is_honoured_and_the_delivery_still_fails_after_its_last_attempt(
     relay_factory: Callable[..., RelayServer],
     subscriber_factory: Callable[..., SubscriberServer],
+    database: dict[str, Any],
 ) -> None:
     """429 + ``Retry-After: 2`` (seconds), then 503 + an HTTP-date, then 429 again: each next
     attempt comes no sooner than asked (the policy alone would retry after 0.1 s), and the
@@ -56,7 +69,7 @@ def test_retry_after_is_honoured_and_the_delivery_still_fails_after_its_last_att
     sink = subscriber_factory(
         script=lambda n: (429 if n != 1 else 503, 0.0), answer_headers=headers
     )
-    relay = relay_factory(retry_delays=(0.1, 0.1))
+    relay = relay_factory(retry_delays=(0.1, 0.1), **database)
     register(relay, sink)
     relay.post_callback(relay.mint(), EVOLINK_COMPLETED)
     (failed,) = relay.wait_deliveries(1, "failed", timeout=15)
@@ -77,10 +90,11 @@ GATEWAY_KEY = "gw-key-0123456789abcdef"
 def test_custom_headers_are_sent_shown_masked_and_never_logged(
     relay_factory: Callable[..., RelayServer],
     subscriber_factory: Callable[..., SubscriberServer],
+    database: dict[str, Any],
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     sink = subscriber_factory(script=lambda n: (500, 0.0) if n == 0 else (204, 0.0))
-    relay = relay_factory(retry_delays=(0.1,))
+    relay = relay_factory(retry_delays=(0.1,), **database)
     created = register(relay, sink, headers={"X-Api-Key": GATEWAY_KEY, "X-Tenant": "acme"})
     assert created["headers"] == {"X-Api-Key": "***cdef", "X-Tenant": "***"}
     relay.post_callback(relay.mint(), EVOLINK_COMPLETED)
@@ -254,6 +268,7 @@ def test_a_burst_reaches_a_rate_limited_subscriber_at_its_pace_without_delaying_
 def test_metrics_name_the_subscriber_that_is_down(
     relay_factory: Callable[..., RelayServer],
     subscriber_factory: Callable[..., SubscriberServer],
+    database: dict[str, Any],
 ) -> None:
     """Attempts and failures by subscriber id, and failures in a row from the store: an alert
     on ``relay_subscriber_consecutive_failures`` names the one that is down. A removed
@@ -261,7 +276,7 @@ def test_metrics_name_the_subscriber_that_is_down(
     healthy = {"value": False}
     down_sink = subscriber_factory(script=lambda n: (204 if healthy["value"] else 503, 0.0))
     fine_sink = subscriber_factory()
-    relay = relay_factory(retry_delays=(0.1, 0.1))
+    relay = relay_factory(retry_delays=(0.1, 0.1), **database)
     down = str(register(relay, down_sink)["id"])
     fine = str(register(relay, fine_sink)["id"])
     url = relay.mint(reusable=True)
