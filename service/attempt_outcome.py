@@ -5,8 +5,9 @@
 * Anything else (another status, a timeout, a refused or reset connection, a blocked target):
   the delivery is retried after the next delay of the policy (``service.retry``: by default
   1 s, 2 s, then 4 s after the attempt ended), and failed once the delays are used up; an
-  operator's replay then starts a fresh cycle. ``Retry-After`` is not read: the policy alone
-  sets the pace.
+  operator's replay then starts a fresh cycle. A 429 or 503 with ``Retry-After`` moves that
+  retry later when it asks for more than the policy's delay (capped at one hour), never adds
+  one (``service.retry``).
 
 The time comes from the attempt itself (when it started, and how long it took), never from a
 clock read here, so the same attempt always gives the same record.
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from service.delivery import Attempt
-from service.retry import next_delay
+from service.retry import next_delay, retry_after_seconds, retry_at
 from service.store.base import AttemptRecord, Claim, DeliveryStatus
 
 GONE_REASON = "the subscriber answered 410 Gone"
@@ -38,7 +39,8 @@ def attempt_outcome(claim: Claim, attempt: Attempt, retry_delays: Sequence[float
         if delay is None:
             outcome = "failed"
         else:
-            outcome, next_at = "pending", done_at + delay
+            asked = retry_after_seconds(attempt.retry_after, done_at)
+            outcome, next_at = "pending", retry_at(done_at, delay, asked)
     return AttemptRecord(
         delivery_id=claim.delivery_id,
         attempted_at=attempt.started_at,
@@ -50,4 +52,5 @@ def attempt_outcome(claim: Claim, attempt: Attempt, retry_delays: Sequence[float
         outcome=outcome,
         next_attempt_at=next_at,
         disable_subscriber=disable,
+        subscriber_failing=claim.subscriber_failing,
     )

@@ -16,9 +16,10 @@ from service import replays, subscribers
 from service.cli_args import ROW_LIMIT, add_meta_filter, meta_filter, parse_meta, parse_when
 from service.cli_command import on_relay, print_table
 from service.clock import rfc3339
-from service.errors import NotFound
+from service.errors import InvalidInput, NotFound
 from service.relay import Relay
-from service.store.base import DeliveryFilter
+from service.store.base import DeliveryFilter, Subscriber
+from service.subscriber_options import masked
 from service.targets import TargetPolicy
 
 REPLAY_BATCH = 200
@@ -55,7 +56,16 @@ def add_parsers(commands: Any) -> None:
         help="only events whose metadata has this entry (repeatable: all of them) [default: all]",
     )
     add.add_argument("--description")
+    _delivery_options(add)
     add.set_defaults(func=on_relay(_subscriber_add))
+    change = sub_commands.add_parser(
+        "set", help="change a subscriber's rate limit or custom headers"
+    )
+    change.add_argument("subscriber_id")
+    _delivery_options(change)
+    change.add_argument("--no-rate-limit", action="store_true", help="remove its rate limit")
+    change.add_argument("--no-headers", action="store_true", help="remove its custom headers")
+    change.set_defaults(func=on_relay(_subscriber_set))
     sub_list = sub_commands.add_parser("list", help="list subscribers")
     sub_list.set_defaults(func=on_relay(_subscriber_list))
     remove = sub_commands.add_parser("remove", help="remove a subscriber")
@@ -118,6 +128,46 @@ def add_parsers(commands: Any) -> None:
     replay.set_defaults(func=on_relay(_replay))
 
 
+def _delivery_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-per-second",
+        type=float,
+        metavar="N",
+        help="deliveries a second it takes at most, per relay process [default: no limit]",
+    )
+    parser.add_argument(
+        "--header",
+        action="append",
+        dest="headers",
+        metavar="'NAME: VALUE'",
+        help="a header sent with every delivery, e.g. an API gateway's key (repeatable;"
+        " with set: replaces them all) [default: none]",
+    )
+
+
+def _header_option(values: list[str]) -> dict[str, str]:
+    """``--header`` values as the API's ``headers`` object (checked there)."""
+    headers: dict[str, str] = {}
+    for value in values:
+        name, colon, text = value.partition(":")
+        if not colon:
+            raise InvalidInput(
+                "--header: give NAME: VALUE, e.g. --header 'X-Api-Key: ...'.",
+                code="invalid_subscriber",
+            )
+        headers[name.strip()] = text.strip()
+    return headers
+
+
+def _delivery_changes(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if args.max_per_second is not None:
+        body["max_per_second"] = args.max_per_second
+    if args.headers:
+        body["headers"] = _header_option(args.headers)
+    return body
+
+
 def _window(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--subscriber",
@@ -143,6 +193,7 @@ async def _subscriber_add(relay: Relay, args: argparse.Namespace, out: TextIO) -
             body[key] = getattr(args, key)
     if args.meta:
         body["metadata"] = dict(args.meta)
+    body.update(_delivery_changes(args))
     created = await subscribers.create(
         relay.store, body, TargetPolicy.from_settings(relay.settings)
     )
@@ -154,8 +205,38 @@ async def _subscriber_add(relay: Relay, args: argparse.Namespace, out: TextIO) -
     return 0
 
 
+async def _subscriber_set(relay: Relay, args: argparse.Namespace, out: TextIO) -> int:
+    body = _delivery_changes(args)
+    if args.no_rate_limit:
+        body["max_per_second"] = None
+    if args.no_headers:
+        body["headers"] = None
+    if not body:
+        print(
+            "relay: say what to change: --max-per-second, --no-rate-limit, --header, --no-headers",
+            file=sys.stderr,
+        )
+        return 2
+    checked = await subscribers.validate_changes(
+        body, TargetPolicy.from_settings(relay.settings), creating=False
+    )
+    changed = await relay.store.update_subscriber(args.subscriber_id, checked)
+    if changed is None:
+        print(f"relay: no subscriber {args.subscriber_id}", file=sys.stderr)
+        return 1
+    print(f"{changed.id}: {_delivery_text(changed)}", file=out)
+    return 0
+
+
+def _delivery_text(sub: Subscriber) -> str:
+    """A subscriber's rate limit and custom headers (masked), for a line of the list."""
+    words = [f"{sub.max_per_second:g}/s" if sub.max_per_second else "no limit"]
+    words += [f"{name}: {masked(value)}" for name, value in sub.headers]
+    return ", ".join(words)
+
+
 async def _subscriber_list(relay: Relay, _args: argparse.Namespace, out: TextIO) -> int:
-    rows = [["ID", "ENABLED", "PROVIDERS", "TYPES", "URL"]]
+    rows = [["ID", "ENABLED", "PROVIDERS", "TYPES", "DELIVERY", "URL"]]
     cursor = None
     while True:
         page = await relay.store.list_subscribers(cursor, 500)
@@ -165,6 +246,7 @@ async def _subscriber_list(relay: Relay, _args: argparse.Namespace, out: TextIO)
                 "yes" if s.enabled else f"no ({s.disabled_reason})",
                 ",".join(s.providers) if s.providers else "*",
                 ",".join(s.event_types) if s.event_types else "*",
+                _delivery_text(s),
                 s.url,
             ]
             for s in page.items

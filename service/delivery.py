@@ -26,6 +26,7 @@ import aiohttp
 from service import __version__
 from service.clock import Clock, system_clock
 from service.guarded_session import guarded_session
+from service.retry import RETRY_AFTER_STATUSES
 from service.signing import sign
 from service.store.base import Claim
 from service.targets import TargetBlocked, TargetPolicy
@@ -107,6 +108,8 @@ class Attempt:
     status_code: int | None
     error: str | None
     response_excerpt: str | None
+    #: The ``Retry-After`` header of a 429 or 503 answer, as sent (``service.retry`` reads it).
+    retry_after: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -158,14 +161,21 @@ class Deliverer:
             self._session = None
 
     def headers(self, claim: Claim, timestamp: int, body: bytes) -> dict[str, str]:
-        """The delivery's headers (Standard Webhooks: id, timestamp, signature)."""
-        return {
+        """The delivery's headers: the subscriber's own (``service.subscriber_options``, which
+        keeps them off the names below), then the relay's (Standard Webhooks: id, timestamp,
+        signature)."""
+        own = {
             "content-type": "application/cloudevents+json",
             "user-agent": USER_AGENT,
             "webhook-id": claim.event_id,
             "webhook-timestamp": str(timestamp),
             "webhook-signature": sign(claim.secrets, claim.event_id, timestamp, body),
         }
+        if not claim.headers:
+            return own
+        headers = dict(claim.headers)
+        headers.update(own)
+        return headers
 
     async def attempt(self, claim: Claim) -> Attempt:
         started_at = self.clock()
@@ -174,6 +184,7 @@ class Deliverer:
         status: int | None = None
         error: str | None = None
         excerpt = bytearray()
+        retry_after: str | None = None
         try:
             async with (
                 asyncio.timeout(self.timeout),
@@ -187,6 +198,8 @@ class Deliverer:
                 ) as response,
             ):
                 status = response.status
+                if status in RETRY_AFTER_STATUSES:
+                    retry_after = response.headers.get("Retry-After")
                 while len(excerpt) < EXCERPT_BYTES:
                     chunk = await response.content.readany()
                     if not chunk:
@@ -206,4 +219,5 @@ class Deliverer:
             status_code=status,
             error=error,
             response_excerpt=storable_text(bytes(excerpt)),
+            retry_after=retry_after,
         )

@@ -20,6 +20,13 @@ counters to files there and a scrape, answered by any one of them, adds up all o
     relay_delivery_attempts_total{outcome}        succeeded, retry (another attempt is
                                                   scheduled) or failed (waits for an operator)
     relay_delivery_attempt_duration_seconds       latency of each attempt (histogram)
+    relay_subscriber_attempts_total{subscriber}   delivery attempts by subscriber id, and
+    relay_subscriber_failures_total{subscriber}   the failed ones (not 2xx); a removed
+                                                  subscriber's series go at the next scrape
+                                                  (with PROMETHEUS_MULTIPROC_DIR: at restart)
+    relay_subscriber_consecutive_failures         at scrape time, from the store: failed
+        {subscriber}                              attempts since the subscriber's last
+                                                  success, every replica's counted (0: fine)
     relay_outputs_dropped_total{reason}           output URLs left out of events (scheme,
                                                   private_address, too_long, over_limit...)
     relay_attempt_record_errors_total             attempts whose record the store refused
@@ -45,11 +52,12 @@ counters to files there and a scrape, answered by any one of them, adds up all o
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
 from collections import Counter as Tally
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -110,6 +118,18 @@ ATTEMPTS = Counter(
     "Delivery attempts by outcome: succeeded, retry (another attempt is scheduled) or failed "
     "(no more attempts: it waits for an operator).",
     ["outcome"],
+    registry=REGISTRY,
+)
+SUBSCRIBER_ATTEMPTS = Counter(
+    "relay_subscriber_attempts_total",
+    "Delivery attempts by subscriber id.",
+    ["subscriber"],
+    registry=REGISTRY,
+)
+SUBSCRIBER_FAILURES = Counter(
+    "relay_subscriber_failures_total",
+    "Failed delivery attempts (no 2xx answer) by subscriber id.",
+    ["subscriber"],
     registry=REGISTRY,
 )
 ATTEMPT_RECORD_ERRORS = Counter(
@@ -318,6 +338,33 @@ def count_attempt(delivery_status: str, latency_ms: float) -> None:
     ATTEMPT_SECONDS.observe(latency_ms / 1000)
 
 
+#: Each subscriber's (attempts, failures) children, kept until it is removed (``_forget``).
+_subscriber_children: dict[str, tuple[Any, Any]] = {}
+
+
+def count_subscriber_attempt(subscriber_id: str, succeeded: bool) -> None:
+    """One attempt to ``subscriber_id`` recorded. The label is the subscriber's id only, so
+    series are as many as subscribers; those of removed ones go at the next scrape."""
+    children = _subscriber_children.get(subscriber_id)
+    if children is None:
+        children = _subscriber_children[subscriber_id] = (
+            SUBSCRIBER_ATTEMPTS.labels(subscriber_id),
+            SUBSCRIBER_FAILURES.labels(subscriber_id),
+        )
+    children[0].inc()
+    if not succeeded:
+        children[1].inc()
+
+
+def forget_subscribers(keep: Iterable[str]) -> None:
+    """Drop the per-subscriber series of subscribers not in ``keep`` (removed ones)."""
+    for subscriber_id in _subscriber_children.keys() - set(keep):
+        del _subscriber_children[subscriber_id]
+        for metric in (SUBSCRIBER_ATTEMPTS, SUBSCRIBER_FAILURES):
+            with contextlib.suppress(KeyError):
+                metric.remove(subscriber_id)
+
+
 def count_poll(provider: str, outcome: str) -> None:
     """One poll of a watch carried out (a few a second at most: counted directly)."""
     WATCH_POLLS.labels(provider, outcome).inc()
@@ -386,6 +433,7 @@ async def scrape_gauges(relay: Relay) -> list[GaugeMetricFamily]:
         watches = await watches_active(relay)
         waiting = await relay.store.waiting_callback_counts()
         archive = await relay.store.archive_counts(relay.clock())
+        failing = await relay.store.consecutive_failures()
     except StorageUnavailable:
         up = 0.0
     else:
@@ -440,6 +488,16 @@ async def scrape_gauges(relay: Relay) -> list[GaugeMetricFamily]:
                 value=archive["oldest_pending_seconds"] or 0.0,
             ),
         ]
+        streaks = GaugeMetricFamily(
+            "relay_subscriber_consecutive_failures",
+            "Failed delivery attempts since the subscriber's last successful one, by "
+            "subscriber id (0: its last attempt succeeded, or it has had none).",
+            labels=["subscriber"],
+        )
+        for subscriber_id, count in sorted(failing.items()):
+            streaks.add_metric([subscriber_id], count)
+        families.append(streaks)
+        forget_subscribers(failing)
     families.append(
         GaugeMetricFamily(
             "relay_store_up", "1 when the store answered the scrape-time queries.", value=up

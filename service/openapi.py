@@ -267,8 +267,10 @@ WEBHOOKS = {
             "summary": "What a subscriber receives: one event, signed",
             "description": "POSTed to each subscriber that wants it, signed the Standard "
             "Webhooks way (webhook-id = the event id, webhook-timestamp, webhook-signature "
-            "`v1,<base64 HMAC-SHA256>` with the subscriber's secret). Any 2xx acknowledges "
-            "it; anything else, or no answer within the timeout, is retried.",
+            "`v1,<base64 HMAC-SHA256>` with the subscriber's secret), with the subscriber's "
+            "custom headers, at most `max_per_second` a second. Any 2xx acknowledges it; "
+            "anything else, or no answer within the timeout, is retried (a 429 or 503 with "
+            "Retry-After: no sooner than it asks, at most an hour later).",
             "requestBody": {
                 "required": True,
                 "content": {JSON: {"schema": _ref("GenerationEvent")}},

@@ -27,6 +27,7 @@ from service.signing import new_secret
 from service.store import metadata_index
 from service.store.base import Store, Subscriber
 from service.store.records import MetadataFilter
+from service.subscriber_options import masked_headers
 from service.targets import TargetPolicy, check_target
 
 __all__ = ["EVENT_TYPE_PATTERNS", "ROTATION_OVERLAP_SECONDS"]
@@ -48,6 +49,8 @@ async def checked_changes(shape: SubscriberChanges, policy: TargetPolicy) -> dic
     for name, value in structs.asdict(shape).items():
         if value is UNSET:
             continue
+        if name == "headers" and isinstance(value, dict):  # kept as (name, value) pairs
+            value = tuple(value.items())
         changes[name] = tuple(value) if isinstance(value, list) else value
     if changes.get("metadata") is not None:
         problem = metadata_index.filter_problem(changes["metadata"])
@@ -98,6 +101,8 @@ def _fields(sub: Subscriber) -> dict[str, Any]:
         "disabled_reason": sub.disabled_reason,
         "created_at": rfc3339(sub.created_at),
         "updated_at": rfc3339(sub.updated_at),
+        "headers": masked_headers(sub.headers),
+        "max_per_second": sub.max_per_second,
     }
 
 
@@ -115,6 +120,8 @@ async def register(
         event_types=changes.get("event_types"),
         metadata=changes.get("metadata"),
         enabled=changes.get("enabled", True),
+        headers=changes.get("headers") or (),
+        max_per_second=changes.get("max_per_second"),
         created_at=now,
         updated_at=now,
         secrets=(new_secret(),),

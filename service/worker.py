@@ -5,6 +5,12 @@ Concurrency is bounded overall (``concurrency`` deliveries leased at once) and p
 ``service.fair_shares``: each contender holds at most its share and one share is kept free, so
 one slow, dead or stalled subscriber (or many at once) never makes a healthy one wait.
 
+A subscriber with a rate limit (``max_per_second``, ``service.pacing``) is paced: what a
+claim brings for it waits here, leased but holding no slot, for its turn (a couple of seconds'
+worth at most; the rest goes back to the store), and claims leave it out while it has some
+waiting or its next turn has not come, so its backlog never takes a claim's room or a slot
+from another subscriber.
+
 The store's claim keeps per-task order. A lease covers an attempt; if this process dies, the
 lease lapses and the delivery is attempted again (at least once). ``stop()`` stops claiming,
 lets attempts in flight finish within the delivery timeout, and frees the leases of any that
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+from collections import deque
 from collections.abc import Sequence
 
 import structlog
@@ -27,6 +34,7 @@ from service.clock import Clock, system_clock
 from service.delivery import Attempt, Deliverer
 from service.errors import StorageUnavailable
 from service.fair_shares import FairShares
+from service.pacing import Pacer
 from service.relay import Relay
 from service.retention import Retention, prune_forever
 from service.store.base import Claim, Store
@@ -39,6 +47,9 @@ _UNRECORDABLE = "the store refused this attempt's record (see the relay's log)"
 
 #: How often an idle worker looks for due retries when nothing wakes it.
 IDLE_POLL_SECONDS = 0.1
+
+#: Seconds of a paced subscriber's deliveries held leased, waiting for their turns.
+PACED_WINDOW_SECONDS = 2.0
 
 
 class DeliveryWorker:
@@ -63,6 +74,9 @@ class DeliveryWorker:
         # Claimed deliveries may wait for their subscriber's slot before their attempt starts.
         self.lease_seconds = 3 * deliverer.timeout + 10
         self.shares = FairShares(concurrency, per_subscriber, clock=clock)
+        self.pacer = Pacer(clock)
+        #: Paced subscribers' claimed deliveries waiting for their turn, with when claimed.
+        self._paced: dict[str, deque[tuple[Claim, float]]] = {}
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -88,11 +102,13 @@ class DeliveryWorker:
         self.running = True
         try:
             while not self._stopping:
+                if self._paced:
+                    await self._start_paced()
                 if await self._claim():
                     await asyncio.sleep(0)  # more may be due right away; let attempts start
                     continue
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(IDLE_POLL_SECONDS):
+                    async with asyncio.timeout(self._idle_wait()):
                         await self._wakeup.wait()
                 self._wakeup.clear()
         finally:
@@ -105,6 +121,9 @@ class DeliveryWorker:
         if limit <= 0:
             return False
         saturated = self.shares.saturated()
+        if self._paced or self.pacer.active:
+            # Paced subscribers with deliveries waiting, or whose turn has not come, sit out.
+            saturated |= self.pacer.waiting() | frozenset(self._paced)
         now = self.clock()
         if self._found_nothing is not None:
             # Every attempt that ends wakes the worker, but while the same subscribers are
@@ -125,15 +144,69 @@ class DeliveryWorker:
         self.last_claim_at = now
         if not claims and saturated:
             self._found_nothing = (saturated, now)
-        admission = self.shares.admit(claims)
+        unpaced, surplus = self._hold_paced(claims, now)
+        admission = self.shares.admit(unpaced)
         for claim in admission.started:
-            self._tasks[claim.delivery_id] = asyncio.create_task(self._deliver(claim))
-        if admission.surplus:
+            self._start(claim)
+        surplus += admission.surplus
+        if surplus:
             with contextlib.suppress(StorageUnavailable):  # else their leases lapse
-                await self.store.release_leases([claim.delivery_id for claim in admission.surplus])
+                await self.store.release_leases([claim.delivery_id for claim in surplus])
+        if len(unpaced) < len(claims):
+            # A paced subscriber's first one may start now; the others wait their turns.
+            await self._start_paced()
         # A full batch: more may be due. What went back belongs to subscribers now saturated,
         # which the next claim leaves out, so claiming again at once cannot loop.
         return len(claims) == limit and self.shares.free > 0
+
+    def _start(self, claim: Claim) -> None:
+        self._tasks[claim.delivery_id] = asyncio.create_task(self._deliver(claim))
+
+    def _hold_paced(self, claims: list[Claim], now: float) -> tuple[list[Claim], list[Claim]]:
+        """``claims`` of subscribers without a rate limit, and the paced ones that go back to
+        the store; the rest wait in ``_paced`` for their turns (``_start_paced``)."""
+        unpaced: list[Claim] = []
+        surplus: list[Claim] = []
+        for claim in claims:
+            rate = claim.max_per_second
+            if not rate:
+                unpaced.append(claim)
+                continue
+            waiting = self._paced.setdefault(claim.subscriber_id, deque())
+            if len(waiting) < max(1, int(rate * PACED_WINDOW_SECONDS)):
+                waiting.append((claim, now))
+            else:
+                surplus.append(claim)
+        return unpaced, surplus
+
+    async def _start_paced(self) -> None:
+        """Start the paced deliveries whose turn has come and that their share allows; give
+        back those that waited too long (their leases would soon lapse)."""
+        stale: list[Claim] = []
+        too_old = self.clock() - self.lease_seconds / 2
+        for subscriber_id, waiting in list(self._paced.items()):
+            while waiting and waiting[0][1] < too_old:
+                stale.append(waiting.popleft()[0])
+            while waiting and self.pacer.ready(subscriber_id):
+                claim = waiting[0][0]
+                if not self.shares.admit([claim]).started:
+                    break  # no slot for it now: it keeps its place
+                waiting.popleft()
+                self.pacer.take(subscriber_id, claim.max_per_second or 1.0)
+                self._start(claim)
+            if not waiting:
+                del self._paced[subscriber_id]
+        if stale:
+            with contextlib.suppress(StorageUnavailable):
+                await self.store.release_leases([claim.delivery_id for claim in stale])
+
+    def _idle_wait(self) -> float:
+        """How long to wait for a wake-up: until the next poll, or a paced subscriber's turn
+        (it has deliveries waiting, or may have some due in the store)."""
+        turn = self.pacer.next_turn()
+        if turn is None:
+            return IDLE_POLL_SECONDS
+        return min(IDLE_POLL_SECONDS, max(0.0, turn - self.clock()))
 
     def _slot(self, subscriber_id: str) -> asyncio.Semaphore:
         slot = self._slots.get(subscriber_id)
@@ -169,6 +242,7 @@ class DeliveryWorker:
     async def _record(self, claim: Claim, attempt: Attempt) -> None:
         record = attempt_outcome(claim, attempt, self.retry_delays)
         metrics.count_attempt(record.outcome, attempt.latency_ms)
+        metrics.count_subscriber_attempt(claim.subscriber_id, attempt.ok)
         fields = {
             "status_code": attempt.status_code,
             "outcome": record.outcome,
@@ -203,6 +277,11 @@ class DeliveryWorker:
         """Stop claiming; wait for attempts in flight, then free the leases of the rest."""
         self._stopping = True
         self._wakeup.set()
+        held = [claim.delivery_id for waiting in self._paced.values() for claim, _ in waiting]
+        self._paced.clear()
+        if held:
+            with contextlib.suppress(StorageUnavailable):
+                await self.store.release_leases(held)
         tasks = list(self._tasks.values())
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace or self.deliverer.timeout + 2)

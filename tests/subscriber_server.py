@@ -59,6 +59,8 @@ class SubscriberServer:
     host: str = "127.0.0.1"
     #: The body of every answer but 204s (default: ``answer <n>``).
     answer_body: bytes | None = None
+    #: Headers of the n-th answer (default: none), e.g. a ``Retry-After``.
+    answer_headers: Callable[[int], dict[str, str]] = lambda n: {}
 
     @property
     def url(self) -> str:
@@ -92,7 +94,11 @@ class SubscriberServer:
         with self.lock:
             self.receipts.append(Receipt(time.time(), headers, body, event, verified, status))
         answer = self.answer_body if self.answer_body is not None else f"answer {number}".encode()
-        return Response(None if status == 204 else answer, status_code=status)
+        return Response(
+            None if status == 204 else answer,
+            status_code=status,
+            headers=self.answer_headers(number),
+        )
 
     def start(self) -> SubscriberServer:
         app = Starlette(routes=[Route("/hook", self.handle, methods=["POST"])])

@@ -26,6 +26,7 @@ from service.errors import RelayError
 from service.ops import session as sessions
 from service.overview import human_age
 from service.relay import Relay
+from service.subscriber_options import masked
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 #: Most rows a list page shows; the page says so when there may be more.
@@ -114,6 +115,7 @@ templates.env.filters["when"] = _when_filter
 templates.env.filters["pretty_json"] = pretty_json
 templates.env.filters["age"] = human_age
 templates.env.filters["file_size"] = file_size
+templates.env.filters["masked"] = masked
 
 
 # -- answers --------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The console's subscribers: the list, adding one, enabling, disabling, changing its filters,
-and rotating its secret (the new secret is shown once, on a page never cached)."""
+its rate limit and its custom headers (shown masked), and rotating its secret (the new secret
+is shown once, on a page never cached)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service import subscribers as subscriber_rules
+from service.errors import InvalidInput
 from service.events import EVENT_TYPES
 from service.ops import session as sessions
 from service.ops.guards import Form, form_value
@@ -74,6 +76,10 @@ async def update(request: Request, _session: sessions.Session, form: Form) -> Re
             "event_types": _choices(form, "event_types", TYPE_CHOICES),
             "metadata": metadata_entries(form_value(form, "metadata")) or None,
         }
+    elif what == "rate":
+        changes = {"max_per_second": _rate(form_value(form, "max_per_second"))}
+    elif what == "headers":
+        changes = {"headers": _headers(form_value(form, "headers"))}
     else:
         return redirect_back(request, "/ops/subscribers", "Unknown action.", "error")
     checked = await subscriber_rules.validate_changes(
@@ -85,8 +91,40 @@ async def update(request: Request, _session: sessions.Session, form: Form) -> Re
     if checked.get("enabled"):
         relay.on_deliveries()  # deliveries that waited for it are due again
     log.info("ops_subscriber_changed", subscriber_id=subscriber_id, change=what)
-    words = {"enable": "enabled", "disable": "disabled", "filters": "filters saved"}
+    words = {
+        "enable": "enabled",
+        "disable": "disabled",
+        "filters": "filters saved",
+        "rate": "rate limit saved",
+        "headers": "headers saved",
+    }
     return redirect_back(request, "/ops/subscribers", f"{subscriber_id}: {words[what]}.")
+
+
+def _rate(text: str) -> float | str | None:
+    """The rate limit field: empty for none; anything else goes to the shape's check."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text  # refused as not a number, in the API's words
+
+
+def _headers(text: str) -> dict[str, str] | None:
+    """The headers field: one ``Name: value`` a line; empty for none."""
+    headers: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise InvalidInput(
+                "headers: one header a line, as Name: value.", code="invalid_subscriber"
+            )
+        headers[name.strip()] = value.strip()
+    return headers or None
 
 
 async def rotate_secret(request: Request, session: sessions.Session, _form: Form) -> Response:

@@ -12,6 +12,7 @@ from service.events import EVENT_TYPES
 from service.providers import PROVIDERS
 from service.shapes.base import PageQuery, Shape, Time
 from service.store import metadata_index
+from service.subscriber_options import check_headers, check_max_per_second
 
 #: What ``event_types`` accepts: the event types, and ``generation.*`` or ``*`` for all.
 EVENT_TYPE_PATTERNS = frozenset({*EVENT_TYPES, "generation.*", "*"})
@@ -37,6 +38,24 @@ MetadataMatch = Annotated[
     ),
 ]
 Description = Annotated[str, Meta(max_length=500)]
+CustomHeaders = Annotated[
+    dict[str, str],
+    Meta(
+        description=(
+            "Headers sent with every delivery (an API gateway's key...); at most 10, never"
+            " the relay's own (webhook-*, content-type, host...). Shown masked; null: none."
+        )
+    ),
+]
+MaxPerSecond = Annotated[
+    float,
+    Meta(
+        description=(
+            "Deliveries a second this subscriber takes at most, per relay process"
+            " (0.01 to 1000); null: no limit."
+        )
+    ),
+]
 TargetUrl = Annotated[str, Meta(min_length=1, description="Where events are posted.")]
 
 
@@ -64,10 +83,16 @@ class SubscriberChanges(Shape, kw_only=True):
     event_types: EventTypeList | UnsetType | None = UNSET
     metadata: MetadataMatch | UnsetType | None = UNSET
     enabled: bool | UnsetType = UNSET
+    headers: CustomHeaders | UnsetType | None = UNSET
+    max_per_second: MaxPerSecond | UnsetType | None = UNSET
 
     def __post_init__(self) -> None:
         _refuse_unknown("providers", self.providers, frozenset(PROVIDERS))
         _refuse_unknown("event_types", self.event_types, EVENT_TYPE_PATTERNS)
+        if isinstance(self.headers, dict):
+            check_headers(self.headers)
+        if isinstance(self.max_per_second, float | int):
+            check_max_per_second(self.max_per_second)
 
 
 class NewSubscriber(SubscriberChanges, kw_only=True):
@@ -89,6 +114,11 @@ class Subscriber(msgspec.Struct, kw_only=True):
     disabled_reason: str | None
     created_at: Time
     updated_at: Time
+    headers: Annotated[
+        dict[str, str] | None,
+        Meta(description="Its custom headers, values masked (`***`, or `***` and the last 4)."),
+    ] = None
+    max_per_second: MaxPerSecond | None = None
 
 
 class SubscriberWithSecret(Subscriber, kw_only=True):

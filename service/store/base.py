@@ -553,3 +553,12 @@ class Store(ABC):
     @abstractmethod
     async def active_watch_counts(self) -> dict[str, int]:
         """How many watches are active, by provider (providers with none are absent)."""
+
+    @abstractmethod
+    async def consecutive_failures(self) -> dict[str, int]:
+        """Every subscriber's failed attempts in a row (0 when none), by subscriber id.
+
+        ``record_attempt`` counts a failure one more, and a success ends the count when its
+        record says the subscriber was failing when the delivery was claimed
+        (``Claim.subscriber_failing``): a success claimed before the failures began leaves
+        it, until the next."""

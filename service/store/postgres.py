@@ -482,7 +482,7 @@ class PostgresStore(Store):
     async def record_attempt(self, record: AttemptRecord) -> None:
         if not record.disable_subscriber:
             # One statement, atomic on its own: batched with this loop iteration's others.
-            await self._pipeline.run(pd.RECORD_ATTEMPT_SQL, pd.attempt_params(record))
+            await self._pipeline.run(pd.record_attempt_sql(record), pd.attempt_params(record))
             return
         async with self._transaction() as conn:
             await pd.record_attempt_disabling(conn, record)
@@ -544,3 +544,7 @@ class PostgresStore(Store):
     async def active_watch_counts(self) -> dict[str, int]:
         async with self._connection() as conn:
             return await postgres_ops.active_watch_counts(conn)
+
+    async def consecutive_failures(self) -> dict[str, int]:
+        async with self._connection() as conn:
+            return await postgres_ops.consecutive_failures(conn)

@@ -75,14 +75,13 @@ def ingest_params(event: IncomingEvent, version: str, wanted: list[str]) -> tupl
 
 # A delivery that stopped being pending while in flight (its subscriber was deleted) keeps its
 # status: the attempt is logged and counted, but never re-opens it.
-RECORD_ATTEMPT_SQL = (
-    "WITH attempt AS ("
-    "  INSERT INTO attempts (delivery_id, attempted_at, trigger, status_code,"
-    "  latency_ms, error, response_excerpt)"
-    "  VALUES (%(id)s, %(at)s, %(trigger)s, %(code)s, %(latency)s, %(error)s,"
-    "  %(excerpt)s)"
-    ")"
-    " UPDATE deliveries SET"
+_INSERT_ATTEMPT = (
+    "INSERT INTO attempts (delivery_id, attempted_at, trigger, status_code,"
+    " latency_ms, error, response_excerpt)"
+    " VALUES (%(id)s, %(at)s, %(trigger)s, %(code)s, %(latency)s, %(error)s, %(excerpt)s)"
+)
+_UPDATE_DELIVERY = (
+    "UPDATE deliveries SET"
     " status = CASE WHEN status = 'pending' THEN %(outcome)s ELSE status END,"
     " next_attempt_at = CASE WHEN status = 'pending' THEN %(next)s::double precision"
     "  ELSE next_attempt_at END,"
@@ -92,6 +91,31 @@ RECORD_ATTEMPT_SQL = (
     " lease_until = NULL, updated_at = %(at)s"
     " WHERE id = %(id)s RETURNING subscriber_id"
 )
+
+#: A success of a subscriber that was not failing: the attempt and its delivery, nothing more.
+RECORD_ATTEMPT_SQL = f"WITH attempt AS ({_INSERT_ATTEMPT}) {_UPDATE_DELIVERY}"
+
+#: Any other attempt (``AttemptRecord.counts_for_health``): the same, and the subscriber's
+#: failures in a row (``subscriber_health``): one more after a failure, none after a success.
+RECORD_ATTEMPT_HEALTH_SQL = (
+    f"WITH attempt AS ({_INSERT_ATTEMPT}), delivery AS ({_UPDATE_DELIVERY}),"
+    " streak_ended AS ("
+    " DELETE FROM subscriber_health h USING delivery"
+    " WHERE %(succeeded)s AND h.subscriber_id = delivery.subscriber_id"
+    "), streak AS ("
+    " INSERT INTO subscriber_health (subscriber_id, consecutive_failures, updated_at)"
+    " SELECT subscriber_id, 1, %(at)s FROM delivery WHERE NOT %(succeeded)s"
+    " ON CONFLICT (subscriber_id) DO UPDATE SET"
+    " consecutive_failures = subscriber_health.consecutive_failures + 1,"
+    " updated_at = excluded.updated_at"
+    ")"
+    " SELECT subscriber_id FROM delivery"
+)
+
+
+def record_attempt_sql(record: AttemptRecord) -> str:
+    """The statement that records ``record``."""
+    return RECORD_ATTEMPT_HEALTH_SQL if record.counts_for_health else RECORD_ATTEMPT_SQL
 
 
 def attempt_params(record: AttemptRecord) -> dict[str, Any]:
@@ -110,6 +134,7 @@ def attempt_params(record: AttemptRecord) -> dict[str, Any]:
         "outcome": record.outcome,
         "next": record.next_attempt_at,
         "last_error": last_error,
+        "succeeded": record.outcome == "succeeded",
     }
 
 
@@ -119,7 +144,7 @@ async def record_attempt_disabling(conn: Conn, record: AttemptRecord) -> None:
     assert record.disable_subscriber  # noqa: S101 - called for disabling attempts only
     # Before touching any row: subscriber changes take this lock first, then rows.
     await lock_subscribers(conn, exclusive=True)
-    cursor = await conn.execute(RECORD_ATTEMPT_SQL, attempt_params(record))
+    cursor = await conn.execute(RECORD_ATTEMPT_HEALTH_SQL, attempt_params(record))
     row = await cursor.fetchone()
     if row is not None:
         await conn.execute(
@@ -156,9 +181,12 @@ async def claim_due(
         "  deliveries.cycle_attempts, deliveries.attempt_count, deliveries.task_key"
         ")"
         " SELECT l.id, l.event_id, l.subscriber_id, s.url, s.secret, s.previous_secret,"
-        " s.previous_expires_at, e.body, l.cycle_attempts, l.attempt_count, l.task_key"
+        " s.previous_expires_at, e.body, l.cycle_attempts, l.attempt_count, l.task_key,"
+        " s.headers, s.max_per_second, h.consecutive_failures"
         " FROM leased l JOIN subscribers s ON s.id = l.subscriber_id"
-        " JOIN events e ON e.id = l.event_id ORDER BY l.next_attempt_at, l.seq",
+        " JOIN events e ON e.id = l.event_id"
+        " LEFT JOIN subscriber_health h ON h.subscriber_id = l.subscriber_id"
+        " ORDER BY l.next_attempt_at, l.seq",
         {"now": now, "exclude": sorted(exclude), "limit": limit, "lease_until": lease_until},
     )
     return [Claim.from_row(row, now) for row in await cursor.fetchall()]

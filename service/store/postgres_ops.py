@@ -91,3 +91,11 @@ async def active_watch_counts(conn: AsyncConnection[Any]) -> dict[str, int]:
         "SELECT provider, count(*) FROM watches WHERE state = 'active' GROUP BY provider"
     )
     return {provider: count for provider, count in await cursor.fetchall()}
+
+
+async def consecutive_failures(conn: AsyncConnection[Any]) -> dict[str, int]:
+    cursor = await conn.execute(
+        "SELECT s.id, coalesce(h.consecutive_failures, 0) FROM subscribers s"
+        " LEFT JOIN subscriber_health h ON h.subscriber_id = s.id"
+    )
+    return {subscriber_id: count for subscriber_id, count in await cursor.fetchall()}

@@ -28,6 +28,7 @@ MIGRATIONS = (
     "postgres_011_idempotency.sql",
     "postgres_012_keys.sql",
     "postgres_013_metadata.sql",
+    "postgres_014_subscriber_limits.sql",
 )
 
 #: Advisory lock (one-key form, a lock space apart from the two-key locks of the other modules)

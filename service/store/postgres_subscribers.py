@@ -19,6 +19,7 @@ from service.store.paging import Page, page_of, paged_query
 from service.store.records import Subscriber
 from service.store.rows import (
     SUBSCRIBER_COLUMNS,
+    headers_text,
     qualified,
     stored_metadata_filter,
     subscriber_changes,
@@ -66,8 +67,8 @@ async def create_subscriber(conn: Conn, subscriber: Subscriber) -> None:
     await lock_subscribers(conn, exclusive=True)
     await conn.execute(
         "INSERT INTO subscribers (id, url, description, providers, event_types, enabled,"
-        " secret, created_at, updated_at, metadata)"
-        " VALUES (%s, %s, %s, %s::text[], %s::text[], %s, %s, %s, %s, %s)",
+        " secret, created_at, updated_at, metadata, headers, max_per_second)"
+        " VALUES (%s, %s, %s, %s::text[], %s::text[], %s, %s, %s, %s, %s, %s, %s)",
         (
             subscriber.id,
             subscriber.url,
@@ -79,6 +80,8 @@ async def create_subscriber(conn: Conn, subscriber: Subscriber) -> None:
             subscriber.created_at,
             subscriber.updated_at,
             stored_metadata_filter(subscriber.metadata),
+            headers_text(subscriber.headers),
+            subscriber.max_per_second,
         ),
     )
     await bump_subscribers_version(conn)
@@ -136,6 +139,7 @@ async def delete_subscriber(conn: Conn, subscriber_id: str, now: float) -> bool:
         " WHERE subscriber_id = %s AND status = 'pending'",
         (now, subscriber_id),
     )
+    await conn.execute("DELETE FROM subscriber_health WHERE subscriber_id = %s", (subscriber_id,))
     await bump_subscribers_version(conn)
     return True
 

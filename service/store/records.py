@@ -5,6 +5,8 @@ Plain dataclasses, no storage in them; ``service.store.base.Store`` is the port 
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -14,6 +16,14 @@ from typing import Any, Literal
 MetadataFilter = tuple[tuple[str, str], ...]
 
 Outcome = Literal["accepted", "duplicate", "superseded"]
+
+
+@functools.lru_cache(maxsize=1024)
+def header_pairs(stored: str | None) -> tuple[tuple[str, str], ...]:
+    """A subscriber's headers as the stores keep them (a JSON object, or NULL) as pairs."""
+    if not stored:
+        return ()
+    return tuple((str(name), str(value)) for name, value in json.loads(stored).items())
 
 
 # Built for every callback, so not frozen (a frozen dataclass costs six times as much to build);
@@ -73,6 +83,10 @@ class Subscriber:
     secrets: tuple[str, ...] = field(default=(), repr=False)
     #: Only events whose metadata holds all these entries (text, as indexed); None: all.
     metadata: MetadataFilter | None = None
+    #: Its own request headers (name, value), sent with every delivery; never shown in full.
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    #: Deliveries a second it takes at most (``service.pacing``); None: no limit.
+    max_per_second: float | None = None
 
     def wants(
         self, provider: str, event_type: str, metadata: Mapping[str, str] | None = None
@@ -125,12 +139,19 @@ class Claim:
     trigger: str
     #: ``provider/task_id`` of the event (for the log lines of the attempt).
     task_key: str = ""
+    #: The subscriber's own request headers (never logged).
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    #: The subscriber's rate limit (``service.pacing``); None: none.
+    max_per_second: float | None = None
+    #: Whether the subscriber's last attempt had failed when this was claimed.
+    subscriber_failing: bool = False
 
     @classmethod
     def from_row(cls, row: Any, now: float) -> Claim:
         """A claim from the stores' claim query, whose columns are: delivery id, event id,
         subscriber id, url, secret, previous secret, its expiry, body, cycle attempts,
-        attempt count, task key."""
+        attempt count, task key, the subscriber's headers (JSON text) and rate limit, and
+        whether it is failing (its failures in a row, or NULL)."""
         return cls(
             delivery_id=row[0],
             event_id=row[1],
@@ -143,6 +164,9 @@ class Claim:
             # A fresh cycle after earlier attempts can only be an operator's replay.
             trigger="replay" if row[8] == 0 and row[9] > 0 else "scheduled",
             task_key=row[10],
+            headers=header_pairs(row[11]),
+            max_per_second=row[12],
+            subscriber_failing=row[13] is not None,
         )
 
 
@@ -162,6 +186,14 @@ class AttemptRecord:
     next_attempt_at: float | None = None
     #: Set when the subscriber answered 410 Gone: it is disabled with this reason.
     disable_subscriber: str | None = None
+    #: The subscriber was failing when the delivery was claimed: a success ends its failures
+    #: in a row (``Store.consecutive_failures``). A success otherwise writes nothing more.
+    subscriber_failing: bool = False
+
+    @property
+    def counts_for_health(self) -> bool:
+        """Whether recording this attempt updates the subscriber's failures in a row."""
+        return self.outcome != "succeeded" or self.subscriber_failing
 
 
 @dataclass(frozen=True)

@@ -13,16 +13,26 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from service.clock import rfc3339
-from service.store.records import MetadataFilter, Subscriber
+from service.store.records import MetadataFilter, Subscriber, header_pairs
 
 SUBSCRIBER_COLUMNS = (
     "id, url, description, providers, event_types, enabled, disabled_reason, secret,"
-    " previous_secret, previous_expires_at, created_at, updated_at, metadata"
+    " previous_secret, previous_expires_at, created_at, updated_at, metadata, headers,"
+    " max_per_second"
 )
 
 #: What ``Store.update_subscriber`` may change.
 UPDATABLE_SUBSCRIBER_FIELDS = frozenset(
-    {"url", "description", "providers", "event_types", "enabled", "metadata"}
+    {
+        "url",
+        "description",
+        "providers",
+        "event_types",
+        "enabled",
+        "metadata",
+        "headers",
+        "max_per_second",
+    }
 )
 
 DELIVERY_COLUMNS = (
@@ -45,6 +55,13 @@ def _text_tuple(value: Any) -> tuple[str, ...] | None:
     return tuple(json.loads(value) if isinstance(value, str) else value)
 
 
+def headers_text(headers: Iterable[tuple[str, str]] | None) -> str | None:
+    """A subscriber's headers as both stores keep them: a JSON object; None when there are
+    none."""
+    pairs = dict(headers or ())
+    return json.dumps(pairs, separators=(",", ":")) if pairs else None
+
+
 def subscriber_from_row(row: tuple[Any, ...], now: float) -> Subscriber:
     """A ``SUBSCRIBER_COLUMNS`` row; the previous secret only while it is valid at ``now``."""
     secrets = [row[7]]
@@ -62,6 +79,8 @@ def subscriber_from_row(row: tuple[Any, ...], now: float) -> Subscriber:
         created_at=row[10],
         updated_at=row[11],
         metadata=metadata_filter(row[12]),
+        headers=header_pairs(row[13]),
+        max_per_second=row[14],
     )
 
 
@@ -81,13 +100,15 @@ def subscriber_changes(changes: dict[str, Any], now: float) -> dict[str, Any]:
     Lists stay lists and ``enabled`` a bool: each store encodes them its own way. Enabling or
     disabling sets ``disabled_reason`` with it.
     """
-    assert set(changes) <= UPDATABLE_SUBSCRIBER_FIELDS, changes  # noqa: S101 - callers pass validated fields only
+    assert set(changes) <= UPDATABLE_SUBSCRIBER_FIELDS, sorted(changes)  # noqa: S101 - callers pass validated fields only (names only: header values are secrets)
     values: dict[str, Any] = {}
     for key, value in changes.items():
         if key in ("providers", "event_types"):
             value = None if value is None else [str(item) for item in value]
         elif key == "metadata":
             value = stored_metadata_filter(value)
+        elif key == "headers":
+            value = headers_text(value)
         elif key == "enabled":
             value = bool(value)
             values["disabled_reason"] = None if value else "disabled by an operator"

@@ -456,3 +456,6 @@ class SQLiteStore(Store):
 
     async def active_watch_counts(self) -> dict[str, int]:
         return await self.read(sqlite_ops.active_watch_counts)
+
+    async def consecutive_failures(self) -> dict[str, int]:
+        return await self.read(sqlite_ops.consecutive_failures)

@@ -60,9 +60,12 @@ def claim_due(
     )
     claimed = conn.execute(
         "SELECT d.id, d.event_id, d.subscriber_id, s.url, s.secret, s.previous_secret,"
-        " s.previous_expires_at, e.body, d.cycle_attempts, d.attempt_count, d.task_key"
+        " s.previous_expires_at, e.body, d.cycle_attempts, d.attempt_count, d.task_key,"
+        " s.headers, s.max_per_second, h.consecutive_failures"
         " FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id"
-        f" JOIN events e ON e.id = d.event_id WHERE d.seq IN ({marks})"
+        " JOIN events e ON e.id = d.event_id"
+        " LEFT JOIN subscriber_health h ON h.subscriber_id = d.subscriber_id"
+        f" WHERE d.seq IN ({marks})"
         " ORDER BY d.next_attempt_at, d.seq",
         seqs,
     ).fetchall()
@@ -98,6 +101,23 @@ def record_attempt(conn: sqlite3.Connection, record: AttemptRecord) -> None:
             record.delivery_id,
         ),
     )
+    # Failures in a row: a success of a subscriber that was not failing writes nothing more.
+    if not record.counts_for_health:
+        pass
+    elif record.outcome == "succeeded":
+        conn.execute(
+            "DELETE FROM subscriber_health WHERE subscriber_id ="
+            " (SELECT subscriber_id FROM deliveries WHERE id = ?)",
+            (record.delivery_id,),
+        )
+    else:
+        conn.execute(
+            "INSERT INTO subscriber_health (subscriber_id, consecutive_failures, updated_at)"
+            " SELECT subscriber_id, 1, ? FROM deliveries WHERE id = ?"
+            " ON CONFLICT (subscriber_id) DO UPDATE SET"
+            " consecutive_failures = consecutive_failures + 1, updated_at = excluded.updated_at",
+            (record.attempted_at, record.delivery_id),
+        )
     if record.disable_subscriber:
         conn.execute(
             "UPDATE subscribers SET enabled = 0, disabled_reason = ?, updated_at = ?"

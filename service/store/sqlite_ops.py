@@ -111,3 +111,12 @@ def active_watch_counts(conn: sqlite3.Connection) -> dict[str, int]:
             "SELECT provider, count(*) FROM watches WHERE state = 'active' GROUP BY provider"
         ).fetchall()
     )
+
+
+def consecutive_failures(conn: sqlite3.Connection) -> dict[str, int]:
+    return dict(
+        conn.execute(
+            "SELECT s.id, coalesce(h.consecutive_failures, 0) FROM subscribers s"
+            " LEFT JOIN subscriber_health h ON h.subscriber_id = s.id"
+        ).fetchall()
+    )

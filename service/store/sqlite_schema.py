@@ -21,6 +21,7 @@ MIGRATIONS = (
     "sqlite_009_idempotency.sql",
     "sqlite_010_keys.sql",
     "sqlite_011_metadata.sql",
+    "sqlite_012_subscriber_limits.sql",
 )
 #: How long opening the store (migrations, at start) waits for another process's lock.
 BUSY_TIMEOUT_MS = 2000

@@ -12,6 +12,7 @@ from service.store.paging import Page, page_of, paged_query
 from service.store.records import Subscriber
 from service.store.rows import (
     SUBSCRIBER_COLUMNS,
+    headers_text,
     stored_metadata_filter,
     subscriber_changes,
     subscriber_from_row,
@@ -77,7 +78,8 @@ class SubscriberCache:
 def create_subscriber(conn: sqlite3.Connection, sub: Subscriber) -> None:
     conn.execute(
         "INSERT INTO subscribers (id, url, description, providers, event_types, enabled, secret,"
-        " created_at, updated_at, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " created_at, updated_at, metadata, headers, max_per_second)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             sub.id,
             sub.url,
@@ -89,6 +91,8 @@ def create_subscriber(conn: sqlite3.Connection, sub: Subscriber) -> None:
             sub.created_at,
             sub.updated_at,
             stored_metadata_filter(sub.metadata),
+            headers_text(sub.headers),
+            sub.max_per_second,
         ),
     )
     bump_subscribers_version(conn)
@@ -145,6 +149,7 @@ def delete_subscriber(conn: sqlite3.Connection, subscriber_id: str, now: float) 
         " lease_until = NULL, updated_at = ? WHERE subscriber_id = ? AND status = 'pending'",
         (now, subscriber_id),
     )
+    conn.execute("DELETE FROM subscriber_health WHERE subscriber_id = ?", (subscriber_id,))
     bump_subscribers_version(conn)
     return True
 
