@@ -222,8 +222,7 @@ async def _subscriber_set(relay: Relay, args: argparse.Namespace, out: TextIO) -
     )
     changed = await relay.store.update_subscriber(args.subscriber_id, checked)
     if changed is None:
-        print(f"relay: no subscriber {args.subscriber_id}", file=sys.stderr)
-        return 1
+        raise NotFound(f"no subscriber {args.subscriber_id}")
     print(f"{changed.id}: {_delivery_text(changed)}", file=out)
     return 0
 

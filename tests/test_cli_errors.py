@@ -80,6 +80,23 @@ WRONG = [
     ("relay archive list", ["archive", "list", "--limit", "abc"]),
     ("relay archive retry", ["archive", "retry", "evt_unknown"]),
     ("relay keys create", ["keys", "create", "--scope", "root"]),
+    ("relay events list", ["events", "list", "--meta", "bad key=x"]),
+    ("relay events list", ["events", "list", "--status", "lost"]),
+    ("relay events list", ["events", "list", "--since", "2x"]),
+    ("relay deliveries list", ["deliveries", "list", "--meta", "no-equals-sign"]),
+    ("relay watches list", ["watches", "list", "--meta", "tenant"]),
+    ("relay subscribers add", ["subscribers", "add", "https://example.com", "--meta", "k"]),
+    (
+        "relay subscribers add",
+        ["subscribers", "add", "https://example.com", "--max-per-second", "0"],
+    ),
+    (
+        "relay subscribers add",
+        ["subscribers", "add", "https://example.com", "--header", "Host: evil"],
+    ),
+    ("relay subscribers set", ["subscribers", "set", "sub_unknown", "--max-per-second", "5"]),
+    ("relay subscribers set", ["subscribers", "set", "sub_unknown", "--max-per-second", "x"]),
+    ("relay subscribers set", ["subscribers", "set", "sub_unknown", "--header", "no colon"]),
     ("relay keys revoke", ["keys", "revoke", "key_unknown"]),
 ]
 

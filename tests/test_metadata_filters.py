@@ -474,7 +474,7 @@ def test_cli_lists_by_metadata_and_registers_a_metadata_filter(
     code, out, _ = run("events", "list", "--meta", "user_id=u-42", "--meta", "tenant=acme")
     assert code == 0 and out.rstrip().endswith("0 events"), out
     code, _, err = run("events", "list", "--meta", "bad key=x")
-    assert code == 1 and "invalid_meta" in err, err
+    assert code == 2 and "invalid_meta" in err, err
 
     monkeypatch.setenv("RELAY_ALLOW_PRIVATE_TARGETS", "true")
     code, _, err = run("subscribers", "add", "http://127.0.0.1:9/acme", "--meta", "tenant=acme")
