@@ -406,7 +406,7 @@ def test_cli_sets_the_rate_limit_and_headers_and_shows_them_masked(tmp_path: Pat
     ):
         refused = relay("subscribers", "set", sub_id, *bad)
         assert refused.returncode != 0 and refused.stderr, bad
-    assert relay("subscribers", "set", "sub_nope", "--no-headers").returncode == 1
+    assert relay("subscribers", "set", "sub_nope", "--no-headers").returncode == 2
     cleared = relay("subscribers", "set", sub_id, "--no-headers")
     assert cleared.stdout.strip() == f"{sub_id}: no limit"
     everything = added.stdout + listed.stdout + changed.stdout + added.stderr + listed.stderr
