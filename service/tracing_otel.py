@@ -95,9 +95,13 @@ class OtelSpan(Span):
         span = self._span
         if status_code is not None:
             span.set_attribute("http.response.status_code", status_code)
-        # HTTP conventions: a server's 4xx is the client's error, not the server's.
-        failed_status = status_code is not None and status_code >= (400 if self._client else 500)
-        if error is not None or failed_status:
+        # HTTP conventions: a server's 4xx is the client's error, not the server's (its code is
+        # an attribute); a client's 4xx is its failure. No status: ``error`` says what failed.
+        if status_code is None:
+            failed = error is not None
+        else:
+            failed = status_code >= (400 if self._client else 500)
+        if failed:
             # error.type: low-cardinality, so the failure's kind, never its details.
             kind = str(status_code) if status_code is not None else error or "error"
             span.set_attribute("error.type", kind.split(":", 1)[0])
