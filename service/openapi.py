@@ -85,6 +85,25 @@ def _path_parameter(name: str, description: str) -> dict[str, Any]:
     }
 
 
+#: W3C Trace Context headers (``service.tracing``): read at a callback, sent with a delivery.
+TRACE_HEADERS = [
+    {
+        "name": "traceparent",
+        "in": "header",
+        "required": False,
+        "description": "W3C Trace Context (version 00, lowercase hex).",
+        "schema": {"type": "string", "maxLength": 512},
+    },
+    {
+        "name": "tracestate",
+        "in": "header",
+        "required": False,
+        "description": "W3C tracestate: at most 32 members and 512 characters, else dropped.",
+        "schema": {"type": "string"},
+    },
+]
+
+
 # -- the admin API, derived ---------------------------------------------------------------------
 
 #: The header of the operations that honour one (``service.idempotency``).
@@ -265,7 +284,11 @@ WEBHOOKS = {
             "description": "POSTed to each subscriber that wants it, signed the Standard "
             "Webhooks way (webhook-id = the event id, webhook-timestamp, webhook-signature "
             "`v1,<base64 HMAC-SHA256>` with the subscriber's secret). Any 2xx acknowledges "
-            "it; anything else, or no answer within the timeout, is retried.",
+            "it; anything else, or no answer within the timeout, is retried. Each attempt "
+            "sends `traceparent` (a span of its own, a child of the event's `traceparent` "
+            "attribute) and the provider's `tracestate`, so the subscriber's spans join the "
+            "trace.",
+            "parameters": TRACE_HEADERS,
             "requestBody": {
                 "required": True,
                 "content": {JSON: {"schema": _ref("GenerationEvent")}},
@@ -291,8 +314,11 @@ def _callback_operation(with_token: bool) -> dict[str, Any]:
         else "Receive an account-level, signed provider webhook (no URL token)",
         "description": "Checked in this order: provider, source address, URL token, body "
         "size, the provider's signature over the raw body, JSON, payload shape. Answered "
-        "2xx only once the update is committed.",
-        "parameters": parameters,
+        "2xx only once the update is committed. A valid `traceparent` (with its "
+        "`tracestate`) continues the provider's trace: the callback is a child span of it, "
+        "stored with the event; an invalid or missing one starts a new trace. Never refused "
+        "for its trace headers.",
+        "parameters": [*parameters, *TRACE_HEADERS],
         "requestBody": {
             "required": True,
             "content": {JSON: {"schema": {"description": "The provider's payload, as sent."}}},

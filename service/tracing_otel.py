@@ -95,12 +95,15 @@ class OtelSpan(Span):
         span = self._span
         if status_code is not None:
             span.set_attribute("http.response.status_code", status_code)
-        # HTTP conventions: a server's 4xx is the client's error, not the server's (its code is
-        # an attribute); a client's 4xx is its failure. No status: ``error`` says what failed.
+        # A server's 4xx is the client's error, not the server's (its code is an attribute);
+        # an attempt fails on any answer but 2xx, as the relay counts it (no redirect is
+        # followed). No status: ``error`` says what failed.
         if status_code is None:
             failed = error is not None
+        elif self._client:
+            failed = not 200 <= status_code < 300
         else:
-            failed = status_code >= (400 if self._client else 500)
+            failed = status_code >= 500
         if failed:
             # error.type: low-cardinality, so the failure's kind, never its details.
             kind = str(status_code) if status_code is not None else error or "error"
