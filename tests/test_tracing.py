@@ -114,6 +114,7 @@ def test_tracestate_members_are_kept_in_order() -> None:
         ["a="],  # an empty value
         ["a=é"],
         ["a=\x00"],
+        ["a=1\r\nx-injected: 1"],  # passed on as a header: no line break may get through
         ["no-equals"],
         ["=1"],
         ["1abc=1"],  # a simple key starts with a letter
