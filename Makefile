@@ -83,7 +83,8 @@ lock: $(BIN)/.installed
 # resolution), in a venv of their own made anew, and the fast tests of the code that leans on
 # each dependency's behaviour: uvicorn (http_protocol, receiver), orjson (callback_json,
 # watches), aiohttp (delivery, targets), psycopg (postgres_pipeline), msgspec (shapes),
-# prometheus-client (health_metrics), structlog (logs), httpx (watches). About three
+# prometheus-client (health_metrics), structlog (logs), httpx (watches), OpenTelemetry
+# (tracing_otel: the spans a relay exports, decoded at a loopback receiver). About three
 # minutes, most of it the tests' waiting. A floor that does not install or pass is raised
 # in pyproject.toml.
 FLOORS = .venv-floors
@@ -91,7 +92,8 @@ FLOORS_TESTS ?= tests/test_http_protocol.py tests/test_receiver.py \
 	tests/test_callback_json.py tests/test_delivery.py tests/test_targets.py \
 	tests/test_postgres_pipeline.py tests/test_shapes.py tests/test_health_metrics.py \
 	tests/test_logs.py tests/test_watches.py \
-	tests/test_settings_and_policy.py tests/test_secret_files.py tests/test_postgres_extra.py
+	tests/test_settings_and_policy.py tests/test_secret_files.py tests/test_postgres_extra.py \
+	tests/test_tracing_otel.py
 floors: $(BIN)/.installed
 	rm -rf $(FLOORS)
 	$(PYTHON) -m venv --without-pip $(FLOORS)

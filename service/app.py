@@ -16,7 +16,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from service import admin, health, memory, metrics, openapi, ops, served_policy
+from service import admin, health, memory, metrics, openapi, ops, served_policy, tracing
 from service.access_log import AccessLogMiddleware
 from service.archive_route import archived_output
 from service.errors import RelayError
@@ -109,6 +109,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> RelayApp:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         relay = await Relay.start(settings)
+        relay.tracer = tracing.configure()  # OTEL_*: spans exported, or headers only
         app.state.relay = relay
         await served_policy.record(relay.store, relay.settings, relay.clock)
         if relay.generated_admin_token:

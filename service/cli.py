@@ -30,6 +30,7 @@ from service import (
     cli_ops,
     cli_status,
     cli_watch,
+    tracing,
 )
 from service.cli_args import PORT, parse_duration, parse_meta, whole_number
 from service.cli_command import Command, on_relay
@@ -254,6 +255,7 @@ async def _run_worker(settings: Settings) -> int:
     from service.worker import BackgroundWork
 
     relay = await Relay.start(settings)
+    relay.tracer = tracing.configure()  # OTEL_*: spans exported, or headers only
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

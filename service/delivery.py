@@ -30,6 +30,7 @@ from service.retry import RETRY_AFTER_STATUSES
 from service.signing import sign
 from service.store.base import Claim
 from service.targets import TargetBlocked, TargetPolicy
+from service.tracing import HEADERS_ONLY, Tracer
 
 EXCERPT_BYTES = 1024
 USER_AGENT = f"callback-relay/{__version__}"
@@ -125,6 +126,8 @@ class Deliverer:
         max_connections: open connections in total (per-subscriber concurrency is the
             worker's business).
         clock: where an attempt's start time (and so its signature's timestamp) is read.
+        tracer: starts each attempt's span, a child of its event's (``service.tracing``); its
+            ``traceparent`` and ``tracestate`` go with the request.
     """
 
     def __init__(
@@ -134,8 +137,10 @@ class Deliverer:
         max_connections: int = 512,
         *,
         clock: Clock = system_clock,
+        tracer: Tracer = HEADERS_ONLY,
     ) -> None:
         self.policy = policy
+        self.tracer = tracer
         self.timeout = timeout
         self.max_connections = max_connections
         self.clock = clock
@@ -180,6 +185,7 @@ class Deliverer:
     async def attempt(self, claim: Claim) -> Attempt:
         started_at = self.clock()
         started = time.perf_counter()
+        span = self.tracer.attempt(claim)
         body = claim.body.encode()
         status: int | None = None
         error: str | None = None
@@ -191,7 +197,7 @@ class Deliverer:
                 self.session.post(
                     claim.url,
                     data=body,
-                    headers=self.headers(claim, int(started_at), body),
+                    headers=self.headers(claim, int(started_at), body) | span.context.headers(),
                     allow_redirects=False,
                     auto_decompress=False,
                     timeout=self._client_timeout,
@@ -213,6 +219,7 @@ class Deliverer:
             if status is None:
                 error = storable_text(failure_text(exc, self.timeout), ERROR_CHARS)
             # An error while reading the body after the status arrived: the status stands.
+        span.end(status, error)
         return Attempt(
             started_at=started_at,
             latency_ms=round((time.perf_counter() - started) * 1000, 3),

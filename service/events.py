@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from service.clock import rfc3339
+from service.tracing import TraceContext
 
 STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
@@ -73,10 +74,14 @@ def build_cloudevent(
     metadata: dict[str, Any],
     raw: Any,
     raw_omitted: str | None = None,
+    trace: TraceContext | None = None,
 ) -> dict[str, Any]:
     """The CloudEvent (structured mode) subscribers receive for one update.
 
-    ``raw_omitted``: why ``raw`` is left out (``service.forwarding``), when it is.
+    ``raw_omitted``: why ``raw`` is left out (``service.forwarding``), when it is. ``trace``:
+    the context the event was created in (``service.tracing``), carried as the CloudEvents
+    Distributed Tracing extension (``traceparent``, ``tracestate``). ``data`` is written last:
+    ``service.tracing.event_context`` reads the attributes before it.
     """
     data: dict[str, Any] = {
         "provider": provider,
@@ -92,7 +97,7 @@ def build_cloudevent(
     }
     if raw_omitted is not None:
         data["raw_omitted"] = raw_omitted
-    return {
+    event: dict[str, Any] = {
         "specversion": "1.0",
         "id": event_id,
         "source": f"/providers/{provider}",
@@ -100,8 +105,13 @@ def build_cloudevent(
         "subject": normalized.task_id,
         "time": rfc3339(received_at),
         "datacontenttype": "application/json",
-        "data": data,
     }
+    if trace is not None:
+        event["traceparent"] = trace.traceparent
+        if trace.tracestate is not None:
+            event["tracestate"] = trace.tracestate
+    event["data"] = data
+    return event
 
 
 def dumps(value: Any) -> str:

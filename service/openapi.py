@@ -86,6 +86,25 @@ def _path_parameter(name: str, description: str) -> dict[str, Any]:
     }
 
 
+#: W3C Trace Context headers (``service.tracing``): read at a callback, sent with a delivery.
+TRACE_HEADERS = [
+    {
+        "name": "traceparent",
+        "in": "header",
+        "required": False,
+        "description": "W3C Trace Context (version 00, lowercase hex).",
+        "schema": {"type": "string", "maxLength": 512},
+    },
+    {
+        "name": "tracestate",
+        "in": "header",
+        "required": False,
+        "description": "W3C tracestate: at most 32 members and 512 characters, else dropped.",
+        "schema": {"type": "string"},
+    },
+]
+
+
 # -- the admin API, derived ---------------------------------------------------------------------
 
 #: The header of the operations that honour one (``service.idempotency``).
@@ -270,7 +289,11 @@ WEBHOOKS = {
             "`v1,<base64 HMAC-SHA256>` with the subscriber's secret), with the subscriber's "
             "custom headers, at most `max_per_second` a second. Any 2xx acknowledges it; "
             "anything else, or no answer within the timeout, is retried (a 429 or 503 with "
-            "Retry-After: no sooner than it asks, at most an hour later).",
+            "Retry-After: no sooner than it asks, at most an hour later). Each attempt "
+            "sends `traceparent` (a span of its own, a child of the event's `traceparent` "
+            "attribute) and the provider's `tracestate`, so the subscriber's spans join the "
+            "trace.",
+            "parameters": TRACE_HEADERS,
             "requestBody": {
                 "required": True,
                 "content": {JSON: {"schema": _ref("GenerationEvent")}},
@@ -296,8 +319,11 @@ def _callback_operation(with_token: bool) -> dict[str, Any]:
         else "Receive an account-level, signed provider webhook (no URL token)",
         "description": "Checked in this order: provider, source address, URL token, body "
         "size, the provider's signature over the raw body, JSON, payload shape. Answered "
-        "2xx only once the update is committed.",
-        "parameters": parameters,
+        "2xx only once the update is committed. A valid `traceparent` (with its "
+        "`tracestate`) continues the provider's trace: the callback is a child span of it, "
+        "stored with the event; an invalid or missing one starts a new trace. Never refused "
+        "for its trace headers.",
+        "parameters": [*parameters, *TRACE_HEADERS],
         "requestBody": {
             "required": True,
             "content": {JSON: {"schema": {"description": "The provider's payload, as sent."}}},

@@ -35,6 +35,7 @@ from service.intake import Duplicate, Held, Received, Superseded
 from service.providers import PROVIDERS, Provider, get_provider
 from service.relay import Relay
 from service.tokens import InvalidToken
+from service.tracing import TraceContext
 
 log = structlog.get_logger("service.receiver")
 
@@ -70,7 +71,12 @@ def _url_id(relay: Relay, provider: Provider, token: str | None) -> str | None:
 
 
 async def _receive(
-    relay: Relay, provider_name: str, token: str | None, scope: Scope, receive: Receive
+    relay: Relay,
+    provider_name: str,
+    token: str | None,
+    scope: Scope,
+    receive: Receive,
+    trace: TraceContext,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Check, read and hand over one callback: (the 2xx answer, its log fields).
 
@@ -86,9 +92,9 @@ async def _receive(
     body = await receive_body(scope, receive, content_length, limit, budget)
     try:
         if len(body) <= SMALL_BODY:
-            return await _hand_over(relay, provider_name, provider, headers, body, url_id)
+            return await _hand_over(relay, provider_name, provider, headers, body, url_id, trace)
         async with budget.large_turn:  # one at a time: see service.body_budget
-            return await _hand_over(relay, provider_name, provider, headers, body, url_id)
+            return await _hand_over(relay, provider_name, provider, headers, body, url_id, trace)
     finally:
         budget.release(len(body))
 
@@ -100,14 +106,15 @@ async def _hand_over(
     headers: Headers,
     body: bytes,
     url_id: str | None,
+    trace: TraceContext,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Verify and parse a received callback, hand it to ``Relay.receive``: (the 2xx answer,
-    its log fields)."""
+    its log fields). ``trace``: the callback's span (``service.tracing``)."""
     provider.verify(headers, body, relay.settings, now=relay.clock())
     payload = parse_callback(body)
     normalized = provider.normalize(payload)
     received = await relay.receive(
-        provider_name, normalized, payload=payload, body=body, url_id=url_id
+        provider_name, normalized, payload=payload, body=body, url_id=url_id, trace=trace
     )
     return _answer(received), _log_fields(received, normalized)
 
@@ -163,10 +170,17 @@ class CallbackEndpoint:
         relay: Relay = scope["app"].state.relay
         params: Mapping[str, str] = scope["path_params"]
         provider_name = params["provider"]
+        # A name that is no provider's may be a misplaced token (``/callbacks/<token>``): not
+        # shown (in the log line and the span).
+        shown = provider_name if provider_name in PROVIDERS else "unknown"
+        # The callback's span: the trace the provider sent continues here, or one starts.
+        span = relay.tracer.callback(shown, scope["headers"])
         failed: RelayError | None
         try:
             token = params.get("token")
-            answer, fields = await _receive(relay, provider_name, token, scope, receive)
+            answer, fields = await _receive(
+                relay, provider_name, token, scope, receive, span.context
+            )
         except RelayError as exc:
             failed, fields = exc, {"error_code": exc.code}
         except Exception:
@@ -177,15 +191,16 @@ class CallbackEndpoint:
             fields = {"error_code": failed.code}
         else:
             failed = None
-        # The access log line of this request carries these (one line per callback). A name
-        # that is no provider's may be a misplaced token (``/callbacks/<token>``): not shown.
-        shown = provider_name if provider_name in PROVIDERS else "unknown"
-        add_access_fields(scope, provider=shown, **fields)
+        # The access log line of this request carries these (one line per callback).
+        add_access_fields(scope, provider=shown, trace_id=span.context.trace_id, **fields)
+        span.set(**fields)
         if failed is not None:
             await error_response(failed)(scope, receive, send)
+            span.end(failed.status_code, failed.code)
             return
         # The 2xx, the common case, is sent as it is, without a Response object.
         body = orjson.dumps(answer)
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+        span.end(200)

@@ -36,6 +36,7 @@ from service.settings import Settings
 from service.store import metadata_index, open_store
 from service.store.base import IncomingEvent, IngestResult, Store
 from service.tokens import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, CallbackTokens
+from service.tracing import HEADERS_ONLY, TraceContext, Tracer
 
 log = structlog.get_logger("service.relay")
 
@@ -67,6 +68,9 @@ class Relay:
     archive: ArchiveStore | None = None
     #: Where the relay reads the time (``service.clock``); unit tests pass a fake one.
     clock: Clock = system_clock
+    #: Starts the spans of callbacks, events and attempts (``service.tracing``): ids only,
+    #: unless ``relay serve`` or ``relay worker`` configured OpenTelemetry.
+    tracer: Tracer = HEADERS_ONLY
     _metadata: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
     #: url_id -> the task it is bound to, or None for a reusable (never bound) URL.
     _bindings: OrderedDict[str, str | None] = field(default_factory=OrderedDict)
@@ -117,6 +121,7 @@ class Relay:
 
     async def close(self) -> None:
         await self.store.close()
+        await self.tracer.aclose()
 
     # -- callback URLs --------------------------------------------------------------------------
 
@@ -207,10 +212,12 @@ class Relay:
         payload: Any,
         body: bytes,
         url_id: str | None,
+        trace: TraceContext | None = None,
     ) -> Received:
         """Decide what becomes of one authenticated callback (``payload``: ``body`` parsed,
         ``normalized`` by its provider; ``url_id``: the callback URL it came through, None on
-        a tokenless route) and make it durable.
+        a tokenless route; ``trace``: the callback's span, stored with its event) and make it
+        durable.
 
         Raises ``UrlBoundToOtherTask`` (409), ``TooManyHeldForUrl`` (429), ``HoldsFull``
         (503) or ``StorageUnavailable`` (503); nothing is stored then.
@@ -240,7 +247,13 @@ class Relay:
                 return Held(held.id)
             # None: the task already has its terminal event; ingested as usual below.
         result = await self.accept(
-            provider, normalized, raw=payload, raw_body=body, url_id=url_id, raw_is_body=True
+            provider,
+            normalized,
+            raw=payload,
+            raw_body=body,
+            url_id=url_id,
+            raw_is_body=True,
+            trace=trace,
         )
         if result.outcome == "accepted":
             return Accepted(result.event_id)
@@ -259,13 +272,20 @@ class Relay:
         url_id: str | None = None,
         metadata: dict[str, Any] | None = None,
         raw_is_body: bool = False,
+        trace: TraceContext | None = None,
     ) -> IngestResult:
         """Store one normalized update durably (dedup, regression, fan-out in one transaction).
 
         The event carries the callback URL's metadata, updated with ``metadata`` (a watch's).
         ``raw_is_body``: ``raw_body`` is strict JSON whose parse is ``raw`` (a callback body),
-        so ``data.raw`` is spliced from it verbatim.
+        so ``data.raw`` is spliced from it verbatim. ``trace``: the span the event is created
+        in (its callback's); without one (a poll, a relay-made failure) a new trace starts here.
         """
+        # A new trace's span ends with the commit; a store that fails leaves it unrecorded
+        # (nothing was stored, so nothing is traced).
+        span = self.tracer.event(provider, normalized.task_id) if trace is None else None
+        if span is not None:
+            trace = span.context
         now = self.clock()
         event_id = ids.new_id("evt")
         url_metadata = await self.metadata_for(url_id) if url_id else {}
@@ -296,6 +316,7 @@ class Relay:
             metadata=metadata,
             raw=None if raw_omitted else verbatim_json(raw_body) if raw_is_body else raw,
             raw_omitted=raw_omitted,
+            trace=trace,
         )
         archive_deadline = self._archive_deadline(provider, normalized, now)
         result = await self.store.ingest(
@@ -316,6 +337,9 @@ class Relay:
                 metadata=metadata_index.indexed(metadata) if metadata else {},
             )
         )
+        if span is not None:
+            span.set(event_id=result.event_id, outcome=result.outcome)
+            span.end(None)
         metrics.count_event(normalized.event_type, result.outcome)
         self.intake_pace.accepted()
         # Emitted, but an operator should know: the relay did not find the result's files.

@@ -304,7 +304,10 @@ class BackgroundWork:
         settings = relay.settings
         self.relay = relay
         self.deliverer = Deliverer(
-            TargetPolicy.from_settings(settings), settings.delivery_timeout, clock=relay.clock
+            TargetPolicy.from_settings(settings),
+            settings.delivery_timeout,
+            clock=relay.clock,
+            tracer=relay.tracer,
         )
         self.worker = DeliveryWorker(
             relay.store,
