@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_make_run_takes_a_port() -> None:
     def run_line(*args: str) -> str:
         dry = subprocess.run(
-            ["make", "-n", "-B", "run", "VENV=/nonexistent/venv", *args],  # noqa: S607
+            ["make", "--no-print-directory", "-n", "-B", "run", "VENV=/nonexistent/venv", *args],  # noqa: S607
             cwd=ROOT,
             capture_output=True,
             text=True,
